@@ -1,0 +1,57 @@
+# kstap — make help lists the targets. Every target installs what it needs first.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := libpcap0.8 libpcap-dev tshark tcpdump iproute2 tmux util-linux
+PYTEST_ARGS ?=
+
+.PHONY: help deps system-deps venv demo test unit lint type bench sample clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+system-deps: ## apt packages: libpcap, tshark, tcpdump/dumpcap, iproute2, tmux
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections; \
+	  apt-get update -qq; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed ## the project venv with kstap and its dev tools
+
+deps: system-deps venv
+
+demo: deps ## run kstap's main job on its built-in demo network (needs root)
+	$(PY) -m kstap demo
+
+test: deps lint type ## the whole suite: lint, types, unit, CLI, privileged (root) tests
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+unit: deps ## only the fast tests (no root needed)
+	$(PY) -m pytest tests/unit tests/cli $(PYTEST_ARGS)
+
+lint: venv ## ruff
+	$(VENV)/bin/ruff check kstap tests examples benchmarks
+
+type: venv ## mypy --strict on the package
+	$(VENV)/bin/mypy kstap
+
+bench: deps ## kstap vs tcpdump vs dumpcap on veth traffic → docs/benchmarks.md
+	$(PY) benchmarks/capture_cpu.py --out docs/benchmarks.md
+
+sample: deps ## regenerate examples/sample.pcapng from the demo network
+	$(PY) examples/make_sample.py
+
+clean: ## remove the venv and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,3 @@
+"""kstap: flow-sampling traffic capture on a resource budget."""
+
+__version__ = "0.1.0"

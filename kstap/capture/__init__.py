@@ -1,0 +1,1 @@
+"""Capture sources: live AF_PACKET / libpcap sockets and offline pcap/pcapng files."""

@@ -1,0 +1,77 @@
+"""Pick and open a live capture backend: af_packet, libpcap, pf_ring, or the best available."""
+
+from __future__ import annotations
+
+import os
+from typing import Protocol
+
+from kstap.capture import netns
+from kstap.capture.afpacket import AfPacketRing, AfPacketSource, RingConfig
+from kstap.capture.fanout import FanoutSource
+from kstap.capture.pcap_live import PcapLiveSource
+from kstap.errors import EnvironmentProblem
+from kstap.filters import libpcap
+from kstap.filters.bpf import Program
+from kstap.model import Interface, PacketRecord, SourceStats
+
+PF_RING_PROC = "/proc/net/pf_ring"
+
+
+class LiveSource(Protocol):
+    interfaces: list[Interface]
+
+    def read(self, timeout_ms: int) -> list[PacketRecord]: ...
+    def drain(self, retire_ms: int) -> list[PacketRecord]: ...
+    def stats(self) -> list[SourceStats]: ...
+    def close(self) -> None: ...
+
+
+def pf_ring_problem() -> str | None:
+    """Why PF_RING cannot be used here, or None when it can."""
+    if not os.path.isdir(PF_RING_PROC):
+        return "the pf_ring kernel module is not loaded (no /proc/net/pf_ring)"
+    if "PF_RING" not in libpcap.version():
+        return f"the libpcap in use is not PF_RING-enabled ({libpcap.version()})"
+    return None
+
+
+def resolve(name: str) -> str:
+    """The backend ``best`` stands for on this host."""
+    if name != "best":
+        return name
+    return "pf_ring" if pf_ring_problem() is None else "af_packet"
+
+
+class _AfPacketSingle(AfPacketSource):
+    def __init__(self, rings: list[AfPacketRing], program: Program) -> None:
+        super().__init__(rings)
+        self.interfaces = [r.interface(program) for r in rings]
+
+
+def open_live(backend: str, names: list[str], program: Program, *, workers: int, buffer_mib: int,
+              ns: str | None) -> tuple[LiveSource, int]:
+    """Open ``names`` with ``backend``; returns the source and its block-retire time (ms)."""
+    ring = RingConfig(buffer_bytes=buffer_mib << 20, block_bytes=min(1 << 20, max(1 << 16, (buffer_mib << 20) // 4)))
+    backend = resolve(backend)
+    if backend == "pf_ring":
+        problem = pf_ring_problem()
+        if problem:
+            raise EnvironmentProblem(f"PF_RING is not available: {problem}",
+                                     hint="use --capture af_packet (or best), or install PF_RING and its libpcap")
+    if backend in ("libpcap", "pf_ring"):
+        with netns.entered(ns):
+            src = PcapLiveSource(names, program.expression, snaplen=program.snaplen,
+                                 buffer_bytes=buffer_mib << 20)
+        return src, 100
+    if workers > 1:
+        return FanoutSource(names, program, workers=workers, ring=ring, ns=ns), ring.retire_ms
+    rings: list[AfPacketRing] = []
+    try:
+        with netns.entered(ns):
+            for i, n in enumerate(names):
+                rings.append(AfPacketRing(n, program, if_id=i, ring=ring))
+    except BaseException:
+        for r in rings:
+            r.close()
+        raise
+    return _AfPacketSingle(rings, program), ring.retire_ms

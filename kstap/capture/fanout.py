@@ -1,0 +1,220 @@
+"""N capture processes on the same interfaces, joined by PACKET_FANOUT_HASH, merged in time order.
+
+Each worker owns one TPACKET_V3 ring per interface in a per-interface fanout group, so the kernel's
+symmetric flow hash puts both directions of a flow in one worker. Workers stream packed batches to
+the parent over a pipe with a *watermark*: a time before which that worker will send nothing more.
+The parent releases packets older than every live worker's watermark, which yields one
+time-ordered stream without waiting for the end of the capture.
+"""
+
+from __future__ import annotations
+
+import bisect
+import multiprocessing as mp
+import os
+import signal
+import struct
+import time
+import traceback
+from multiprocessing.connection import Connection, wait
+
+from kstap.capture import netns
+from kstap.capture.afpacket import AfPacketRing, AfPacketSource, RingConfig
+from kstap.errors import KstapError, WorkerFailure
+from kstap.filters.bpf import Program
+from kstap.model import Interface, PacketRecord, SourceStats
+
+_MSG = struct.Struct("<cQI")  # kind, watermark ns, record count
+_REC = struct.Struct("<QIIHH")  # ts, caplen, origlen, if id, worker
+_STAT = struct.Struct("<QQQ")  # received, dropped, delivered (per interface)
+SLACK_MS = 30
+
+
+def _pack(kind: bytes, watermark: int, records: list[PacketRecord], stats: list[SourceStats]) -> bytes:
+    parts = [_MSG.pack(kind, watermark, len(records))]
+    rec = _REC.pack
+    for ts, caplen, origlen, data, ifid, worker in records:
+        parts.append(rec(ts, caplen, origlen, ifid, worker))
+        parts.append(data)
+    parts.extend(_STAT.pack(s.received, s.dropped, s.delivered) for s in stats)
+    return b"".join(parts)
+
+
+def _unpack(buf: bytes, n_ifaces: int) -> tuple[bytes, int, list[PacketRecord], list[SourceStats]]:
+    kind, wm, count = _MSG.unpack_from(buf)
+    off = _MSG.size
+    out: list[PacketRecord] = []
+    rec = _REC.unpack_from
+    size = _REC.size
+    for _ in range(count):
+        ts, caplen, origlen, ifid, worker = rec(buf, off)
+        off += size
+        out.append((ts, caplen, origlen, buf[off : off + caplen], ifid, worker))
+        off += caplen
+    stats = []
+    for _ in range(n_ifaces):
+        r, d, dl = _STAT.unpack_from(buf, off)
+        off += _STAT.size
+        stats.append(SourceStats(r, d, dl))
+    return kind, wm, out, stats
+
+
+def _worker_main(worker: int, names: list[str], program: Program, ring: RingConfig, group: int,
+                 ns: str | None, conn: Connection, stop: mp.synchronize.Event) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        with netns.entered(ns):
+            rings = [AfPacketRing(n, program, if_id=i, worker=worker, ring=ring,
+                                  fanout_group=(group + i) & 0xFFFF) for i, n in enumerate(names)]
+    except KstapError as exc:
+        conn.send_bytes(b"X" + f"{type(exc).__name__}\0{exc.message}\0{exc.hint or ''}".encode())
+        return
+    except Exception:
+        conn.send_bytes(b"X" + f"KstapError\0worker {worker} failed: {traceback.format_exc(limit=1)}\0".encode())
+        return
+    src = AfPacketSource(rings)
+    lag = (ring.retire_ms + SLACK_MS) * 1_000_000
+    conn.send_bytes(_pack(b"R", 0, [], [SourceStats() for _ in rings]))
+    try:
+        while not stop.is_set():
+            wm = time.time_ns() - lag
+            recs = src.read(100)
+            conn.send_bytes(_pack(b"P", wm, recs, src.stats()))
+        recs = src.drain(ring.retire_ms)
+        conn.send_bytes(_pack(b"E", 2**63, recs, src.stats()))
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    finally:
+        src.close()
+
+
+class FanoutSource:
+    """The parent's view: looks like one source, fed by N worker processes."""
+
+    def __init__(self, names: list[str], program: Program, *, workers: int, ring: RingConfig,
+                 ns: str | None, start_timeout: float = 10.0) -> None:
+        ctx = mp.get_context("fork")
+        self._stop = ctx.Event()
+        self._names = names
+        group = (os.getpid() * 7) & 0xFFFF
+        self._procs: list[mp.process.BaseProcess] = []
+        self._conns: dict[Connection, int] = {}
+        self._watermarks: dict[int, int] = {}
+        self._stats: dict[int, list[SourceStats]] = {}
+        self._pending: list[PacketRecord] = []
+        self._done: set[int] = set()
+        self.per_worker_received: dict[int, int] = {}
+        for w in range(workers):
+            parent, child = ctx.Pipe(duplex=False)
+            p = ctx.Process(target=_worker_main, name=f"kstap-worker-{w}",
+                            args=(w, names, program, ring, group, ns, child, self._stop), daemon=True)
+            p.start()
+            child.close()
+            self._procs.append(p)
+            self._conns[parent] = w
+            self._watermarks[w] = 0
+        self.interfaces = [Interface(n, program.linktype, program.snaplen, program.expression)
+                           for n in names]
+        self._await_ready(start_timeout)
+
+    def _await_ready(self, timeout: float) -> None:
+        waiting = set(self._conns)
+        deadline = time.monotonic() + timeout
+        while waiting:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.close()
+                raise WorkerFailure("capture workers did not start in time",
+                                    hint="check the system load and the kernel log")
+            for c in wait(list(waiting), timeout=left):
+                assert isinstance(c, Connection)
+                try:
+                    buf = c.recv_bytes()
+                except EOFError:
+                    self.close()
+                    raise WorkerFailure(f"capture worker {self._conns[c]} exited while starting") from None
+                if buf[:1] == b"X":
+                    self.close()
+                    raise _rebuild(buf[1:])
+                waiting.discard(c)
+
+    def read(self, timeout_ms: int) -> list[PacketRecord]:
+        live = [c for c, w in self._conns.items() if w not in self._done]
+        if live:
+            for c in wait(live, timeout=timeout_ms / 1000):
+                assert isinstance(c, Connection)
+                self._receive(c)
+        return self._release()
+
+    def _receive(self, c: Connection) -> None:
+        w = self._conns[c]
+        try:
+            buf = c.recv_bytes()
+        except (EOFError, OSError):
+            self._done.add(w)
+            self._watermarks[w] = 2**63
+            raise WorkerFailure(f"capture worker {w} died (exit code {self._procs[w].exitcode})",
+                                hint="the packets it had sent are kept; see the kernel log for OOM kills")
+        kind, wm, recs, stats = _unpack(buf, len(self._names))
+        self._stats[w] = stats
+        self._watermarks[w] = wm
+        if kind == b"E":
+            self._done.add(w)
+        if recs:
+            self._pending.extend(recs)
+
+    def _release(self) -> list[PacketRecord]:
+        if not self._pending:
+            return []
+        floor = min(self._watermarks.values())
+        self._pending.sort(key=_ts)
+        cut = bisect.bisect_right(self._pending, floor, key=_ts)
+        out, self._pending = self._pending[:cut], self._pending[cut:]
+        return out
+
+    def drain(self, retire_ms: int) -> list[PacketRecord]:
+        """Stop every worker, collect their last packets and final counters."""
+        self._stop.set()
+        deadline = time.monotonic() + 5.0
+        out: list[PacketRecord] = []
+        while len(self._done) < len(self._procs) and time.monotonic() < deadline:
+            try:
+                out.extend(self.read(100))
+            except WorkerFailure:
+                continue
+        for w in range(len(self._procs)):
+            self._watermarks[w] = 2**63
+        out.extend(self._release())
+        return out
+
+    def stats(self) -> list[SourceStats]:
+        total = [SourceStats() for _ in self._names]
+        for stats in self._stats.values():
+            for t, s in zip(total, stats, strict=False):
+                t.add(s)
+        return total
+
+    def close(self) -> None:
+        self._stop.set()
+        for p in self._procs:
+            p.join(timeout=2)
+            if p.is_alive():
+                p.kill()
+                p.join(timeout=1)
+        for c in self._conns:
+            c.close()
+
+
+def _ts(rec: PacketRecord) -> int:
+    return rec[0]
+
+
+def _rebuild(raw: bytes) -> KstapError:
+    from kstap import errors
+
+    kind, message, hint = (raw.decode(errors="replace").split("\0") + ["", ""])[:3]
+    cls = getattr(errors, kind, KstapError)
+    if not (isinstance(cls, type) and issubclass(cls, KstapError)):
+        cls = KstapError
+    return cls(message, hint or None)

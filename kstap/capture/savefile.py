@@ -1,0 +1,267 @@
+"""Read pcap and pcapng files: the packets, the interfaces, and where a file stops making sense.
+
+Hand-written rather than dpkt's readers because kstap needs what they drop: every IDB with its
+own if_tsresol (merged captures have several interfaces), EPB options (worker queue, comments),
+ISBs, and a precise account of a truncated or corrupt tail so ``--read`` can keep what is valid.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from kstap.model import Interface, PacketRecord
+from kstap.sinks import pcapng
+
+PCAP_MAGIC_US = 0xA1B2C3D4
+PCAP_MAGIC_NS = 0xA1B23C4D
+MAX_BLOCK = 256 << 20
+
+
+class CaptureFormatError(Exception):
+    """The file is not a capture, or stops being one; ``packets_ok`` were read before that."""
+
+    def __init__(self, message: str, packets_ok: int = 0) -> None:
+        super().__init__(message)
+        self.packets_ok = packets_ok
+
+
+@dataclass
+class PacketInfo:
+    """Extra per-packet data from pcapng options."""
+
+    queue: int | None = None
+    comments: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Statistics:
+    """One ISB's counters (None where absent)."""
+
+    if_id: int
+    received: int | None = None
+    dropped: int | None = None
+    filter_accept: int | None = None
+    os_drop: int | None = None
+    delivered: int | None = None
+
+
+@dataclass
+class _Iface:
+    info: Interface
+    ts_mul: int = 1000  # ticks → ns multiplier (µs default)
+    ts_div: int = 1
+
+
+class CaptureReader:
+    """Iterate the packets of a pcap or pcapng file. ``interfaces`` and ``statistics`` fill in."""
+
+    def __init__(self, stream: BinaryIO, name: str = "<stream>") -> None:
+        self.stream = stream
+        self.name = name
+        self.interfaces: list[Interface] = []
+        self.statistics: list[Statistics] = []
+        self.shb_comments: list[str] = []
+        self.packets = 0
+        self._ifaces: list[_Iface] = []
+        head = stream.read(4)
+        if len(head) < 4:
+            raise CaptureFormatError(f"{name}: empty or not a capture file")
+        magic_le = struct.unpack("<I", head)[0]
+        magic_be = struct.unpack(">I", head)[0]
+        if magic_le == pcapng.BT_SHB:
+            self.format = "pcapng"
+            self._prefix = head
+        elif magic_le in (PCAP_MAGIC_US, PCAP_MAGIC_NS) or magic_be in (PCAP_MAGIC_US, PCAP_MAGIC_NS):
+            self.format = "pcap"
+            self._endian = "<" if magic_le in (PCAP_MAGIC_US, PCAP_MAGIC_NS) else ">"
+            nano = (magic_le if self._endian == "<" else magic_be) == PCAP_MAGIC_NS
+            rest = stream.read(20)
+            if len(rest) < 20:
+                raise CaptureFormatError(f"{name}: truncated pcap file header")
+            _vmaj, _vmin, _tz, _sig, snaplen, linktype = struct.unpack(self._endian + "HHiIII", rest)
+            iface = Interface(name="pcap", linktype=linktype & 0xFFFF, snaplen=snaplen)
+            self._ifaces.append(_Iface(iface, 1 if nano else 1000))
+            self.interfaces.append(iface)
+        else:
+            raise CaptureFormatError(f"{name}: not a pcap or pcapng file (magic {head.hex()})")
+
+    def __iter__(self) -> Iterator[tuple[PacketRecord, PacketInfo | None]]:
+        if self.format == "pcap":
+            yield from self._pcap()
+        else:
+            yield from self._pcapng()
+
+    # -- classic pcap ----------------------------------------------------------------------------
+    def _pcap(self) -> Iterator[tuple[PacketRecord, PacketInfo | None]]:
+        hdr = struct.Struct(self._endian + "IIII")
+        mul = self._ifaces[0].ts_mul
+        read = self.stream.read
+        while True:
+            raw = read(16)
+            if not raw:
+                return
+            if len(raw) < 16:
+                raise CaptureFormatError(f"{self.name}: truncated packet header after "
+                                         f"{self.packets} packets", self.packets)
+            sec, frac, caplen, origlen = hdr.unpack(raw)
+            if caplen > MAX_BLOCK:
+                raise CaptureFormatError(f"{self.name}: corrupt packet record after {self.packets} "
+                                         f"packets (captured length {caplen})", self.packets)
+            data = read(caplen)
+            if len(data) < caplen:
+                raise CaptureFormatError(f"{self.name}: truncated packet data after "
+                                         f"{self.packets} packets", self.packets)
+            self.packets += 1
+            yield (sec * 1_000_000_000 + frac * mul, caplen, origlen, data, 0, 0), None
+
+    # -- pcapng ----------------------------------------------------------------------------------
+    def _pcapng(self) -> Iterator[tuple[PacketRecord, PacketInfo | None]]:
+        read = self.stream.read
+        prefix = self._prefix
+        endian = "<"
+        while True:
+            head = prefix + read(8 - len(prefix))
+            prefix = b""
+            if not head:
+                return
+            if len(head) < 8:
+                raise CaptureFormatError(f"{self.name}: truncated block header after "
+                                         f"{self.packets} packets", self.packets)
+            btype = struct.unpack(endian + "I", head[:4])[0]
+            if btype == pcapng.BT_SHB:
+                bom = read(4)
+                if len(bom) < 4:
+                    raise CaptureFormatError(f"{self.name}: truncated section header", self.packets)
+                endian = "<" if struct.unpack("<I", bom)[0] == pcapng.BYTE_ORDER_MAGIC else ">"
+                if struct.unpack(endian + "I", bom)[0] != pcapng.BYTE_ORDER_MAGIC:
+                    raise CaptureFormatError(f"{self.name}: bad byte-order magic", self.packets)
+                length = struct.unpack(endian + "I", head[4:8])[0]
+                body = bom + self._body(length, 12 + 4, endian, head)
+                self._ifaces = []
+                self.interfaces = []
+                self._section(body, endian)
+                continue
+            length = struct.unpack(endian + "I", head[4:8])[0]
+            body = self._body(length, 12, endian, head)
+            if btype == pcapng.BT_EPB:
+                yield self._epb(body, endian)
+            elif btype == pcapng.BT_IDB:
+                self._idb(body, endian)
+            elif btype == pcapng.BT_SPB:
+                yield self._spb(body, endian, length)
+            elif btype == pcapng.BT_PB:
+                yield self._pb(body, endian)
+            elif btype == pcapng.BT_ISB:
+                self._isb(body, endian)
+            # other block types (NRB, DSB, custom) are skipped
+
+    def _body(self, length: int, fixed: int, endian: str, head: bytes) -> bytes:
+        if length < fixed or length % 4 or length > MAX_BLOCK:
+            raise CaptureFormatError(f"{self.name}: corrupt block (length {length}) after "
+                                     f"{self.packets} packets", self.packets)
+        want = length - fixed
+        body = self.stream.read(want)
+        trailer = self.stream.read(4)
+        if len(body) < want or len(trailer) < 4:
+            raise CaptureFormatError(f"{self.name}: truncated block after {self.packets} packets "
+                                     f"(file cut short)", self.packets)
+        if struct.unpack(endian + "I", trailer)[0] != length:
+            raise CaptureFormatError(f"{self.name}: corrupt block (length fields disagree) after "
+                                     f"{self.packets} packets", self.packets)
+        return body
+
+    @staticmethod
+    def _options(raw: bytes, endian: str) -> Iterator[tuple[int, bytes]]:
+        pos = 0
+        while pos + 4 <= len(raw):
+            code, length = struct.unpack_from(endian + "HH", raw, pos)
+            if code == pcapng.OPT_ENDOFOPT:
+                return
+            value = raw[pos + 4 : pos + 4 + length]
+            yield code, value
+            pos += 4 + length + (-length % 4)
+
+    def _section(self, body: bytes, endian: str) -> None:
+        self.shb_comments = [v.decode(errors="replace") for c, v in self._options(body[16:], endian)
+                             if c == pcapng.OPT_COMMENT]
+
+    def _idb(self, body: bytes, endian: str) -> None:
+        linktype, _, snaplen = struct.unpack_from(endian + "HHI", body)
+        name, filt, desc = "", "", ""
+        mul, div = 1000, 1
+        for code, value in self._options(body[8:], endian):
+            if code == pcapng.IF_NAME:
+                name = value.decode(errors="replace")
+            elif code == pcapng.IF_DESCRIPTION:
+                desc = value.decode(errors="replace")
+            elif code == pcapng.IF_FILTER and value:
+                filt = value[1:].decode(errors="replace")
+            elif code == pcapng.IF_TSRESOL and value:
+                r = value[0]
+                if r & 0x80:
+                    mul, div = 1_000_000_000, 1 << (r & 0x7F)
+                elif r <= 9:
+                    mul, div = 10 ** (9 - r), 1
+                else:
+                    mul, div = 1, 10 ** (r - 9)
+        iface = Interface(name or f"if{len(self._ifaces)}", linktype, snaplen, filt, desc)
+        self._ifaces.append(_Iface(iface, mul, div))
+        self.interfaces.append(iface)
+
+    def _iface(self, if_id: int) -> _Iface:
+        if if_id >= len(self._ifaces):
+            raise CaptureFormatError(f"{self.name}: packet names interface {if_id}, which the file "
+                                     f"does not describe", self.packets)
+        return self._ifaces[if_id]
+
+    def _epb(self, body: bytes, endian: str) -> tuple[PacketRecord, PacketInfo | None]:
+        if len(body) < 20:
+            raise CaptureFormatError(f"{self.name}: corrupt packet block", self.packets)
+        if_id, hi, lo, caplen, origlen = struct.unpack_from(endian + "IIIII", body)
+        if 20 + caplen > len(body):
+            raise CaptureFormatError(f"{self.name}: corrupt packet block (captured length {caplen})",
+                                     self.packets)
+        iface = self._iface(if_id)
+        ticks = (hi << 32) | lo
+        ts = ticks * iface.ts_mul // iface.ts_div
+        data = body[20 : 20 + caplen]
+        info = None
+        opt_start = 20 + caplen + (-caplen % 4)
+        if opt_start < len(body):
+            info = PacketInfo()
+            for code, value in self._options(body[opt_start:], endian):
+                if code == pcapng.EPB_QUEUE and len(value) == 4:
+                    info.queue = struct.unpack(endian + "I", value)[0]
+                elif code == pcapng.OPT_COMMENT:
+                    info.comments.append(value.decode(errors="replace"))
+        self.packets += 1
+        return (ts, caplen, origlen, data, if_id, info.queue or 0 if info else 0), info
+
+    def _spb(self, body: bytes, endian: str, length: int) -> tuple[PacketRecord, PacketInfo | None]:
+        (origlen,) = struct.unpack_from(endian + "I", body)
+        iface = self._iface(0)
+        caplen = min(origlen, iface.info.snaplen or origlen, len(body) - 4)
+        self.packets += 1
+        return (0, caplen, origlen, body[4 : 4 + caplen], 0, 0), None
+
+    def _pb(self, body: bytes, endian: str) -> tuple[PacketRecord, PacketInfo | None]:
+        if_id, _drops, hi, lo, caplen, origlen = struct.unpack_from(endian + "HHIIII", body)
+        iface = self._iface(if_id)
+        ts = ((hi << 32) | lo) * iface.ts_mul // iface.ts_div
+        self.packets += 1
+        return (ts, caplen, origlen, body[20 : 20 + caplen], if_id, 0), None
+
+    def _isb(self, body: bytes, endian: str) -> None:
+        (if_id,) = struct.unpack_from(endian + "I", body)
+        st = Statistics(if_id)
+        names = {pcapng.ISB_IFRECV: "received", pcapng.ISB_IFDROP: "dropped",
+                 pcapng.ISB_FILTERACCEPT: "filter_accept", pcapng.ISB_OSDROP: "os_drop",
+                 pcapng.ISB_USRDELIV: "delivered"}
+        for code, value in self._options(body[12:], endian):
+            if code in names and len(value) == 8:
+                hi, lo = struct.unpack(endian + "II", value)
+                setattr(st, names[code], (hi << 32) | lo)
+        self.statistics.append(st)

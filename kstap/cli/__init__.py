@@ -1,0 +1,1 @@
+"""The command line: Typer only. Commands build settings and call the pipeline."""

@@ -1,0 +1,38 @@
+"""The Typer application: one module per command, registered here."""
+
+from __future__ import annotations
+
+import typer
+
+from kstap import __version__
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"kstap {__version__}")
+        raise typer.Exit(0)
+
+
+def build_app():  # type: ignore[no-untyped-def]
+    from kstap.cli import demo, filter_cmd, tap
+
+    app = typer.Typer(
+        name="kstap",
+        help="Capture Kubernetes or local traffic into Wireshark-ready pcapng, sampling whole flows.",
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        pretty_exceptions_show_locals=False,
+        add_completion=True,
+    )
+
+    @app.callback()
+    def root(
+        version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                     help="Print the version and exit."),
+    ) -> None:
+        """kstap: flow-sampling traffic capture on a resource budget."""
+
+    app.command("tap")(tap.tap)
+    app.command("filter")(filter_cmd.filter_command)
+    app.command("demo")(demo.demo)
+    return typer.main.get_command(app)

@@ -1,0 +1,76 @@
+"""Entry point: the single place where errors become exit codes (httpie's raw_main)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from kstap.errors import ExitCode, KstapError
+
+
+def _print_error(message: str, hint: str | None) -> None:
+    print(f"kstap: error: {message}", file=sys.stderr)
+    if hint:
+        print(f"hint: {hint}", file=sys.stderr)
+
+
+def _click_exceptions():  # type: ignore[no-untyped-def]
+    """Typer ≥ 0.20 vendors click as typer._click; older releases use click itself."""
+    try:
+        from typer._click import exceptions
+    except ImportError:  # pragma: no cover - depends on the installed typer
+        from click import exceptions  # type: ignore[no-redef]
+    return exceptions
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the CLI and exit with a documented code; tracebacks only with --debug."""
+    sys.exit(run(list(sys.argv[1:] if argv is None else argv)))
+
+
+def run(argv: list[str]) -> int:
+    debug = "--debug" in argv
+    args = [a for a in argv if a != "--debug"]
+    from kstap.cli.app import build_app
+
+    import typer
+
+    cx = _click_exceptions()
+    no_args = getattr(cx, "NoArgsIsHelpError", None) or getattr(cx, "NoArgsIsHelp", cx.UsageError)
+    command = build_app()
+    try:
+        rv = command.main(args=args, prog_name="kstap", standalone_mode=False)
+    except KstapError as exc:
+        if debug:
+            raise
+        _print_error(exc.message, exc.hint)
+        return int(exc.code)
+    except no_args as exc:
+        ctx = getattr(exc, "ctx", None)
+        if ctx is not None:
+            print(ctx.get_help())
+        return int(ExitCode.USAGE)
+    except cx.UsageError as exc:
+        cmd = exc.ctx.command_path if exc.ctx else "kstap"
+        _print_error(exc.format_message(), f"see '{cmd} --help'")
+        return int(ExitCode.USAGE)
+    except (typer.Abort, getattr(cx, "Abort", typer.Abort)):
+        print("kstap: interrupted", file=sys.stderr)
+        return int(ExitCode.INTERRUPTED)
+    except (typer.Exit, getattr(cx, "Exit", typer.Exit)) as exc:
+        return int(exc.exit_code)
+    except cx.ClickException as exc:
+        _print_error(exc.format_message(), None)
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        print("kstap: interrupted", file=sys.stderr)
+        return int(ExitCode.INTERRUPTED)
+    except BrokenPipeError:
+        return int(ExitCode.OK)
+    except Exception as exc:  # the last line of defence: one line, not a traceback
+        if debug:
+            raise
+        _print_error(f"internal error: {type(exc).__name__}: {exc}",
+                     "rerun with --debug for a traceback and report it")
+        return int(ExitCode.RUNTIME)
+    return int(rv) if isinstance(rv, int) else 0

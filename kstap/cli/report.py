@@ -1,0 +1,47 @@
+"""Plain-text reporting on stderr, tcpdump style (the live dashboard comes later)."""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+from kstap.model import CaptureSummary, Interface
+from kstap.pipeline import LINKTYPE_NAMES
+
+
+class TextReporter:
+    """Implements :class:`kstap.pipeline.Reporter` with short lines on a text stream."""
+
+    def __init__(self, stream: TextIO | None = None, *, progress: bool = False) -> None:
+        self.stream = stream or sys.stderr
+        self.show_progress = progress
+
+    def _say(self, line: str) -> None:
+        print(line, file=self.stream, flush=True)
+
+    def listening(self, interfaces: list[Interface], backend: str, workers: int) -> None:
+        for i in interfaces:
+            link = LINKTYPE_NAMES.get(i.linktype, str(i.linktype))
+            where = "reading from file" if backend == "file" else "listening on"
+            extra = f", {workers} workers" if workers > 1 else ""
+            self._say(f"kstap: {where} {i.name}, link-type {link}, snapshot length {i.snaplen} bytes"
+                      f" ({backend}{extra})")
+
+    def progress(self, summary: CaptureSummary, elapsed: float) -> None:
+        if self.show_progress:
+            self._say(f"kstap: {elapsed:6.1f}s  {summary.captured} captured  {summary.received} received"
+                      f"  {summary.dropped} dropped")
+
+    def warning(self, message: str) -> None:
+        self._say(f"kstap: warning: {message}")
+
+    def summary(self, s: CaptureSummary) -> None:
+        """tcpdump's closing lines, plus files and per-worker shares."""
+        if s.files and s.files != ["-"]:
+            self._say(f"kstap: wrote {', '.join(s.files)}")
+        if len(s.per_worker) > 1 or any(w > 0 for w in s.per_worker):
+            shares = ", ".join(f"worker {w}: {n}" for w, n in sorted(s.per_worker.items()))
+            self._say(f"kstap: per-worker packets: {shares}")
+        self._say(f"{s.captured} packet{'s' if s.captured != 1 else ''} captured")
+        self._say(f"{s.received} packet{'s' if s.received != 1 else ''} received by filter")
+        self._say(f"{s.dropped} packet{'s' if s.dropped != 1 else ''} dropped by kernel")

@@ -1,0 +1,1 @@
+"""The built-in demo: two network namespaces, a veth pair, real traffic between them."""

@@ -1,0 +1,1 @@
+"""Capture filters: BPF expressions compiled with libpcap."""

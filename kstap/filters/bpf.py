@@ -1,0 +1,120 @@
+"""Compile BPF filter expressions with libpcap and shape the result for a socket.
+
+A :class:`Program` is a plain list of classic BPF instructions; it can be printed like
+``tcpdump -d``, run in user space (offline files) or attached to an AF_PACKET socket.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+from dataclasses import dataclass
+
+from kstap.errors import UsageError
+from kstap.filters import libpcap
+from kstap.model import LINKTYPE_ETHERNET
+
+BPF_MAXINSNS = 4096
+"""The kernel's limit for a classic socket filter (include/uapi/linux/filter.h)."""
+
+SKF_AD_OFF = -0x1000
+SKF_AD_PKTTYPE = 4
+PACKET_OUTGOING = 4
+
+Insn = tuple[int, int, int, int]
+"""(code, jt, jf, k), the fields of struct sock_filter."""
+
+
+@dataclass(frozen=True)
+class Program:
+    """A compiled filter: the expression it came from and its instructions."""
+
+    expression: str
+    linktype: int
+    snaplen: int
+    insns: tuple[Insn, ...]
+
+    def image(self) -> list[str]:
+        """The program as ``tcpdump -d`` prints it (libpcap's own bpf_image)."""
+        arr = _to_array(self.insns)
+        return [
+            libpcap.lib().bpf_image(ctypes.byref(arr[i]), i).decode() for i in range(len(self.insns))
+        ]
+
+    def sock_fprog(self) -> tuple[bytes, ctypes.Array[libpcap.BpfInsn]]:
+        """struct sock_fprog for SO_ATTACH_FILTER, and the array it points to (keep it alive)."""
+        arr = _to_array(self.insns)
+        fprog = struct.pack("HL", len(self.insns), ctypes.addressof(arr))
+        return fprog, arr
+
+    def without_outgoing(self) -> Program:
+        """The same program, but rejecting packets the host sends (PACKET_OUTGOING) in the kernel.
+
+        On a loopback device every packet is seen twice, once leaving and once arriving; libpcap
+        drops the outgoing copy in user space, this does it before the packet is copied.
+        """
+        head: tuple[Insn, ...] = (
+            (0x30, 0, 0, (SKF_AD_OFF + SKF_AD_PKTTYPE) & 0xFFFFFFFF),  # ldb [pkttype]
+            (0x15, 0, 1, PACKET_OUTGOING),  # jeq #OUTGOING, jt=next (reject), jf=skip
+            (0x06, 0, 0, 0),  # ret #0
+        )
+        return Program(self.expression, self.linktype, self.snaplen, head + self.insns)
+
+    def matches(self, data: bytes, wirelen: int) -> bool:
+        """Run the program on one packet in user space (pcap_offline_filter)."""
+        arr = _to_array(self.insns)
+        prog = libpcap.BpfProgram(len(self.insns), ctypes.cast(arr, ctypes.POINTER(libpcap.BpfInsn)))
+        hdr = libpcap.PcapPkthdr(libpcap.Timeval(0, 0), len(data), wirelen)
+        return bool(libpcap.lib().pcap_offline_filter(ctypes.byref(prog), ctypes.byref(hdr), data))
+
+
+def _to_array(insns: tuple[Insn, ...]) -> ctypes.Array[libpcap.BpfInsn]:
+    arr = (libpcap.BpfInsn * len(insns))()
+    for i, (code, jt, jf, k) in enumerate(insns):
+        arr[i] = libpcap.BpfInsn(code, jt, jf, k)
+    return arr
+
+
+def compile_filter(
+    expression: str,
+    *,
+    linktype: int = LINKTYPE_ETHERNET,
+    snaplen: int = 262144,
+    optimize: bool = True,
+) -> Program:
+    """Compile ``expression`` for ``linktype``; raise :class:`UsageError` with libpcap's message."""
+    pcap = libpcap.lib()
+    handle = pcap.pcap_open_dead(linktype, snaplen)
+    if not handle:
+        raise UsageError(f"libpcap cannot open a handle for link type {linktype}")
+    try:
+        prog = libpcap.BpfProgram()
+        rc = pcap.pcap_compile(
+            handle, ctypes.byref(prog), expression.encode(), int(optimize), libpcap.PCAP_NETMASK_UNKNOWN
+        )
+        if rc != 0:
+            reason = pcap.pcap_geterr(handle).decode(errors="replace")
+            raise UsageError(
+                f"invalid BPF filter {expression!r}: {reason}",
+                hint="the filter uses pcap-filter(7) syntax, e.g. 'tcp and (port 80 or port 8080)'",
+            )
+        try:
+            insns = tuple(
+                (prog.bf_insns[i].code, prog.bf_insns[i].jt, prog.bf_insns[i].jf, prog.bf_insns[i].k)
+                for i in range(prog.bf_len)
+            )
+        finally:
+            pcap.pcap_freecode(ctypes.byref(prog))
+    finally:
+        pcap.pcap_close(handle)
+    if len(insns) > BPF_MAXINSNS:
+        raise UsageError(
+            f"the filter compiles to {len(insns)} BPF instructions; the kernel accepts {BPF_MAXINSNS}",
+            hint="simplify the expression (fewer hosts/ports, or use a network: 'net 10.0.0.0/16')",
+        )
+    return Program(expression, linktype, snaplen, insns)
+
+
+def final_expression(bpf_filter: str | None) -> str:
+    """The expression kstap compiles for a local capture (later issues add target hosts)."""
+    return (bpf_filter or "").strip()

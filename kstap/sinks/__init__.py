@@ -1,0 +1,1 @@
+"""Where captured packets go: pcapng files (or stdout)."""

@@ -1,0 +1,217 @@
+"""pcapng output files: one file, stdout, or a rotated ring of files.
+
+Blocks are written whole with ``os.write``; when the disk fills up the file is cut back to its
+last complete block, so what is on disk always reads cleanly. Files are created 0600: captures
+hold other people's traffic.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from kstap.errors import KstapError, UsageError
+from kstap.model import Interface, PacketRecord
+from kstap.sinks import pcapng
+
+CountersProvider = Callable[[], list[pcapng.InterfaceCounters]]
+
+
+class DiskFull(KstapError):
+    """The output filesystem is full; the file was closed at its last complete block."""
+
+
+class OutputClosed(Exception):
+    """The reader of ``-w -`` went away (broken pipe): capture stops quietly, like tcpdump."""
+
+
+def check_writable(path: str) -> None:
+    """Fail before capture starts if ``path`` cannot be created (exit 2)."""
+    if path == "-":
+        return
+    target = Path(path)
+    parent = target.parent if str(target.parent) else Path(".")
+    if target.is_dir():
+        raise UsageError(f"output path {path!r} is a directory", hint="give a file name, e.g. -w out.pcapng")
+    if not parent.is_dir():
+        raise UsageError(f"cannot write {path!r}: directory {str(parent)!r} does not exist",
+                         hint="create the directory first or pick another -w path")
+    if not os.access(parent, os.W_OK | os.X_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise UsageError(f"cannot write {path!r}: permission denied",
+                         hint="pick a writable -w path (or run as a user allowed to write there)")
+
+
+def rotated_name(path: str, index: int) -> str:
+    """``capture.pcapng`` → ``capture_00003.pcapng`` (dumpcap's ring-buffer naming)."""
+    p = Path(path)
+    suffix = p.suffix or ".pcapng"
+    return str(p.with_name(f"{p.stem}_{index:05d}{suffix}"))
+
+
+class PcapngFiles:
+    """Write records to pcapng, rotating by size (-C) and/or time (-G), keeping -W files."""
+
+    def __init__(
+        self,
+        path: str,
+        interfaces: Sequence[Interface],
+        *,
+        counters: CountersProvider,
+        rotate_bytes: int | None = None,
+        rotate_seconds: float | None = None,
+        ring_files: int | None = None,
+        with_queue: bool = False,
+        comment: str = "",
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.path = path
+        self.interfaces = list(interfaces)
+        self._counters = counters
+        self._rotate_bytes = rotate_bytes
+        self._rotate_seconds = rotate_seconds
+        self._ring_files = ring_files
+        self._with_queue = with_queue
+        self._comment = comment
+        self._monotonic = monotonic
+        self._rotating = bool(rotate_bytes or rotate_seconds)
+        self._index = 0
+        self._fd = -1
+        self._offset = 0
+        self._opened_at = 0.0
+        self._start_ns = time.time_ns()
+        self._delivered = [0] * len(self.interfaces)
+        self.files: list[str] = []
+        self.packets_written = 0
+        self.bytes_written = 0
+        self._open_next()
+
+    # -- file handling -------------------------------------------------------------------------
+    def _open_next(self) -> None:
+        if self.path == "-":
+            self._fd = 1
+            self.files = ["-"]
+        else:
+            self._index += 1
+            name = rotated_name(self.path, self._index) if self._rotating else self.path
+            try:
+                self._fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            except OSError as exc:
+                raise KstapError(f"cannot create {name!r}: {exc.strerror}",
+                                 hint="check the -w path and free space") from exc
+            self.files.append(name)
+            if self._ring_files and len(self.files) > self._ring_files:
+                oldest = self.files.pop(0)
+                try:
+                    os.unlink(oldest)
+                except FileNotFoundError:
+                    pass
+        self._offset = 0
+        self._opened_at = self._monotonic()
+        head = pcapng.section_header(comment=self._comment)
+        head += b"".join(pcapng.interface_description(i) for i in self.interfaces)
+        self._write_blocks([head])
+
+    def _write_blocks(self, pieces: list[bytes]) -> None:
+        """Write whole blocks; on a full disk cut the file back to the last complete block."""
+        data = b"".join(pieces)
+        view = memoryview(data)
+        start = self._offset
+        try:
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+        except BrokenPipeError as exc:
+            raise OutputClosed() from exc
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or self._fd == 1:
+                raise KstapError(f"writing {self.files[-1]!r} failed: {exc.strerror}") from exc
+            self._truncate(start)
+            raise DiskFull(
+                f"disk full: stopped writing {self.files[-1]!r}",
+                hint="free space or use a ring of files: -C MB -W N",
+            ) from exc
+        self._offset = start + len(data)
+        self.bytes_written += len(data)
+
+    def _truncate(self, size: int) -> None:
+        try:
+            os.ftruncate(self._fd, size)
+            os.lseek(self._fd, size, os.SEEK_SET)
+        except OSError:
+            pass
+
+    # -- the pipeline's calls ------------------------------------------------------------------
+    def write(self, records: Sequence[PacketRecord]) -> None:
+        """Append packets; rotate first when the current file is due."""
+        if not records:
+            self.tick()
+            return
+        self.tick()
+        pieces = pcapng.enhanced_packets(records, with_queue=self._with_queue)
+        try:
+            self._write_blocks(pieces)
+        except DiskFull:
+            self._write_what_fits(records)
+            raise
+        self._count(records)
+
+    def _write_what_fits(self, records: Sequence[PacketRecord]) -> None:
+        """After ENOSPC on a batch, keep as many whole packets of it as still fit."""
+        for rec in records:
+            try:
+                self._write_blocks(pcapng.enhanced_packets([rec], with_queue=self._with_queue))
+            except DiskFull:
+                return
+            self._count([rec])
+
+    def _count(self, records: Sequence[PacketRecord]) -> None:
+        self.packets_written += len(records)
+        for rec in records:
+            if rec[4] < len(self._delivered):
+                self._delivered[rec[4]] += 1
+
+    def tick(self) -> None:
+        """Rotate if the current file is past -C bytes or -G seconds."""
+        if not self._rotating:
+            return
+        too_big = self._rotate_bytes is not None and self._offset >= self._rotate_bytes
+        too_old = (
+            self._rotate_seconds is not None
+            and self._monotonic() - self._opened_at >= self._rotate_seconds
+        )
+        if too_big or too_old:
+            self._finish_file()
+            self._open_next()
+
+    def _statistics(self) -> bytes:
+        counters = self._counters()
+        blocks = []
+        for if_id, c in enumerate(counters[: len(self.interfaces)]):
+            fixed = pcapng.InterfaceCounters(self._start_ns, time.time_ns(), c.received, c.dropped,
+                                             self._delivered[if_id])
+            blocks.append(pcapng.interface_statistics(if_id, fixed))
+        return b"".join(blocks)
+
+    def _finish_file(self) -> None:
+        try:
+            self._write_blocks([self._statistics()])
+        finally:
+            if self._fd > 2:
+                os.close(self._fd)
+            self._fd = -1
+
+    def close(self) -> bool:
+        """Write the statistics blocks and close. False if they did not fit on the disk."""
+        if self._fd < 0:
+            return True
+        try:
+            self._finish_file()
+        except (DiskFull, OutputClosed):
+            if self._fd > 2:
+                os.close(self._fd)
+            self._fd = -1
+            return False
+        return True

@@ -1,0 +1,156 @@
+"""pcapng block encoding (draft-ietf-opsawg-pcapng), little-endian sections.
+
+Pure functions from values to bytes; :mod:`kstap.sinks.files` decides where they go. The EPB
+encoder is the hot path: one ``struct.pack`` and one join per packet.
+"""
+
+from __future__ import annotations
+
+import platform
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from kstap import __version__
+from kstap.model import Interface, PacketRecord
+
+BT_SHB = 0x0A0D0D0A
+BT_IDB = 0x00000001
+BT_EPB = 0x00000006
+BT_ISB = 0x00000005
+BT_SPB = 0x00000003
+BT_PB = 0x00000002
+BYTE_ORDER_MAGIC = 0x1A2B3C4D
+
+OPT_ENDOFOPT = 0
+OPT_COMMENT = 1
+SHB_HARDWARE = 2
+SHB_OS = 3
+SHB_USERAPPL = 4
+IF_NAME = 2
+IF_DESCRIPTION = 3
+IF_TSRESOL = 9
+IF_FILTER = 11
+IF_OS = 12
+EPB_FLAGS = 2
+EPB_DROPCOUNT = 4
+EPB_QUEUE = 6
+ISB_STARTTIME = 2
+ISB_ENDTIME = 3
+ISB_IFRECV = 4
+ISB_IFDROP = 5
+ISB_FILTERACCEPT = 6
+ISB_OSDROP = 7
+ISB_USRDELIV = 8
+
+_EPB_HEAD = struct.Struct("<IIIIIII")  # type, total length, if id, ts high, ts low, caplen, origlen
+_U32 = struct.Struct("<I")
+_PAD = (b"", b"\0\0\0", b"\0\0", b"\0")
+
+
+def option(code: int, value: bytes) -> bytes:
+    """One option: code, length, value padded to 32 bits."""
+    return struct.pack("<HH", code, len(value)) + value + _PAD[len(value) % 4]
+
+
+def _options(opts: Iterable[bytes]) -> bytes:
+    body = b"".join(opts)
+    return body + option(OPT_ENDOFOPT, b"") if body else b""
+
+
+def _block(block_type: int, body: bytes) -> bytes:
+    total = 12 + len(body)
+    return struct.pack("<II", block_type, total) + body + _U32.pack(total)
+
+
+def section_header(*, comment: str = "", application: str | None = None) -> bytes:
+    """SHB naming the tool, the OS and the hardware, as dumpcap does."""
+    app = application or f"kstap {__version__}"
+    opts = [
+        option(SHB_HARDWARE, platform.machine().encode()),
+        option(SHB_OS, f"{platform.system()} {platform.release()}".encode()),
+        option(SHB_USERAPPL, app.encode()),
+    ]
+    if comment:
+        opts.insert(0, option(OPT_COMMENT, comment.encode()))
+    body = struct.pack("<IHHq", BYTE_ORDER_MAGIC, 1, 0, -1) + _options(opts)
+    return _block(BT_SHB, body)
+
+
+def interface_description(iface: Interface, *, comment: str = "") -> bytes:
+    """IDB with if_name, if_filter (libpcap expression), nanosecond if_tsresol."""
+    opts = [option(IF_NAME, iface.name.encode()), option(IF_TSRESOL, bytes([9]))]
+    if iface.description:
+        opts.append(option(IF_DESCRIPTION, iface.description.encode()))
+    if iface.filter:
+        opts.append(option(IF_FILTER, b"\0" + iface.filter.encode()))
+    opts.append(option(IF_OS, f"{platform.system()} {platform.release()}".encode()))
+    if comment:
+        opts.append(option(OPT_COMMENT, comment.encode()))
+    body = struct.pack("<HHI", iface.linktype, 0, iface.snaplen) + _options(opts)
+    return _block(BT_IDB, body)
+
+
+def enhanced_packets(records: Sequence[PacketRecord], *, with_queue: bool = False) -> list[bytes]:
+    """EPBs for ``records``; the interface id is the record's own. Returns pieces to join."""
+    out: list[bytes] = []
+    append = out.append
+    head = _EPB_HEAD.pack
+    u32 = _U32.pack
+    pad = _PAD
+    for ts, caplen, origlen, data, ifid, worker in records:
+        padding = pad[caplen & 3]
+        if with_queue:
+            opts = struct.pack("<HHIHH", EPB_QUEUE, 4, worker, 0, 0)
+            total = 32 + caplen + len(padding) + 12
+            append(head(BT_EPB, total, ifid, ts >> 32, ts & 0xFFFFFFFF, caplen, origlen))
+            append(data)
+            append(padding + opts + u32(total))
+        else:
+            total = 32 + caplen + len(padding)
+            append(head(BT_EPB, total, ifid, ts >> 32, ts & 0xFFFFFFFF, caplen, origlen))
+            append(data)
+            append(padding + u32(total))
+    return out
+
+
+@dataclass(frozen=True)
+class InterfaceCounters:
+    """What an ISB reports for one interface over one file's lifetime."""
+
+    start_ns: int
+    end_ns: int
+    received: int
+    dropped: int
+    delivered: int
+
+
+def _u64(code: int, value: int) -> bytes:
+    return option(code, struct.pack("<II", (value >> 32) & 0xFFFFFFFF, value & 0xFFFFFFFF))
+
+
+def _ts64(code: int, ts_ns: int) -> bytes:
+    return option(code, struct.pack("<II", ts_ns >> 32, ts_ns & 0xFFFFFFFF))
+
+
+def interface_statistics(if_id: int, counters: InterfaceCounters, *, comment: str = "") -> bytes:
+    """ISB: received (kernel filter accepts), kernel drops, filter accepts, OS drops, delivered.
+
+    As dumpcap does, ``isb_ifrecv`` and ``isb_filteraccept`` both carry the packets the kernel
+    filter accepted and ``isb_ifdrop``/``isb_osdrop`` both carry the kernel's ring drops: on
+    AF_PACKET the kernel reports no other figures.
+    """
+    ts = counters.end_ns
+    opts = [
+        _ts64(ISB_STARTTIME, counters.start_ns),
+        _ts64(ISB_ENDTIME, counters.end_ns),
+        _u64(ISB_IFRECV, counters.received),
+        _u64(ISB_IFDROP, counters.dropped),
+        _u64(ISB_FILTERACCEPT, counters.received),
+        _u64(ISB_OSDROP, counters.dropped),
+        _u64(ISB_USRDELIV, counters.delivered),
+    ]
+    if comment:
+        opts.insert(0, option(OPT_COMMENT, comment.encode()))
+    body = struct.pack("<III", if_id, ts >> 32, ts & 0xFFFFFFFF) + _options(opts)
+    return _block(BT_ISB, body)
