@@ -22,10 +22,12 @@ system-deps: ## apt packages: libpcap, tshark, tcpdump/dumpcap, iproute2, tmux
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py kstap/capture/_ringfast.c
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	rm -f kstap/capture/_ringfast*.so
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -c 'from kstap.capture import afpacket; print("C fast path:", "built" if afpacket.encode_block else "MISSING (pure Python)")'
 	touch $@
 
 venv: $(VENV)/.installed ## the project venv with kstap and its dev tools

@@ -15,6 +15,7 @@ from types import FrameType
 from typing import Protocol
 
 from kstap.capture import backends
+from kstap.capture.afpacket import AfPacketSource
 from kstap.capture.replay import ReplaySource
 from kstap.config import TapSettings
 from kstap.errors import Interrupted, KstapError
@@ -36,7 +37,8 @@ class Reporter(Protocol):
 
 
 class _Source(Protocol):
-    interfaces: list[Interface]
+    @property
+    def interfaces(self) -> list[Interface]: ...
 
     def read(self, timeout_ms: int) -> list[PacketRecord]: ...
     def drain(self, retire_ms: int) -> list[PacketRecord]: ...
@@ -123,7 +125,8 @@ def _open_source(settings: TapSettings, expression: str) -> tuple[_Source, int, 
         if expression:
             compile_filter(expression, snaplen=settings.snaplen)  # fail early on a bad expression
         replay = ReplaySource(settings.read, expression, snaplen=settings.snaplen, realtime=settings.realtime)
-        return _ReplayAdapter(replay), 0, "file"
+        adapter: _Source = _ReplayAdapter(replay)
+        return adapter, 0, "file"
     program = compile_filter(expression, snaplen=settings.snaplen)
     backend = backends.resolve(settings.capture)
     live, retire = backends.open_live(backend, settings.interfaces, program, workers=settings.workers,
@@ -151,18 +154,14 @@ def _capture(settings: TapSettings, source: _Source, retire_ms: int, backend: st
     start = clock()
     next_report = start + 1.0
     error: KstapError | None = None
+    limit = settings.count if settings.count is not None else 1 << 62
+    fast = isinstance(source, AfPacketSource) and source.fast
     try:
         batch = first
         while True:
             if batch:
-                if settings.count is not None:
-                    batch = batch[: settings.count - summary.captured]
-                if sink is not None:
-                    if len(sink.interfaces) < len(source.interfaces):
-                        sink.interfaces = list(source.interfaces)  # replay met a new IDB
-                    sink.write(batch)
-                _account(summary, batch)
-            if settings.count is not None and summary.captured >= settings.count:
+                _deliver(summary, sink, source, batch[: limit - summary.captured])
+            if summary.captured >= limit:
                 summary.stopped_by = "count"
                 break
             if stop:
@@ -179,16 +178,21 @@ def _capture(settings: TapSettings, source: _Source, retire_ms: int, backend: st
                 _fill_counts(summary, source)
                 reporter.progress(summary, now - start)
                 next_report = now + 1.0
+            if fast:
+                assert isinstance(source, AfPacketSource)
+                chunks, n, nbytes = source.read_encoded(100, limit - summary.captured)
+                if sink is not None:
+                    sink.write_encoded(chunks, n)
+                summary.captured += n
+                summary.bytes_captured += nbytes
+                summary.per_worker[0] = summary.per_worker.get(0, 0) + n
+                batch = []
+                continue
             batch = source.read(100)
             if sink is not None and not batch:
                 sink.tick()
         if summary.stopped_by in ("signal", "duration") and not replay:
-            tail = source.drain(retire_ms)
-            if settings.count is not None:
-                tail = tail[: settings.count - summary.captured]
-            if tail and sink is not None:
-                sink.write(tail)
-            _account(summary, tail)
+            _deliver(summary, sink, source, source.drain(retire_ms)[: limit - summary.captured])
     except DiskFull as exc:
         summary.stopped_by = "disk-full"
         error = exc
@@ -220,6 +224,14 @@ def _capture(settings: TapSettings, source: _Source, retire_ms: int, backend: st
         error.summary = summary
         raise error
     return summary
+
+
+def _deliver(summary: CaptureSummary, sink: PcapngFiles | None, source: _Source,
+             batch: list[PacketRecord]) -> None:
+    if sink is not None and batch:
+        sink.ensure_interfaces(source.interfaces)  # a replayed file may describe more as it goes
+        sink.write(batch)
+    _account(summary, batch)
 
 
 def _account(summary: CaptureSummary, batch: list[PacketRecord]) -> None:

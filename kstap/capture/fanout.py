@@ -155,7 +155,7 @@ class FanoutSource:
             self._done.add(w)
             self._watermarks[w] = 2**63
             raise WorkerFailure(f"capture worker {w} died (exit code {self._procs[w].exitcode})",
-                                hint="the packets it had sent are kept; see the kernel log for OOM kills")
+                                hint="the packets it had sent are kept; see the kernel log for OOM kills") from None
         kind, wm, recs, stats = _unpack(buf, len(self._names))
         self._stats[w] = stats
         self._watermarks[w] = wm
@@ -213,7 +213,7 @@ def _ts(rec: PacketRecord) -> int:
 def _rebuild(raw: bytes) -> KstapError:
     from kstap import errors
 
-    kind, message, hint = (raw.decode(errors="replace").split("\0") + ["", ""])[:3]
+    kind, message, hint = [*raw.decode(errors="replace").split("\0"), "", ""][:3]
     cls = getattr(errors, kind, KstapError)
     if not (isinstance(cls, type) and issubclass(cls, KstapError)):
         cls = KstapError

@@ -65,7 +65,7 @@ class PcapLiveSource:
             lib.pcap_freecode(ctypes.byref(prog))
         self._handles.pop()
         self.interfaces.append(Interface(name, lib.pcap_datalink(h), snaplen, self.expression))
-        return h
+        return ctypes.c_void_p(h)
 
     def read(self, timeout_ms: int) -> list[PacketRecord]:
         out: list[PacketRecord] = []

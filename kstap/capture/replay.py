@@ -45,7 +45,7 @@ class ReplaySource:
         self._stats = SourceStats()
         try:
             self.reader = CaptureReader(self._fh, path)
-        except CaptureFormatError as exc:
+        except CaptureFormatError:
             self._fh.close()
             raise
         self._iter: Iterator[tuple[PacketRecord, object]] = iter(self.reader)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
 from kstap import __version__
@@ -13,7 +15,7 @@ def _version(value: bool) -> None:
         raise typer.Exit(0)
 
 
-def build_app():  # type: ignore[no-untyped-def]
+def build_app() -> Any:
     from kstap.cli import demo, filter_cmd, tap
 
     app = typer.Typer(

@@ -1,5 +1,8 @@
-from kstap.errors import ExitCode
 import typer
+
+from kstap.errors import ExitCode
+
+
 def demo(duration: float = typer.Option(10.0, "--duration")) -> int:
     """placeholder"""
     return int(ExitCode.OK)

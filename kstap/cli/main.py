@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from kstap.errors import ExitCode, KstapError
 
@@ -14,13 +16,12 @@ def _print_error(message: str, hint: str | None) -> None:
         print(f"hint: {hint}", file=sys.stderr)
 
 
-def _click_exceptions():  # type: ignore[no-untyped-def]
+def _click_exceptions() -> Any:
     """Typer ≥ 0.20 vendors click as typer._click; older releases use click itself."""
     try:
-        from typer._click import exceptions
+        return importlib.import_module("typer._click.exceptions")
     except ImportError:  # pragma: no cover - depends on the installed typer
-        from click import exceptions  # type: ignore[no-redef]
-    return exceptions
+        return importlib.import_module("click.exceptions")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -31,9 +32,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 def run(argv: list[str]) -> int:
     debug = "--debug" in argv
     args = [a for a in argv if a != "--debug"]
-    from kstap.cli.app import build_app
-
     import typer
+
+    from kstap.cli.app import build_app
 
     cx = _click_exceptions()
     no_args = getattr(cx, "NoArgsIsHelpError", None) or getattr(cx, "NoArgsIsHelp", cx.UsageError)

@@ -78,7 +78,7 @@ class Lab:
 
     def spawn(self, ns: str, argv: Sequence[str], **kw: object) -> subprocess.Popen[bytes]:
         """Start ``argv`` inside namespace ``ns``; it is killed (by PID) when the lab closes."""
-        p = subprocess.Popen(["ip", "netns", "exec", ns, *argv], **kw)  # type: ignore[call-overload]
+        p: subprocess.Popen[bytes] = subprocess.Popen(["ip", "netns", "exec", ns, *argv], **kw)  # type: ignore[call-overload]
         self.procs.append(p)
         return p
 

@@ -7,8 +7,10 @@ hold other people's traffic.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import struct
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -104,10 +106,8 @@ class PcapngFiles:
             self.files.append(name)
             if self._ring_files and len(self.files) > self._ring_files:
                 oldest = self.files.pop(0)
-                try:
+                with contextlib.suppress(FileNotFoundError):
                     os.unlink(oldest)
-                except FileNotFoundError:
-                    pass
         self._offset = 0
         self._opened_at = self._monotonic()
         head = pcapng.section_header(comment=self._comment)
@@ -157,6 +157,42 @@ class PcapngFiles:
             self._write_what_fits(records)
             raise
         self._count(records)
+
+    def ensure_interfaces(self, interfaces: Sequence[Interface]) -> None:
+        """Describe interfaces that appeared after the file was opened (IDBs may come late)."""
+        new = list(interfaces[len(self.interfaces) :])
+        if not new:
+            return
+        self._write_blocks([pcapng.interface_description(i) for i in new])
+        self.interfaces.extend(new)
+        self._delivered.extend(0 for _ in new)
+
+    def write_encoded(self, chunks: list[bytes], packets: int, if_id: int = 0) -> None:
+        """Append ready-made EPBs (the C fast path) for ``packets`` packets of one interface."""
+        self.tick()
+        if not packets:
+            return
+        try:
+            self._write_blocks(chunks)
+        except DiskFull:
+            self._write_blocks_that_fit(b"".join(chunks), if_id)
+            raise
+        self.packets_written += packets
+        if if_id < len(self._delivered):
+            self._delivered[if_id] += packets
+
+    def _write_blocks_that_fit(self, data: bytes, if_id: int) -> None:
+        pos = 0
+        while pos + 8 <= len(data):
+            (length,) = struct.unpack_from("<I", data, pos + 4)
+            try:
+                self._write_blocks([data[pos : pos + length]])
+            except DiskFull:
+                return
+            self.packets_written += 1
+            if if_id < len(self._delivered):
+                self._delivered[if_id] += 1
+            pos += length
 
     def _write_what_fits(self, records: Sequence[PacketRecord]) -> None:
         """After ENOSPC on a batch, keep as many whole packets of it as still fit."""

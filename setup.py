@@ -1,0 +1,10 @@
+"""Only for the optional C fast path; everything else is in pyproject.toml."""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension("kstap.capture._ringfast", ["kstap/capture/_ringfast.c"], optional=True,
+                  extra_compile_args=["-O2"]),
+    ]
+)
