@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
-from typing import Protocol
+from typing import Protocol, TextIO
 
 from kstap.capture import backends
 from kstap.capture.afpacket import AfPacketSource
@@ -23,6 +23,7 @@ from kstap.filters.bpf import compile_filter, final_expression
 from kstap.model import CaptureSummary, Interface, PacketRecord, SourceStats
 from kstap.sinks import pcapng
 from kstap.sinks.files import DiskFull, OutputClosed, PcapngFiles, check_writable
+from kstap.sinks.text import TextLines
 
 LINKTYPE_NAMES = {1: "EN10MB (Ethernet)", 101: "RAW (Raw IP)", 113: "LINUX_SLL (Linux cooked v1)",
                   276: "LINUX_SLL2 (Linux cooked v2)", 0: "NULL (BSD loopback)"}
@@ -102,8 +103,12 @@ class _ReplayAdapter:
 
 
 def run_tap(settings: TapSettings, reporter: Reporter, stop: StopFlag | None = None,
-            clock: Callable[[], float] = time.monotonic) -> CaptureSummary:
-    """Run one capture to its end; returns the summary. Raises KstapError subclasses."""
+            clock: Callable[[], float] = time.monotonic, lines: TextIO | None = None) -> CaptureSummary:
+    """Run one capture to its end; returns the summary. Raises KstapError subclasses.
+
+    Without an output file, packets are described one per line on ``lines`` (tcpdump's default),
+    or only counted when ``lines`` is None.
+    """
     settings.validate()
     stop = stop if stop is not None else StopFlag()
     expression = final_expression(settings.bpf_filter)
@@ -115,7 +120,7 @@ def run_tap(settings: TapSettings, reporter: Reporter, stop: StopFlag | None = N
         try:
             if stop:
                 raise Interrupted("interrupted before capture started")
-            return _capture(settings, source, retire_ms, backend, reporter, stop, clock)
+            return _capture(settings, source, retire_ms, backend, reporter, stop, clock, lines)
         finally:
             source.close()
 
@@ -135,7 +140,7 @@ def _open_source(settings: TapSettings, expression: str) -> tuple[_Source, int, 
 
 
 def _capture(settings: TapSettings, source: _Source, retire_ms: int, backend: str, reporter: Reporter,
-             stop: StopFlag, clock: Callable[[], float]) -> CaptureSummary:
+             stop: StopFlag, clock: Callable[[], float], lines: TextIO | None) -> CaptureSummary:
     summary = CaptureSummary()
     replay = isinstance(source, _ReplayAdapter)
     first: list[PacketRecord] = source.read(0) if replay else []
@@ -155,12 +160,16 @@ def _capture(settings: TapSettings, source: _Source, retire_ms: int, backend: st
     next_report = start + 1.0
     error: KstapError | None = None
     limit = settings.count if settings.count is not None else 1 << 62
-    fast = isinstance(source, AfPacketSource) and source.fast
+    text = TextLines(lines, [i.linktype for i in interfaces]) if lines is not None and sink is None else None
+    fast = isinstance(source, AfPacketSource) and source.fast and text is None
     try:
         batch = first
         while True:
             if batch:
-                _deliver(summary, sink, source, batch[: limit - summary.captured])
+                batch = batch[: limit - summary.captured]
+                _deliver(summary, sink, source, batch)
+                if text is not None:
+                    text.write(batch)
             if summary.captured >= limit:
                 summary.stopped_by = "count"
                 break
@@ -192,7 +201,10 @@ def _capture(settings: TapSettings, source: _Source, retire_ms: int, backend: st
             if sink is not None and not batch:
                 sink.tick()
         if summary.stopped_by in ("signal", "duration") and not replay:
-            _deliver(summary, sink, source, source.drain(retire_ms)[: limit - summary.captured])
+            tail = source.drain(retire_ms)[: limit - summary.captured]
+            _deliver(summary, sink, source, tail)
+            if text is not None:
+                text.write(tail)
     except DiskFull as exc:
         summary.stopped_by = "disk-full"
         error = exc
@@ -208,6 +220,8 @@ def _capture(settings: TapSettings, source: _Source, retire_ms: int, backend: st
                 summary.warnings.append("no room left for the statistics block; packets are intact")
             summary.files = list(sink.files)
             summary.captured = sink.packets_written
+    if replay:  # a file has no kernel counters: what passed the filter is what was processed
+        summary.received, summary.dropped = summary.captured, 0
     if isinstance(source, _ReplayAdapter) and source.src.error is not None:
         err = source.src.error
         summary.warnings.append(str(err))

@@ -142,7 +142,7 @@ class AfPacketRing:
         s.bind((self.name, ETH_P_ALL))
         if fanout_group is not None:
             arg = (fanout_group & 0xFFFF) | ((PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_DEFRAG) << 16)
-            s.setsockopt(SOL_PACKET, PACKET_FANOUT, arg)
+            s.setsockopt(SOL_PACKET, PACKET_FANOUT, _U32.pack(arg))  # > INT_MAX: pass as bytes
         self._block = 0
         self._nblocks = r.blocks
         self._bsize = r.block_bytes

@@ -1,8 +1,197 @@
+"""``kstap demo``: the whole job on a throw-away network — no cluster, nothing outside touched.
+
+Two network namespaces joined by a veth pair (:class:`kstap.demo.lab.Lab`); the traffic server
+(HTTP/1.1, DNS, UDP sink) in one, the paced client in the other (:mod:`kstap.demo.traffic`);
+the usual capture pipeline on the client's end of the veth writes the pcapng.
+"""
+
+from __future__ import annotations
+
+import json
+import selectors
+import shlex
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import TYPE_CHECKING
+
 import typer
 
-from kstap.errors import ExitCode
+from kstap.cli.report import TextReporter
+from kstap.config import OutputSettings, TapSettings
+from kstap.errors import EnvironmentProblem, ExitCode, Interrupted, KstapError, UsageError
+from kstap.model import CaptureSummary, Interface
+
+if TYPE_CHECKING:
+    from kstap.demo.lab import Lab
+    from kstap.pipeline import StopFlag
+
+TRAFFIC = "kstap.demo.traffic"
+READY_TIMEOUT = 10.0
+"""Seconds the server may take to bind its sockets (a cold Python start is ~0.3 s)."""
+TAIL = 1.0
+"""Seconds of capture left after the client stops (it starts ~0.5 s late: Python's start-up), so
+its last answers and FINs are in the file."""
 
 
-def demo(duration: float = typer.Option(10.0, "--duration")) -> int:
-    """placeholder"""
+def demo(
+    duration: float = typer.Option(10.0, "--duration", help="Seconds of traffic and capture."),
+    udp_pps: int = typer.Option(200, "--udp-pps", help="UDP flood rate in datagrams/s; turn it up."),
+    write: str = typer.Option("demo.pcapng", "-w", "--write", help="pcapng output file."),
+    workers: int = typer.Option(1, "--workers", help="Capture processes joined by PACKET_FANOUT_HASH."),
+    progress: bool = typer.Option(False, "--progress", help="Print a status line every second on stderr."),
+) -> int:
+    """Capture real HTTP, DNS and UDP traffic between two throw-away network namespaces (root)."""
+    from kstap import pipeline
+
+    if duration <= 0:
+        raise UsageError("--duration must be positive (seconds)")
+    if udp_pps < 0:
+        raise UsageError("--udp-pps cannot be negative", hint="--udp-pps 0 turns the flood off")
+    stop = pipeline.StopFlag()
+    text = TextReporter(progress=progress)
+    with _signals_only_stop(stop), _lab(stop) as lab:
+        _say(f"demo: namespaces {lab.client} ({lab.client_ip}) <-veth-> {lab.server} ({lab.server_ip})")
+        server = lab.python(lab.server, TRAFFIC, "serve", "--address", lab.server_ip,
+                            "--lifetime", str(duration + 60), stdout=subprocess.PIPE, start_new_session=True)
+        _wait_ready(server, stop)
+        client = _Client(lab, stop, ["--server", lab.server_ip, "--duration", str(max(duration / 2, duration - TAIL)),
+                                     "--udp-pps", str(udp_pps)])
+        settings = TapSettings(interfaces=[lab.client_if], netns=lab.client, duration=duration,
+                               workers=workers, output=OutputSettings(path=write))
+        try:
+            summary = pipeline.run_tap(settings, _StartClientOnListen(text, client), stop)
+        except KstapError as exc:
+            if isinstance(exc.summary, CaptureSummary):
+                text.summary(exc.summary)
+            raise
+        finally:
+            counts = client.finish()
+            if server.stdout is not None:
+                server.stdout.close()
+        if client.error is not None:
+            raise client.error
+    text.summary(summary)
+    if counts:
+        _say(f"demo: client sent {counts.get('http_requests', 0)} HTTP requests "
+             f"({counts.get('http_errors', 0)} failed), {counts.get('dns_queries', 0)} DNS queries "
+             f"({counts.get('dns_nxdomain', 0)} NXDOMAIN), {counts.get('udp_datagrams', 0)} UDP datagrams")
+    _say("demo: network namespaces removed")
+    if write != "-":
+        _say(f"demo: look inside with: tshark -r {shlex.quote(write)} -Y 'http.request || dns'")
     return int(ExitCode.OK)
+
+
+def _say(line: str) -> None:
+    typer.echo(line, err=True)
+
+
+@contextmanager
+def _signals_only_stop(stop: StopFlag) -> Iterator[None]:
+    """While the lab exists, SIGINT/SIGTERM only set ``stop``, so teardown always completes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        stop.set(signum)
+
+    old = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+@contextmanager
+def _lab(stop: StopFlag) -> Iterator[Lab]:
+    """The lab, closed whatever happens; a Ctrl-C that broke an ``ip`` command is an interrupt."""
+    from kstap.demo.lab import Lab
+
+    lab = Lab()
+    try:
+        lab.__enter__()
+    except EnvironmentProblem:
+        if stop:
+            raise Interrupted("interrupted while building the demo network") from None
+        raise
+    try:
+        yield lab
+    finally:
+        lab.close()
+
+
+def _wait_ready(server: subprocess.Popen[bytes], stop: StopFlag) -> None:
+    """Wait for the server's READY line (all sockets bound)."""
+    assert server.stdout is not None
+    deadline = time.monotonic() + READY_TIMEOUT
+    with selectors.DefaultSelector() as sel:
+        sel.register(server.stdout, selectors.EVENT_READ)
+        while not stop:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise KstapError(f"the demo server did not start within {READY_TIMEOUT:.0f} s")
+            if sel.select(min(left, 0.1)):
+                line = server.stdout.readline()
+                if line.strip() == b"READY":
+                    return
+                if not line:
+                    raise KstapError(f"the demo server exited early (status {server.wait()})",
+                                     hint="its error is printed above; rerun with --debug")
+    raise Interrupted("interrupted before capture started")
+
+
+class _Client:
+    """The traffic client: started once capture listens, stopped and asked for its counts after."""
+
+    def __init__(self, lab: Lab, stop: StopFlag, args: list[str]) -> None:
+        self.lab, self.stop, self.args = lab, stop, args
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.error: KstapError | None = None
+
+    def start(self) -> None:
+        try:
+            self.proc = self.lab.python(self.lab.client, TRAFFIC, "client", *self.args,
+                                        stdout=subprocess.PIPE, start_new_session=True)
+        except OSError as exc:
+            self.error = KstapError(f"could not start the demo client: {exc}")
+            self.stop.set()
+
+    def finish(self) -> dict[str, int] | None:
+        """Stop the client if it still runs; its counts, or None if it did not report them."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.terminate()  # it prints its counts and exits on SIGTERM
+        try:
+            out, _ = self.proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            return None  # the lab kills it
+        lines = out.decode(errors="replace").strip().splitlines()
+        try:
+            counts = json.loads(lines[-1]) if lines else None
+        except ValueError:
+            return None
+        return counts if isinstance(counts, dict) else None
+
+
+class _StartClientOnListen:
+    """A :class:`kstap.pipeline.Reporter` that starts the client as soon as capture listens."""
+
+    def __init__(self, text: TextReporter, client: _Client) -> None:
+        self.text, self.client = text, client
+
+    def listening(self, interfaces: list[Interface], backend: str, workers: int) -> None:
+        self.text.listening(interfaces, backend, workers)
+        self.client.start()
+
+    def progress(self, summary: CaptureSummary, elapsed: float) -> None:
+        self.text.progress(summary, elapsed)
+
+    def warning(self, message: str) -> None:
+        self.text.warning(message)

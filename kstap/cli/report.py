@@ -22,9 +22,12 @@ class TextReporter:
     def listening(self, interfaces: list[Interface], backend: str, workers: int) -> None:
         for i in interfaces:
             link = LINKTYPE_NAMES.get(i.linktype, str(i.linktype))
-            where = "reading from file" if backend == "file" else "listening on"
+            if backend == "file":
+                self._say(f"kstap: reading from file (interface {i.name}), link-type {link}, "
+                          f"snapshot length {i.snaplen} bytes")
+                continue
             extra = f", {workers} workers" if workers > 1 else ""
-            self._say(f"kstap: {where} {i.name}, link-type {link}, snapshot length {i.snaplen} bytes"
+            self._say(f"kstap: listening on {i.name}, link-type {link}, snapshot length {i.snaplen} bytes"
                       f" ({backend}{extra})")
 
     def progress(self, summary: CaptureSummary, elapsed: float) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 from kstap.cli.report import TextReporter
@@ -39,7 +41,7 @@ def tap(
     )
     reporter = TextReporter(progress=progress)
     try:
-        summary = pipeline.run_tap(settings, reporter)
+        summary = pipeline.run_tap(settings, reporter, lines=sys.stdout)
     except KstapError as exc:
         from kstap.model import CaptureSummary
 

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -190,7 +191,7 @@ class Proc:
             raise AssertionError(f"{self.name} exited ({self.popen.returncode}) before it was ready:\n"
                                  f"{self.stderr}")
 
-    def signal(self, signum: int) -> None:
+    def send_signal(self, signum: int) -> None:
         if self.popen.poll() is None:
             os.kill(self.popen.pid, signum)
 
@@ -204,7 +205,7 @@ class Proc:
         return rc
 
     def stop(self, signum: int = signal.SIGINT, timeout: float = STOP_TIMEOUT) -> int:
-        self.signal(signum)
+        self.send_signal(signum)
         return self.wait(timeout)
 
     def kill(self) -> None:
@@ -313,6 +314,39 @@ class Harness:
         for proc in self.procs:
             proc.kill()
         self.procs.clear()
+
+    # reading and checking files (bound here so test modules need no import from conftest)
+    @staticmethod
+    def read(path: str | Path) -> Capture:
+        return read_capture(path)
+
+    @staticmethod
+    def settle(*paths: str | Path, minimum: int = 1, timeout: float = 10.0) -> list[int]:
+        return wait_settled(*paths, minimum=minimum, timeout=timeout)
+
+    @staticmethod
+    def wait_count(path: str | Path, minimum: int, timeout: float = 10.0) -> int:
+        return wait_count(path, minimum, timeout)
+
+    @staticmethod
+    def tshark(path: str | Path) -> TsharkFrames:
+        return tshark_frames(path)
+
+    @staticmethod
+    def capinfos(path: str | Path) -> str:
+        return capinfos(path)
+
+    @staticmethod
+    def summary(stderr: str) -> dict[str, int]:
+        return summary_numbers(stderr)
+
+    @staticmethod
+    def per_worker(stderr: str) -> dict[int, int]:
+        return per_worker(stderr)
+
+    @staticmethod
+    def ends_with_isb(path: str | Path) -> bool:
+        return ends_with_isb(path)
 
 
 def _readline(stream: object, timeout: float) -> bytes:
@@ -447,8 +481,16 @@ def capinfos(path: str | Path) -> str:
     return r.stdout
 
 
-def non_decreasing(values: list[int] | list[Decimal]) -> bool:
-    return all(a <= b for a, b in zip(values, values[1:], strict=False))
+def ends_with_isb(path: str | Path) -> bool:
+    """The last block of a pcapng file is an Interface Statistics Block (type 5)."""
+    raw = Path(path).read_bytes()
+    if len(raw) < 12:
+        return False
+    (total,) = struct.unpack_from("<I", raw, len(raw) - 4)
+    if total < 12 or total > len(raw):
+        return False
+    btype, head_total = struct.unpack_from("<II", raw, len(raw) - total)
+    return btype == 5 and head_total == total
 
 
 # -- summary lines on kstap's stderr ---------------------------------------------------------------
