@@ -72,7 +72,7 @@ class TapSettings:
                              hint="use --capture af_packet, or --workers 1")
         if self.count is not None and self.count < 1:
             raise UsageError("-c must be a positive number of packets")
-        if self.duration is not None and self.duration <= 0:
+        if self.duration is not None and not self.duration > 0:  # NaN too
             raise UsageError("--duration must be positive (seconds)")
         if not 1 <= self.snaplen <= 262144:
             raise UsageError("--snaplen must be between 1 and 262144")
@@ -87,7 +87,7 @@ class TapSettings:
             raise UsageError("-W needs -C or -G", hint="e.g. -C 100 -W 5 keeps five 100 MB files")
         if out.ring_files is not None and out.ring_files < 1:
             raise UsageError("-W must be at least 1")
-        if out.rotate_mb is not None and out.rotate_mb <= 0:
+        if out.rotate_mb is not None and not out.rotate_mb > 0:
             raise UsageError("-C must be positive (millions of bytes)")
-        if out.rotate_seconds is not None and out.rotate_seconds <= 0:
+        if out.rotate_seconds is not None and not out.rotate_seconds > 0:
             raise UsageError("-G must be positive (seconds)")

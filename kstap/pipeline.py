@@ -148,13 +148,17 @@ def _capture(settings: TapSettings, source: _Source, retire_ms: int, backend: st
     out = settings.output
     sink: PcapngFiles | None = None
     if out.path:
-        sink = PcapngFiles(
-            out.path, interfaces, counters=lambda: _counters(source),
-            rotate_bytes=int(out.rotate_mb * 1_000_000) if out.rotate_mb else None,
-            rotate_seconds=out.rotate_seconds, ring_files=out.ring_files,
-            with_queue=settings.workers > 1,
-            comment=f"kstap tap; filter: {settings.bpf_filter or '(none)'}; backend: {backend}",
-        )
+        try:
+            sink = PcapngFiles(
+                out.path, interfaces, counters=lambda: _counters(source),
+                rotate_bytes=int(out.rotate_mb * 1_000_000) if out.rotate_mb else None,
+                rotate_seconds=out.rotate_seconds, ring_files=out.ring_files,
+                with_queue=settings.workers > 1,
+                comment=f"kstap tap; filter: {settings.bpf_filter or '(none)'}; backend: {backend}",
+            )
+        except OutputClosed:  # the reader of -w - left before the first byte: stop quietly
+            summary.stopped_by = "output-closed"
+            return summary
     reporter.listening(interfaces, backend, settings.workers)
     start = clock()
     next_report = start + 1.0

@@ -127,7 +127,12 @@ class AfPacketRing:
         self.linktype = linktype
         prog = program.without_outgoing() if interfaces.is_loopback(hatype) else program
         fprog, keep = prog.sock_fprog()
-        s.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+        try:
+            s.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+        except OSError as exc:  # ENOMEM: the program is above net.core.optmem_max once translated
+            raise UsageError(f"the kernel refused the {len(prog.insns)}-instruction filter: {exc.strerror}",
+                             hint="simplify the filter (e.g. 'net 10.0.0.0/16' instead of many hosts), "
+                                  "or raise net.core.optmem_max") from None
         del keep
         r = self._ring
         req = struct.pack("IIIIIII", r.block_bytes, r.blocks, 2048, r.block_bytes // 2048 * r.blocks,

@@ -10,6 +10,7 @@ time-ordered stream without waiting for the end of the capture.
 from __future__ import annotations
 
 import bisect
+import ctypes
 import multiprocessing as mp
 import os
 import signal
@@ -28,6 +29,7 @@ _MSG = struct.Struct("<cQI")  # kind, watermark ns, record count
 _REC = struct.Struct("<QIIHH")  # ts, caplen, origlen, if id, worker
 _STAT = struct.Struct("<QQQ")  # received, dropped, delivered (per interface)
 SLACK_MS = 30
+PR_SET_PDEATHSIG = 1
 
 
 def _pack(kind: bytes, watermark: int, records: list[PacketRecord], stats: list[SourceStats]) -> bytes:
@@ -62,7 +64,13 @@ def _unpack(buf: bytes, n_ifaces: int) -> tuple[bytes, int, list[PacketRecord], 
 def _worker_main(worker: int, names: list[str], program: Program, ring: RingConfig, group: int,
                  ns: str | None, conn: Connection, stop: mp.synchronize.Event) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # also on a group-wide SIGTERM (timeout(1), systemd)
+    # Die with the parent (even SIGKILLed): a forked worker holds the pipe's read end too, so
+    # it would never see a broken pipe and would block on a full pipe forever.
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    parent = mp.parent_process()
+    if parent is not None and os.getppid() != parent.pid:
+        return
     try:
         with netns.entered(ns):
             rings = [AfPacketRing(n, program, if_id=i, worker=worker, ring=ring,

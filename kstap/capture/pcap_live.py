@@ -7,6 +7,8 @@ type libpcap knows, and a PF_RING-enabled libpcap makes it the PF_RING backend.
 from __future__ import annotations
 
 import ctypes
+import select
+import time
 
 from kstap.capture import interfaces
 from kstap.errors import EnvironmentProblem, KstapError, UsageError
@@ -63,11 +65,29 @@ class PcapLiveSource:
                 raise KstapError(f"cannot set the filter: {lib.pcap_geterr(h).decode(errors='replace')}")
         finally:
             lib.pcap_freecode(ctypes.byref(prog))
+        # Non-blocking, polled by read(): a blocking pcap_next_ex waits in C (TPACKET_V3 polls
+        # forever until a block fills or times out), so with no traffic SIGINT never got through.
+        if lib.pcap_setnonblock(h, 1, errbuf) != 0:
+            raise KstapError(f"libpcap cannot set non-blocking mode on {name!r}: "
+                             f"{errbuf.value.decode(errors='replace')}")
         self._handles.pop()
         self.interfaces.append(Interface(name, lib.pcap_datalink(h), snaplen, self.expression))
         return ctypes.c_void_p(h)
 
     def read(self, timeout_ms: int) -> list[PacketRecord]:
+        out = self._take()
+        if not out and timeout_ms > 0:
+            poller = select.poll()
+            for h in self._handles:
+                poller.register(self._lib.pcap_get_selectable_fd(h), select.POLLIN)
+            try:
+                poller.poll(timeout_ms)
+            except InterruptedError:
+                return out
+            out = self._take()
+        return out
+
+    def _take(self) -> list[PacketRecord]:
         out: list[PacketRecord] = []
         hdr = ctypes.POINTER(libpcap.PcapPkthdr)()
         data = ctypes.POINTER(ctypes.c_ubyte)()
@@ -90,7 +110,12 @@ class PcapLiveSource:
         return out
 
     def drain(self, retire_ms: int) -> list[PacketRecord]:
-        return self.read(0)
+        """At stop: wait for libpcap's partly filled block to time out and take what it holds."""
+        deadline = time.monotonic() + (retire_ms + 30) / 1000
+        out: list[PacketRecord] = []
+        while (left := deadline - time.monotonic()) > 0:
+            out.extend(self.read(max(1, int(left * 1000))))
+        return out
 
     def stats(self) -> list[SourceStats]:
         st = libpcap.PcapStat()

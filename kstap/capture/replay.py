@@ -6,11 +6,13 @@ import time
 from collections.abc import Callable, Iterator
 
 from kstap.capture.savefile import CaptureFormatError, CaptureReader
-from kstap.errors import UsageError
+from kstap.errors import KstapError, UsageError
 from kstap.filters.bpf import Program, compile_filter
 from kstap.model import Interface, PacketRecord, SourceStats
 
 BATCH = 512
+PACE_SLACK = 1e-6
+"""Seconds: a --realtime packet this close to its due time is due (float clocks)."""
 
 
 class ReplaySource:
@@ -45,11 +47,13 @@ class ReplaySource:
         self._stats = SourceStats()
         try:
             self.reader = CaptureReader(self._fh, path)
-        except CaptureFormatError:
+        except CaptureFormatError as exc:
             self._fh.close()
-            raise
+            raise KstapError(str(exc), hint="give a pcap or pcapng file to --read") from None
         self._iter: Iterator[tuple[PacketRecord, object]] = iter(self.reader)
         self._first: tuple[int, float] | None = None
+        self._held: PacketRecord | None = None
+        """A --realtime packet that was not due yet at the last read."""
         self.exhausted = False
 
     @property
@@ -73,38 +77,49 @@ class ReplaySource:
         out: list[PacketRecord] = []
         snaplen = self._snaplen
         while len(out) < BATCH and not self.exhausted:
-            try:
-                rec, _info = next(self._iter)
-            except StopIteration:
-                self.exhausted = True
-                break
-            except CaptureFormatError as exc:
-                self.error = exc
-                self.exhausted = True
-                break
-            ts, caplen, origlen, data, if_id, worker = rec
-            prog = self._program(if_id)
-            if prog is not None and not prog.matches(data, origlen):
-                continue
-            if caplen > snaplen:
-                data = data[:snaplen]
-                caplen = snaplen
-            self._stats.received += 1
-            out.append((ts, caplen, origlen, data, if_id, worker))
+            if self._held is not None:
+                rec, self._held = self._held, None
+            else:
+                try:
+                    rec, _info = next(self._iter)
+                except StopIteration:
+                    self.exhausted = True
+                    break
+                except CaptureFormatError as exc:
+                    self.error = exc
+                    self.exhausted = True
+                    break
+                ts, caplen, origlen, data, if_id, worker = rec
+                prog = self._program(if_id)
+                if prog is not None and not prog.matches(data, origlen):
+                    continue
+                if caplen > snaplen:
+                    data = data[:snaplen]
+                    caplen = snaplen
+                self._stats.received += 1
+                rec = (ts, caplen, origlen, data, if_id, worker)
             if self._realtime:
-                self._pace(ts)
+                if self._pace(rec[0]):
+                    out.append(rec)
+                else:
+                    self._held = rec
                 break
+            out.append(rec)
         self._stats.delivered += len(out)
         return out
 
-    def _pace(self, ts: int) -> None:
+    def _pace(self, ts: int) -> bool:
+        """Sleep toward the packet's due time, at most a second per read (stop flags are checked
+        between reads); True once it is due."""
         now = self._clock()
         if self._first is None:
             self._first = (ts, now)
-            return
+            return True
         due = self._first[1] + (ts - self._first[0]) / 1e9
-        if due > now:
+        if due - now > PACE_SLACK:
             self._sleep(min(due - now, 1.0))
+            return due - self._clock() <= PACE_SLACK
+        return True
 
     def stats(self) -> list[SourceStats]:
         per = [SourceStats() for _ in self.reader.interfaces] or [SourceStats()]

@@ -146,17 +146,21 @@ class CaptureReader:
                 continue
             length = struct.unpack(endian + "I", head[4:8])[0]
             body = self._body(length, 12, endian, head)
-            if btype == pcapng.BT_EPB:
-                yield self._epb(body, endian)
-            elif btype == pcapng.BT_IDB:
-                self._idb(body, endian)
-            elif btype == pcapng.BT_SPB:
-                yield self._spb(body, endian, length)
-            elif btype == pcapng.BT_PB:
-                yield self._pb(body, endian)
-            elif btype == pcapng.BT_ISB:
-                self._isb(body, endian)
-            # other block types (NRB, DSB, custom) are skipped
+            try:
+                if btype == pcapng.BT_EPB:
+                    yield self._epb(body, endian)
+                elif btype == pcapng.BT_IDB:
+                    self._idb(body, endian)
+                elif btype == pcapng.BT_SPB:
+                    yield self._spb(body, endian, length)
+                elif btype == pcapng.BT_PB:
+                    yield self._pb(body, endian)
+                elif btype == pcapng.BT_ISB:
+                    self._isb(body, endian)
+                # other block types (NRB, DSB, custom) are skipped
+            except struct.error:
+                raise CaptureFormatError(f"{self.name}: corrupt block (type {btype:#x}, too short) after "
+                                         f"{self.packets} packets", self.packets) from None
 
     def _body(self, length: int, fixed: int, endian: str, head: bytes) -> bytes:
         if length < fixed or length % 4 or length > MAX_BLOCK:
@@ -249,6 +253,9 @@ class CaptureReader:
 
     def _pb(self, body: bytes, endian: str) -> tuple[PacketRecord, PacketInfo | None]:
         if_id, _drops, hi, lo, caplen, origlen = struct.unpack_from(endian + "HHIIII", body)
+        if 20 + caplen > len(body):
+            raise CaptureFormatError(f"{self.name}: corrupt packet block (captured length {caplen})",
+                                     self.packets)
         iface = self._iface(if_id)
         ts = ((hi << 32) | lo) * iface.ts_mul // iface.ts_div
         self.packets += 1

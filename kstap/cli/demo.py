@@ -45,36 +45,21 @@ def demo(
     workers: int = typer.Option(1, "--workers", help="Capture processes joined by PACKET_FANOUT_HASH."),
     progress: bool = typer.Option(False, "--progress", help="Print a status line every second on stderr."),
 ) -> int:
-    """Capture real HTTP, DNS and UDP traffic between two throw-away network namespaces (root)."""
+    """Capture real HTTP, DNS and UDP traffic on a throw-away two-namespace network (needs root)."""
     from kstap import pipeline
 
     if duration <= 0:
         raise UsageError("--duration must be positive (seconds)")
     if udp_pps < 0:
         raise UsageError("--udp-pps cannot be negative", hint="--udp-pps 0 turns the flood off")
+    settings = TapSettings(interfaces=["(lab veth)"], duration=duration, workers=workers,
+                           output=OutputSettings(path=write))
+    settings.validate()  # usage errors before any namespace exists
     stop = pipeline.StopFlag()
     text = TextReporter(progress=progress)
     with _signals_only_stop(stop), _lab(stop) as lab:
         _say(f"demo: namespaces {lab.client} ({lab.client_ip}) <-veth-> {lab.server} ({lab.server_ip})")
-        server = lab.python(lab.server, TRAFFIC, "serve", "--address", lab.server_ip,
-                            "--lifetime", str(duration + 60), stdout=subprocess.PIPE, start_new_session=True)
-        _wait_ready(server, stop)
-        client = _Client(lab, stop, ["--server", lab.server_ip, "--duration", str(max(duration / 2, duration - TAIL)),
-                                     "--udp-pps", str(udp_pps)])
-        settings = TapSettings(interfaces=[lab.client_if], netns=lab.client, duration=duration,
-                               workers=workers, output=OutputSettings(path=write))
-        try:
-            summary = pipeline.run_tap(settings, _StartClientOnListen(text, client), stop)
-        except KstapError as exc:
-            if isinstance(exc.summary, CaptureSummary):
-                text.summary(exc.summary)
-            raise
-        finally:
-            counts = client.finish()
-            if server.stdout is not None:
-                server.stdout.close()
-        if client.error is not None:
-            raise client.error
+        summary, counts = _run(lab, settings, udp_pps, text, stop)
     text.summary(summary)
     if counts:
         _say(f"demo: client sent {counts.get('http_requests', 0)} HTTP requests "
@@ -84,6 +69,33 @@ def demo(
     if write != "-":
         _say(f"demo: look inside with: tshark -r {shlex.quote(write)} -Y 'http.request || dns'")
     return int(ExitCode.OK)
+
+
+def _run(lab: Lab, settings: TapSettings, udp_pps: int, text: TextReporter,
+         stop: StopFlag) -> tuple[CaptureSummary, dict[str, int] | None]:
+    """Server up, capture on the client's veth end, client on; the summary and the client's counts."""
+    from kstap import pipeline
+
+    duration = settings.duration or 0.0
+    server = lab.python(lab.server, TRAFFIC, "serve", "--address", lab.server_ip,
+                        "--lifetime", str(duration + 60), stdout=subprocess.PIPE, start_new_session=True)
+    client = _Client(lab, stop, ["--server", lab.server_ip, "--udp-pps", str(udp_pps),
+                                 "--duration", str(max(duration / 2, duration - TAIL))])
+    settings.interfaces, settings.netns = [lab.client_if], lab.client
+    try:
+        _wait_ready(server, stop)
+        summary = pipeline.run_tap(settings, _StartClientOnListen(text, client), stop)
+    except KstapError as exc:
+        if isinstance(exc.summary, CaptureSummary):
+            text.summary(exc.summary)
+        raise
+    finally:
+        counts = client.finish()
+        if server.stdout is not None:
+            server.stdout.close()
+    if client.error is not None:
+        raise client.error
+    return summary, counts
 
 
 def _say(line: str) -> None:

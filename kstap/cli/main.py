@@ -47,9 +47,9 @@ def run(argv: list[str]) -> int:
         _print_error(exc.message, exc.hint)
         return int(exc.code)
     except no_args as exc:
-        ctx = getattr(exc, "ctx", None)
-        if ctx is not None:
-            print(ctx.get_help())
+        help_text = exc.format_message()  # the help; typer's rich help printed itself while built
+        if help_text:
+            print(help_text)
         return int(ExitCode.USAGE)
     except cx.UsageError as exc:
         cmd = exc.ctx.command_path if exc.ctx else "kstap"

@@ -31,7 +31,7 @@ _SEQ = itertools.count()
 class Lab:
     """Namespaces ``client``/``server`` with veth ends ``client_if``/``server_if``."""
 
-    tag: str = field(default_factory=lambda: f"{os.getpid() % 100000}{next(_SEQ)}")
+    tag: str = field(default_factory=lambda: f"{os.getpid() % 100000}x{next(_SEQ)}")
     subnet: int = 77
     """Third octet of 10.X.Y.0/24 on the veth pair (addresses exist only inside the lab)."""
     client: str = ""

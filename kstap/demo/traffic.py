@@ -168,27 +168,62 @@ def _stop_on_signals(stop: threading.Event) -> None:
         signal.signal(s, handle)
 
 
+class DemoServer:
+    """HTTP/1.1, DNS and the UDP sink on one address, each on its own thread.
+
+    Port 0 picks a free port (tests); :attr:`ports` tells which were bound.
+    """
+
+    def __init__(self, address: str, http_port: int = HTTP_PORT, dns_port: int = DNS_PORT,
+                 sink_port: int = SINK_PORT) -> None:
+        self.stop = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.socks: list[socket.socket] = []
+        self.httpd = http_server(address, http_port)
+        try:
+            self.socks = [_udp_socket(address, dns_port), _udp_socket(address, sink_port)]
+        except OSError:
+            self.close()
+            raise
+        self.threads = [
+            threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True),
+            threading.Thread(target=_dns_loop, args=(self.socks[0], demo_zone(address), self.stop),
+                             daemon=True),
+            threading.Thread(target=_sink_loop, args=(self.socks[1], self.stop), daemon=True)]
+
+    @property
+    def ports(self) -> tuple[int, int, int]:
+        """The bound (HTTP, DNS, sink) ports."""
+        dns, sink = (int(s.getsockname()[1]) for s in self.socks)
+        return int(self.httpd.server_address[1]), dns, sink
+
+    def __enter__(self) -> DemoServer:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.stop.set()
+        if self.threads and self.threads[0].is_alive():
+            self.httpd.shutdown()
+        for t in self.threads:
+            if t.is_alive():
+                t.join(timeout=2)
+        self.httpd.server_close()
+        for s in self.socks:
+            s.close()
+
+
 def serve(address: str, http_port: int, dns_port: int, sink_port: int, lifetime: float) -> int:
-    """Run the three servers until a signal or ``lifetime`` seconds; print READY once bound."""
+    """Run the servers until SIGTERM/SIGINT or ``lifetime`` seconds; print READY once bound."""
     stop = threading.Event()
     _stop_on_signals(stop)
-    httpd = http_server(address, http_port)
-    dns_sock = _udp_socket(address, dns_port)
-    sink_sock = _udp_socket(address, sink_port)
-    threads = [threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True),
-               threading.Thread(target=_dns_loop, args=(dns_sock, demo_zone(address), stop), daemon=True),
-               threading.Thread(target=_sink_loop, args=(sink_sock, stop), daemon=True)]
-    for t in threads:
-        t.start()
-    print("READY", flush=True)
-    stop.wait(lifetime)
-    stop.set()
-    httpd.shutdown()
-    for t in threads:
-        t.join(timeout=2)
-    httpd.server_close()
-    dns_sock.close()
-    sink_sock.close()
+    with DemoServer(address, http_port, dns_port, sink_port):
+        print("READY", flush=True)
+        stop.wait(lifetime)
     return 0
 
 
@@ -366,7 +401,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m kstap.demo.traffic", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="role", required=True)
     s = sub.add_parser("serve", help="HTTP/1.1 + DNS + UDP sink; prints READY when bound")
-    s.add_argument("--address", default="0.0.0.0")
+    s.add_argument("--address", required=True, help="bind here; the DNS zone answers with it too")
     s.add_argument("--lifetime", type=float, default=600.0, help="exit after SECS even without a signal")
     c = sub.add_parser("client", help="paced HTTP, DNS and UDP traffic; prints JSON counts at the end")
     c.add_argument("--server", required=True)

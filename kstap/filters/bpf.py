@@ -20,6 +20,8 @@ BPF_MAXINSNS = 4096
 SKF_AD_OFF = -0x1000
 SKF_AD_PKTTYPE = 4
 PACKET_OUTGOING = 4
+LINKTYPE_TO_DLT = {101: 12}
+"""pcap_open_dead takes a DLT: LINKTYPE_RAW (files, ARPHRD_NONE) is DLT_RAW, 12 on Linux."""
 
 Insn = tuple[int, int, int, int]
 """(code, jt, jf, k), the fields of struct sock_filter."""
@@ -84,7 +86,7 @@ def compile_filter(
 ) -> Program:
     """Compile ``expression`` for ``linktype``; raise :class:`UsageError` with libpcap's message."""
     pcap = libpcap.lib()
-    handle = pcap.pcap_open_dead(linktype, snaplen)
+    handle = pcap.pcap_open_dead(LINKTYPE_TO_DLT.get(linktype, linktype), snaplen)
     if not handle:
         raise UsageError(f"libpcap cannot open a handle for link type {linktype}")
     try:

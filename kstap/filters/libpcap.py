@@ -110,6 +110,7 @@ def lib() -> ctypes.CDLL:
     _sig(pcap, "pcap_stats", ctypes.c_int, p, ctypes.POINTER(PcapStat))
     _sig(pcap, "pcap_breakloop", None, p)
     _sig(pcap, "pcap_get_selectable_fd", ctypes.c_int, p)
+    _sig(pcap, "pcap_setnonblock", ctypes.c_int, p, ctypes.c_int, ctypes.c_char_p)
     return pcap
 
 

@@ -36,14 +36,24 @@ def check_writable(path: str) -> None:
         return
     target = Path(path)
     parent = target.parent if str(target.parent) else Path(".")
+    hint = "pick a writable -w path (or run as a user allowed to write there)"
+    try:
+        exists = target.exists()
+    except PermissionError:  # a directory on the way that we may not search
+        raise UsageError(f"cannot write {path!r}: permission denied", hint=hint) from None
     if target.is_dir():
         raise UsageError(f"output path {path!r} is a directory", hint="give a file name, e.g. -w out.pcapng")
     if not parent.is_dir():
         raise UsageError(f"cannot write {path!r}: directory {str(parent)!r} does not exist",
                          hint="create the directory first or pick another -w path")
-    if not os.access(parent, os.W_OK | os.X_OK) or (target.exists() and not os.access(target, os.W_OK)):
-        raise UsageError(f"cannot write {path!r}: permission denied",
-                         hint="pick a writable -w path (or run as a user allowed to write there)")
+    if not os.access(parent, os.W_OK | os.X_OK) or (exists and not os.access(target, os.W_OK)):
+        raise UsageError(f"cannot write {path!r}: permission denied", hint=hint)
+    if not exists:  # os.access trusts root; only creating the file tells (e.g. under /proc)
+        try:
+            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+        except OSError as exc:
+            raise UsageError(f"cannot write {path!r}: {exc.strerror}", hint=hint) from None
+        os.unlink(target)
 
 
 def rotated_name(path: str, index: int) -> str:
@@ -145,18 +155,33 @@ class PcapngFiles:
 
     # -- the pipeline's calls ------------------------------------------------------------------
     def write(self, records: Sequence[PacketRecord]) -> None:
-        """Append packets; rotate first when the current file is due."""
-        if not records:
-            self.tick()
-            return
+        """Append packets; rotate first when the current file is due (with -C, between packets)."""
         self.tick()
-        pieces = pcapng.enhanced_packets(records, with_queue=self._with_queue)
-        try:
-            self._write_blocks(pieces)
-        except DiskFull:
-            self._write_what_fits(records)
-            raise
-        self._count(records)
+        start = 0
+        while start < len(records):
+            end = self._fill(records, start)
+            run = records[start:end]
+            try:
+                self._write_blocks(pcapng.enhanced_packets(run, with_queue=self._with_queue))
+            except DiskFull:
+                self._write_what_fits(run)
+                raise
+            self._count(run)
+            start = end
+            if start < len(records):
+                self.tick()
+
+    def _fill(self, records: Sequence[PacketRecord], start: int) -> int:
+        """Where the run of ``records`` from ``start`` brings the file to -C bytes (one at least)."""
+        if self._rotate_bytes is None:
+            return len(records)
+        size, extra = self._offset, 12 if self._with_queue else 0
+        for i in range(start, len(records)):
+            caplen = records[i][1]
+            size += 32 + caplen + (-caplen % 4) + extra
+            if size >= self._rotate_bytes:
+                return i + 1
+        return len(records)
 
     def ensure_interfaces(self, interfaces: Sequence[Interface]) -> None:
         """Describe interfaces that appeared after the file was opened (IDBs may come late)."""
@@ -168,18 +193,41 @@ class PcapngFiles:
         self._delivered.extend(0 for _ in new)
 
     def write_encoded(self, chunks: list[bytes], packets: int, if_id: int = 0) -> None:
-        """Append ready-made EPBs (the C fast path) for ``packets`` packets of one interface."""
+        """Append ready-made EPBs (the C fast path) for ``packets`` packets of one interface.
+
+        With -C the bytes are split at the packet that reaches the limit, so a file goes over it
+        by at most one packet, as with the record path. Only a batch that crosses the limit is
+        walked packet by packet.
+        """
         self.tick()
         if not packets:
             return
-        try:
-            self._write_blocks(chunks)
-        except DiskFull:
-            self._write_blocks_that_fit(b"".join(chunks), if_id)
-            raise
-        self.packets_written += packets
-        if if_id < len(self._delivered):
-            self._delivered[if_id] += packets
+        data = b"".join(chunks)
+        while data:
+            cut, n = self._encoded_cut(data, packets)
+            try:
+                self._write_blocks([data[:cut]])
+            except DiskFull:
+                self._write_blocks_that_fit(data[:cut], if_id)
+                raise
+            self.packets_written += n
+            if if_id < len(self._delivered):
+                self._delivered[if_id] += n
+            data, packets = data[cut:], packets - n
+            if data:
+                self.tick()
+
+    def _encoded_cut(self, data: bytes, packets: int) -> tuple[int, int]:
+        """(bytes, packets) of ``data`` to write before the file is due for rotation."""
+        if self._rotate_bytes is None or self._offset + len(data) < self._rotate_bytes:
+            return len(data), packets
+        pos, n = 0, 0
+        while pos < len(data):
+            pos += struct.unpack_from("<I", data, pos + 4)[0]
+            n += 1
+            if self._offset + pos >= self._rotate_bytes:
+                break
+        return pos, n
 
     def _write_blocks_that_fit(self, data: bytes, if_id: int) -> None:
         pos = 0

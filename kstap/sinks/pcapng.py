@@ -116,7 +116,9 @@ def enhanced_packets(records: Sequence[PacketRecord], *, with_queue: bool = Fals
 
 @dataclass(frozen=True)
 class InterfaceCounters:
-    """What an ISB reports for one interface over one file's lifetime."""
+    """What an ISB reports for one interface. Counts run from the start of the capture (the
+    pcapng spec's definition), so every rotated file's ISB is cumulative; ``delivered`` counts
+    the packets written since the start too."""
 
     start_ns: int
     end_ns: int

@@ -8,6 +8,7 @@ pass or fail.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -135,7 +136,8 @@ print(json.dumps(out), flush=True)
 
 FLOOD_SRC = r'''
 import socket, sys, time
-dst, port, seconds, limit, rate = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+dst, port = sys.argv[1], int(sys.argv[2])
+seconds, limit, rate = float(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 end = time.monotonic() + seconds
 gap = 1.0 / rate
@@ -191,6 +193,15 @@ class Proc:
             raise AssertionError(f"{self.name} exited ({self.popen.returncode}) before it was ready:\n"
                                  f"{self.stderr}")
 
+    def wait_lines(self, pattern: str, count: int, timeout: float = READY_TIMEOUT) -> int:
+        """Wait until ``count`` stderr lines contain ``pattern``; returns how many do."""
+        deadline = time.monotonic() + timeout
+        while True:
+            n = sum(pattern in line for line in list(self.lines))
+            if n >= count or time.monotonic() > deadline or self.popen.poll() is not None:
+                return n
+            time.sleep(0.02)
+
     def send_signal(self, signum: int) -> None:
         if self.popen.poll() is None:
             os.kill(self.popen.pid, signum)
@@ -217,10 +228,8 @@ class Proc:
             except (ProcessLookupError, subprocess.TimeoutExpired):
                 pass
         if self.popen.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(self.popen.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             self.popen.wait(timeout=5)
 
 

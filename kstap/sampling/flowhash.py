@@ -1,0 +1,291 @@
+"""The seeded, symmetric 32-bit flow hash — defined once, computed in Python and in classic BPF.
+
+    endpoint(words, port) = fmix32(mixwords(seed ^ port, words))
+    mixwords(h, words)    = for w in words: h = (h ^ (w·C1)) · C2;  h ^= h >> 15
+    flow_hash             = fmix32((endpoint(A) + endpoint(B)) ^ proto·GOLDEN ^ seed2)
+
+Addresses are read as big-endian 32-bit words, ports as big-endian 16-bit numbers, exactly what
+BPF ``ld``/``ldh`` load. Adding the two endpoint hashes makes the result independent of direction
+without sorting the endpoints (a sort costs branches in BPF). ``fmix32`` is murmur3's finalizer;
+cBPF has no rotate, so the word mixer is the multiply-xorshift half of murmur3's block step.
+Every step is 32-bit ALU work that classic BPF has (mul, add, xor, rsh).
+
+Threshold selection (PSAMP hash-based selection, RFC 5475): keep a flow iff hash < rate·2³²; what
+is kept at rate r is kept at every higher rate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from kstap.sampling.flowkey import FlowKey
+
+M32 = 0xFFFFFFFF
+C1 = 0xCC9E2D51
+C2 = 0x1B873593
+F1 = 0x85EBCA6B
+F2 = 0xC2B2AE35
+GOLDEN = 0x9E3779B1
+FULL = 1 << 32
+
+
+def fmix32(h: int) -> int:
+    """murmur3's 32-bit finalizer."""
+    h ^= h >> 16
+    h = (h * F1) & M32
+    h ^= h >> 13
+    h = (h * F2) & M32
+    h ^= h >> 16
+    return h
+
+
+def seed2(seed: int) -> int:
+    """The second constant derived from the seed (mixed into the final step)."""
+    return fmix32((seed ^ GOLDEN) & M32)
+
+
+def seed_id(seed: int) -> str:
+    """A public name for a seed: recorded in captures instead of the seed itself."""
+    return hashlib.sha256(struct.pack("!I", seed & M32)).hexdigest()[:12]
+
+
+def _words(addr: bytes) -> tuple[int, ...]:
+    return struct.unpack(f"!{len(addr) // 4}I", addr)
+
+
+def endpoint_hash(seed: int, addr: bytes, port: int) -> int:
+    h = (seed ^ port) & M32
+    for w in _words(addr):
+        h = ((h ^ ((w * C1) & M32)) * C2) & M32
+        h ^= h >> 15
+    return fmix32(h)
+
+
+def flow_hash(key: FlowKey, seed: int) -> int:
+    """The flow's 32-bit hash under ``seed`` (the same for both directions)."""
+    e = (endpoint_hash(seed, key.a_addr, key.a_port) + endpoint_hash(seed, key.b_addr, key.b_port)) & M32
+    return fmix32(e ^ ((key.proto * GOLDEN) & M32) ^ seed2(seed))
+
+
+def threshold(rate: float) -> int:
+    """Flows with hash < threshold are kept; 2³² (keep all) for rate ≥ 1."""
+    if rate >= 1.0:
+        return FULL
+    return max(0, min(FULL, int(rate * FULL)))
+
+
+def keeps(hash_value: int, rate: float) -> bool:
+    return hash_value < threshold(rate)
+
+
+# -- classic BPF -------------------------------------------------------------------------------------
+
+Insn = tuple[int, int, int, int]
+
+# opcodes (linux/filter.h)
+LD_W_ABS, LD_H_ABS, LD_B_ABS = 0x20, 0x28, 0x30
+LD_W_IND, LD_H_IND, LD_B_IND = 0x40, 0x48, 0x50
+LD_IMM, LD_MEM, LDX_IMM, LDX_MEM = 0x00, 0x60, 0x01, 0x61
+ST, STX = 0x02, 0x03
+ALU_ADD_K, ALU_ADD_X, ALU_MUL_K, ALU_AND_K, ALU_LSH_K, ALU_RSH_K = 0x04, 0x0C, 0x24, 0x54, 0x64, 0x74
+ALU_XOR_K, ALU_XOR_X = 0xA4, 0xAC
+TAX = 0x07
+JA, JEQ_K, JGE_K = 0x05, 0x15, 0x35
+RET_K = 0x06
+
+# scratch memory slots
+M_IPOFF, M_PROTO, M_SPORT, M_DPORT, M_H, M_T, M_EA = 0, 3, 4, 5, 6, 7, 8
+
+
+class _Asm:
+    """A tiny assembler with labels; conditional jumps are resolved to 8-bit forward offsets."""
+
+    def __init__(self) -> None:
+        self.code: list[tuple[int, int | str, int | str, int | str]] = []
+        self.labels: dict[str, int] = {}
+
+    def op(self, code: int, k: int | str = 0, jt: int | str = 0, jf: int | str = 0) -> None:
+        self.code.append((code, jt, jf, k))
+
+    def label(self, name: str) -> None:
+        self.labels[name] = len(self.code)
+
+    def _rel(self, pc: int, target: int | str) -> int:
+        if isinstance(target, int):
+            return target
+        off = self.labels[target] - pc - 1
+        if not 0 <= off <= 255:
+            raise ValueError(f"jump to {target} out of range ({off})")
+        return off
+
+    def build(self) -> list[Insn]:
+        out: list[Insn] = []
+        for pc, (code, jt, jf, k) in enumerate(self.code):
+            if code == JA and isinstance(k, str):
+                out.append((code, 0, 0, self.labels[k] - pc - 1))
+            else:
+                assert isinstance(k, int)
+                out.append((code, self._rel(pc, jt), self._rel(pc, jf), k & M32))
+        return out
+
+
+def _fmix_asm(a: _Asm) -> None:
+    """A = fmix32(A), using M_T and X."""
+    for shift, mul in ((16, F1), (13, F2), (16, None)):
+        a.op(ST, M_T)
+        a.op(ALU_RSH_K, shift)
+        a.op(TAX)
+        a.op(LD_MEM, M_T)
+        a.op(ALU_XOR_X)
+        if mul is not None:
+            a.op(ALU_MUL_K, mul)
+
+
+def _endpoint_asm(a: _Asm, seed: int, word_offsets: Sequence[int], port_slot: int) -> None:
+    """A = endpoint_hash(seed, words at X-relative offsets, port in M[port_slot])."""
+    a.op(LD_MEM, port_slot)
+    a.op(ALU_XOR_K, seed & M32)
+    a.op(ST, M_H)
+    for off in word_offsets:
+        a.op(LDX_MEM, M_IPOFF)
+        a.op(LD_W_IND, off)
+        a.op(ALU_MUL_K, C1)
+        a.op(TAX)
+        a.op(LD_MEM, M_H)
+        a.op(ALU_XOR_X)
+        a.op(ALU_MUL_K, C2)
+        a.op(ST, M_H)
+        a.op(ALU_RSH_K, 15)
+        a.op(TAX)
+        a.op(LD_MEM, M_H)
+        a.op(ALU_XOR_X)
+        a.op(ST, M_H)
+    _fmix_asm(a)
+
+
+def sampling_tail(seed: int, thresh: int, snaplen: int) -> list[Insn]:
+    """BPF that returns ``snaplen`` iff the packet's flow hash < ``thresh`` (non-IP: always)."""
+    a = _Asm()
+    # find the network header past up to two VLAN tags; X = its offset, kept in M_IPOFF
+    a.op(LDX_IMM, 14)
+    a.op(LD_H_ABS, 12)
+    for depth, nxt in ((1, "vlan1"), (2, "vlan2")):
+        a.op(JEQ_K, 0x8100, nxt, f"q{depth}")
+        a.label(f"q{depth}")
+        a.op(JEQ_K, 0x88A8, nxt, "ethertype")
+        a.label(nxt)
+        a.op(LDX_IMM, 14 + 4 * depth)
+        a.op(LD_H_ABS, 12 + 4 * depth)
+    a.label("ethertype")
+    a.op(STX, M_IPOFF)
+    a.op(JEQ_K, 0x0800, "v4", "not4")
+    a.label("not4")
+    a.op(JEQ_K, 0x86DD, "go6", "nonip")
+    a.label("nonip")
+    a.op(RET_K, snaplen)  # non-IP frames belong to no flow: always kept
+    a.label("go6")
+    a.op(JA, "v6")
+    # IPv4
+    a.label("v4")
+    a.op(LD_IMM, 0)
+    a.op(ST, M_SPORT)
+    a.op(ST, M_DPORT)
+    a.op(LD_B_IND, 9)
+    a.op(ST, M_PROTO)
+    a.op(LD_H_IND, 6)
+    a.op(ALU_AND_K, 0x3FFF)
+    a.op(JEQ_K, 0, "v4proto", "v4hash")  # a fragment: no ports
+    a.label("v4proto")
+    a.op(LD_MEM, M_PROTO)
+    a.op(JEQ_K, 6, "v4ports", "v4p17")
+    a.label("v4p17")
+    a.op(JEQ_K, 17, "v4ports", "v4p132")
+    a.label("v4p132")
+    a.op(JEQ_K, 132, "v4ports", "v4hash")
+    a.label("v4ports")
+    a.op(LD_B_IND, 0)
+    a.op(ALU_AND_K, 0x0F)
+    a.op(ALU_LSH_K, 2)
+    a.op(ALU_ADD_X)
+    a.op(TAX)
+    a.op(LD_H_IND, 0)
+    a.op(ST, M_SPORT)
+    a.op(LD_H_IND, 2)
+    a.op(ST, M_DPORT)
+    a.label("v4hash")
+    _endpoint_asm(a, seed, [12], M_SPORT)
+    a.op(ST, M_EA)
+    _endpoint_asm(a, seed, [16], M_DPORT)
+    a.op(JA, "combine")
+    # IPv6
+    a.label("v6")
+    a.op(LD_IMM, 0)
+    a.op(ST, M_SPORT)
+    a.op(ST, M_DPORT)
+    a.op(LD_B_IND, 6)
+    a.op(ST, M_PROTO)
+    a.op(JEQ_K, 6, "v6ports", "v6p17")
+    a.label("v6p17")
+    a.op(JEQ_K, 17, "v6ports", "v6p132")
+    a.label("v6p132")
+    a.op(JEQ_K, 132, "v6ports", "v6hash")
+    a.label("v6ports")
+    a.op(LD_H_IND, 40)
+    a.op(ST, M_SPORT)
+    a.op(LD_H_IND, 42)
+    a.op(ST, M_DPORT)
+    a.label("v6hash")
+    _endpoint_asm(a, seed, [8, 12, 16, 20], M_SPORT)
+    a.op(ST, M_EA)
+    _endpoint_asm(a, seed, [24, 28, 32, 36], M_DPORT)
+    # A + M_EA, ^ proto·GOLDEN ^ seed2, fmix, compare
+    a.label("combine")
+    a.op(LDX_MEM, M_EA)
+    a.op(ALU_ADD_X)
+    a.op(ST, M_T)
+    a.op(LD_MEM, M_PROTO)
+    a.op(ALU_MUL_K, GOLDEN)
+    a.op(TAX)
+    a.op(LD_MEM, M_T)
+    a.op(ALU_XOR_X)
+    a.op(ALU_XOR_K, seed2(seed))
+    _fmix_asm(a)
+    a.op(JGE_K, thresh, "drop", "keep")
+    a.label("keep")
+    a.op(RET_K, snaplen)
+    a.label("drop")
+    a.op(RET_K, 0)
+    return a.build()
+
+
+@dataclass(frozen=True)
+class SampledProgram:
+    """A user filter with the sampling tail spliced in."""
+
+    insns: tuple[Insn, ...]
+    threshold: int
+
+
+def splice(filter_insns: Sequence[Insn], seed: int, rate: float) -> SampledProgram:
+    """Replace every accepting ``ret #k`` of a libpcap program by a jump to the sampling tail."""
+    thresh = threshold(rate)
+    if thresh >= FULL:
+        return SampledProgram(tuple(filter_insns), thresh)
+    snaplen = max((k for code, _, _, k in filter_insns if code == RET_K and k), default=262144)
+    base = len(filter_insns)
+    out: list[Insn] = []
+    for pc, (code, jt, jf, k) in enumerate(filter_insns):
+        if code == RET_K and k:
+            out.append((JA, 0, 0, base - pc - 1))
+        else:
+            out.append((code, jt, jf, k))
+    out.extend(sampling_tail(seed, thresh, snaplen))
+    return SampledProgram(tuple(out), thresh)
+
+
+def flow_id(key: FlowKey, seed: int) -> str:
+    """The id entries and comments use for a flow: its seeded hash as 8 hex digits."""
+    return f"{flow_hash(key, seed):08x}"

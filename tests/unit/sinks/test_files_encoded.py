@@ -1,0 +1,28 @@
+"""The fast path's ready-made EPB bytes rotate at -C like the record path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kstap.capture.savefile import CaptureReader
+from kstap.model import Interface
+from kstap.sinks import pcapng
+from kstap.sinks.files import PcapngFiles
+
+
+def test_encoded_batches_are_split_at_the_size_limit(tmp_path: Path) -> None:
+    records = [(1_700_000_000_000_000_000 + i, 100, 100, bytes([i % 256]) * 100, 0, 0) for i in range(300)]
+    encoded = b"".join(pcapng.enhanced_packets(records))
+    out = PcapngFiles(str(tmp_path / "cap.pcapng"), [Interface("lo")], counters=lambda: [],
+                      rotate_bytes=10_000)
+    out.write_encoded([encoded], len(records))
+    out.close()
+    assert len(out.files) == 4  # 300 × 132 bytes ≈ 39.6 kB in files of ≤ 10 kB + one packet
+    seen = []
+    for name in out.files:
+        size = Path(name).stat().st_size
+        assert size < 10_000 + 132 + 200  # one packet over, plus the statistics block
+        with open(name, "rb") as fh:
+            seen.extend(rec for rec, _ in CaptureReader(fh, name))
+    assert [r[3] for r in seen] == [r[3] for r in records]
+    assert out.packets_written == 300
