@@ -8,7 +8,7 @@ from typing import Protocol
 from kstap.capture import netns
 from kstap.capture.afpacket import AfPacketRing, AfPacketSource, RingConfig
 from kstap.capture.fanout import FanoutSource
-from kstap.capture.pcap_live import PcapLiveSource
+from kstap.capture.pcap_live import PcapLiveSource, compile_for_live, needs_live_compile
 from kstap.errors import EnvironmentProblem
 from kstap.filters import libpcap
 from kstap.filters.bpf import Program
@@ -63,6 +63,9 @@ def open_live(backend: str, names: list[str], program: Program, *, workers: int,
             src = PcapLiveSource(names, program.expression, snaplen=program.snaplen,
                                  buffer_bytes=buffer_mib << 20)
         return src, 100
+    if needs_live_compile(program.expression):
+        with netns.entered(ns):
+            program = compile_for_live(names[0], program.expression, program.snaplen)
     if workers > 1:
         return FanoutSource(names, program, workers=workers, ring=ring, ns=ns), ring.retire_ms
     rings: list[AfPacketRing] = []

@@ -13,6 +13,7 @@ import time
 from kstap.capture import interfaces
 from kstap.errors import EnvironmentProblem, KstapError, UsageError
 from kstap.filters import libpcap
+from kstap.filters.bpf import Program
 from kstap.model import Interface, PacketRecord, SourceStats
 
 
@@ -129,3 +130,46 @@ class PcapLiveSource:
         for h in self._handles:
             self._lib.pcap_close(h)
         self._handles = []
+
+
+def compile_for_live(name: str, expression: str, snaplen: int) -> Program:
+    """Compile ``expression`` exactly as libpcap would for a live capture on ``name``.
+
+    On Linux the kernel moves VLAN tags out of the frame before any packet socket sees it, and
+    libpcap compiles ``vlan`` for a live handle with ancillary loads (SKF_AD_VLAN_TAG_PRESENT)
+    instead of in-frame offsets. Only an activated handle on the interface knows that, so one is
+    opened (with a tiny buffer) just to compile, then closed.
+    """
+    lib = libpcap.lib()
+    interfaces.require(name)
+    errbuf = ctypes.create_string_buffer(libpcap.PCAP_ERRBUF_SIZE)
+    h = lib.pcap_create(name.encode(), errbuf)
+    if not h:
+        raise KstapError(f"libpcap cannot open {name!r}: {errbuf.value.decode(errors='replace')}")
+    try:
+        lib.pcap_set_snaplen(h, snaplen)
+        lib.pcap_set_buffer_size(h, 1 << 16)
+        rc = lib.pcap_activate(h)
+        if rc < 0:
+            msg = lib.pcap_geterr(h).decode(errors="replace") or lib.pcap_statustostr(rc).decode()
+            if rc == -8:  # PCAP_ERROR_PERM_DENIED
+                raise EnvironmentProblem(f"capturing needs the CAP_NET_RAW capability ({msg})",
+                                         hint="run as root, or: sudo setcap cap_net_raw,cap_net_admin=eip <python>")
+            raise KstapError(f"libpcap cannot capture on {name!r}: {msg}")
+        prog = libpcap.BpfProgram()
+        if lib.pcap_compile(h, ctypes.byref(prog), expression.encode(), 1, libpcap.PCAP_NETMASK_UNKNOWN) != 0:
+            raise UsageError(f"invalid BPF filter {expression!r}: {lib.pcap_geterr(h).decode(errors='replace')}",
+                             hint="the filter uses pcap-filter(7) syntax, e.g. 'tcp and (port 80 or port 8080)'")
+        try:
+            insns = tuple((prog.bf_insns[i].code, prog.bf_insns[i].jt, prog.bf_insns[i].jf, prog.bf_insns[i].k)
+                          for i in range(prog.bf_len))
+        finally:
+            lib.pcap_freecode(ctypes.byref(prog))
+        return Program(expression, lib.pcap_datalink(h), snaplen, insns)
+    finally:
+        lib.pcap_close(h)
+
+
+def needs_live_compile(expression: str) -> bool:
+    """True when the live program differs from the offline one (the ``vlan`` keyword)."""
+    return "vlan" in expression.replace("(", " ").replace(")", " ").split()

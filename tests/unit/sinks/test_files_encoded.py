@@ -17,7 +17,7 @@ def test_encoded_batches_are_split_at_the_size_limit(tmp_path: Path) -> None:
                       rotate_bytes=10_000)
     out.write_encoded([encoded], len(records))
     out.close()
-    assert len(out.files) == 4  # 300 × 132 bytes ≈ 39.6 kB in files of ≤ 10 kB + one packet
+    assert len(out.files) == 4  # 300 packets of 132 bytes = 39.6 kB, files of at most 10 kB plus one packet
     seen = []
     for name in out.files:
         size = Path(name).stat().st_size
