@@ -20,7 +20,7 @@ from kstap.capture.replay import ReplaySource
 from kstap.config import TapSettings
 from kstap.errors import Interrupted, KstapError
 from kstap.filters.bpf import compile_filter, final_expression
-from kstap.model import CaptureSummary, Interface, PacketRecord, SourceStats
+from kstap.model import CaptureSummary, Interface, PacketRecord, SourceStats, StatsSnapshot, WorkerStats
 from kstap.sinks import pcapng
 from kstap.sinks.files import DiskFull, OutputClosed, PcapngFiles, check_writable
 from kstap.sinks.text import TextLines
@@ -32,9 +32,17 @@ LINKTYPE_NAMES = {1: "EN10MB (Ethernet)", 101: "RAW (Raw IP)", 113: "LINUX_SLL (
 class Reporter(Protocol):
     """What the pipeline tells whoever runs it. The CLI renders it; tests record it."""
 
-    def listening(self, interfaces: list[Interface], backend: str, workers: int) -> None: ...
-    def progress(self, summary: CaptureSummary, elapsed: float) -> None: ...
-    def warning(self, message: str) -> None: ...
+    def listening(self, interfaces: list[Interface], backend: str, workers: int) -> None:
+        """Capture is armed: every later packet will be seen."""
+
+    def progress(self, snapshot: StatsSnapshot) -> None:
+        """About once a second while capturing."""
+
+    def event(self, kind: str, data: dict[str, object]) -> None:
+        """Something happened: ``rate_change`` (old, new, reason), ``alert`` (an Alert's fields)."""
+
+    def warning(self, message: str) -> None:
+        """A problem that does not stop the capture."""
 
 
 class _Source(Protocol):
@@ -189,7 +197,7 @@ def _capture(settings: TapSettings, source: _Source, retire_ms: int, backend: st
                 break
             if now >= next_report:
                 _fill_counts(summary, source)
-                reporter.progress(summary, now - start)
+                reporter.progress(_snapshot(settings, summary, now - start))
                 next_report = now + 1.0
             if fast:
                 assert isinstance(source, AfPacketSource)
@@ -269,3 +277,19 @@ def _fill_counts(summary: CaptureSummary, source: _Source) -> None:
 
 def _counters(source: _Source) -> list[pcapng.InterfaceCounters]:
     return [pcapng.InterfaceCounters(0, 0, s.received, s.dropped, s.delivered) for s in source.stats()]
+
+
+def _snapshot(settings: TapSettings, summary: CaptureSummary, elapsed: float) -> StatsSnapshot:
+    """What views show right now (sampling and resources join with the sampling issue)."""
+    return StatsSnapshot(
+        elapsed=elapsed,
+        filter=settings.bpf_filter,
+        targets=list(settings.interfaces) or ([settings.read] if settings.read else []),
+        output=settings.output.path,
+        captured=summary.captured,
+        bytes_captured=summary.bytes_captured,
+        received=summary.received,
+        dropped=summary.dropped,
+        packets_per_second=summary.captured / elapsed if elapsed > 0 else 0.0,
+        workers=[WorkerStats(worker=w, captured=n) for w, n in sorted(summary.per_worker.items())],
+    )

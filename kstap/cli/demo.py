@@ -24,7 +24,7 @@ import typer
 from kstap.cli.report import TextReporter
 from kstap.config import OutputSettings, TapSettings
 from kstap.errors import EnvironmentProblem, ExitCode, Interrupted, KstapError, UsageError
-from kstap.model import CaptureSummary, Interface
+from kstap.model import CaptureSummary, Interface, StatsSnapshot
 
 if TYPE_CHECKING:
     from kstap.demo.lab import Lab
@@ -202,8 +202,11 @@ class _StartClientOnListen:
         self.text.listening(interfaces, backend, workers)
         self.client.start()
 
-    def progress(self, summary: CaptureSummary, elapsed: float) -> None:
-        self.text.progress(summary, elapsed)
+    def progress(self, snapshot: StatsSnapshot) -> None:
+        self.text.progress(snapshot)
+
+    def event(self, kind: str, data: dict[str, object]) -> None:
+        self.text.event(kind, data)
 
     def warning(self, message: str) -> None:
         self.text.warning(message)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
-from kstap.model import CaptureSummary, Interface
+from kstap.model import CaptureSummary, Interface, StatsSnapshot
 from kstap.pipeline import LINKTYPE_NAMES
 
 
@@ -30,10 +30,17 @@ class TextReporter:
             self._say(f"kstap: listening on {i.name}, link-type {link}, snapshot length {i.snaplen} bytes"
                       f" ({backend}{extra})")
 
-    def progress(self, summary: CaptureSummary, elapsed: float) -> None:
+    def progress(self, snapshot: StatsSnapshot) -> None:
         if self.show_progress:
-            self._say(f"kstap: {elapsed:6.1f}s  {summary.captured} captured  {summary.received} received"
-                      f"  {summary.dropped} dropped")
+            s = snapshot
+            self._say(f"kstap: {s.elapsed:6.1f}s  {s.captured} captured  {s.received} received"
+                      f"  {s.dropped} dropped  {s.packets_per_second:.0f} pkt/s")
+
+    def event(self, kind: str, data: dict[str, object]) -> None:
+        if kind == "alert":
+            self._say(f"kstap: {data.get('level', 'warn')}: {data.get('message', '')}")
+        elif kind == "rate_change" and self.show_progress:
+            self._say(f"kstap: sampling rate {data.get('old')} -> {data.get('new')} ({data.get('reason')})")
 
     def warning(self, message: str) -> None:
         self._say(f"kstap: warning: {message}")

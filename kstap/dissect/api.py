@@ -78,6 +78,10 @@ class FlowContext:
     """"ip:port" of the side that opened the connection (or was judged to, mid-stream)."""
     server: str
     key: FlowKey
+    midstream: bool = False
+    """True when capture began after the connection opened (no SYN seen): the first bytes a
+    parser gets are a request start chosen by the stage, but earlier state (HPACK tables,
+    responses to unseen requests) is unknown."""
 
 
 class StreamParser(Protocol):

@@ -12,7 +12,7 @@ import errno
 import os
 import struct
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from kstap.errors import KstapError, UsageError
@@ -154,15 +154,19 @@ class PcapngFiles:
             pass
 
     # -- the pipeline's calls ------------------------------------------------------------------
-    def write(self, records: Sequence[PacketRecord]) -> None:
-        """Append packets; rotate first when the current file is due (with -C, between packets)."""
+    def write(self, records: Sequence[PacketRecord], comments: Mapping[int, str] | None = None) -> None:
+        """Append packets; rotate first when the current file is due (with -C, between packets).
+
+        ``comments`` maps an index in ``records`` to a packet comment (sampling metadata).
+        """
         self.tick()
         start = 0
         while start < len(records):
             end = self._fill(records, start)
             run = records[start:end]
+            notes = ({i - start: c for i, c in comments.items() if start <= i < end} if comments else None)
             try:
-                self._write_blocks(pcapng.enhanced_packets(run, with_queue=self._with_queue))
+                self._write_blocks(pcapng.enhanced_packets(run, with_queue=self._with_queue, comments=notes))
             except DiskFull:
                 self._write_what_fits(run)
                 raise

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import platform
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from kstap import __version__
@@ -91,8 +91,15 @@ def interface_description(iface: Interface, *, comment: str = "") -> bytes:
     return _block(BT_IDB, body)
 
 
-def enhanced_packets(records: Sequence[PacketRecord], *, with_queue: bool = False) -> list[bytes]:
-    """EPBs for ``records``; the interface id is the record's own. Returns pieces to join."""
+def enhanced_packets(records: Sequence[PacketRecord], *, with_queue: bool = False,
+                     comments: Mapping[int, str] | None = None) -> list[bytes]:
+    """EPBs for ``records``; the interface id is the record's own. Returns pieces to join.
+
+    ``comments`` maps a record's index in ``records`` to an ``opt_comment`` for that packet
+    (Wireshark shows it as ``frame.comment``).
+    """
+    if comments:
+        return _with_comments(records, with_queue, comments)
     out: list[bytes] = []
     append = out.append
     head = _EPB_HEAD.pack
@@ -111,6 +118,22 @@ def enhanced_packets(records: Sequence[PacketRecord], *, with_queue: bool = Fals
             append(head(BT_EPB, total, ifid, ts >> 32, ts & 0xFFFFFFFF, caplen, origlen))
             append(data)
             append(padding + u32(total))
+    return out
+
+
+def _with_comments(records: Sequence[PacketRecord], with_queue: bool, comments: Mapping[int, str]) -> list[bytes]:
+    out: list[bytes] = []
+    for i, rec in enumerate(records):
+        text = comments.get(i)
+        if text is None:
+            out.extend(enhanced_packets([rec], with_queue=with_queue))
+            continue
+        ts, caplen, origlen, data, ifid, worker = rec
+        opts = [option(OPT_COMMENT, text.encode())]
+        if with_queue:
+            opts.append(option(EPB_QUEUE, _U32.pack(worker)))
+        body = _EPB_HEAD.pack(0, 0, ifid, ts >> 32, ts & 0xFFFFFFFF, caplen, origlen)[8:]
+        out.append(_block(BT_EPB, body + data + _PAD[caplen & 3] + _options(opts)))
     return out
 
 
