@@ -8,7 +8,7 @@ Packet comments (``frame.comment`` in Wireshark) are ``kstap:`` followed by an e
     kstap: shed id=1a2b3c4d rate=0.125 reason=emergency                      last packet kept of a shed flow
 
 The rate on a ``flow`` comment is the flow's inclusion probability: ``kstap stats`` weighs the
-flow's packets and bytes by its inverse (Horvitz–Thompson). The section header carries the run's
+flow's packets and bytes by its inverse (Horvitz-Thompson). The section header carries the run's
 settings as ``kstap: run mode=… rate=… seed=… filter=…``. The seed itself is never written,
 only its id (see :func:`kstap.sampling.flowhash.seed_id`).
 """
