@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := libpcap0.8 libpcap-dev tshark tcpdump iproute2 tmux util-linux
 PYTEST_ARGS ?=
 
-.PHONY: help deps system-deps venv demo test unit lint type bench sample clean
+.PHONY: help deps system-deps venv demo test unit lint type bench bench-dashboard docs golden sample clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -51,6 +51,15 @@ type: venv ## mypy --strict on the package
 
 bench: deps ## kstap vs tcpdump vs dumpcap on veth traffic → docs/benchmarks.md
 	$(PY) benchmarks/capture_cpu.py --out docs/benchmarks.md
+
+bench-dashboard: venv ## dashboard CPU at 1 Hz vs none, kstap --help time → docs/benchmarks-dashboard.md
+	$(PY) benchmarks/dashboard_cpu.py --out docs/benchmarks-dashboard.md
+
+docs: venv ## regenerate the command reference in docs/cli.md from the Typer app
+	$(PY) -m kstap.cli.docgen docs/cli.md
+
+golden: venv ## regenerate the dashboard's golden frames (tests/golden/dashboard/*.txt)
+	REGEN_GOLDEN=1 $(PY) -m pytest -q tests/unit/dashboard/test_view.py
 
 sample: deps ## regenerate examples/sample.pcapng from the demo network
 	$(PY) examples/make_sample.py

@@ -66,20 +66,32 @@ for name in ("typer", "rich", "kstap.cli.app", "kstap.cli.tap", "kstap.cli.repor
         importlib.import_module(name)
     except ImportError:
         pass
-from kstap import pipeline
 from kstap.cli.main import run
 prof = cProfile.Profile()
-loop = getattr(pipeline, "_capture", None)
-if loop is not None:
-    def _profiled(*a, **kw):
+hooked = False
+try:  # start at the 'listening' line, when the capture loop begins
+    from kstap.cli.report import TextReporter
+    _listening = TextReporter.listening
+    def _start(self, *a, **kw):
+        r = _listening(self, *a, **kw)
         prof.enable()
-        try:
-            return loop(*a, **kw)
-        finally:
-            prof.disable()
-    pipeline._capture = _profiled
-else:
+        return r
+    TextReporter.listening = _start
+    hooked = True
+except (ImportError, AttributeError):
+    pass
+try:  # stop when the capture source is closed (the loop and its final drain are over)
+    from kstap.capture.afpacket import AfPacketSource
+    _close = AfPacketSource.close
+    def _stop(self, *a, **kw):
+        prof.disable()
+        return _close(self, *a, **kw)
+    AfPacketSource.close = _stop
+except (ImportError, AttributeError):
+    pass
+if not hooked:
     prof.enable()
+print("profiled: " + ("capture loop" if hooked else "whole run"), file=sys.stderr, flush=True)
 try:
     code = run(args)
 finally:
@@ -87,8 +99,8 @@ finally:
     prof.dump_stats(out)
 sys.exit(code)
 """
-"""``python -c PROFILER OUT tap ...``: kstap's CLI with its capture loop (``pipeline._capture``, from the
-'listening' line to the end of the final drain) under cProfile; set-up and teardown are not profiled."""
+"""``python -c PROFILER OUT tap ...``: kstap's CLI with the capture loop (from its 'listening' line until the
+source is closed) under cProfile; set-up and teardown are not profiled (the whole run if the hooks are gone)."""
 WAITS = ("select.poll", "time.sleep", "select.select", "select.epoll")
 """Calls that block rather than compute; cProfile's clock is wall time, so they are listed apart."""
 FINGERPRINTED = ("kstap/capture/afpacket.py", "kstap/pipeline.py", "kstap/sinks/files.py", "kstap/sinks/pcapng.py")
@@ -131,6 +143,8 @@ class Step:
     wakeups: int = 0
     """Voluntary context switches (blocking waits that ended) between 'listening' and SIGINT."""
     send_elapsed_s: float = 0.0
+    note: str = ""
+    """The first 'profiled: ...' line of the tool's stderr, if any."""
     error: str = ""
 
     @property
@@ -154,6 +168,8 @@ class Config:
     sender_cpu: str
     tail_s: float
     tools: list[str] = field(default_factory=lambda: list(TOOLS))
+    kstap_src: str = str(REPO)
+    """Directory whose ``kstap`` package the kstap runs import (a snapshot taken at start)."""
     sender_kind: str = ""
     workdir: str = ""
     pinned_note: str = ""
@@ -170,6 +186,7 @@ class Run:
     load_before: str = ""
     load_after: str = ""
     kstap_path: str = ""
+    fingerprint: dict[str, str] = field(default_factory=dict)
     fingerprint_changed: list[str] = field(default_factory=list)
     profiles: dict[str, str] = field(default_factory=dict)
 
@@ -360,9 +377,10 @@ def tool_argv(tool: str, lab: Lab, path: str, cfg: Config, profile_to: str | Non
             "-B", str(cfg.buffer_mib), "-f", "udp"]
 
 
-def tool_env(tool: str) -> dict[str, str]:
+def tool_env(tool: str, cfg: Config) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("KSTAP_PURE_PYTHON", None)
+    env["PYTHONPATH"] = cfg.kstap_src
     if tool == KSTAP_PY:
         env["KSTAP_PURE_PYTHON"] = "1"
     return env
@@ -400,8 +418,8 @@ def run_step(lab: Lab, sender: list[str], cfg: Config, tool: str, rate: str, rnd
     path = os.path.join(cfg.workdir, f"{tool}-{rate}-{rnd}.{'pcap' if tool == 'tcpdump' else 'pcapng'}")
     errpath = os.path.join(cfg.workdir, f"{tool}-{rate}-{rnd}.stderr")
     with open(errpath, "wb") as errf:
-        p = _popen(tool_argv(tool, lab, path, cfg, profile_to), stdout=subprocess.DEVNULL, stderr=errf, cwd=str(REPO),
-                   env=tool_env(tool), start_new_session=True)
+        p = _popen(tool_argv(tool, lab, path, cfg, profile_to), stdout=subprocess.DEVNULL, stderr=errf,
+                   cwd=cfg.kstap_src, env=tool_env(tool, cfg), start_new_session=True)
     try:
         deadline = time.monotonic() + 30
         while READY[tool] not in Path(errpath).read_text(errors="replace"):
@@ -435,6 +453,8 @@ def run_step(lab: Lab, sender: list[str], cfg: Config, tool: str, rate: str, rnd
         step.cpu_s = before_stop - step.startup_cpu_s
         step.exit_cpu_s = max(0.0, user + sys_ - before_stop)
         step.tool_captured, step.kernel_drops, step.other_drops = parse_summary(tool, text)
+        m = re.search(r"^profiled: (.*)$", text, re.M)
+        step.note = m.group(1) if m else ""
         step.captured = count_packets(path)
     except RuntimeError as exc:
         step.error = str(exc)
@@ -456,6 +476,7 @@ def profile_step(lab: Lab, sender: list[str], cfg: Config, tool: str, rate: str)
 
     prof = os.path.join(cfg.workdir, f"{tool}.prof")
     step = run_step(lab, sender, cfg, tool, rate, 0, profile_to=prof)
+    scope = step.note or "whole run"
     try:
         if step.error:
             return f"(profiling failed: {step.error})"
@@ -476,9 +497,9 @@ def profile_step(lab: Lab, sender: list[str], cfg: Config, tool: str, rate: str)
             return _fmt(t * 1e6 / n, 3) if n else "-"
 
         out = [f"cProfile of `{tool}` over one {cfg.seconds:g} s step at {_rate_title(rate)}, {n:,} packets "
-               "captured. Only the capture loop is profiled (from 'listening' to the final drain; set-up, file "
-               "close and interpreter exit are not). cProfile times are wall-clock and it slows every "
-               "Python-level call, so read the shares, not the absolute times. "
+               f"captured; profiled: {scope} (the capture loop runs from the 'listening' line to the source's "
+               "close, so set-up, file close and interpreter exit are left out). cProfile times are wall-clock and "
+               "it slows every Python-level call, so read the shares, not the absolute times. "
                f"Blocked in poll/sleep: {waiting:.2f} s, left out of the table.",
                "",
                "| function | calls | own time s | share of busy time | own µs / captured packet | cumulative s |",
@@ -542,26 +563,42 @@ def machine_info() -> dict[str, str]:
     }
 
 
-def kstap_fast_path() -> bool:
-    """Whether kstap's C block encoder is importable (and KSTAP_PURE_PYTHON can switch it off)."""
-    code = (
-        "import kstap.capture.afpacket as a, inspect, sys; "
-        "sys.exit(0 if a.encode_block is not None and 'KSTAP_PURE_PYTHON' in inspect.getsource(a) else 1)"
+def snapshot_kstap(workdir: str, attempts: int = 5) -> tuple[str, bool]:
+    """Copy the kstap package into ``workdir`` so every kstap run of this benchmark uses one version,
+    whatever is edited in the work tree meanwhile. Returns (directory to import it from, whether
+    its C block encoder is importable and switchable with KSTAP_PURE_PYTHON). Retries while the copy
+    does not import (caught mid-edit)."""
+    check = (
+        "import inspect, sys, kstap, kstap.cli.app, kstap.pipeline, kstap.capture.afpacket as a; "
+        "assert kstap.__file__.startswith(sys.argv[1]), kstap.__file__; "
+        "print('fast' if a.encode_block is not None and 'KSTAP_PURE_PYTHON' in inspect.getsource(a) else 'pure')"
     )
-    r = subprocess.run([sys.executable, "-c", code], env=tool_env("kstap"), cwd=str(REPO), capture_output=True,
-                       timeout=60)
-    return r.returncode == 0
+    problem = ""
+    for attempt in range(attempts):
+        dst = os.path.join(workdir, f"src{attempt}")
+        shutil.copytree(REPO / "kstap", os.path.join(dst, "kstap"),
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        env = dict(os.environ, PYTHONPATH=dst)
+        env.pop("KSTAP_PURE_PYTHON", None)
+        r = subprocess.run([sys.executable, "-c", check, dst], env=env, cwd=dst, capture_output=True, text=True,
+                           timeout=120)
+        if r.returncode == 0:
+            return dst, r.stdout.strip() == "fast"
+        problem = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}"
+        shutil.rmtree(dst, ignore_errors=True)
+        time.sleep(5)
+    raise SystemExit(f"the kstap package does not import ({problem}); nothing measured")
 
 
-def fingerprint() -> dict[str, str]:
-    """Hashes of kstap's hot-path sources and any compiled helper: the tree must not change mid-run."""
+def fingerprint(root: Path) -> dict[str, str]:
+    """Short hashes of kstap's hot-path sources and any compiled helper under ``root``."""
     import hashlib
 
-    paths = [REPO / f for f in FINGERPRINTED] + sorted((REPO / "kstap").rglob("*.so"))
+    paths = [root / f for f in FINGERPRINTED] + sorted((root / "kstap").rglob("*.so"))
     out = {}
     for path in paths:
         with contextlib.suppress(OSError):
-            out[str(path.relative_to(REPO))] = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+            out[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
     return out
 
 
@@ -673,6 +710,18 @@ def _goal_state(v: list[bool]) -> str:
     return "**met** at every rate" if all(v) else f"**missed** at {v.count(False)} of {len(v)} rates"
 
 
+def _closest(run: Run, agg: dict[tuple[str, str], Agg], variant: str, other: str, goal: float) -> str:
+    """The rate where ``variant`` came closest to (or went furthest past) ``goal`` x ``other``."""
+    ratios = [(_ratio(agg[(r, variant)].us, agg[(r, other)].us), r) for r in run.config.rates]
+    ratios = [(x, r) for x, r in ratios if x == x]
+    if not ratios:
+        return ""
+    worst, rate = max(ratios)
+    margin = "" if worst > goal else (" - within 10% of the limit, so a noisier run could tip it" if worst > 0.9 * goal
+                                      else "")
+    return f" (worst: {worst:.2f} at {_rate_title(rate)}{margin})"
+
+
 def render(run: Run) -> str:
     cfg = run.config
     agg = aggregate(run)
@@ -704,10 +753,12 @@ def render(run: Run) -> str:
     add(run.command)
     add("```")
     add("")
+    prints = ", ".join(f"`{k}` {v}" for k, v in run.fingerprint.items())
+    add(f"kstap ran from a copy of the package taken when the run started (sha256 prefixes: {prints}).")
     if run.fingerprint_changed:
-        add(f"**Warning:** kstap sources changed during the run ({', '.join(run.fingerprint_changed)}); "
-            "the kstap rows may mix two versions.")
-        add("")
+        add(f"The work tree changed during the run ({', '.join(run.fingerprint_changed)}); those edits are not in "
+            "these numbers.")
+    add("")
     add("## Method")
     add("")
     add(f"- A `kstap.demo.lab.Lab`: namespaces `client` and `server` joined by a veth pair; nothing else is "
@@ -788,8 +839,10 @@ def render(run: Run) -> str:
     add("")
     for variant in variants:
         g = judged[variant]
-        add(f"- `{variant}`: CPU/pkt ≤ {GOAL_VS_TCPDUMP:g}x tcpdump: {_goal_state(g.cpu_t)}; "
-            f"≤ {GOAL_VS_DUMPCAP:g}x dumpcap: {_goal_state(g.cpu_d)}; "
+        add(f"- `{variant}`: CPU/pkt ≤ {GOAL_VS_TCPDUMP:g}x tcpdump: {_goal_state(g.cpu_t)}"
+            f"{_closest(run, agg, variant, 'tcpdump', GOAL_VS_TCPDUMP)}; "
+            f"≤ {GOAL_VS_DUMPCAP:g}x dumpcap: {_goal_state(g.cpu_d)}"
+            f"{_closest(run, agg, variant, 'dumpcap', GOAL_VS_DUMPCAP)}; "
             f"no kernel drops where tcpdump has none: {_goal_state(g.drops)}.")
     add("")
     add(headroom_note(run, agg))
@@ -892,24 +945,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = Config(rates=rates, seconds=seconds, rounds=rounds, flows=args.flows, payload=args.payload,
                  buffer_mib=args.buffer_mib, capture_cpu=capture_cpu, sender_cpu=sender_cpu, tail_s=args.tail,
                  pinned_note=note)
-    fast = kstap_fast_path()
-    if fast and not args.no_pure_python:
-        cfg.tools.append(KSTAP_PY)
     py = os.path.relpath(sys.executable, REPO) if sys.executable.startswith(str(REPO)) else sys.executable
     script = os.path.relpath(Path(__file__).resolve(), REPO)
     run = Run(config=cfg, machine=machine_info(), command=" ".join(shlex.quote(a) for a in [py, script, *sys.argv[1:]]))
-    run.kstap_path = ("C block encoder (kstap/capture/_ringfast)" if fast
-                      else "pure Python (no compiled _ringfast helper importable)")
-    prints = fingerprint()
 
     signal.signal(signal.SIGTERM, _on_sigterm)
     signal.signal(signal.SIGHUP, _on_sigterm)
     workdir = tempfile.mkdtemp(prefix="kstap-bench-", dir="/dev/shm" if _roomy("/dev/shm") else None)
     cfg.workdir = workdir
-    tools = cfg.tools
-    total = rounds * len(rates) * len(tools)
     t0 = time.monotonic()
     try:
+        cfg.kstap_src, fast = snapshot_kstap(workdir)
+        run.fingerprint = fingerprint(Path(cfg.kstap_src))
+        if fast and not args.no_pure_python:
+            cfg.tools.append(KSTAP_PY)
+        run.kstap_path = ("C block encoder (kstap/capture/_ringfast)" if fast
+                          else "pure Python (no compiled _ringfast helper importable)")
+        tools = cfg.tools
+        total = rounds * len(rates) * len(tools)
         sender, cfg.sender_kind = build_sender(workdir, args.sender)
         run.started = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
         run.load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -940,13 +993,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         _kill_children()
         shutil.rmtree(workdir, ignore_errors=True)
-    after = fingerprint()
-    run.fingerprint_changed = sorted(k for k in set(prints) | set(after) if prints.get(k) != after.get(k))
+    after = fingerprint(REPO)
+    run.fingerprint_changed = sorted(k for k in set(run.fingerprint) | set(after)
+                                     if run.fingerprint.get(k) != after.get(k))
     if run.fingerprint_changed:
-        print(f"warning: kstap sources changed during the run: {', '.join(run.fingerprint_changed)}")
+        print("note: the work tree's kstap changed during the run (the benchmark used its snapshot from the "
+              f"start): {', '.join(run.fingerprint_changed)}")
     if args.json:
         Path(args.json).write_text(json.dumps({"config": asdict(cfg), "machine": run.machine,
-                                               "kstap_path": run.kstap_path, "fingerprint": prints,
+                                               "kstap_path": run.kstap_path, "fingerprint": run.fingerprint,
                                                "steps": [asdict(s) for s in run.steps]}, indent=1))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,26 @@ class OutputSettings:
 
 
 @dataclass
+class SamplingSettings:
+    """How flows are chosen (see docs/sampling.md)."""
+
+    mode: str = "full"
+    """full: every flow; percentage: a fixed share of flows; auto: the controller moves the rate."""
+    rate: float = 1.0
+    """Share of flows kept (0..1]; percentage's fixed rate, auto's starting rate."""
+    seed: int | None = None
+    """32-bit flow-hash seed, shared by every worker of a run. None: random per run."""
+    min_rate: float = 0.01
+    """auto never goes below this share: some visibility survives any pressure."""
+    memory_budget: int | None = None
+    """Bytes; overrides the cgroup memory limit the controller protects."""
+    cpu_budget: float | None = None
+    """Cores; overrides the cgroup CPU quota."""
+    idle_timeout: float = 60.0
+    """Seconds after which a silent flow is forgotten by the flow table."""
+
+
+@dataclass
 class TapSettings:
     """Everything ``kstap tap`` needs; built by the CLI, checked by :meth:`validate`."""
 
@@ -46,6 +66,8 @@ class TapSettings:
     netns: str | None = None
     """Capture inside this named network namespace (``ip netns``)."""
     output: OutputSettings = field(default_factory=OutputSettings)
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    profile: str | None = None
     max_drop: float | None = None
 
     def validate(self) -> None:
@@ -78,6 +100,7 @@ class TapSettings:
             raise UsageError("--snaplen must be between 1 and 262144")
         if not 1 <= self.buffer_mib <= 4096:
             raise UsageError("--buffer-size must be between 1 and 4096 MiB")
+        self._validate_sampling()
         out = self.output
         if (out.rotate_mb or out.rotate_seconds or out.ring_files) and not out.path:
             raise UsageError("-C/-G/-W need an output file", hint="add -w FILE")
@@ -91,3 +114,84 @@ class TapSettings:
             raise UsageError("-C must be positive (millions of bytes)")
         if out.rotate_seconds is not None and not out.rotate_seconds > 0:
             raise UsageError("-G must be positive (seconds)")
+
+    def _validate_sampling(self) -> None:
+        smp = self.sampling
+        if smp.mode not in ("full", "percentage", "auto"):
+            raise UsageError(f"unknown --mode {smp.mode!r}", hint="choose full, percentage or auto")
+        if not 0.0 < smp.rate <= 1.0:
+            raise UsageError(f"--rate must be in (0, 1], got {smp.rate}", hint="e.g. --rate 0.25 or --rate 25%")
+        if smp.mode == "percentage" and smp.rate >= 1.0:
+            raise UsageError("--mode percentage needs --rate below 1", hint="e.g. --mode percentage --rate 10%")
+        if not 0.0 < smp.min_rate <= 1.0:
+            raise UsageError("--min-rate must be in (0, 1]")
+        if smp.seed is not None and not 0 <= smp.seed < 2**32:
+            raise UsageError("--seed must be a 32-bit number (0 .. 4294967295, or 0x…)")
+        if smp.memory_budget is not None and smp.memory_budget <= 0:
+            raise UsageError("--memory-budget must be positive")
+        if smp.cpu_budget is not None and not smp.cpu_budget > 0:
+            raise UsageError("--cpu-budget must be positive (cores)")
+
+
+def parse_rate(text: str) -> float:
+    """``0.25`` or ``25%`` → 0.25; a usage error for anything else."""
+    raw = text.strip()
+    try:
+        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+    except ValueError:
+        raise UsageError(f"bad rate {text!r}", hint="write a share like 0.25 or a percentage like 25%") from None
+    if not 0.0 < value <= 1.0:
+        raise UsageError(f"rate {text!r} is outside (0, 1]", hint="e.g. 0.25 or 25%")
+    return value
+
+
+def parse_size(text: str) -> int:
+    """``512Mi``, ``2G``, ``300M``, ``1048576`` → bytes (Kubernetes-style suffixes)."""
+    units = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "K": 10**3, "M": 10**6, "G": 10**9, "k": 10**3}
+    raw = text.strip()
+    for suffix in sorted(units, key=len, reverse=True):
+        if raw.endswith(suffix):
+            try:
+                return int(float(raw[: -len(suffix)]) * units[suffix])
+            except ValueError:
+                break
+    try:
+        return int(raw)
+    except ValueError:
+        raise UsageError(f"bad size {text!r}", hint="e.g. 512Mi, 2Gi or a number of bytes") from None
+
+
+def parse_seed(text: str) -> int:
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise UsageError(f"bad seed {text!r}", hint="a 32-bit number, decimal or 0x-hex") from None
+
+
+PROFILES: dict[str, dict[str, object]] = {
+    "dev": {"sampling.mode": "full", "sampling.memory_budget": 512 << 20, "sampling.cpu_budget": 1.0},
+    "staging": {"sampling.mode": "auto", "sampling.rate": 1.0, "sampling.min_rate": 0.05},
+    "prod": {"sampling.mode": "percentage", "sampling.rate": 0.1, "capture": "best"},
+}
+"""Presets per environment: dev = full + resource limits, staging = auto (its alert thresholds are
+the dashboard's warn/critical levels), prod = percentage on the best backend. Flags override."""
+
+
+def apply_profile(settings: TapSettings, name: str, explicit: set[str]) -> None:
+    """Apply preset ``name`` to ``settings`` except for the dotted keys the user set explicitly."""
+    if name not in PROFILES:
+        raise UsageError(f"unknown profile {name!r}", hint=f"choose one of: {', '.join(PROFILES)}")
+    settings.profile = name
+    set_dotted(settings, {k: v for k, v in PROFILES[name].items() if k not in explicit})
+
+
+def set_dotted(settings: TapSettings, values: dict[str, object]) -> None:
+    """Set ``sampling.rate``-style keys on ``settings``."""
+    for dotted, value in values.items():
+        target: object = settings
+        *path, last = dotted.split(".")
+        for part in path:
+            target = getattr(target, part)
+        if not hasattr(target, last):
+            raise UsageError(f"unknown setting {dotted!r}")
+        setattr(target, last, value)

@@ -54,6 +54,12 @@ class CaptureSummary:
     stopped_by: str = "end"
     """Why capture ended: end (source exhausted), count, duration, signal, disk-full, error."""
     warnings: list[str] = field(default_factory=list)
+    sampled_out: int = 0
+    """Packets that reached user space but belonged to flows the sampler did not keep."""
+    flows_seen: int = 0
+    flows_kept: int = 0
+    shed_flows: int = 0
+    final_rate: float = 1.0
 
 
 @dataclass
@@ -68,11 +74,14 @@ class WorkerStats:
     rate: float = 1.0
     alive: bool = True
     restarts: int = 0
+    rate_history: list[tuple[float, float]] = field(default_factory=list)
+    """(elapsed seconds, this worker's rate) points, oldest first; may be left empty."""
 
 
 @dataclass
 class ControllerState:
-    """The auto-mode controller at one tick (all ratios in 0..1)."""
+    """The auto-mode controller at one tick (ratios in 0..1; the P, I, D terms are in units of
+    ln(rate), since the loop acts on the logarithm of the rate: see docs/control.md)."""
 
     pressure: float = 0.0
     setpoint: float = 0.7
@@ -82,7 +91,12 @@ class ControllerState:
     d_term: float = 0.0
     rate: float = 1.0
     reason: str = ""
-    """Why the rate last moved: 'pi', 'emergency', 'deadband', 'clamp'."""
+    """Why the rate is what it is this tick: 'pi', 'deadband', 'clamp', 'slew', 'no-limit',
+    'hold' (after an emergency), or 'emergency: <cause>'."""
+    resource: str = ""
+    """Which resource is binding: 'memory', 'cpu', or '' when neither has a limit."""
+    measured: float = 0.0
+    """This tick's raw (unsmoothed) pressure of the binding resource."""
 
 
 @dataclass
@@ -90,17 +104,34 @@ class ResourceStats:
     """What the pressure readers saw (None where the host does not say)."""
 
     memory_bytes: int = 0
+    """Memory working set in bytes (usage - inactive file pages; psutil: process RSS)."""
     memory_limit: int | None = None
+    """The smallest memory limit up the cgroup tree, or the --memory-budget, in bytes."""
     cpu_fraction: float = 0.0
     """CPU in use, in cores."""
     cpu_limit: float | None = None
     """CPU quota in cores."""
     throttled_periods: int = 0
     oom_events: int = 0
+    """OOM counter (v2 memory.events oom + oom_kill, v1 oom_kill); any increase is an emergency."""
     psi_memory_some: float | None = None
+    """PSI memory 'some' avg10, percent."""
     psi_memory_full: float | None = None
+    """PSI memory 'full' avg10, percent."""
     source: str = ""
-    """Where the figures came from: 'cgroup v2 …', 'cgroup v1 …', 'psutil'."""
+    """Where the figures came from: 'memory: cgroup v2 …; cpu: cgroup v1 …; psi: …', psutil noted."""
+    memory_usage: int = 0
+    """Bytes charged to the cgroup, page cache included (memory.current / usage_in_bytes)."""
+    memory_limit_hits: int = 0
+    """Times usage hit the limit and reclaim ran (v2 memory.events max, v1 failcnt); not an OOM."""
+    throttled_seconds: float = 0.0
+    """CPU time throttled by the quota, seconds (a counter)."""
+    process_rss: int | None = None
+    """The process's own resident set (psutil), for display."""
+    psi_memory_full_total: int | None = None
+    """PSI memory 'full' total stall, microseconds (a counter: the controller uses its growth)."""
+    psi_cpu_some: float | None = None
+    """PSI cpu 'some' avg10, percent."""
 
 
 @dataclass(frozen=True)

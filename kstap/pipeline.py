@@ -6,6 +6,7 @@ supplies, so no stage writes to the terminal.
 
 from __future__ import annotations
 
+import secrets
 import signal
 import threading
 import time
@@ -19,8 +20,21 @@ from kstap.capture.afpacket import AfPacketSource
 from kstap.capture.replay import ReplaySource
 from kstap.config import TapSettings
 from kstap.errors import Interrupted, KstapError
-from kstap.filters.bpf import compile_filter, final_expression
-from kstap.model import CaptureSummary, Interface, PacketRecord, SourceStats, StatsSnapshot, WorkerStats
+from kstap.filters.bpf import Program, compile_filter, final_expression
+from kstap.model import (
+    Alert,
+    CaptureSummary,
+    ControllerState,
+    Interface,
+    PacketRecord,
+    ResourceStats,
+    SourceStats,
+    StatsSnapshot,
+    WorkerStats,
+)
+from kstap.sampling import metadata
+from kstap.sampling.flowhash import FULL, seed_id, splice_threshold
+from kstap.sampling.sampler import FlowSampler
 from kstap.sinks import pcapng
 from kstap.sinks.files import DiskFull, OutputClosed, PcapngFiles, check_writable
 from kstap.sinks.text import TextLines
@@ -111,11 +125,13 @@ class _ReplayAdapter:
 
 
 def run_tap(settings: TapSettings, reporter: Reporter, stop: StopFlag | None = None,
-            clock: Callable[[], float] = time.monotonic, lines: TextIO | None = None) -> CaptureSummary:
+            clock: Callable[[], float] = time.monotonic, lines: TextIO | None = None,
+            governor: Governor | None = None) -> CaptureSummary:
     """Run one capture to its end; returns the summary. Raises KstapError subclasses.
 
     Without an output file, packets are described one per line on ``lines`` (tcpdump's default),
-    or only counted when ``lines`` is None.
+    or only counted when ``lines`` is None. In auto mode ``governor`` moves the sampling rate
+    (built from the settings when not given).
     """
     settings.validate()
     stop = stop if stop is not None else StopFlag()
@@ -123,149 +139,296 @@ def run_tap(settings: TapSettings, reporter: Reporter, stop: StopFlag | None = N
     out = settings.output
     if out.path:
         check_writable(out.path)
+    smp = settings.sampling
+    seed = smp.seed if smp.seed is not None else secrets.randbits(32)
+    sampler = None
+    if smp.mode != "full":
+        sampler = FlowSampler(smp.mode, smp.rate, seed, idle_timeout_ns=int(smp.idle_timeout * 1e9))
+        if smp.mode == "auto" and governor is None:
+            governor = _default_governor(settings)
     with _Signals(stop):
-        source, retire_ms, backend = _open_source(settings, expression)
+        source, retire_ms, backend, base = _open_source(settings, expression, sampler)
         try:
             if stop:
                 raise Interrupted("interrupted before capture started")
-            return _capture(settings, source, retire_ms, backend, reporter, stop, clock, lines)
+            run = _Run(settings, source, backend, reporter, stop, clock, sampler, governor, base, seed)
+            return run.capture(retire_ms, lines)
         finally:
             source.close()
 
 
-def _open_source(settings: TapSettings, expression: str) -> tuple[_Source, int, str]:
+class Governor(Protocol):
+    """Auto mode's rate source: reads pressure and runs the controller once per call (~1 Hz)."""
+
+    def update(self) -> tuple[ResourceStats, ControllerState]: ...
+
+
+def _default_governor(settings: TapSettings) -> Governor:
+    from kstap.control.governor import build_governor
+
+    return build_governor(settings.sampling)
+
+
+def _open_source(settings: TapSettings, expression: str,
+                 sampler: FlowSampler | None) -> tuple[_Source, int, str, Program | None]:
     if settings.read:
         if expression:
             compile_filter(expression, snaplen=settings.snaplen)  # fail early on a bad expression
         replay = ReplaySource(settings.read, expression, snaplen=settings.snaplen, realtime=settings.realtime)
         adapter: _Source = _ReplayAdapter(replay)
-        return adapter, 0, "file"
-    program = compile_filter(expression, snaplen=settings.snaplen)
+        return adapter, 0, "file", None
+    base = compile_filter(expression, snaplen=settings.snaplen)
     backend = backends.resolve(settings.capture)
+    program = base
+    if sampler is not None:
+        program = _sampled(base, sampler)
     live, retire = backends.open_live(backend, settings.interfaces, program, workers=settings.workers,
                                       buffer_mib=settings.buffer_mib, ns=settings.netns)
-    return live, retire, backend
+    return live, retire, backend, base
 
 
-def _capture(settings: TapSettings, source: _Source, retire_ms: int, backend: str, reporter: Reporter,
-             stop: StopFlag, clock: Callable[[], float], lines: TextIO | None) -> CaptureSummary:
-    summary = CaptureSummary()
-    replay = isinstance(source, _ReplayAdapter)
-    first: list[PacketRecord] = source.read(0) if replay else []
-    interfaces = source.interfaces
-    out = settings.output
-    sink: PcapngFiles | None = None
-    if out.path:
+def _sampled(base: Program, sampler: FlowSampler) -> Program:
+    spliced = splice_threshold(base.insns, sampler.seed, sampler.ceiling())
+    return Program(base.expression, base.linktype, base.snaplen, spliced.insns)
+
+
+class _Run:
+    """One capture in progress: the loop, the once-a-second work, the accounting."""
+
+    def __init__(self, settings: TapSettings, source: _Source, backend: str, reporter: Reporter, stop: StopFlag,
+                 clock: Callable[[], float], sampler: FlowSampler | None, governor: Governor | None,
+                 base: Program | None, seed: int) -> None:
+        self.settings = settings
+        self.source = source
+        self.backend = backend
+        self.reporter = reporter
+        self.stop = stop
+        self.clock = clock
+        self.sampler = sampler
+        self.governor = governor
+        self.base = base
+        self.seed = seed
+        self.summary = CaptureSummary()
+        self.sink: PcapngFiles | None = None
+        self.text: TextLines | None = None
+        self.ceiling = sampler.ceiling() if sampler else FULL
+        self.rate_history: list[tuple[float, float]] = []
+        self.memory_history: list[tuple[float, float]] = []
+        self.resources: ResourceStats | None = None
+        self.controller: ControllerState | None = None
+        self.alerts: list[Alert] = []
+        self.start = clock()
+
+    # -- the loop ------------------------------------------------------------------------------------
+    def capture(self, retire_ms: int, lines: TextIO | None) -> CaptureSummary:
+        settings, source, summary = self.settings, self.source, self.summary
+        replay = isinstance(source, _ReplayAdapter)
+        first: list[PacketRecord] = source.read(0) if replay else []
+        interfaces = source.interfaces
+        if self.sampler is not None:
+            self.sampler.linktypes = [i.linktype for i in interfaces]
+        if settings.output.path:
+            try:
+                self.sink = self._open_sink(interfaces)
+            except OutputClosed:  # the reader of -w - left before the first byte: stop quietly
+                summary.stopped_by = "output-closed"
+                return summary
+        self.reporter.listening(interfaces, self.backend, settings.workers)
+        self.start = self.clock()
+        next_tick = self.start + 1.0
+        error: KstapError | None = None
+        limit = settings.count if settings.count is not None else 1 << 62
+        if lines is not None and self.sink is None:
+            self.text = TextLines(lines, [i.linktype for i in interfaces])
+        fast = (isinstance(source, AfPacketSource) and source.fast and self.text is None and self.sampler is None)
         try:
-            sink = PcapngFiles(
-                out.path, interfaces, counters=lambda: _counters(source),
-                rotate_bytes=int(out.rotate_mb * 1_000_000) if out.rotate_mb else None,
-                rotate_seconds=out.rotate_seconds, ring_files=out.ring_files,
-                with_queue=settings.workers > 1,
-                comment=f"kstap tap; filter: {settings.bpf_filter or '(none)'}; backend: {backend}",
-            )
-        except OutputClosed:  # the reader of -w - left before the first byte: stop quietly
+            batch = first
+            while True:
+                if batch:
+                    self._deliver(batch, limit)
+                if summary.captured >= limit:
+                    summary.stopped_by = "count"
+                    break
+                if self.stop:
+                    summary.stopped_by = "signal"
+                    break
+                now = self.clock()
+                if settings.duration is not None and now - self.start >= settings.duration:
+                    summary.stopped_by = "duration"
+                    break
+                if isinstance(source, _ReplayAdapter) and source.src.exhausted:
+                    summary.stopped_by = "end"
+                    break
+                if now >= next_tick:
+                    self._tick(now)
+                    next_tick = now + 1.0
+                if fast:
+                    assert isinstance(source, AfPacketSource)
+                    self._deliver_encoded(*source.read_encoded(100, limit - summary.captured))
+                    batch = []
+                    continue
+                batch = source.read(100)
+                if self.sink is not None and not batch:
+                    self.sink.tick()
+            if summary.stopped_by in ("signal", "duration") and not replay:
+                self._deliver(source.drain(retire_ms), limit)
+        except DiskFull as exc:
+            summary.stopped_by = "disk-full"
+            error = exc
+        except OutputClosed:
             summary.stopped_by = "output-closed"
-            return summary
-    reporter.listening(interfaces, backend, settings.workers)
-    start = clock()
-    next_report = start + 1.0
-    error: KstapError | None = None
-    limit = settings.count if settings.count is not None else 1 << 62
-    text = TextLines(lines, [i.linktype for i in interfaces]) if lines is not None and sink is None else None
-    fast = isinstance(source, AfPacketSource) and source.fast and text is None
-    try:
-        batch = first
-        while True:
-            if batch:
-                batch = batch[: limit - summary.captured]
-                _deliver(summary, sink, source, batch)
-                if text is not None:
-                    text.write(batch)
-            if summary.captured >= limit:
-                summary.stopped_by = "count"
-                break
-            if stop:
-                summary.stopped_by = "signal"
-                break
-            now = clock()
-            if settings.duration is not None and now - start >= settings.duration:
-                summary.stopped_by = "duration"
-                break
-            if isinstance(source, _ReplayAdapter) and source.src.exhausted:
-                summary.stopped_by = "end"
-                break
-            if now >= next_report:
-                _fill_counts(summary, source)
-                reporter.progress(_snapshot(settings, summary, now - start))
-                next_report = now + 1.0
-            if fast:
-                assert isinstance(source, AfPacketSource)
-                chunks, n, nbytes = source.read_encoded(100, limit - summary.captured)
-                if sink is not None:
-                    sink.write_encoded(chunks, n)
-                summary.captured += n
-                summary.bytes_captured += nbytes
-                summary.per_worker[0] = summary.per_worker.get(0, 0) + n
-                batch = []
-                continue
-            batch = source.read(100)
-            if sink is not None and not batch:
-                sink.tick()
-        if summary.stopped_by in ("signal", "duration") and not replay:
-            tail = source.drain(retire_ms)[: limit - summary.captured]
-            _deliver(summary, sink, source, tail)
-            if text is not None:
-                text.write(tail)
-    except DiskFull as exc:
-        summary.stopped_by = "disk-full"
-        error = exc
-    except OutputClosed:
-        summary.stopped_by = "output-closed"
-    except KstapError as exc:
-        summary.stopped_by = "error"
-        error = exc
-    finally:
-        _fill_counts(summary, source)
-        if sink is not None:
-            if not sink.close():
+        except KstapError as exc:
+            summary.stopped_by = "error"
+            error = exc
+        finally:
+            self._finish()
+        return self._result(error)
+
+    def _open_sink(self, interfaces: list[Interface]) -> PcapngFiles:
+        out, settings = self.settings.output, self.settings
+        smp = settings.sampling
+        run = metadata.run_note(smp.mode, self.sampler.rate if self.sampler else 1.0, seed_id(self.seed),
+                                settings.bpf_filter)
+        return PcapngFiles(
+            out.path or "-", interfaces, counters=lambda: _counters(self.source),
+            rotate_bytes=int(out.rotate_mb * 1_000_000) if out.rotate_mb else None,
+            rotate_seconds=out.rotate_seconds, ring_files=out.ring_files,
+            with_queue=settings.workers > 1,
+            comment=f"{run}; backend={self.backend}",
+        )
+
+    def _deliver(self, batch: list[PacketRecord], limit: int) -> None:
+        notes: dict[int, str] | None = None
+        if self.sampler is not None and batch:
+            before = self.sampler.stats.sampled_out
+            batch, notes = self.sampler.admit(batch)
+            self.summary.sampled_out += self.sampler.stats.sampled_out - before
+        batch = batch[: limit - self.summary.captured]
+        if not batch:
+            return
+        if self.sink is not None:
+            self.sink.ensure_interfaces(self.source.interfaces)  # a replayed file may describe more
+            self.sink.write(batch, notes)
+        if self.text is not None:
+            self.text.write(batch)
+        summary = self.summary
+        summary.captured += len(batch)
+        per = summary.per_worker
+        for rec in batch:
+            summary.bytes_captured += rec[1]
+            per[rec[5]] = per.get(rec[5], 0) + 1
+
+    def _deliver_encoded(self, chunks: list[bytes], packets: int, nbytes: int) -> None:
+        if self.sink is not None:
+            self.sink.write_encoded(chunks, packets)
+        self.summary.captured += packets
+        self.summary.bytes_captured += nbytes
+        self.summary.per_worker[0] = self.summary.per_worker.get(0, 0) + packets
+
+    # -- once a second -------------------------------------------------------------------------------
+    def _tick(self, now: float) -> None:
+        elapsed = now - self.start
+        sampler = self.sampler
+        if sampler is not None:
+            sampler.expire(time.time_ns())
+            if self.governor is not None:
+                self._govern(sampler, elapsed)
+            self._update_ceiling(sampler)
+            self.rate_history.append((elapsed, sampler.rate))
+        _fill_counts(self.summary, self.source)
+        self.reporter.progress(self.snapshot(elapsed))
+
+    def _govern(self, sampler: FlowSampler, elapsed: float) -> None:
+        assert self.governor is not None
+        self.resources, self.controller = self.governor.update()
+        res = self.resources
+        if res.memory_limit:
+            self.memory_history.append((elapsed, res.memory_bytes / res.memory_limit))
+        old = sampler.rate
+        state = self.controller
+        if state.reason == "emergency" and state.rate < old:
+            shed = sampler.shed(state.rate)
+            self._alert("critical", "shed", f"emergency: rate {old:.3g} -> {state.rate:.3g}, {shed} live flows shed")
+        elif not sampler.set_rate(state.rate, state.reason or "pi"):
+            return
+        self.reporter.event("rate_change", {"old": old, "new": sampler.rate, "reason": state.reason,
+                                            "pressure": state.pressure})
+
+    def _update_ceiling(self, sampler: FlowSampler) -> None:
+        ceiling = sampler.ceiling()
+        if ceiling == self.ceiling or self.base is None:
+            return
+        setter = getattr(self.source, "set_filter", None)
+        if setter is not None:
+            setter(_sampled(self.base, sampler))
+        self.ceiling = ceiling
+
+    def _alert(self, level: str, kind: str, message: str) -> None:
+        alert = Alert(time.time(), level, kind, message)
+        self.alerts.append(alert)
+        self.reporter.event("alert", {"level": level, "kind": kind, "message": message})
+
+    def snapshot(self, elapsed: float) -> StatsSnapshot:
+        s, settings = self.summary, self.settings
+        sampler = self.sampler
+        return StatsSnapshot(
+            elapsed=elapsed,
+            mode=settings.sampling.mode,
+            profile=settings.profile,
+            filter=settings.bpf_filter,
+            targets=list(settings.interfaces) or ([settings.read] if settings.read else []),
+            output=settings.output.path,
+            captured=s.captured,
+            bytes_captured=s.bytes_captured,
+            received=s.received,
+            dropped=s.dropped,
+            sampled_out=s.sampled_out,
+            rate=sampler.rate if sampler else 1.0,
+            packets_per_second=s.captured / elapsed if elapsed > 0 else 0.0,
+            flows_tracked=sampler.stats.flows_tracked if sampler else 0,
+            workers=[WorkerStats(worker=w, captured=n, rate=sampler.rate if sampler else 1.0)
+                     for w, n in sorted(s.per_worker.items())],
+            controller=self.controller,
+            resources=self.resources,
+            alerts=list(self.alerts[-20:]),
+            rate_history=list(self.rate_history[-600:]),
+            memory_history=list(self.memory_history[-600:]),
+        )
+
+    # -- the end -------------------------------------------------------------------------------------
+    def _finish(self) -> None:
+        summary = self.summary
+        _fill_counts(summary, self.source)
+        if self.sink is not None:
+            if not self.sink.close():
                 summary.warnings.append("no room left for the statistics block; packets are intact")
-            summary.files = list(sink.files)
-            summary.captured = sink.packets_written
-    if replay:  # a file has no kernel counters: what passed the filter is what was processed
-        summary.received, summary.dropped = summary.captured, 0
-    if isinstance(source, _ReplayAdapter) and source.src.error is not None:
-        err = source.src.error
-        summary.warnings.append(str(err))
-        reporter.warning(f"{err}; kept the {err.packets_ok} valid packets before it")
+            summary.files = list(self.sink.files)
+            summary.captured = self.sink.packets_written
+        if self.sampler is not None:
+            st = self.sampler.stats
+            summary.flows_seen, summary.flows_kept, summary.shed_flows = st.flows_seen, st.flows_kept, st.shed_flows
+            summary.final_rate = self.sampler.rate
+        if isinstance(self.source, _ReplayAdapter):  # no kernel counters: what passed is what was processed
+            summary.received, summary.dropped = summary.captured + summary.sampled_out, 0
+
+    def _result(self, error: KstapError | None) -> CaptureSummary:
+        summary, source = self.summary, self.source
+        if isinstance(source, _ReplayAdapter) and source.src.error is not None:
+            err = source.src.error
+            summary.warnings.append(str(err))
+            self.reporter.warning(f"{err}; kept the {err.packets_ok} valid packets before it")
+            if error is None:
+                error = KstapError(f"--read stopped early: {err}",
+                                   hint=f"the {summary.captured} packets before the damage were processed")
         if error is None:
-            error = KstapError(f"--read stopped early: {err}",
-                               hint=f"the {summary.captured} packets before the damage were processed")
-    if error is not None:
+            return summary
         if isinstance(error, DiskFull):
             saved = summary.files[-1] if summary.files else "?"
             error = DiskFull(f"disk full: capture stopped after {summary.captured} packets "
-                             f"({sink.bytes_written if sink else 0} bytes saved in {saved})",
+                             f"({self.sink.bytes_written if self.sink else 0} bytes saved in {saved})",
                              hint=error.hint)
         error.summary = summary
         raise error
-    return summary
-
-
-def _deliver(summary: CaptureSummary, sink: PcapngFiles | None, source: _Source,
-             batch: list[PacketRecord]) -> None:
-    if sink is not None and batch:
-        sink.ensure_interfaces(source.interfaces)  # a replayed file may describe more as it goes
-        sink.write(batch)
-    _account(summary, batch)
-
-
-def _account(summary: CaptureSummary, batch: list[PacketRecord]) -> None:
-    summary.captured += len(batch)
-    per = summary.per_worker
-    for rec in batch:
-        summary.bytes_captured += rec[1]
-        per[rec[5]] = per.get(rec[5], 0) + 1
 
 
 def _fill_counts(summary: CaptureSummary, source: _Source) -> None:
@@ -277,19 +440,3 @@ def _fill_counts(summary: CaptureSummary, source: _Source) -> None:
 
 def _counters(source: _Source) -> list[pcapng.InterfaceCounters]:
     return [pcapng.InterfaceCounters(0, 0, s.received, s.dropped, s.delivered) for s in source.stats()]
-
-
-def _snapshot(settings: TapSettings, summary: CaptureSummary, elapsed: float) -> StatsSnapshot:
-    """What views show right now (sampling and resources join with the sampling issue)."""
-    return StatsSnapshot(
-        elapsed=elapsed,
-        filter=settings.bpf_filter,
-        targets=list(settings.interfaces) or ([settings.read] if settings.read else []),
-        output=settings.output.path,
-        captured=summary.captured,
-        bytes_captured=summary.bytes_captured,
-        received=summary.received,
-        dropped=summary.dropped,
-        packets_per_second=summary.captured / elapsed if elapsed > 0 else 0.0,
-        workers=[WorkerStats(worker=w, captured=n) for w, n in sorted(summary.per_worker.items())],
-    )

@@ -125,15 +125,8 @@ class AfPacketRing:
         if linktype != program.linktype:
             raise KstapError(f"filter compiled for link type {program.linktype}, interface has {linktype}")
         self.linktype = linktype
-        prog = program.without_outgoing() if interfaces.is_loopback(hatype) else program
-        fprog, keep = prog.sock_fprog()
-        try:
-            s.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
-        except OSError as exc:  # ENOMEM: the program is above net.core.optmem_max once translated
-            raise UsageError(f"the kernel refused the {len(prog.insns)}-instruction filter: {exc.strerror}",
-                             hint="simplify the filter (e.g. 'net 10.0.0.0/16' instead of many hosts), "
-                                  "or raise net.core.optmem_max") from None
-        del keep
+        self._loopback = interfaces.is_loopback(hatype)
+        self.set_filter(program)
         r = self._ring
         req = struct.pack("IIIIIII", r.block_bytes, r.blocks, 2048, r.block_bytes // 2048 * r.blocks,
                           r.retire_ms, 0, 0)
@@ -146,11 +139,28 @@ class AfPacketRing:
                             mmap.PROT_READ | mmap.PROT_WRITE)
         s.bind((self.name, ETH_P_ALL))
         if fanout_group is not None:
-            arg = (fanout_group & 0xFFFF) | ((PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_DEFRAG) << 16)
+            # No PACKET_FANOUT_FLAG_DEFRAG: it makes the kernel reassemble IP fragments before the
+            # socket sees them, so the file would not hold what was on the wire. Without it the
+            # kernel's symmetric hash ignores ports for every fragment, exactly as kstap's flow key
+            # does (fragments belong to the address-pair flow).
+            arg = (fanout_group & 0xFFFF) | (PACKET_FANOUT_HASH << 16)
             s.setsockopt(SOL_PACKET, PACKET_FANOUT, _U32.pack(arg))  # > INT_MAX: pass as bytes
         self._block = 0
         self._nblocks = r.blocks
         self._bsize = r.block_bytes
+
+    def set_filter(self, program: Program) -> None:
+        """Attach (or atomically replace) the kernel filter; loopback drops outgoing copies."""
+        s = self.sock
+        prog = program.without_outgoing() if self._loopback else program
+        fprog, keep = prog.sock_fprog()
+        try:
+            s.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+        except OSError as exc:  # ENOMEM: the program is above net.core.optmem_max once translated
+            raise UsageError(f"the kernel refused the {len(prog.insns)}-instruction filter: {exc.strerror}",
+                             hint="simplify the filter (e.g. 'net 10.0.0.0/16' instead of many hosts), "
+                                  "or raise net.core.optmem_max") from None
+        del keep
 
     def interface(self, program: Program) -> Interface:
         return Interface(self.name, self.linktype, program.snaplen, program.expression)
@@ -299,6 +309,10 @@ class AfPacketSource:
     def fast(self) -> bool:
         """True when the C encoder can serve this source (one ring)."""
         return encode_block is not None and len(self.rings) == 1
+
+    def set_filter(self, program: Program) -> None:
+        for r in self.rings:
+            r.set_filter(program)
 
     def drain(self, retire_ms: int) -> list[PacketRecord]:
         """At stop: wait for the partly filled block to be retired and take what it holds."""

@@ -15,8 +15,8 @@ import multiprocessing as mp
 import os
 import signal
 import struct
+import sys
 import time
-import traceback
 from multiprocessing.connection import Connection, wait
 
 from kstap.capture import netns
@@ -62,7 +62,8 @@ def _unpack(buf: bytes, n_ifaces: int) -> tuple[bytes, int, list[PacketRecord], 
 
 
 def _worker_main(worker: int, names: list[str], program: Program, ring: RingConfig, group: int,
-                 ns: str | None, conn: Connection, stop: mp.synchronize.Event) -> None:
+                 ns: str | None, conn: Connection, stop: mp.synchronize.Event,
+                 control: Connection | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # also on a group-wide SIGTERM (timeout(1), systemd)
     # Die with the parent (even SIGKILLed): a forked worker holds the pipe's read end too, so
@@ -79,13 +80,21 @@ def _worker_main(worker: int, names: list[str], program: Program, ring: RingConf
         conn.send_bytes(b"X" + f"{type(exc).__name__}\0{exc.message}\0{exc.hint or ''}".encode())
         return
     except Exception:
-        conn.send_bytes(b"X" + f"KstapError\0worker {worker} failed: {traceback.format_exc(limit=1)}\0".encode())
+        exc_type, exc_value = sys.exc_info()[:2]
+        reason = f"{exc_type.__name__ if exc_type else 'error'}: {exc_value}".replace("\n", " ")
+        conn.send_bytes(b"X" + f"WorkerFailure\0capture worker {worker} failed to start ({reason})\0"
+                               "rerun with --debug, or with --workers 1".encode())
         return
     src = AfPacketSource(rings)
     lag = (ring.retire_ms + SLACK_MS) * 1_000_000
     conn.send_bytes(_pack(b"R", 0, [], [SourceStats() for _ in rings]))
     try:
         while not stop.is_set():
+            if control is not None and control.poll():
+                new = Program(program.expression, program.linktype, program.snaplen,
+                              tuple((int(c), int(t), int(f), int(k)) for c, t, f, k in control.recv()))
+                for r in rings:
+                    r.set_filter(new)
             wm = time.time_ns() - lag
             recs = src.read(100)
             conn.send_bytes(_pack(b"P", wm, recs, src.stats()))
@@ -113,12 +122,16 @@ class FanoutSource:
         self._pending: list[PacketRecord] = []
         self._done: set[int] = set()
         self.per_worker_received: dict[int, int] = {}
+        self._controls: list[Connection] = []
         for w in range(workers):
             parent, child = ctx.Pipe(duplex=False)
+            ctl_read, ctl_write = ctx.Pipe(duplex=False)
             p = ctx.Process(target=_worker_main, name=f"kstap-worker-{w}",
-                            args=(w, names, program, ring, group, ns, child, self._stop), daemon=True)
+                            args=(w, names, program, ring, group, ns, child, self._stop, ctl_read), daemon=True)
             p.start()
             child.close()
+            ctl_read.close()
+            self._controls.append(ctl_write)
             self._procs.append(p)
             self._conns[parent] = w
             self._watermarks[w] = 0
@@ -196,6 +209,15 @@ class FanoutSource:
         out.extend(self._release())
         return out
 
+    def set_filter(self, program: Program) -> None:
+        """Swap every worker's kernel filter (applied within one poll interval, ~100 ms)."""
+        for w, c in enumerate(self._controls):
+            if w not in self._done:
+                try:
+                    c.send([list(i) for i in program.insns])
+                except (BrokenPipeError, OSError):
+                    continue
+
     def stats(self) -> list[SourceStats]:
         total = [SourceStats() for _ in self._names]
         for stats in self._stats.values():
@@ -211,6 +233,8 @@ class FanoutSource:
                 p.kill()
                 p.join(timeout=1)
         for c in self._conns:
+            c.close()
+        for c in self._controls:
             c.close()
 
 

@@ -16,7 +16,7 @@ def _version(value: bool) -> None:
 
 
 def build_app() -> Any:
-    from kstap.cli import demo, filter_cmd, tap
+    from kstap.cli import demo, dissect_cmd, filter_cmd, tap
 
     app = typer.Typer(
         name="kstap",
@@ -37,4 +37,9 @@ def build_app() -> Any:
     app.command("tap")(tap.tap)
     app.command("filter")(filter_cmd.filter_command)
     app.command("demo")(demo.demo)
+    app.command("dissect")(dissect_cmd.dissect)
+    from kstap.cli import stats_cmd
+    app.command("stats")(stats_cmd.stats)
+    from kstap.cli import config_cmd
+    app.add_typer(config_cmd.app, name="config")
     return typer.main.get_command(app)

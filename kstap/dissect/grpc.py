@@ -45,8 +45,8 @@ def parse_status(value: str | None) -> int | None:
 
 
 def decode_message(value: str | None) -> str | None:
-    """``grpc-message`` is percent-encoded UTF-8 (gRPC over HTTP/2 spec); undo that."""
-    if value is None:
+    """``grpc-message`` is percent-encoded UTF-8 (gRPC over HTTP/2 spec); undo that. Empty → None."""
+    if not value:
         return None
     return unquote(value, errors="replace")
 

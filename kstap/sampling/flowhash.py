@@ -271,7 +271,11 @@ class SampledProgram:
 
 def splice(filter_insns: Sequence[Insn], seed: int, rate: float) -> SampledProgram:
     """Replace every accepting ``ret #k`` of a libpcap program by a jump to the sampling tail."""
-    thresh = threshold(rate)
+    return splice_threshold(filter_insns, seed, threshold(rate))
+
+
+def splice_threshold(filter_insns: Sequence[Insn], seed: int, thresh: int) -> SampledProgram:
+    """:func:`splice` with the hash threshold given directly (the flow table's ceiling)."""
     if thresh >= FULL:
         return SampledProgram(tuple(filter_insns), thresh)
     snaplen = max((k for code, _, _, k in filter_insns if code == RET_K and k), default=262144)

@@ -55,14 +55,18 @@ NON_IP = None
 """What :func:`flow_key` returns for frames that are not IP: they belong to no flow."""
 
 
-def _endpoints(proto: int, src: bytes, sport: int, dst: bytes, dport: int) -> FlowKey:
-    if (src, sport) <= (dst, dport):
-        return FlowKey(proto, src, sport, dst, dport)
-    return FlowKey(proto, dst, dport, src, sport)
+KeyTuple = tuple[int, bytes, int, bytes, int]
+"""A FlowKey's fields as a plain tuple: what the per-packet hot loop hashes and compares."""
 
 
 def flow_key(frame: bytes, linktype: int = 1) -> FlowKey | None:
     """The flow of an Ethernet (linktype 1) or raw IP (101) frame; None for non-IP or truncated."""
+    t = key_tuple(frame, linktype)
+    return None if t is None else FlowKey(*t)
+
+
+def key_tuple(frame: bytes, linktype: int = 1) -> KeyTuple | None:
+    """:func:`flow_key` as a tuple (cheaper to build, hash and compare)."""
     off = 0
     if linktype == 1:
         if len(frame) < 14:
@@ -99,4 +103,6 @@ def flow_key(frame: bytes, linktype: int = 1) -> FlowKey | None:
     sport = dport = 0
     if proto in PORT_PROTOCOLS and not frag and len(frame) >= l4 + 4:
         sport, dport = struct.unpack_from("!HH", frame, l4)
-    return _endpoints(proto, src, sport, dst, dport)
+    if (src, sport) <= (dst, dport):
+        return (proto, src, sport, dst, dport)
+    return (proto, dst, dport, src, sport)

@@ -45,7 +45,7 @@ def test_same_packets_as_tcpdump(harness) -> None:
         assert frames.returncode == 0 and frames.stderr == "", frames.stderr
         assert len(frames.lengths) == len(k.packets)
         assert Counter(frames.lengths) == Counter((rec[2], rec[1]) for rec in t.records)
-        assert frames.times == sorted(frames.times)
+        assert harness.nearly_ordered(frames.times), frames.times  # ring order: conftest.JITTER
         info = harness.capinfos(k_path)
         assert f"Name = {lab.server_if}" in info
         assert f"Filter string = {expr}" in info

@@ -72,10 +72,6 @@ def test_two_workers_merge_and_keep_flows_whole(harness):
     assert sum(per.values()) == harness.summary(kst.stderr)["captured"] == len(k.packets)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known issue: --workers > 1 joins the fanout group with PACKET_FANOUT_FLAG_DEFRAG, so the kernel "
-    "hands kstap reassembled IP datagrams (one 3042-byte frame) instead of the fragments on the wire "
-    "(1514 + 1514 + 82) that tcpdump and --workers 1 record"))
 def test_two_workers_keep_ip_fragments_as_on_the_wire(harness):
     k_path, t_path = harness.tmp / "workers.pcapng", harness.tmp / "tcpdump.pcap"
     harness.server()

@@ -1,0 +1,211 @@
+"""The auto-mode rate controller: a PI(D) loop on the sampling rate, run about once a second.
+
+Each :meth:`RateController.update` takes one :class:`~kstap.model.ResourceStats` and returns a
+:class:`~kstap.model.ControllerState`; the rate in it is what the sampler should use next.
+
+The loop acts on ``u = ln(rate)``, not on the rate itself. The resource a sampled flow costs is
+roughly proportional to the rate times the traffic, so d(pressure)/d(rate) grows as traffic grows;
+d(pressure)/d(ln rate) = rate · d(pressure)/d(rate) is the sampled part of the pressure, which sits
+near the setpoint whatever the traffic. One set of gains then holds for load x2 and x0.5, and for
+rates from 1 down to 0.01. docs/control.md gives the equations and the tuning.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from kstap.control.pressure import cpu_ratio, memory_ratio
+from kstap.model import ControllerState, ResourceStats
+
+
+@dataclass
+class ControllerSettings:
+    """Gains and limits of :class:`RateController`. Pressures are ratios (0..1) of a limit."""
+
+    setpoint_memory: float = 0.70
+    """Target working set / memory limit. 30% headroom covers the rise during the dead time after a
+    traffic doubling (measured peak 0.83 on the simulated plant) and stays clear of the 0.90 line."""
+    setpoint_cpu: float = 0.80
+    """Target CPU use / CPU quota. CPU has no OOM cliff and reacts within a tick, so less headroom;
+    above ~0.85 CFS throttling starts to delay the capture loop and the ring drops."""
+    kp: float = 3.0
+    """Proportional gain, ln(rate) per unit of pressure error (error 0.1 → rate x1.105).
+    Tuned on the simulated plant (docs/control.md)."""
+    ki: float = 0.4
+    """Integral gain, ln(rate) per unit error per second; ki/kp = 1/(5 s), the plant's time constant."""
+    kd: float = 0.0
+    """Derivative gain on the measurement, ln(rate) per (unit pressure / second). 0: with noise and
+    dead time it bought no settling time on the plant, only rate jitter."""
+    ewma_alpha: float = 0.5
+    """Weight of the newest sample in the pressure's EWMA per tick (time constant ≈ 1.4 ticks).
+    Cuts the noise to 0.58 of its sigma (sqrt(alpha/(2-alpha))) for about one tick of extra lag."""
+    min_rate: float = 0.01
+    """Lowest rate auto mode uses: 1% keeps every node sampling some flows, so estimates stay possible."""
+    max_rate: float = 1.0
+    initial_rate: float = 0.10
+    """Rate of the first tick. Start low and raise slowly: a full-rate start is what OOM-kills a worker."""
+    raise_slew: float = 0.05
+    """Largest rise of the rate per second (0.1 → 1 takes 18 s): new flows cost memory for their whole
+    life, so a rise shows up over several seconds; going up slowly keeps the dead time from overshooting."""
+    cut_slew: float = 0.5
+    """Largest cut of the rate per second: cuts are safe, so they may be fast."""
+    deadband: float = 0.02
+    """|error| below this holds the rate (pressure units). About 3x the smoothed noise of a 1% sigma signal,
+    and inside the ±5% settling band (±0.035 at 0.70), so noise does not move the rate."""
+    emergency_memory: float = 0.90
+    """Raw memory ratio at which the rate is halved at once (no smoothing, no slew limit)."""
+    psi_full_spike: float = 0.10
+    """PSI memory 'full' stall fraction over one tick (growth of ``total``) that counts as an emergency:
+    all tasks stalled on memory 10% of the time means reclaim is thrashing."""
+    psi_full_avg10: float = 10.0
+    """The same, in percent of PSI ``avg10``, used when no ``total`` counter is known."""
+    emergency_cooldown: float = 4.0
+    """Seconds after a halving during which the rate is held: the halving needs the dead time plus
+    about a time constant to show; cutting more meanwhile undershoots. An OOM counter increase still
+    halves again at once."""
+    tick: float = 1.0
+    """Nominal seconds between updates; the EWMA weight and the slew limits scale with the real interval."""
+
+    def validate(self) -> None:
+        """Reject settings the loop cannot run with (ValueError)."""
+        if not 0 < self.min_rate <= self.initial_rate <= self.max_rate <= 1:
+            raise ValueError("need 0 < min_rate <= initial_rate <= max_rate <= 1")
+        for name in ("setpoint_memory", "setpoint_cpu", "emergency_memory"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in (0, 1]")
+        if not 0 < self.ewma_alpha <= 1:
+            raise ValueError("ewma_alpha must be in (0, 1]")
+        if min(self.kp, self.ki, self.kd, self.deadband, self.emergency_cooldown) < 0:
+            raise ValueError("gains, dead-band and cooldown must not be negative")
+        if not (self.raise_slew > 0 and self.cut_slew > 0 and self.tick > 0):
+            raise ValueError("slew limits and tick must be positive")
+
+
+class RateController:
+    """PI(D) on ln(rate) with EWMA input, anti-windup, slew limits, dead-band and emergency halving."""
+
+    def __init__(self, settings: ControllerSettings | None = None, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings or ControllerSettings()
+        self.settings.validate()
+        self.clock = clock
+        self._rate = self.settings.initial_rate
+        self._integral = math.log(self._rate)
+        self._last_time: float | None = None
+        self._smoothed: dict[str, float] = {}
+        self._last_oom: int | None = None
+        self._last_psi_total: int | None = None
+        self._last_emergency = -math.inf
+
+    @property
+    def rate(self) -> float:
+        """The rate in force (what the last update returned)."""
+        return self._rate
+
+    # -- one tick --------------------------------------------------------------------------------
+    def update(self, stats: ResourceStats) -> ControllerState:
+        s = self.settings
+        now = self.clock()
+        first = self._last_time is None
+        elapsed = s.tick if self._last_time is None else now - self._last_time
+        self._last_time = now
+        dt = min(max(elapsed, 0.05 * s.tick), 5 * s.tick)  # a late tick must not integrate minutes
+
+        raw = {"memory": memory_ratio(stats), "cpu": cpu_ratio(stats)}
+        setpoints = {"memory": s.setpoint_memory, "cpu": s.setpoint_cpu}
+        previous = dict(self._smoothed)
+        weight = 1 - (1 - s.ewma_alpha) ** (dt / s.tick)
+        for name, value in raw.items():
+            if value is None:
+                self._smoothed.pop(name, None)
+            else:
+                old = self._smoothed.get(name)
+                self._smoothed[name] = value if old is None else old + weight * (value - old)
+
+        causes, oom_increase = self._emergency_causes(stats, raw["memory"], elapsed)
+        rate_before = self._rate
+        u_before = math.log(rate_before)
+        state = ControllerState(setpoint=s.setpoint_memory)
+
+        if self._smoothed:
+            error, resource = min((setpoints[n] - v, n) for n, v in self._smoothed.items())
+            state.resource, state.error = resource, error
+            state.pressure, state.setpoint = self._smoothed[resource], setpoints[resource]
+            state.measured = raw[resource] or 0.0
+            p_term = s.kp * error
+            old = previous.get(resource)
+            d_term = -s.kd * (self._smoothed[resource] - old) / dt if old is not None and s.kd else 0.0
+            if first:
+                self._integral = u_before - p_term - d_term  # bumpless start at initial_rate
+            if abs(error) < s.deadband:
+                i_term, u_raw, reason = u_before - p_term - d_term, u_before, "deadband"
+            else:
+                i_term = self._integral + s.ki * error * dt
+                # conditional integration: integrate only up to the limit the error pushes towards
+                top, bottom = math.log(s.max_rate) - p_term - d_term, math.log(s.min_rate) - p_term - d_term
+                if error > 0 and i_term > top:
+                    i_term = max(self._integral, top)
+                elif error < 0 and i_term < bottom:
+                    i_term = min(self._integral, bottom)
+                u_raw = p_term + i_term + d_term
+                reason = "pi"
+            target = math.exp(u_raw)
+        else:
+            p_term = i_term = d_term = 0.0
+            u_raw, target, reason = math.log(s.max_rate), s.max_rate, "no-limit"
+
+        if target >= s.max_rate * (1 - 1e-9) or target <= s.min_rate * (1 + 1e-9):
+            target = min(max(target, s.min_rate), s.max_rate)
+            reason = "clamp" if reason == "pi" else reason
+        rate = self._slew(rate_before, target, dt)
+        if rate != target and reason == "pi":
+            reason = "slew"
+
+        cooling = now - self._last_emergency < s.emergency_cooldown
+        if causes and (oom_increase or not cooling):
+            rate = max(s.min_rate, rate_before / 2)
+            reason = "emergency: " + ", ".join(causes)
+            self._last_emergency = now
+        elif cooling and rate != rate_before:
+            rate, reason = rate_before, "hold"
+
+        # back-calculation: the integrator tracks the rate actually applied, so clamps, slew limits,
+        # holds and halvings never wind it up (and a release does not overshoot)
+        u_applied = math.log(rate)
+        if abs(u_applied - u_raw) > 1e-12:
+            i_term = u_applied - p_term - d_term
+        self._integral = i_term
+        self._rate = rate
+        state.p_term, state.i_term, state.d_term = p_term, i_term, d_term
+        state.rate, state.reason = rate, reason
+        return state
+
+    def _slew(self, before: float, target: float, dt: float) -> float:
+        s = self.settings
+        if target > before:
+            return min(target, before + s.raise_slew * dt)
+        return max(target, before - s.cut_slew * dt)
+
+    def _emergency_causes(self, stats: ResourceStats, memory: float | None,
+                          elapsed: float) -> tuple[list[str], bool]:
+        """Why this tick is an emergency (empty if it is not), and whether an OOM counter grew."""
+        s = self.settings
+        causes = []
+        oom_increase = self._last_oom is not None and stats.oom_events > self._last_oom
+        if oom_increase:
+            causes.append(f"OOM events +{stats.oom_events - (self._last_oom or 0)}")
+        self._last_oom = stats.oom_events
+        if memory is not None and memory >= s.emergency_memory:
+            causes.append(f"memory {memory:.0%} >= {s.emergency_memory:.0%}")
+        total = stats.psi_memory_full_total
+        if total is not None and self._last_psi_total is not None and total >= self._last_psi_total:
+            stalled = (total - self._last_psi_total) / 1e6 / max(elapsed, 1e-3)
+            if stalled >= s.psi_full_spike:
+                causes.append(f"PSI memory full {stalled:.0%} of the last {elapsed:.1f} s")
+        elif total is None and stats.psi_memory_full is not None and stats.psi_memory_full >= s.psi_full_avg10:
+            causes.append(f"PSI memory full avg10 {stats.psi_memory_full:.0f}%")
+        self._last_psi_total = total
+        return causes, oom_increase

@@ -1,0 +1,186 @@
+"""One reading of the resources a worker may use: cgroup v2/v1, PSI, psutil as the last resort.
+
+:class:`PressureReader` turns the files of :mod:`kstap.control.cgroups` and :mod:`kstap.control.psi`
+into a :class:`~kstap.model.ResourceStats` each tick; :func:`pressure` folds that into one number.
+CPU use is a rate: the growth of a usage counter between two reads, over the injected clock.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import psutil
+
+from kstap.control import cgroups
+from kstap.control.psi import Psi, read_psi
+from kstap.model import ResourceStats
+
+PSUTIL_NOTE = "psutil (sees the host, not the container)"
+
+
+def memory_ratio(stats: ResourceStats) -> float | None:
+    """Working set / memory limit, or None without a limit."""
+    if not stats.memory_limit:
+        return None
+    return stats.memory_bytes / stats.memory_limit
+
+
+def cpu_ratio(stats: ResourceStats) -> float | None:
+    """CPU in use / CPU limit (both in cores), or None without a limit."""
+    if not stats.cpu_limit:
+        return None
+    return stats.cpu_fraction / stats.cpu_limit
+
+
+def pressure(stats: ResourceStats) -> float:
+    """max(working set / memory limit, CPU use / CPU limit); a missing limit is ignored (0.0 if both are)."""
+    ratios = [r for r in (memory_ratio(stats), cpu_ratio(stats)) if r is not None]
+    return max(ratios, default=0.0)
+
+
+class PressureReader:
+    """Reads the resource figures of one process (``pid``) as seen under ``root``.
+
+    ``memory_budget`` (bytes) and ``cpu_budget`` (cores) replace whatever limit the cgroups give
+    (``--memory-budget`` / ``--cpu-budget``). ``clock`` (seconds, monotonic) times the CPU counters.
+    """
+
+    def __init__(
+        self,
+        *,
+        root: str = "/",
+        pid: int | str = "self",
+        memory_budget: int | None = None,
+        cpu_budget: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if memory_budget is not None and memory_budget <= 0:
+            raise ValueError("memory_budget must be a positive number of bytes")
+        if cpu_budget is not None and not cpu_budget > 0:
+            raise ValueError("cpu_budget must be a positive number of cores")
+        self.root = root
+        self.pid = pid
+        self.memory_budget = memory_budget
+        self.cpu_budget = cpu_budget
+        self.clock = clock
+        self._process: psutil.Process | None = None
+        self._previous_cpu: tuple[str, float, float] | None = None
+        """(counter source, counter seconds, clock seconds) of the previous read."""
+        self._cpu_fraction = 0.0
+        self._host_ram = cgroups.host_memory(root)
+        self._cgroups = cgroups.locate(root, pid)
+        self._cpu_counter()  # prime, so the first read() already has a delta
+
+    # -- psutil --------------------------------------------------------------------------------------
+    def _psutil_process(self) -> psutil.Process | None:
+        if self._process is None:
+            try:
+                self._process = psutil.Process(None if self.pid == "self" else int(self.pid))
+            except (psutil.Error, ValueError):
+                return None
+        return self._process
+
+    def _process_rss(self) -> int | None:
+        process = self._psutil_process()
+        try:
+            return int(process.memory_info().rss) if process is not None else None
+        except psutil.Error:
+            return None
+
+    def _process_cpu_seconds(self) -> float | None:
+        process = self._psutil_process()
+        try:
+            if process is None:
+                return None
+            times = process.cpu_times()
+            return float(times.user + times.system)
+        except psutil.Error:
+            return None
+
+    # -- reading ----------------------------------------------------------------------------------------
+    def _cpu_counter(self) -> tuple[cgroups.CpuFigures | None, str, float | None]:
+        """(cgroup figures, counter source, cumulative CPU seconds) and update the CPU rate."""
+        figures = cgroups.read_cpu(self._cgroups)
+        seconds: float | None
+        if figures is not None and figures.usage_seconds is not None:
+            source, seconds = f"cgroup v{figures.version} {figures.cgroup}", figures.usage_seconds
+        else:
+            source, seconds = "psutil process", self._process_cpu_seconds()
+        now = self.clock()
+        if seconds is not None:
+            previous = self._previous_cpu
+            if previous is not None and previous[0] == source and now > previous[2]:
+                self._cpu_fraction = max(0.0, (seconds - previous[1]) / (now - previous[2]))
+            if previous is None or previous[0] != source or now > previous[2]:
+                self._previous_cpu = (source, seconds, now)
+        return figures, source, seconds
+
+    def read(self) -> ResourceStats:
+        """One reading. Cheap (a few small files): meant for a ~1 Hz tick."""
+        self._cgroups = cgroups.locate(self.root, self.pid)  # again each time: the process may move
+        stats = ResourceStats()
+        sources: list[str] = []
+
+        memory = cgroups.read_memory(self._cgroups, self._host_ram)
+        if memory is not None:
+            stats.memory_bytes = memory.working_set
+            stats.memory_usage = memory.usage
+            stats.memory_limit = memory.limit
+            stats.oom_events = memory.oom_events
+            stats.memory_limit_hits = memory.limit_hits
+            where = f"memory: cgroup v{memory.version} {memory.cgroup}"
+            if memory.limit is not None:
+                where += f" (limit of {memory.limit_cgroup})"
+            sources.append(where)
+        else:
+            rss = self._process_rss()
+            stats.memory_bytes = stats.memory_usage = rss or 0
+            sources.append(f"memory: {PSUTIL_NOTE} process RSS" if rss is not None else "memory: unknown")
+        if self.memory_budget is not None:
+            stats.memory_limit = self.memory_budget
+            sources.append("memory limit: budget")
+
+        cpu, counter_source, seconds = self._cpu_counter()
+        stats.cpu_fraction = self._cpu_fraction if seconds is not None else 0.0
+        if cpu is not None:
+            stats.cpu_limit = cpu.limit
+            stats.throttled_periods = cpu.nr_throttled
+            stats.throttled_seconds = cpu.throttled_seconds
+        if counter_source.startswith("cgroup"):
+            where = f"cpu: {counter_source}"
+            if cpu is not None and cpu.limit is not None:
+                where += f" (quota of {cpu.limit_cgroup})"
+            sources.append(where)
+        else:
+            sources.append(f"cpu: {PSUTIL_NOTE} process time" if seconds is not None else "cpu: unknown")
+        if self.cpu_budget is not None:
+            stats.cpu_limit = self.cpu_budget
+            sources.append("cpu limit: budget")
+
+        stats.process_rss = self._process_rss()
+        self._read_psi(stats, sources)
+        stats.source = "; ".join(sources)
+        return stats
+
+    def _psi(self, resource: str) -> tuple[Psi | None, str]:
+        own = cgroups.psi_file(self._cgroups, resource)
+        if own is not None:
+            found = read_psi(own)
+            if found is not None:
+                return found, "cgroup"
+        return read_psi(cgroups.host_path(self.root, f"/proc/pressure/{resource}")), "/proc/pressure"
+
+    def _read_psi(self, stats: ResourceStats, sources: list[str]) -> None:
+        mem, where = self._psi("memory")
+        if mem is not None:
+            if mem.some is not None:
+                stats.psi_memory_some = mem.some.avg10
+            if mem.full is not None:
+                stats.psi_memory_full = mem.full.avg10
+                stats.psi_memory_full_total = mem.full.total
+        cpu, cpu_where = self._psi("cpu")
+        if cpu is not None and cpu.some is not None:
+            stats.psi_cpu_some = cpu.some.avg10
+        if mem is not None or cpu is not None:
+            sources.append(f"psi: {where if mem is not None else cpu_where}")

@@ -1,0 +1,456 @@
+"""One dashboard frame: a pure function of a :class:`StatsSnapshot` and a width.
+
+No clock, no terminal, no state: the same snapshot at the same width gives the same frame, which is
+what the golden tests pin (tests/golden/dashboard/*.txt). Curves are drawn here with block
+characters (eight levels per cell), so nothing depends on a plotting library.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import time
+from collections.abc import Callable, Sequence
+
+from rich.console import Group, RenderableType
+from rich.constrain import Constrain
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from kstap.model import Alert, ControllerState, ResourceStats, StatsSnapshot, WorkerStats
+
+BLOCKS = " ▁▂▃▄▅▆▇█"
+"""A cell filled to 0/8 … 8/8 of its height."""
+HBLOCKS = " ▏▎▍▌▋▊▉█"
+"""A cell filled to 0/8 … 8/8 of its width."""
+LEVEL_STYLE = {"ok": "green", "warn": "yellow", "critical": "bold red", "info": "cyan"}
+LEVEL_LABEL = {"ok": "ok", "warn": "WARN", "critical": "CRITICAL", "info": "info"}
+DROP_CRITICAL = 0.01
+"""Drop ratio shown as critical (red); any drop at all is shown as a warning."""
+CHART_HEIGHT = 4
+"""Rows of the overall sampling-rate chart: 32 levels, 3 % of the scale each."""
+MAX_ALERTS = 5
+MAX_ENDPOINTS = 5
+SIDE_BY_SIDE = 80
+"""From this width on, traffic and resources (alerts and endpoints) share a row."""
+
+
+# -- numbers as text ----------------------------------------------------------------------------------
+def fmt_count(n: int) -> str:
+    return f"{n:,}"
+
+
+def fmt_bytes(n: float) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def fmt_pct(fraction: float) -> str:
+    """100%, 42.0%, 0.50%, <0.01%, 0%."""
+    p = fraction * 100
+    if not math.isfinite(p):
+        return "?"
+    if p == 0:
+        return "0%"
+    if p >= 99.95:
+        return f"{p:.0f}%"
+    if p >= 1:
+        return f"{p:.1f}%"
+    if p >= 0.01:
+        return f"{p:.2f}%"
+    return "<0.01%"
+
+
+def fmt_elapsed(seconds: float) -> str:
+    s = max(0, int(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def fmt_span(seconds: float) -> str:
+    """Short axis labels: 45s, 12m05s, 1h02m."""
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s // 60 % 60:02d}m"
+
+
+def fmt_alert_time(t: float) -> str:
+    """Alert times are elapsed seconds (shown as +12.3s), or Unix times (shown as local hh:mm:ss)."""
+    if t >= 1e9:
+        return time.strftime("%H:%M:%S", time.localtime(t))
+    return f"+{t:.1f}s"
+
+
+def level(fraction: float | None, warn: float, critical: float) -> str:
+    """'ok', 'warn' or 'critical' for a fraction of a limit."""
+    if fraction is None or not math.isfinite(fraction):
+        return "ok"
+    if fraction >= critical:
+        return "critical"
+    if fraction >= warn:
+        return "warn"
+    return "ok"
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(0, width - 1)] + "…"
+
+
+# -- curves ---------------------------------------------------------------------------------------------
+def with_now(points: Sequence[tuple[float, float]], now: float, value: float) -> list[tuple[float, float]]:
+    """The history, extended to ``now`` with the value in force (histories may hold changes only)."""
+    out = list(points)
+    if not out or now > out[-1][0]:
+        out.append((now, value))
+    return out
+
+
+def resample(points: Sequence[tuple[float, float]], columns: int, *, min_step: float = 1.0,
+             reduce: Callable[[Sequence[float]], float] = min) -> list[float | None]:
+    """(time, value) points, oldest first, as ``columns`` cells from the first time to the last.
+
+    A cell covers at least ``min_step`` seconds (so a short run is drawn from the left at one cell
+    per second, and a long one is compressed to fit); its value is ``reduce`` (min: a brief cut
+    stays visible) of the value in force at its start and every point inside it. Cells after the
+    last point are None.
+    """
+    if columns <= 0:
+        return []
+    if not points:
+        return [None] * columns
+    times = [p[0] for p in points]
+    t0, t1 = times[0], times[-1]
+    step = max(min_step, (t1 - t0) / (columns - 1)) if columns > 1 else max(min_step, t1 - t0)
+    out: list[float | None] = []
+    for i in range(columns):
+        end = t0 + i * step
+        if end > t1 + 1e-9:
+            out.append(None)
+            continue
+        hi = bisect.bisect_right(times, end + 1e-9)
+        if i == 0:
+            out.append(points[hi - 1][1])
+            continue
+        lo = bisect.bisect_right(times, end - step + 1e-9)
+        values = [points[max(lo - 1, 0)][1]] + [p[1] for p in points[lo:hi]]
+        out.append(reduce(values))
+    return out
+
+
+def chart_rows(values: Sequence[float | None], height: int, *, lo: float = 0.0, hi: float = 1.0) -> list[str]:
+    """``height`` text rows drawing the values as columns of block characters (top row first).
+
+    Every present value shows at least a sliver, so "no data" (a blank) and "tiny" differ.
+    """
+    levels: list[int | None] = []
+    for v in values:
+        if v is None or not math.isfinite(v):
+            levels.append(None)
+            continue
+        frac = (min(max(v, lo), hi) - lo) / (hi - lo) if hi > lo else 0.0
+        levels.append(max(1, round(frac * height * 8)))
+    rows = []
+    for r in range(height):
+        base = (height - 1 - r) * 8
+        rows.append("".join(" " if lv is None else BLOCKS[min(8, max(0, lv - base))] for lv in levels))
+    return rows
+
+
+def sparkline(points: Sequence[tuple[float, float]], width: int, *, lo: float = 0.0, hi: float = 1.0,
+              reduce: Callable[[Sequence[float]], float] = min) -> str:
+    """A one-row curve of ``width`` cells."""
+    return chart_rows(resample(points, width, reduce=reduce), 1, lo=lo, hi=hi)[0]
+
+
+def bar(fraction: float, width: int, style: str) -> Text:
+    """A water-level bar: ``fraction`` of ``width`` cells filled, in eighths."""
+    f = min(max(fraction, 0.0), 1.0) if math.isfinite(fraction) else 0.0
+    eighths = round(f * width * 8)
+    full, part = divmod(eighths, 8)
+    filled = "█" * full + (HBLOCKS[part] if part and full < width else "")
+    return Text.assemble((filled, style), ("░" * (width - len(filled)), "grey50"))
+
+
+# -- panels --------------------------------------------------------------------------------------------
+def _panel(body: RenderableType, title: str | Text, width: int, style: str = "blue") -> Panel:
+    return Panel(body, title=title, title_align="left", border_style=style, width=width, padding=(0, 1))
+
+
+def _grid(*widths: int | None) -> Table:
+    grid = Table.grid(padding=(0, 1))
+    for w in widths:
+        grid.add_column(no_wrap=True, width=w) if w else grid.add_column(overflow="fold")
+    return grid
+
+
+def _header(s: StatsSnapshot, width: int) -> Panel:
+    inner = width - 4
+    targets = ", ".join(s.targets[:4]) + (f" +{len(s.targets) - 4} more" if len(s.targets) > 4 else "")
+    fields = [
+        ("elapsed", fmt_elapsed(s.elapsed)),
+        ("profile", s.profile or "none"),
+        ("filter", s.filter or "(none)"),
+        ("targets", targets or "(none)"),
+        ("output", s.output or "(none: counting only)"),
+    ]
+    line = Text(no_wrap=False, overflow="fold")
+    for i, (key, value) in enumerate(fields):
+        if i:
+            line.append("   ")
+        line.append(f"{key} ", style="dim")
+        line.append(_clip(value, max(12, inner // 2)), style="bold")
+    mode_style = {"full": "green", "auto": "cyan"}.get(s.mode, "magenta")
+    title = Text.assemble(("kstap", "bold"), " · ", (f"{s.mode} mode", f"bold {mode_style}"))
+    return _panel(line, title, width)
+
+
+def _rate_panel(s: StatsSnapshot, width: int) -> Panel:
+    inner = width - 4
+    columns = max(8, inner - 6)
+    points = with_now(s.rate_history, s.elapsed, s.rate)
+    values = resample(points, columns)
+    rows = chart_rows(values, CHART_HEIGHT)
+    body = Text()
+    for i, row in enumerate(rows):
+        body.append("100% ┤" if i == 0 else "     │", style="dim")
+        body.append(row.rstrip(), style="cyan")
+        body.append("\n")
+    used = sum(v is not None for v in values)
+    start, end = fmt_span(points[0][0]), fmt_span(points[-1][0])
+    gap = used - len(start) - len(end)
+    axis = "  0% └" + start + ("─" * gap + end if gap >= 1 else "")
+    body.append(axis, style="dim")
+    title = Text.assemble(("sampling rate ", "bold"), (fmt_pct(s.rate), "bold cyan"))
+    changes = sum(1 for a, b in zip(s.rate_history, s.rate_history[1:], strict=False) if a[1] != b[1])
+    if changes:
+        title.append(f" · {changes} change{'s' if changes != 1 else ''}", style="dim")
+    return _panel(body, title, width)
+
+
+def _traffic_panel(s: StatsSnapshot, width: int) -> Panel:
+    grid = _grid(13, None)
+    grid.add_row(Text("packets/s", style="dim"), Text(fmt_count(round(s.packets_per_second)), style="bold"))
+    grid.add_row(Text("captured", style="dim"), Text(f"{fmt_count(s.captured)} packets"))
+    grid.add_row(Text("bytes", style="dim"), Text(fmt_bytes(s.bytes_captured)))
+    grid.add_row(Text("received", style="dim"), Text(fmt_count(s.received)))
+    ratio = s.drop_ratio
+    drop_style = "green" if s.dropped == 0 else ("bold red" if ratio >= DROP_CRITICAL else "yellow")
+    grid.add_row(Text("kernel drops", style="dim"),
+                 Text(f"{fmt_count(s.dropped)} ({fmt_pct(ratio)})", style=drop_style))
+    grid.add_row(Text("sampled out", style="dim"), Text(fmt_count(s.sampled_out)))
+    grid.add_row(Text("flows", style="dim"), Text(f"{fmt_count(s.flows_tracked)} tracked"))
+    if s.dissect_memory:
+        grid.add_row(Text("dissect mem", style="dim"), Text(fmt_bytes(s.dissect_memory)))
+    return _panel(grid, Text("traffic", style="bold"), width)
+
+
+def _resources_panel(s: StatsSnapshot, width: int, warn: float, critical: float) -> Panel:
+    inner = width - 4
+    bar_width = max(6, inner - 11 - 17)
+    grid = _grid(10, None)
+    r = s.resources
+    if r is None:
+        grid.add_row(Text("memory", style="dim"), Text("not measured", style="dim"))
+    else:
+        _memory_rows(grid, r, s.memory_history, bar_width, warn, critical)
+        _cpu_rows(grid, r, bar_width, warn, critical)
+    grid.add_row(Text("controller", style="dim"), _controller_text(s.controller, s.mode))
+    if s.controller is not None:
+        grid.add_row(Text(""), _pid_text(s.controller))
+    title = Text.assemble(("resources", "bold"), (f" · {r.source}" if r and r.source else "", "dim"))
+    return _panel(grid, title, width)
+
+
+def _memory_rows(grid: Table, r: ResourceStats, history: Sequence[tuple[float, float]], bar_width: int,
+                 warn: float, critical: float) -> None:
+    if not r.memory_limit:
+        grid.add_row(Text("memory", style="dim"), Text(f"{fmt_bytes(r.memory_bytes)} (no limit found)"))
+        return
+    fraction = r.memory_bytes / r.memory_limit
+    lv = level(fraction, warn, critical)
+    style = LEVEL_STYLE[lv]
+    line = bar(fraction, bar_width, style)
+    line.append(f" {fmt_pct(fraction):>6}", style=style)
+    if lv != "ok":
+        line.append(f" {LEVEL_LABEL[lv]}", style=f"bold {style}")
+    grid.add_row(Text("memory", style="dim"), line)
+    grid.add_row(Text(""), Text(f"{fmt_bytes(r.memory_bytes)} / {fmt_bytes(r.memory_limit)}"
+                                f" · warn {warn:.0%} · crit {critical:.0%}", style="dim"))
+    if len(history) > 1:
+        curve = sparkline(history, bar_width, reduce=max)
+        grid.add_row(Text(""), Text(curve.rstrip(), style=style))
+    extra = []
+    if r.oom_events:
+        extra.append(("OOM events " + str(r.oom_events), "bold red"))
+    if r.psi_memory_some is not None or r.psi_memory_full is not None:
+        some = r.psi_memory_some or 0.0
+        full = r.psi_memory_full or 0.0
+        extra.append((f"psi some {some:.2f} full {full:.2f}", "red" if full > 0 else "dim"))
+    if extra:
+        t = Text()
+        for i, (text, st) in enumerate(extra):
+            t.append(("  " if i else "") + text, style=st)
+        grid.add_row(Text(""), t)
+
+
+def _cpu_rows(grid: Table, r: ResourceStats, bar_width: int, warn: float, critical: float) -> None:
+    if r.cpu_limit:
+        fraction = r.cpu_fraction / r.cpu_limit
+        style = LEVEL_STYLE[level(fraction, warn, critical)]
+        line = bar(fraction, bar_width, style)
+        line.append(f" {fmt_pct(fraction):>6}", style=style)
+        grid.add_row(Text("cpu", style="dim"), line)
+        detail = f"{r.cpu_fraction:.2f} of {r.cpu_limit:.2f} cores"
+    else:
+        detail = f"{r.cpu_fraction:.2f} cores (no limit found)"
+        grid.add_row(Text("cpu", style="dim"), Text(detail))
+        detail = ""
+    throttled = f"throttled {fmt_count(r.throttled_periods)} periods"
+    t = Text(detail + (" · " if detail else ""), style="dim")
+    t.append(throttled, style="yellow" if r.throttled_periods else "dim")
+    grid.add_row(Text(""), t)
+
+
+def _controller_text(c: ControllerState | None, mode: str) -> Text:
+    if c is None:
+        return Text("off" if mode != "auto" else "waiting for the first tick", style="dim")
+    t = Text()
+    t.append(f"pressure {c.pressure:.2f}", style="bold")
+    t.append(f" → setpoint {c.setpoint:.2f} · error {c.error:+.2f}")
+    return t
+
+
+def _pid_text(c: ControllerState) -> Text:
+    t = Text(f"P {c.p_term:+.3f}  I {c.i_term:+.3f}  D {c.d_term:+.3f}", style="dim")
+    if c.reason:
+        t.append(f" · {c.reason}", style="bold red" if c.reason == "emergency" else "")
+    return t
+
+
+def _alerts_panel(alerts: Sequence[Alert], width: int) -> Panel:
+    if not alerts:
+        return _panel(Text("no alerts", style="dim"), Text("alerts", style="bold"), width)
+    inner = width - 4
+    body = Text()
+    for i, a in enumerate(list(reversed(alerts))[:MAX_ALERTS]):
+        lv = a.level if a.level in LEVEL_STYLE else "warn"
+        if i:
+            body.append("\n")
+        body.append(f"{fmt_alert_time(a.time):<8} ", style="dim")
+        body.append(f"{LEVEL_LABEL[lv]:<8} ", style=f"bold {LEVEL_STYLE[lv]}")
+        body.append(_clip(f"{a.kind}: {a.message}", max(8, inner - 18)))
+    more = len(alerts) - MAX_ALERTS
+    title = Text.assemble(("alerts", "bold"), (f" · {len(alerts)}" + (f" ({more} older)" if more > 0 else ""),
+                                               "dim"))
+    worst = "critical" if any(a.level == "critical" for a in alerts) else "warn"
+    return _panel(body, title, width, style="red" if worst == "critical" else "yellow")
+
+
+def _endpoints_panel(endpoints: Sequence[tuple[str, int]], width: int) -> Panel:
+    """The busiest L7 endpoints, as one wrapped line (``name count · name count · …``)."""
+    inner = width - 4
+    body = Text()
+    used = 0
+    for name, n in endpoints[:MAX_ENDPOINTS]:
+        label, count = _clip(name, max(12, inner - 12)) + " ", fmt_count(n)
+        size = len(label) + len(count)
+        if used and used + 5 + size > inner:
+            body.append("\n")
+            used = 0
+        elif used:
+            body.append("  ·  ", style="dim")
+            used += 5
+        body.append(label)
+        body.append(count, style="bold")
+        used += size
+    return _panel(body, Text("top endpoints", style="bold"), width)
+
+
+WORKER_COLUMNS = 71
+"""Cells the worker table needs besides its curve (ids, node, state, counts, rate, padding)."""
+RECEIVED_COLUMN = 12
+
+
+def _workers_panel(workers: Sequence[WorkerStats], width: int) -> Panel:
+    inner = width - 4
+    with_received = inner - WORKER_COLUMNS >= 8
+    curve_width = inner - WORKER_COLUMNS + (0 if with_received else RECEIVED_COLUMN)
+    table = Table(box=None, padding=(0, 1), show_edge=False, header_style="dim", expand=False)
+    table.add_column("worker", no_wrap=True)
+    table.add_column("node", no_wrap=True, max_width=14, overflow="ellipsis")
+    table.add_column("state", no_wrap=True)
+    table.add_column("captured", justify="right", no_wrap=True)
+    if with_received:
+        table.add_column("received", justify="right", no_wrap=True)
+    table.add_column("drops", justify="right", no_wrap=True)
+    table.add_column("rate", justify="right", no_wrap=True)
+    if curve_width >= 8:
+        table.add_column("rate curve" if curve_width >= 10 else "curve", no_wrap=True, width=curve_width)
+    lost = 0
+    for w in workers:
+        if w.alive:
+            state = Text("up", style="green") if not w.restarts else Text(f"up ↻{w.restarts}", style="yellow")
+        else:
+            lost += 1
+            state = Text("LOST", style="bold red")
+        ratio = w.dropped / w.received if w.received else 0.0
+        drops = f"{fmt_count(w.dropped)}" + (f" ({fmt_pct(ratio)})" if w.dropped else "")
+        cells: list[str | Text] = [str(w.worker), w.node or "-", state, fmt_count(w.captured)]
+        if with_received:
+            cells.append(fmt_count(w.received))
+        cells += [drops, fmt_pct(w.rate)]
+        if curve_width >= 8:
+            curve = sparkline(w.rate_history, curve_width) if w.rate_history else ""
+            cells.append(Text(curve.rstrip(), style="cyan"))
+        table.add_row(*cells, style="dim" if not w.alive else "")
+    title = Text.assemble(("workers", "bold"), (f" · {len(workers) - lost} up", "dim"))
+    if lost:
+        title.append(f" · {lost} lost", style="bold red")
+    return _panel(table, title, width, style="red" if lost else "blue")
+
+
+def _body_lines(panel: Panel) -> int:
+    body = panel.renderable
+    if isinstance(body, Table):
+        return body.row_count + (1 if body.show_header else 0)
+    return str(body).count("\n") + 1
+
+
+def _pair(left: Panel, right: Panel) -> Table:
+    """Two panels side by side, drawn to the same height."""
+    left.height = right.height = max(_body_lines(left), _body_lines(right)) + 2
+    grid = Table.grid(padding=0)
+    grid.add_column()
+    grid.add_column()
+    grid.add_row(left, right)
+    return grid
+
+
+def render(snapshot: StatsSnapshot, *, width: int, warn: float = 0.70, critical: float = 0.90) -> RenderableType:
+    """The dashboard for ``snapshot``, at most ``width`` cells wide.
+
+    ``warn`` and ``critical`` are the memory (and CPU) water levels, as fractions of the limit,
+    from which the bars turn yellow and red.
+    """
+    s = snapshot
+    width = max(40, width)
+    parts: list[RenderableType] = [_header(s, width), _rate_panel(s, width)]
+    side = width >= SIDE_BY_SIDE
+    left_w = width * 2 // 5 if side else width
+    right_w = width - left_w if side else width
+    traffic = _traffic_panel(s, left_w)
+    resources = _resources_panel(s, right_w, warn, critical)
+    parts += [_pair(traffic, resources)] if side else [traffic, resources]
+    parts.append(_alerts_panel(s.alerts, width))
+    if s.top_endpoints:
+        parts.append(_endpoints_panel(s.top_endpoints, width))
+    if s.workers:
+        parts.append(_workers_panel(s.workers, width))
+    return Constrain(Group(*parts), width=width)

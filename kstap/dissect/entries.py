@@ -1,0 +1,46 @@
+"""Entries as NDJSON: one JSON object per line, to a file or to stdout (``-``), flushed per batch.
+
+Files are created 0600 (entries carry URLs and names from other people's traffic).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import TextIO
+
+from kstap.dissect.api import Entry
+
+
+class EntryWriter:
+    """``write`` is the stage's ``emit``; ``flush`` after each batch; ``close`` at the end."""
+
+    def __init__(self, target: str, stdout: TextIO | None = None) -> None:
+        self.target = target
+        self.count = 0
+        self._lines: list[str] = []
+        self._own = target != "-"
+        if self._own:
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            self.stream: TextIO = os.fdopen(fd, "w", encoding="utf-8")
+        else:
+            self.stream = stdout or sys.stdout
+        self._dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+    def write(self, entry: Entry) -> None:
+        self._lines.append(self._dumps(entry.to_json()))
+        self.count += 1
+
+    def flush(self) -> None:
+        if self._lines:
+            lines, self._lines = self._lines, []
+            self.stream.write("\n".join(lines) + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            if self._own:
+                self.stream.close()
