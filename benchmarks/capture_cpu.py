@@ -187,6 +187,7 @@ class Run:
     load_after: str = ""
     kstap_path: str = ""
     fingerprint: dict[str, str] = field(default_factory=dict)
+    kstap_origin: str = "this work tree"
     fingerprint_changed: list[str] = field(default_factory=list)
     profiles: dict[str, str] = field(default_factory=dict)
 
@@ -563,7 +564,7 @@ def machine_info() -> dict[str, str]:
     }
 
 
-def snapshot_kstap(workdir: str, attempts: int = 5) -> tuple[str, bool]:
+def snapshot_kstap(workdir: str, source: Path = REPO, attempts: int = 5) -> tuple[str, bool]:
     """Copy the kstap package into ``workdir`` so every kstap run of this benchmark uses one version,
     whatever is edited in the work tree meanwhile. Returns (directory to import it from, whether
     its C block encoder is importable and switchable with KSTAP_PURE_PYTHON). Retries while the copy
@@ -576,7 +577,7 @@ def snapshot_kstap(workdir: str, attempts: int = 5) -> tuple[str, bool]:
     problem = ""
     for attempt in range(attempts):
         dst = os.path.join(workdir, f"src{attempt}")
-        shutil.copytree(REPO / "kstap", os.path.join(dst, "kstap"),
+        shutil.copytree(source / "kstap", os.path.join(dst, "kstap"),
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         env = dict(os.environ, PYTHONPATH=dst)
         env.pop("KSTAP_PURE_PYTHON", None)
@@ -754,7 +755,8 @@ def render(run: Run) -> str:
     add("```")
     add("")
     prints = ", ".join(f"`{k}` {v}" for k, v in run.fingerprint.items())
-    add(f"kstap ran from a copy of the package taken when the run started (sha256 prefixes: {prints}).")
+    add(f"kstap ran from a copy of its package ({run.kstap_origin}) taken when the run started "
+        f"(sha256 prefixes: {prints}).")
     if run.fingerprint_changed:
         add(f"The work tree changed during the run ({', '.join(run.fingerprint_changed)}); those edits are not in "
             "these numbers.")
@@ -905,6 +907,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     ap.add_argument("--profile-rate", default=None,
                     help="profile kstap with cProfile in one extra step at this rate "
                          "(default 200000, quick: none; 'none' to skip)")
+    ap.add_argument("--kstap-src", type=Path, default=REPO,
+                    help="directory holding the kstap package to measure (default: this work tree), "
+                         "e.g. a patched copy to compare")
     ap.add_argument("--json", help="also dump the raw per-step results here")
     ap.add_argument("--_send", nargs=7, help=argparse.SUPPRESS)
     return ap.parse_args(argv)
@@ -955,7 +960,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg.workdir = workdir
     t0 = time.monotonic()
     try:
-        cfg.kstap_src, fast = snapshot_kstap(workdir)
+        cfg.kstap_src, fast = snapshot_kstap(workdir, args.kstap_src.resolve())
+        if args.kstap_src.resolve() != REPO:
+            run.kstap_origin = f"from {args.kstap_src.resolve()}, not this work tree"
         run.fingerprint = fingerprint(Path(cfg.kstap_src))
         if fast and not args.no_pure_python:
             cfg.tools.append(KSTAP_PY)
@@ -993,7 +1000,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         _kill_children()
         shutil.rmtree(workdir, ignore_errors=True)
-    after = fingerprint(REPO)
+    after = fingerprint(args.kstap_src.resolve())
     run.fingerprint_changed = sorted(k for k in set(run.fingerprint) | set(after)
                                      if run.fingerprint.get(k) != after.get(k))
     if run.fingerprint_changed:

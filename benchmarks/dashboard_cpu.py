@@ -311,7 +311,7 @@ def main() -> int:
         print(json.dumps(run_mode(sys.argv[2], sys.argv[3], sys.argv[4])))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pps", type=int, default=5000, help="replayed packets per second")
+    parser.add_argument("--pps", type=int, default=20000, help="replayed packets per second")
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds of replayed capture per mode")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the four modes")
     parser.add_argument("--frames", type=int, default=50, help="frames for the frame-cost average")

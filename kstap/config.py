@@ -67,6 +67,10 @@ class TapSettings:
     """Capture inside this named network namespace (``ip netns``)."""
     output: OutputSettings = field(default_factory=OutputSettings)
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    entries: str | None = None
+    """--entries: NDJSON of dissected request/response pairs ('-' = stdout); None: no dissection."""
+    dissect_memory_mib: int = 64
+    """Cap on the dissector's buffers and parser state (MiB), evicting flows beyond it."""
     profile: str | None = None
     max_drop: float | None = None
 
@@ -101,6 +105,10 @@ class TapSettings:
         if not 1 <= self.buffer_mib <= 4096:
             raise UsageError("--buffer-size must be between 1 and 4096 MiB")
         self._validate_sampling()
+        if self.entries == "-" and (self.output.path == "-"):
+            raise UsageError("--entries - and -w - both want standard output", hint="send one of them to a file")
+        if not 1 <= self.dissect_memory_mib <= 1 << 20:
+            raise UsageError("--dissect-memory must be between 1 and 1048576 MiB")
         out = self.output
         if (out.rotate_mb or out.rotate_seconds or out.ring_files) and not out.path:
             raise UsageError("-C/-G/-W need an output file", hint="add -w FILE")

@@ -60,6 +60,9 @@ class CaptureSummary:
     flows_kept: int = 0
     shed_flows: int = 0
     final_rate: float = 1.0
+    entries: int = 0
+    """Request/response entries written by dissection (--entries)."""
+    dissect_evictions: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -86,6 +89,7 @@ class ControllerState:
     pressure: float = 0.0
     setpoint: float = 0.7
     error: float = 0.0
+    """pressure - setpoint: positive above the setpoint (the rate goes down), negative with headroom."""
     p_term: float = 0.0
     i_term: float = 0.0
     d_term: float = 0.0

@@ -10,6 +10,7 @@ import secrets
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
@@ -19,6 +20,9 @@ from kstap.capture import backends
 from kstap.capture.afpacket import AfPacketSource
 from kstap.capture.replay import ReplaySource
 from kstap.config import TapSettings
+from kstap.dissect.api import Entry
+from kstap.dissect.entries import EntryWriter
+from kstap.dissect.stage import DEFAULT_IDLE_TIMEOUT, DissectStage, default_flow_cap
 from kstap.errors import Interrupted, KstapError
 from kstap.filters.bpf import Program, compile_filter, final_expression
 from kstap.model import (
@@ -218,6 +222,9 @@ class _Run:
         self.controller: ControllerState | None = None
         self.alerts: list[Alert] = []
         self.start = clock()
+        self.dissect: DissectStage | None = None
+        self.entries: EntryWriter | None = None
+        self.endpoints: Counter[str] = Counter()
 
     # -- the loop ------------------------------------------------------------------------------------
     def capture(self, retire_ms: int, lines: TextIO | None) -> CaptureSummary:
@@ -238,9 +245,12 @@ class _Run:
         next_tick = self.start + 1.0
         error: KstapError | None = None
         limit = settings.count if settings.count is not None else 1 << 62
-        if lines is not None and self.sink is None:
+        if lines is not None and self.sink is None and settings.entries != "-":
             self.text = TextLines(lines, [i.linktype for i in interfaces])
-        fast = (isinstance(source, AfPacketSource) and source.fast and self.text is None and self.sampler is None)
+        if settings.entries:
+            self._open_dissection(settings, lines)
+        fast = (isinstance(source, AfPacketSource) and source.fast and self.text is None and self.sampler is None
+                and self.dissect is None)
         try:
             batch = first
             while True:
@@ -284,6 +294,18 @@ class _Run:
             self._finish()
         return self._result(error)
 
+    def _open_dissection(self, settings: TapSettings, lines: TextIO | None) -> None:
+        cap = settings.dissect_memory_mib << 20
+        self.entries = EntryWriter(settings.entries or "-", stdout=lines)
+        writer = self.entries
+
+        def emit(entry: Entry) -> None:
+            writer.write(entry)
+            self.endpoints[_endpoint_label(entry)] += 1
+
+        self.dissect = DissectStage(seed=self.seed, memory_cap=cap, flow_cap=default_flow_cap(cap),
+                                    idle_timeout=DEFAULT_IDLE_TIMEOUT, emit=emit)
+
     def _open_sink(self, interfaces: list[Interface]) -> PcapngFiles:
         out, settings = self.settings.output, self.settings
         smp = settings.sampling
@@ -311,6 +333,9 @@ class _Run:
             self.sink.write(batch, notes)
         if self.text is not None:
             self.text.write(batch)
+        if self.dissect is not None and self.entries is not None:
+            self.dissect.feed(batch, [i.linktype for i in self.source.interfaces])
+            self.entries.flush()
         summary = self.summary
         summary.captured += len(batch)
         per = summary.per_worker
@@ -335,6 +360,8 @@ class _Run:
                 self._govern(sampler, elapsed)
             self._update_ceiling(sampler)
             self.rate_history.append((elapsed, sampler.rate))
+        if self.dissect is not None and not isinstance(self.source, _ReplayAdapter):
+            self.dissect.tick(time.time_ns())
         _fill_counts(self.summary, self.source)
         self.reporter.progress(self.snapshot(elapsed))
 
@@ -386,6 +413,8 @@ class _Run:
             rate=sampler.rate if sampler else 1.0,
             packets_per_second=s.captured / elapsed if elapsed > 0 else 0.0,
             flows_tracked=sampler.stats.flows_tracked if sampler else 0,
+            dissect_memory=self.dissect.memory if self.dissect else 0,
+            top_endpoints=self.endpoints.most_common(5),
             workers=[WorkerStats(worker=w, captured=n, rate=sampler.rate if sampler else 1.0)
                      for w, n in sorted(s.per_worker.items())],
             controller=self.controller,
@@ -399,6 +428,12 @@ class _Run:
     def _finish(self) -> None:
         summary = self.summary
         _fill_counts(summary, self.source)
+        if self.dissect is not None and self.entries is not None:
+            self.dissect.close()
+            self.entries.close()
+            stats = self.dissect.stats()
+            summary.entries = stats.entries
+            summary.dissect_evictions = dict(stats.evictions)
         if self.sink is not None:
             if not self.sink.close():
                 summary.warnings.append("no room left for the statistics block; packets are intact")
@@ -440,3 +475,13 @@ def _fill_counts(summary: CaptureSummary, source: _Source) -> None:
 
 def _counters(source: _Source) -> list[pcapng.InterfaceCounters]:
     return [pcapng.InterfaceCounters(0, 0, s.received, s.dropped, s.delivered) for s in source.stats()]
+
+
+def _endpoint_label(entry: Entry) -> str:
+    """How the dashboard names an L7 endpoint: 'GET /api' @ server, or a DNS name."""
+    if entry.protocol == "dns":
+        return f"dns {entry.query_name or '?'}"
+    target = entry.path or "/"
+    if "?" in target:
+        target = target.split("?", 1)[0]
+    return f"{entry.method or '?'} {target} @ {entry.authority or entry.server}"

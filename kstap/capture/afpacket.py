@@ -300,9 +300,14 @@ class AfPacketSource:
         if got[1] or max_packets <= 0:
             return got
         try:
-            self._poll.poll(timeout_ms)
+            events = self._poll.poll(timeout_ms)
         except InterruptedError:
             return got
+        # As in read(): a downed link shows as POLLERR, which poll reports until SO_ERROR is read.
+        if any(ev & select.POLLERR for _, ev in events) and \
+                ring.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == errno.ENETDOWN:
+            raise KstapError(f"interface {ring.name!r} went down",
+                             hint="the capture stopped; restart it when the link is back")
         return ring.read_encoded(max_packets)
 
     @property

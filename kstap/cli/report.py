@@ -6,7 +6,6 @@ import sys
 from typing import TextIO
 
 from kstap.model import CaptureSummary, Interface, StatsSnapshot
-from kstap.pipeline import LINKTYPE_NAMES
 
 
 class TextReporter:
@@ -20,6 +19,8 @@ class TextReporter:
         print(line, file=self.stream, flush=True)
 
     def listening(self, interfaces: list[Interface], backend: str, workers: int) -> None:
+        from kstap.pipeline import LINKTYPE_NAMES  # here, not at import: keeps 'kstap --help' fast
+
         for i in interfaces:
             link = LINKTYPE_NAMES.get(i.linktype, str(i.linktype))
             if backend == "file":
@@ -52,6 +53,12 @@ class TextReporter:
         if len(s.per_worker) > 1 or any(w > 0 for w in s.per_worker):
             shares = ", ".join(f"worker {w}: {n}" for w, n in sorted(s.per_worker.items()))
             self._say(f"kstap: per-worker packets: {shares}")
+        if s.flows_seen:
+            self._say(f"kstap: sampling kept {s.flows_kept} of {s.flows_seen} flows (final rate {s.final_rate:.3g}"
+                      f"{f', {s.shed_flows} shed' if s.shed_flows else ''})")
+        if s.entries or s.dissect_evictions:
+            evicted = ", ".join(f"{k} {v}" for k, v in sorted(s.dissect_evictions.items()) if v)
+            self._say(f"kstap: {s.entries} entries dissected" + (f" (evictions: {evicted})" if evicted else ""))
         self._say(f"{s.captured} packet{'s' if s.captured != 1 else ''} captured")
         self._say(f"{s.received} packet{'s' if s.received != 1 else ''} received by filter")
         self._say(f"{s.dropped} packet{'s' if s.dropped != 1 else ''} dropped by kernel")

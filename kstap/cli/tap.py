@@ -43,6 +43,8 @@ def tap(
     memory_budget: str | None = typer.Option(None, "--memory-budget", help="Memory to stay under, e.g. 512Mi."),
     cpu_budget: float | None = typer.Option(None, "--cpu-budget", help="CPU cores to stay under."),
     profile: str | None = typer.Option(None, "--profile", help="Preset: dev, staging or prod (flags win)."),
+    entries: str | None = typer.Option(None, "--entries", help="Write dissected requests as NDJSON ('-' = stdout)."),
+    dissect_memory: int = typer.Option(64, "--dissect-memory", help="Dissection memory cap, MiB."),
 ) -> int:
     """Capture packets into a Wireshark-ready pcapng, like tcpdump -w, sampling whole flows."""
     from kstap import pipeline
@@ -50,7 +52,7 @@ def tap(
     settings = TapSettings(
         interfaces=list(interface), bpf_filter=bpf_filter, read=read, realtime=realtime,
         duration=duration, count=count, snaplen=snaplen, buffer_mib=buffer_size, workers=workers,
-        netns=netns,
+        netns=netns, entries=entries, dissect_memory_mib=dissect_memory,
         output=OutputSettings(path=write, rotate_mb=rotate_mb, rotate_seconds=rotate_seconds,
                               ring_files=ring_files),
     )

@@ -418,9 +418,13 @@ def read_cpu_v1(cpu: Cgroup | None, cpuacct: Cgroup | None) -> CpuFigures | None
     stat = parse_keyed(read_text(os.path.join(directory, "cpu.stat"))) if cpu is not None else {}
     usage_ns = None
     if cpuacct is not None:
-        # cpuacct may share the hierarchy (cpu,cpuacct) or be its own: read the same cgroup path there
+        # cpuacct may share the hierarchy (cpu,cpuacct) or be its own: read the same cgroup path there,
+        # else the process's own cpuacct cgroup, but never the cpuacct root (that is the whole host)
         same = [d for h, d in cpuacct.levels() if h == hpath]
-        usage_ns = read_int(os.path.join(same[0] if same else cpuacct.directory, "cpuacct.usage"))
+        if same:
+            usage_ns = read_int(os.path.join(same[0], "cpuacct.usage"))
+        elif not cpuacct.is_hierarchy_root:
+            usage_ns = read_int(cpuacct.file("cpuacct.usage"))
     return CpuFigures(
         version=1, cgroup=hpath, usage_seconds=usage_ns / 1e9 if usage_ns is not None else None,
         limit=best[0] if best else None, limit_cgroup=best[1] if best else None,

@@ -26,19 +26,24 @@ class ControllerSettings:
     """Gains and limits of :class:`RateController`. Pressures are ratios (0..1) of a limit."""
 
     setpoint_memory: float = 0.70
-    """Target working set / memory limit. 30% headroom covers the rise during the dead time after a
-    traffic doubling (measured peak 0.83 on the simulated plant) and stays clear of the 0.90 line."""
+    """Target working set / memory limit. The 30% headroom is for the climb during the dead time after
+    a sudden traffic doubling: on the simulated plant memory peaks at 0.95 before the cut shows (and
+    the emergency halving fires); a higher setpoint turns that peak into an OOM kill."""
     setpoint_cpu: float = 0.80
-    """Target CPU use / CPU quota. CPU has no OOM cliff and reacts within a tick, so less headroom;
-    above ~0.85 CFS throttling starts to delay the capture loop and the ring drops."""
-    kp: float = 3.0
-    """Proportional gain, ln(rate) per unit of pressure error (error 0.1 → rate x1.105).
-    Tuned on the simulated plant (docs/control.md)."""
-    ki: float = 0.4
-    """Integral gain, ln(rate) per unit error per second; ki/kp = 1/(5 s), the plant's time constant."""
+    """Target CPU use / CPU quota. CPU has no OOM cliff (the kernel throttles, it does not kill), so
+    less headroom than memory; the 20% left absorbs bursts before throttling delays the capture loop
+    and the ring starts to drop."""
+    kp: float = 1.5
+    """Proportional gain, ln(rate) per unit of headroom (setpoint - pressure; 0.1 → rate x1.16). Chosen on the
+    simulated plant as the largest gain that stays stable over flow lives of 1-10 s, dead times of 1-3
+    ticks and loop gains up to 0.75 (a worker whose baseline is 5% of its limit); 3.0 settles ~25%
+    faster on the nominal plant but limit-cycles on fast, high-gain ones (docs/control.md)."""
+    ki: float = 0.3
+    """Integral gain, ln(rate) per unit of headroom per second: ki/kp = 1/(5 s), the nominal flow life,
+    so the integral's zero cancels the plant's lag."""
     kd: float = 0.0
-    """Derivative gain on the measurement, ln(rate) per (unit pressure / second). 0: with noise and
-    dead time it bought no settling time on the plant, only rate jitter."""
+    """Derivative gain on the measurement, ln(rate) per (unit pressure / second). 0: with 1% noise and
+    2 ticks of dead time it bought no settling time on the plant, only rate jitter."""
     ewma_alpha: float = 0.5
     """Weight of the newest sample in the pressure's EWMA per tick (time constant ≈ 1.4 ticks).
     Cuts the noise to 0.58 of its sigma (sqrt(alpha/(2-alpha))) for about one tick of extra lag."""
@@ -53,8 +58,8 @@ class ControllerSettings:
     cut_slew: float = 0.5
     """Largest cut of the rate per second: cuts are safe, so they may be fast."""
     deadband: float = 0.02
-    """|error| below this holds the rate (pressure units). About 3x the smoothed noise of a 1% sigma signal,
-    and inside the ±5% settling band (±0.035 at 0.70), so noise does not move the rate."""
+    """|pressure - setpoint| below this holds the rate (pressure units). About 3x the smoothed noise of a
+    1% sigma signal, and inside the ±5% settling band (±0.035 at 0.70), so noise does not move the rate."""
     emergency_memory: float = 0.90
     """Raw memory ratio at which the rate is halved at once (no smoothing, no slew limit)."""
     psi_full_spike: float = 0.10
@@ -62,6 +67,11 @@ class ControllerSettings:
     all tasks stalled on memory 10% of the time means reclaim is thrashing."""
     psi_full_avg10: float = 10.0
     """The same, in percent of PSI ``avg10``, used when no ``total`` counter is known."""
+    emergency_horizon: float = 3.0
+    """Seconds ahead to extrapolate the raw memory ratio's rise over the last tick: if, from halfway
+    between the setpoint and the emergency line (0.80), it would reach the limit (1.0) within this
+    horizon, halve now instead of waiting for 0.90. It covers the dead time (a cut shows 2-3 ticks
+    later) when memory climbs fast; starting at 0.80 keeps noise from firing it. 0 turns it off."""
     emergency_cooldown: float = 4.0
     """Seconds after a halving during which the rate is held: the halving needs the dead time plus
     about a time constant to show; cutting more meanwhile undershoots. An OOM counter increase still
@@ -76,9 +86,11 @@ class ControllerSettings:
         for name in ("setpoint_memory", "setpoint_cpu", "emergency_memory"):
             if not 0 < getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in (0, 1]")
+        if self.setpoint_memory >= self.emergency_memory:
+            raise ValueError("setpoint_memory must be below emergency_memory")
         if not 0 < self.ewma_alpha <= 1:
             raise ValueError("ewma_alpha must be in (0, 1]")
-        if min(self.kp, self.ki, self.kd, self.deadband, self.emergency_cooldown) < 0:
+        if min(self.kp, self.ki, self.kd, self.deadband, self.emergency_cooldown, self.emergency_horizon) < 0:
             raise ValueError("gains, dead-band and cooldown must not be negative")
         if not (self.raise_slew > 0 and self.cut_slew > 0 and self.tick > 0):
             raise ValueError("slew limits and tick must be positive")
@@ -99,6 +111,7 @@ class RateController:
         self._last_oom: int | None = None
         self._last_psi_total: int | None = None
         self._last_emergency = -math.inf
+        self._last_memory: float | None = None
 
     @property
     def rate(self) -> float:
@@ -131,24 +144,25 @@ class RateController:
         state = ControllerState(setpoint=s.setpoint_memory)
 
         if self._smoothed:
-            error, resource = min((setpoints[n] - v, n) for n, v in self._smoothed.items())
-            state.resource, state.error = resource, error
+            # headroom = setpoint - pressure (the e of r - y); the binding resource has the least
+            headroom, resource = min((setpoints[n] - v, n) for n, v in self._smoothed.items())
+            state.resource, state.error = resource, -headroom
             state.pressure, state.setpoint = self._smoothed[resource], setpoints[resource]
             state.measured = raw[resource] or 0.0
-            p_term = s.kp * error
+            p_term = s.kp * headroom
             old = previous.get(resource)
             d_term = -s.kd * (self._smoothed[resource] - old) / dt if old is not None and s.kd else 0.0
             if first:
                 self._integral = u_before - p_term - d_term  # bumpless start at initial_rate
-            if abs(error) < s.deadband:
+            if abs(headroom) < s.deadband:
                 i_term, u_raw, reason = u_before - p_term - d_term, u_before, "deadband"
             else:
-                i_term = self._integral + s.ki * error * dt
-                # conditional integration: integrate only up to the limit the error pushes towards
+                i_term = self._integral + s.ki * headroom * dt
+                # conditional integration: integrate only up to the limit the headroom pushes towards
                 top, bottom = math.log(s.max_rate) - p_term - d_term, math.log(s.min_rate) - p_term - d_term
-                if error > 0 and i_term > top:
+                if headroom > 0 and i_term > top:
                     i_term = max(self._integral, top)
-                elif error < 0 and i_term < bottom:
+                elif headroom < 0 and i_term < bottom:
                     i_term = min(self._integral, bottom)
                 u_raw = p_term + i_term + d_term
                 reason = "pi"
@@ -172,10 +186,12 @@ class RateController:
         elif cooling and rate != rate_before:
             rate, reason = rate_before, "hold"
 
-        # back-calculation: the integrator tracks the rate actually applied, so clamps, slew limits,
-        # holds and halvings never wind it up (and a release does not overshoot)
+        # back-calculation: the integrator tracks the rate actually applied, so clamps, the raise slew
+        # limit, holds and halvings never wind it up (and a release does not overshoot). A cut held back
+        # by the cut slew limit keeps its integral, so the cut goes on next tick.
         u_applied = math.log(rate)
-        if abs(u_applied - u_raw) > 1e-12:
+        cut_by_slew = reason == "slew" and rate < rate_before
+        if abs(u_applied - u_raw) > 1e-12 and not cut_by_slew:
             i_term = u_applied - p_term - d_term
         self._integral = i_term
         self._rate = rate
@@ -200,6 +216,12 @@ class RateController:
         self._last_oom = stats.oom_events
         if memory is not None and memory >= s.emergency_memory:
             causes.append(f"memory {memory:.0%} >= {s.emergency_memory:.0%}")
+        elif (memory is not None and self._last_memory is not None
+              and memory >= (s.setpoint_memory + s.emergency_memory) / 2):
+            rise = (memory - self._last_memory) / max(elapsed, 1e-3)
+            if s.emergency_horizon > 0 and memory + rise * s.emergency_horizon >= 1.0:
+                causes.append(f"memory {memory:.0%} rising {rise:.0%}/s")
+        self._last_memory = memory
         total = stats.psi_memory_full_total
         if total is not None and self._last_psi_total is not None and total >= self._last_psi_total:
             stalled = (total - self._last_psi_total) / 1e6 / max(elapsed, 1e-3)

@@ -8,6 +8,7 @@ Memory and CPU pressure follow the sampling rate as first-order lags with dead t
 plus seeded Gaussian measurement noise. Memory's τ is the life of a sampled flow (a flow admitted
 now costs memory until it ends, so the working set trails the rate by seconds); CPU's τ is short.
 At ``oom_at`` the worker is OOM-killed: the OOM counter grows and memory falls back to ``base``.
+CPU cannot exceed the quota (the kernel throttles instead), so its ratio is capped at 1.
 Above 95% memory, PSI 'full' stall time accumulates.
 
 :func:`simulate` runs a controller against a plant on a :class:`FakeClock`; :func:`step_response`
@@ -53,8 +54,11 @@ class PlantSettings:
     memory_tau: float = 5.0
     """Seconds: mean life of a sampled flow, so the lag of memory behind the rate."""
     cpu_base: float = 0.05
+    """CPU use / quota at rate 0 (an idle worker)."""
     cpu_gain: float = 0.5
+    """CPU use added by rate 1 at load 1. CPU never exceeds the quota (1.0): the kernel throttles."""
     cpu_tau: float = 1.0
+    """Seconds. Shorter than memory's: per-packet work stops with the packets (harder for the loop)."""
     delay: int = 2
     """Ticks between a new rate and its first effect (filter swap, flows already in flight, reading lag)."""
     noise: float = 0.01
@@ -97,7 +101,8 @@ class SimulatedPlant:
         effective = self._in_flight.popleft()
         memory_ss = s.memory_base + self.memory_offset + s.memory_gain * self.load * effective
         self.memory = self._settle(self.memory, memory_ss, s.memory_tau)
-        self.cpu = self._settle(self.cpu, s.cpu_base + s.cpu_gain * self.load * effective, s.cpu_tau)
+        demand = s.cpu_base + s.cpu_gain * self.load * effective
+        self.cpu = min(1.0, self._settle(self.cpu, demand, s.cpu_tau))  # the quota caps it: CFS throttles
         if self.memory > 0.95:
             self.psi_full_total += int(min(1.0, (self.memory - 0.95) / 0.05) * s.tick * 1e6)
         if self.memory >= s.oom_at:
@@ -282,10 +287,14 @@ def main() -> None:
             [PlantSettings(seed=s, memory_tau=tau, delay=d) for s in range(5) for tau in (3.0, 5.0, 8.0)
              for d in (1, 2, 3) if (tau, d) != (3.0, 3)],
         "noise 0.02 (twice the nominal), 20 seeds": [PlantSettings(seed=s, noise=0.02) for s in range(20)],
+        "CPU-bound (CPU tau 1 s, CPU balance rate 0.375, dead time 1/2/3 ticks), 5 seeds each, CPU figures":
+            [PlantSettings(seed=s, memory_gain=0.2, cpu_gain=2.0, delay=d) for s in range(5) for d in (1, 2, 3)],
     }
     for title, plants in cases.items():
         print(f"\n{title}\n")
-        print(markdown_table(load_step_experiment(make, plants)))
+        cpu = title.startswith("CPU")
+        print(markdown_table(load_step_experiment(make, plants, setpoint=0.80 if cpu else 0.70,
+                                                  resource="cpu" if cpu else "memory")))
 
 
 if __name__ == "__main__":

@@ -11,11 +11,12 @@ import bisect
 import math
 import time
 from collections.abc import Callable, Sequence
+from operator import itemgetter
 
-from rich.console import Group, RenderableType
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.constrain import Constrain
 from rich.panel import Panel
-from rich.table import Table
+from rich.segment import Segment
 from rich.text import Text
 
 from kstap.model import Alert, ControllerState, ResourceStats, StatsSnapshot, WorkerStats
@@ -125,7 +126,8 @@ def resample(points: Sequence[tuple[float, float]], columns: int, *, min_step: f
         return []
     if not points:
         return [None] * columns
-    times = [p[0] for p in points]
+    times = list(map(itemgetter(0), points))
+    values = list(map(itemgetter(1), points))
     t0, t1 = times[0], times[-1]
     step = max(min_step, (t1 - t0) / (columns - 1)) if columns > 1 else max(min_step, t1 - t0)
     out: list[float | None] = []
@@ -136,11 +138,10 @@ def resample(points: Sequence[tuple[float, float]], columns: int, *, min_step: f
             continue
         hi = bisect.bisect_right(times, end + 1e-9)
         if i == 0:
-            out.append(points[hi - 1][1])
+            out.append(values[hi - 1])
             continue
         lo = bisect.bisect_right(times, end - step + 1e-9)
-        values = [points[max(lo - 1, 0)][1]] + [p[1] for p in points[lo:hi]]
-        out.append(reduce(values))
+        out.append(reduce(values[max(lo - 1, 0):hi]))  # in force at the cell's start, and all inside
     return out
 
 
@@ -183,11 +184,32 @@ def _panel(body: RenderableType, title: str | Text, width: int, style: str = "bl
     return Panel(body, title=title, title_align="left", border_style=style, width=width, padding=(0, 1))
 
 
-def _grid(*widths: int | None) -> Table:
-    grid = Table.grid(padding=(0, 1))
-    for w in widths:
-        grid.add_column(no_wrap=True, width=w) if w else grid.add_column(overflow="fold")
-    return grid
+class KeyValues:
+    """Rows of ``label  value`` as one Text (labels padded to a width; long values cut with …).
+
+    Cheaper than a rich Table grid, which lays itself out again on every frame.
+    """
+
+    def __init__(self, label_width: int) -> None:
+        self.label_width = label_width
+        self.rows: list[tuple[Text, Text]] = []
+
+    def add_row(self, label: Text, value: Text) -> None:
+        self.rows.append((label, value))
+
+    def text(self) -> Text:
+        out = Text(no_wrap=True, overflow="ellipsis")
+        for i, (label, value) in enumerate(self.rows):
+            if i:
+                out.append("\n")
+            out.append_text(label)
+            out.append(" " * max(1, self.label_width + 1 - label.cell_len))
+            out.append_text(value)
+        return out
+
+
+def _grid(label_width: int) -> KeyValues:
+    return KeyValues(label_width)
 
 
 def _header(s: StatsSnapshot, width: int) -> Panel:
@@ -235,7 +257,7 @@ def _rate_panel(s: StatsSnapshot, width: int) -> Panel:
 
 
 def _traffic_panel(s: StatsSnapshot, width: int) -> Panel:
-    grid = _grid(13, None)
+    grid = _grid(13)
     grid.add_row(Text("packets/s", style="dim"), Text(fmt_count(round(s.packets_per_second)), style="bold"))
     grid.add_row(Text("captured", style="dim"), Text(f"{fmt_count(s.captured)} packets"))
     grid.add_row(Text("bytes", style="dim"), Text(fmt_bytes(s.bytes_captured)))
@@ -248,13 +270,13 @@ def _traffic_panel(s: StatsSnapshot, width: int) -> Panel:
     grid.add_row(Text("flows", style="dim"), Text(f"{fmt_count(s.flows_tracked)} tracked"))
     if s.dissect_memory:
         grid.add_row(Text("dissect mem", style="dim"), Text(fmt_bytes(s.dissect_memory)))
-    return _panel(grid, Text("traffic", style="bold"), width)
+    return _panel(grid.text(), Text("traffic", style="bold"), width)
 
 
 def _resources_panel(s: StatsSnapshot, width: int, warn: float, critical: float) -> Panel:
     inner = width - 4
     bar_width = max(6, inner - 11 - 17)
-    grid = _grid(10, None)
+    grid = _grid(10)
     r = s.resources
     if r is None:
         grid.add_row(Text("memory", style="dim"), Text("not measured", style="dim"))
@@ -265,10 +287,10 @@ def _resources_panel(s: StatsSnapshot, width: int, warn: float, critical: float)
     if s.controller is not None:
         grid.add_row(Text(""), _pid_text(s.controller))
     title = Text.assemble(("resources", "bold"), (f" · {r.source}" if r and r.source else "", "dim"))
-    return _panel(grid, title, width)
+    return _panel(grid.text(), title, width)
 
 
-def _memory_rows(grid: Table, r: ResourceStats, history: Sequence[tuple[float, float]], bar_width: int,
+def _memory_rows(grid: KeyValues, r: ResourceStats, history: Sequence[tuple[float, float]], bar_width: int,
                  warn: float, critical: float) -> None:
     if not r.memory_limit:
         grid.add_row(Text("memory", style="dim"), Text(f"{fmt_bytes(r.memory_bytes)} (no limit found)"))
@@ -300,7 +322,7 @@ def _memory_rows(grid: Table, r: ResourceStats, history: Sequence[tuple[float, f
         grid.add_row(Text(""), t)
 
 
-def _cpu_rows(grid: Table, r: ResourceStats, bar_width: int, warn: float, critical: float) -> None:
+def _cpu_rows(grid: KeyValues, r: ResourceStats, bar_width: int, warn: float, critical: float) -> None:
     if r.cpu_limit:
         fraction = r.cpu_fraction / r.cpu_limit
         style = LEVEL_STYLE[level(fraction, warn, critical)]
@@ -373,64 +395,99 @@ def _endpoints_panel(endpoints: Sequence[tuple[str, int]], width: int) -> Panel:
     return _panel(body, Text("top endpoints", style="bold"), width)
 
 
-WORKER_COLUMNS = 71
-"""Cells the worker table needs besides its curve (ids, node, state, counts, rate, padding)."""
-RECEIVED_COLUMN = 12
+NODE_WIDTH = 14
+MIN_CURVE = 8
 
 
 def _workers_panel(workers: Sequence[WorkerStats], width: int) -> Panel:
+    """A row per worker, as aligned text (a rich Table costs ~1 ms per row to lay out at 1 Hz)."""
     inner = width - 4
-    with_received = inner - WORKER_COLUMNS >= 8
-    curve_width = inner - WORKER_COLUMNS + (0 if with_received else RECEIVED_COLUMN)
-    table = Table(box=None, padding=(0, 1), show_edge=False, header_style="dim", expand=False)
-    table.add_column("worker", no_wrap=True)
-    table.add_column("node", no_wrap=True, max_width=14, overflow="ellipsis")
-    table.add_column("state", no_wrap=True)
-    table.add_column("captured", justify="right", no_wrap=True)
-    if with_received:
-        table.add_column("received", justify="right", no_wrap=True)
-    table.add_column("drops", justify="right", no_wrap=True)
-    table.add_column("rate", justify="right", no_wrap=True)
-    if curve_width >= 8:
-        table.add_column("rate curve" if curve_width >= 10 else "curve", no_wrap=True, width=curve_width)
     lost = 0
+    states, drops = [], []
     for w in workers:
         if w.alive:
-            state = Text("up", style="green") if not w.restarts else Text(f"up ↻{w.restarts}", style="yellow")
+            states.append(Text("up", style="green") if not w.restarts else Text(f"up ↻{w.restarts}", style="yellow"))
         else:
             lost += 1
-            state = Text("LOST", style="bold red")
+            states.append(Text("LOST", style="bold red"))
         ratio = w.dropped / w.received if w.received else 0.0
-        drops = f"{fmt_count(w.dropped)}" + (f" ({fmt_pct(ratio)})" if w.dropped else "")
-        cells: list[str | Text] = [str(w.worker), w.node or "-", state, fmt_count(w.captured)]
-        if with_received:
-            cells.append(fmt_count(w.received))
-        cells += [drops, fmt_pct(w.rate)]
-        if curve_width >= 8:
-            curve = sparkline(w.rate_history, curve_width) if w.rate_history else ""
-            cells.append(Text(curve.rstrip(), style="cyan"))
-        table.add_row(*cells, style="dim" if not w.alive else "")
+        drops.append(Text(fmt_count(w.dropped) + (f" ({fmt_pct(ratio)})" if w.dropped else "")))
+    columns: list[tuple[str, str, list[Text]]] = [  # (header, justify, cells)
+        ("worker", "left", [Text(str(w.worker)) for w in workers]),
+        ("node", "left", [Text(_clip(w.node or "-", NODE_WIDTH)) for w in workers]),
+        ("state", "left", states),
+        ("captured", "right", [Text(fmt_count(w.captured)) for w in workers]),
+        ("received", "right", [Text(fmt_count(w.received)) for w in workers]),
+        ("drops", "right", drops),
+        ("rate", "right", [Text(fmt_pct(w.rate)) for w in workers]),
+    ]
+    widths = [max(len(h), *(c.cell_len for c in cells)) for h, _, cells in columns]
+
+    def used() -> int:
+        return 1 + sum(widths) + 2 * (len(widths) - 1)
+
+    curve_width = inner - used() - 2
+    if curve_width < MIN_CURVE:  # make room: drop 'received' first, then the curve
+        del columns[4], widths[4]
+        curve_width = inner - used() - 2
+    if curve_width >= MIN_CURVE:
+        curves = [Text(sparkline(w.rate_history, curve_width).rstrip() if w.rate_history else "", style="cyan")
+                  for w in workers]
+        columns.append(("rate curve" if curve_width >= 10 else "curve", "left", curves))
+        widths.append(curve_width)
+    body = Text(no_wrap=True, overflow="ellipsis")
+    body.append_text(_row([Text(h, style="dim") for h, _, _ in columns], widths, [j for _, j, _ in columns]))
+    for i, w in enumerate(workers):
+        body.append("\n")
+        row = _row([cells[i] for _, _, cells in columns], widths, [j for _, j, _ in columns])
+        if not w.alive:
+            row.stylize("dim")
+        body.append_text(row)
     title = Text.assemble(("workers", "bold"), (f" · {len(workers) - lost} up", "dim"))
     if lost:
         title.append(f" · {lost} lost", style="bold red")
-    return _panel(table, title, width, style="red" if lost else "blue")
+    return _panel(body, title, width, style="red" if lost else "blue")
+
+
+def _row(cells: Sequence[Text], widths: Sequence[int], justify: Sequence[str]) -> Text:
+    line = Text(" ")
+    for i, (cell, w, j) in enumerate(zip(cells, widths, justify, strict=True)):
+        if i:
+            line.append("  ")
+        pad = " " * max(0, w - cell.cell_len)
+        if j == "right":
+            line.append(pad)
+            line.append_text(cell)
+        else:
+            line.append_text(cell)
+            line.append(pad)
+    line.rstrip()
+    return line
 
 
 def _body_lines(panel: Panel) -> int:
-    body = panel.renderable
-    if isinstance(body, Table):
-        return body.row_count + (1 if body.show_header else 0)
-    return str(body).count("\n") + 1
+    return str(panel.renderable).count("\n") + 1
 
 
-def _pair(left: Panel, right: Panel) -> Table:
-    """Two panels side by side, drawn to the same height."""
-    left.height = right.height = max(_body_lines(left), _body_lines(right)) + 2
-    grid = Table.grid(padding=0)
-    grid.add_column()
-    grid.add_column()
-    grid.add_row(left, right)
-    return grid
+class SideBySide:
+    """Two fixed-width panels on the same rows, drawn to the same height (no table layout)."""
+
+    def __init__(self, left: Panel, right: Panel) -> None:
+        left.height = right.height = max(_body_lines(left), _body_lines(right)) + 2
+        self.left, self.right = left, right
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        lw, rw = self.left.width or options.max_width // 2, self.right.width or options.max_width // 2
+        left = console.render_lines(self.left, options.update(width=lw), pad=True)
+        right = console.render_lines(self.right, options.update(width=rw), pad=True)
+        for a, b in zip(left, right, strict=False):
+            yield from a
+            yield from b
+            yield Segment.line()
+
+
+def _pair(left: Panel, right: Panel) -> SideBySide:
+    return SideBySide(left, right)
 
 
 def render(snapshot: StatsSnapshot, *, width: int, warn: float = 0.70, critical: float = 0.90) -> RenderableType:

@@ -214,13 +214,13 @@ class Http2Parser:
         try:
             self._run(side, data, ts_ns)
         except ParserError as exc:
-            self._die(str(exc), exc.kind)
+            self._die(str(exc), exc.kind, keep_streams=True)
             raise
         except (hpack.OversizedHeaderListError, hpack.InvalidTableSizeError) as exc:
-            self._die(str(exc), "header-flood")
+            self._die(str(exc), "header-flood", keep_streams=True)
             raise ParserError(f"HTTP/2 header block too large: {exc}", kind="header-flood") from exc
         except (hpack.HPACKError, IndexError, ValueError, KeyError, OverflowError, struct.error) as exc:
-            self._die(str(exc), "malformed")
+            self._die(str(exc), "malformed", keep_streams=True)
             raise ParserError(f"invalid HTTP/2 or HPACK data: {exc!s:.200}") from exc
         out, self._out = self._out, []
         return out
@@ -259,14 +259,13 @@ class Http2Parser:
                 out.append(self._entry(s, "no-response"))
             else:
                 out.append(self._entry(s, "incomplete"))
-        if self._dead is None:
-            self._die("connection closed", "closed")
+        self._die(self._dead or "connection closed", self._dead_kind if self._dead else "closed")
         return out
 
     @property
     def memory(self) -> int:
         if self._dead is not None:
-            return 0
+            return self._stream_mem  # after a ParserError: the open streams kept for close()
         total = _PARSER_BASE
         for side in self._sides:
             total += len(side.buf) + side.table_memory()
@@ -276,11 +275,16 @@ class Http2Parser:
 
     # -- byte stream → frames ------------------------------------------------------------------------
 
-    def _die(self, why: str, kind: str) -> None:
-        """Stop for good: free every buffer, table and stream; later feeds raise ``kind``."""
+    def _die(self, why: str, kind: str, *, keep_streams: bool = False) -> None:
+        """Stop for good: free every buffer and table; later feeds raise ``kind``.
+
+        After a ParserError the open streams are kept (a few hundred bytes each) so that ``close`` can
+        still report them, as the stage does when a parser fails; otherwise they go too.
+        """
         self._dead, self._dead_kind = why, kind
-        self._streams.clear()
-        self._stream_mem = 0
+        if not keep_streams:
+            self._streams.clear()
+            self._stream_mem = 0
         for side in self._sides:
             side.buf = bytearray()
             side.block = None

@@ -353,11 +353,10 @@ class TcpConn:
                     self._give_up(detect.UNKNOWN)
                 return
             self.client_side = side
-        elif self.client_side != side and not self.early:
-            if self.midstream:
-                return  # answers to requests before the capture: dropped
-            self._give_up(detect.UNKNOWN)  # the server spoke first: not a protocol dissected here
-            return
+        elif self.client_side != side and not self.early and self.midstream:
+            return  # answers to requests before the capture: dropped
+        # With the handshake seen, the server may speak first: an HTTP/2 server's SETTINGS often
+        # beats the client's preface. Its bytes wait (bounded below) until the client's decide.
         self.early.append((side, data, ts))
         self.early_bytes += len(data)
         client = b"".join(d for s, d, _ in self.early if s == self.client_side)

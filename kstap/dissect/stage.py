@@ -309,7 +309,12 @@ class DissectStage:
             if ts - conn.last_ts > TICK_NS:  # keep the table in (approximate) least-recently-active order
                 del flows[key]
                 flows[key] = conn
-        conn.segment(side, flags, seq, ack, payload, wire_len, ts)
+        try:
+            conn.segment(side, flags, seq, ack, payload, wire_len, ts)
+        except Exception:  # a reassembly bug: count it and drop this flow, not the batch
+            self.sink.error("internal")
+            conn.failed = "internal"
+            conn.state = IGNORE
         if conn.state == IGNORE:
             # failed (counted as an "error" eviction) or not a protocol dissected here (not an eviction)
             self._end(key, conn, "error" if conn.failed else None, tomb=True)

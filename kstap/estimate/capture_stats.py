@@ -171,9 +171,8 @@ class _Flow:
 
 
 def _run_settings(comments: list[str]) -> RunSettings | None:
-    for text in comments:
-        note = metadata.parse(text)
-        if note is not None and note.event == "run":
+    for note in _notes(comments):
+        if note.event == "run":
             f = note.fields
             return RunSettings(f.get("mode"), _valid_rate(note.rate()), f.get("seed"), f.get("filter"))
     return None

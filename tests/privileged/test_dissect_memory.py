@@ -4,7 +4,7 @@ captured with ``kstap tap`` in a lab, then dissected under a cap.
 Checks: the accounted memory never passes the cap (checked after every batch), cap evictions are
 counted when the cap is small, the uploads still come out as entries, and the process RSS growth
 while dissecting stays within the documented margin of the accounted figure (docs/dissection.md:
-RSS growth <= 1.5 x peak accounted + 8 MiB; the measured numbers are printed with ``-s``).
+RSS growth <= 1.25 x peak accounted + 4 MiB; the measured numbers are printed with ``-s``).
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ SERVER_SRC = r'''
 import resource, selectors, socket, sys, threading, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 addr, lifetime = sys.argv[1], float(sys.argv[2])
-resource.setrlimit(resource.RLIMIT_NOFILE, (40000, 40000))
+_soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (_hard, _hard))  # raise the soft limit as far as allowed
 deadline = time.monotonic() + lifetime
 class Upload(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -73,7 +74,8 @@ CLIENT_SRC = r'''
 import errno, http.client, json, resource, selectors, socket, sys, time
 server, idle_port, http_port, n, uploads, mb = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), \
     int(sys.argv[5]), int(sys.argv[6])
-resource.setrlimit(resource.RLIMIT_NOFILE, (40000, 40000))
+_soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (_hard, _hard))  # raise the soft limit as far as allowed
 deadline = time.monotonic() + 60
 sel = selectors.DefaultSelector()
 socks, opened, failed, inflight = [], 0, 0, 0
@@ -153,8 +155,8 @@ print(json.dumps({"packets": len(records), "peak_accounted": peak_acc, "stats_pe
 
 
 def margin_ok(rss_growth: int, accounted: int) -> bool:
-    """The documented margin: RSS growth <= 1.5 x the accounted peak + 8 MiB (allocator slack)."""
-    return rss_growth <= 1.5 * accounted + (8 << 20)
+    """The documented margin: RSS growth <= 1.25 x the accounted peak + 4 MiB (allocator slack)."""
+    return rss_growth <= 1.25 * accounted + (4 << 20)
 
 
 @pytest.fixture
@@ -209,9 +211,10 @@ def test_ten_thousand_idle_connections_and_uploads_under_caps(loaded_capture: Pa
             assert e["status"] == 200 and "error" not in e
             assert e["request_bytes"] > UPLOAD_MB << 20
     big, small = results[64], results[4]
-    # with room for all: every idle connection was tracked at once (~1 KiB each) and ended by its FIN
+    # with room for all: every idle connection was tracked at once (~1 KiB each); the client closed them
+    # but the server never did (half-closed), so they were still open when the capture ended
     assert int(big["peak_accounted"]) > CONNECTIONS * 900  # type: ignore[call-overload]
-    assert big["evictions"].get("fin", 0) >= CONNECTIONS  # type: ignore[union-attr]
+    assert int(big["flows_before_close"]) >= CONNECTIONS  # type: ignore[call-overload]
     assert "global-cap" not in big["evictions"]  # type: ignore[operator]
     # under 4 MiB the oldest idle connections are evicted, and counted
     assert small["evictions"].get("global-cap", 0) >= CONNECTIONS // 2  # type: ignore[union-attr]

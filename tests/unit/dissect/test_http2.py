@@ -639,9 +639,12 @@ def _expect_error(records: list[Record], kind: str | None = None, limits: Http2L
     assert time.perf_counter() - started < seconds
     if kind is not None:
         assert err.value.kind == kind, err.value
-    assert p.memory == 0
-    with pytest.raises(ParserError):  # stays dead
+    assert p.memory == _recount(p) == sum(s.memory() for s in p._streams.values())  # buffers, tables freed
+    with pytest.raises(ParserError) as again:  # stays dead
         p.feed(0, b"x", T0)
+    assert again.value.kind == err.value.kind
+    p.close(T0)
+    assert p.memory == 0
     return err.value
 
 
@@ -705,6 +708,21 @@ def test_header_list_flood() -> None:
     _expect_error([*_settings_pair(), (0, first.serialize() + flood.serialize(), T0)], "header-flood")
 
 
+def test_open_streams_reported_by_close_after_an_error() -> None:
+    """The stage closes a parser that raised and marks what it returns with the error kind."""
+    c = Conv().start()
+    done = c.request("/done")
+    c.respond(done)
+    c.request("/open")
+    p = Http2Parser(FLOW)
+    assert [e.path for e in parse(c.records, p, close=False)] == ["/done"]
+    with pytest.raises(ParserError):
+        p.feed(0, _head(1, 3, 0, 9) + b"x", T0)  # RST_STREAM of one byte
+    assert p.memory > 0
+    assert [(e.path, e.error) for e in p.close(T0)] == [("/open", "no-response")]
+    assert p.memory == 0 and p.close(T0) == []
+
+
 def test_protocol_violations() -> None:
     _expect_error([(0, b"GET / HTTP/1.1\r\n\r\n", T0)])  # no preface
     _expect_error([(0, PREFACE + _head(0, 6, 0, 0) + b"", T0)])  # PING before SETTINGS
@@ -745,8 +763,9 @@ def test_mutated_streams_raise_only_parser_error(data: st.DataObject) -> None:
             p.feed(d, raw, ts)
             assert p.memory == _recount(p) < 400_000
     except ParserError:
-        assert p.memory == 0
+        assert p.memory == _recount(p) < 400_000
     p.close(T0)
+    assert p.memory == 0
 
 
 @settings(max_examples=100, deadline=None)
@@ -769,7 +788,7 @@ def test_random_bytes_after_preface(chunks: list[tuple[int, bytes]], upgraded: b
 def _recount(p: Http2Parser) -> int:
     """``memory`` recomputed from scratch (the parser keeps the stream part as a running sum)."""
     if p._dead is not None:
-        return 0
+        return sum(s.memory() for s in p._streams.values())
     sides = sum(len(side.buf) + side.table_memory() + len(side.block or b"") for side in p._sides)
     return _PARSER_BASE + sides + sum(s.memory() for s in p._streams.values())
 

@@ -172,10 +172,10 @@ def sample(traffic: Traffic, seed: int, schedule: Schedule, mode: str = "percent
     records = [t[2] for t in tagged]
     comments = {i: t[3] for i, t in enumerate(tagged) if t[3] is not None}
     for when, new, previous in change_at:
-        i = next((i for i, t in enumerate(tagged) if t[0] >= when and t[4]), None)
-        if i is not None:
-            note = metadata.rate_note(tagged[i][4], new, previous, "pi")
-            comments[i] = f"{comments[i]}\n{note}" if i in comments else note
+        first = next((i for i, t in enumerate(tagged) if t[0] >= when and t[4]), None)
+        if first is not None:  # one comment may carry two notes, one per line
+            note = metadata.rate_note(tagged[first][4], new, previous, "pi")
+            comments[first] = f"{comments[first]}\n{note}" if first in comments else note
     return Sampled(records, comments, kept)
 
 

@@ -29,10 +29,10 @@ def write_pcapng(path: Path, packets: Sequence[Packet], *, comment: str = RUN, i
     comments: dict[int, str] = {}
     for i, p in enumerate(packets):
         data = p[1]
-        origlen = p[3] if len(p) > 3 else len(data)  # type: ignore[misc]
+        origlen = p[3] if len(p) > 3 else len(data)
         records.append((p[0], len(data), origlen, data, i % interfaces, 0))
-        if len(p) > 2 and p[2]:  # type: ignore[misc]
-            comments[i] = p[2]  # type: ignore[misc]
+        if len(p) > 2 and p[2]:
+            comments[i] = p[2]
     blob = pcapng.section_header(comment=comment)
     blob += b"".join(pcapng.interface_description(Interface(f"eth{i}")) for i in range(interfaces))
     blob += b"".join(pcapng.enhanced_packets(records, comments=comments))
