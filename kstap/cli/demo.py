@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from kstap.cli.report import TextReporter
-from kstap.config import OutputSettings, TapSettings
+from kstap.config import OutputSettings, TapSettings, parse_rate, parse_size
 from kstap.errors import EnvironmentProblem, ExitCode, Interrupted, KstapError, UsageError
 from kstap.model import CaptureSummary, Interface, StatsSnapshot
 
@@ -44,8 +44,17 @@ def demo(
     write: str = typer.Option("demo.pcapng", "-w", "--write", help="pcapng output file."),
     workers: int = typer.Option(1, "--workers", help="Capture processes joined by PACKET_FANOUT_HASH."),
     progress: bool = typer.Option(False, "--progress", help="Print a status line every second on stderr."),
+    mode: str = typer.Option("auto", "--mode", help="Sampling mode: full, percentage or auto."),
+    rate: str = typer.Option("100%", "--rate", help="Share of flows kept (auto: the starting rate)."),
+    memory_budget: str | None = typer.Option(None, "--memory-budget", help="auto: memory to stay under."),
+    entries: str | None = typer.Option("demo.entries.ndjson", "--entries",
+                                       help="Dissected requests as NDJSON ('-' = stdout, '' = off)."),
 ) -> int:
-    """Capture real HTTP, DNS and UDP traffic on a throw-away two-namespace network (needs root)."""
+    """Capture real HTTP, DNS and UDP traffic on a throw-away two-namespace network (needs root).
+
+    By default the capture runs in auto mode (the controller watches this process's memory and
+    CPU) and dissects HTTP and DNS into demo.entries.ndjson.
+    """
     from kstap import pipeline
 
     if duration <= 0:
@@ -53,7 +62,11 @@ def demo(
     if udp_pps < 0:
         raise UsageError("--udp-pps cannot be negative", hint="--udp-pps 0 turns the flood off")
     settings = TapSettings(interfaces=["(lab veth)"], duration=duration, workers=workers,
-                           output=OutputSettings(path=write))
+                           output=OutputSettings(path=write), entries=entries or None)
+    settings.sampling.mode = mode
+    settings.sampling.rate = parse_rate(rate)
+    if memory_budget is not None:
+        settings.sampling.memory_budget = parse_size(memory_budget)
     settings.validate()  # usage errors before any namespace exists
     stop = pipeline.StopFlag()
     text = TextReporter(progress=progress)
