@@ -178,7 +178,7 @@ def parse_seed(text: str) -> int:
 
 PROFILES: dict[str, dict[str, object]] = {
     "dev": {"sampling.mode": "full", "sampling.memory_budget": 512 << 20, "sampling.cpu_budget": 1.0},
-    "staging": {"sampling.mode": "auto", "sampling.rate": 1.0, "sampling.min_rate": 0.05},
+    "staging": {"sampling.mode": "auto", "sampling.min_rate": 0.05},
     "prod": {"sampling.mode": "percentage", "sampling.rate": 0.1, "capture": "best"},
 }
 """Presets per environment: dev = full + resource limits, staging = auto (its alert thresholds are
@@ -191,6 +191,17 @@ def apply_profile(settings: TapSettings, name: str, explicit: set[str]) -> None:
         raise UsageError(f"unknown profile {name!r}", hint=f"choose one of: {', '.join(PROFILES)}")
     settings.profile = name
     set_dotted(settings, {k: v for k, v in PROFILES[name].items() if k not in explicit})
+
+
+AUTO_START_RATE = 0.10
+"""auto mode starts here unless --rate says otherwise: starting at full rate is exactly the OOM
+risk auto mode exists to avoid; the controller raises it by at most 0.05/s while pressure allows."""
+
+
+def settle_auto_start(settings: TapSettings, explicit: set[str]) -> None:
+    """In auto mode without an explicit --rate, start at :data:`AUTO_START_RATE`."""
+    if settings.sampling.mode == "auto" and "sampling.rate" not in explicit:
+        settings.sampling.rate = AUTO_START_RATE
 
 
 def set_dotted(settings: TapSettings, values: dict[str, object]) -> None:

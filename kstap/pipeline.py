@@ -373,7 +373,7 @@ class _Run:
             self.memory_history.append((elapsed, res.memory_bytes / res.memory_limit))
         old = sampler.rate
         state = self.controller
-        if state.reason == "emergency" and state.rate < old:
+        if state.reason.startswith("emergency") and state.rate < old:
             shed = sampler.shed(state.rate)
             self._alert("critical", "shed", f"emergency: rate {old:.3g} -> {state.rate:.3g}, {shed} live flows shed")
         elif not sampler.set_rate(state.rate, state.reason or "pi"):

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from kstap.cli.report import TextReporter
-from kstap.config import OutputSettings, TapSettings, parse_rate, parse_size
+from kstap.config import OutputSettings, TapSettings, parse_rate, parse_size, settle_auto_start
 from kstap.errors import EnvironmentProblem, ExitCode, Interrupted, KstapError, UsageError
 from kstap.model import CaptureSummary, Interface, StatsSnapshot
 
@@ -45,7 +45,7 @@ def demo(
     workers: int = typer.Option(1, "--workers", help="Capture processes joined by PACKET_FANOUT_HASH."),
     progress: bool = typer.Option(False, "--progress", help="Print a status line every second on stderr."),
     mode: str = typer.Option("auto", "--mode", help="Sampling mode: full, percentage or auto."),
-    rate: str = typer.Option("100%", "--rate", help="Share of flows kept (auto: the starting rate)."),
+    rate: str | None = typer.Option(None, "--rate", help="Share of flows kept (auto: the starting rate, 10%)."),
     memory_budget: str | None = typer.Option(None, "--memory-budget", help="auto: memory to stay under."),
     entries: str | None = typer.Option("demo.entries.ndjson", "--entries",
                                        help="Dissected requests as NDJSON ('-' = stdout, '' = off)."),
@@ -64,7 +64,8 @@ def demo(
     settings = TapSettings(interfaces=["(lab veth)"], duration=duration, workers=workers,
                            output=OutputSettings(path=write), entries=entries or None)
     settings.sampling.mode = mode
-    settings.sampling.rate = parse_rate(rate)
+    settings.sampling.rate = parse_rate(rate) if rate is not None else 1.0
+    settle_auto_start(settings, {"sampling.rate"} if rate is not None else set())
     if memory_budget is not None:
         settings.sampling.memory_budget = parse_size(memory_budget)
     settings.validate()  # usage errors before any namespace exists

@@ -436,9 +436,7 @@ def _isatty(stream: IO[str]) -> bool:
 
 def _dashboard(stop: StopFlag | None, out: TextIO, err: TextIO, stdin: TextIO | None, run: RunInfo | None,
                warn: float, critical: float) -> CliReporter:
-    from rich.console import Console
-
-    from kstap.dashboard.live import LiveDashboard
+    from kstap.dashboard.live import LiveDashboard, terminal_console
 
     class DashboardReporter(LiveDashboard):
         """The live dashboard, then tcpdump's closing lines on stderr."""
@@ -450,6 +448,6 @@ def _dashboard(stop: StopFlag | None, out: TextIO, err: TextIO, stdin: TextIO | 
         def __enter__(self) -> DashboardReporter:
             return self
 
-    return DashboardReporter(stop, console=Console(file=out), stdin=stdin, warn=warn, critical=critical,
+    return DashboardReporter(stop, console=terminal_console(out), stdin=stdin, warn=warn, critical=critical,
                              initial=run.snapshot() if run is not None else None)
 

@@ -41,7 +41,9 @@ class TextReporter:
         if kind == "alert":
             self._say(f"kstap: {data.get('level', 'warn')}: {data.get('message', '')}")
         elif kind == "rate_change" and self.show_progress:
-            self._say(f"kstap: sampling rate {data.get('old')} -> {data.get('new')} ({data.get('reason')})")
+            old, new = data.get("old"), data.get("new")
+            if isinstance(old, float) and isinstance(new, float):
+                self._say(f"kstap: sampling rate {old:.3g} -> {new:.3g} ({data.get('reason')})")
 
     def warning(self, message: str) -> None:
         self._say(f"kstap: warning: {message}")

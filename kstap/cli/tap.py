@@ -15,6 +15,7 @@ from kstap.config import (
     parse_seed,
     parse_size,
     set_dotted,
+    settle_auto_start,
 )
 from kstap.errors import ExitCode, KstapError
 
@@ -69,6 +70,7 @@ def tap(
     if profile:
         apply_profile(settings, profile, explicit)
     set_dotted(settings, {k: v for k, v in flags.items() if v is not None})
+    settle_auto_start(settings, explicit)
     reporter = TextReporter(progress=progress)
     try:
         summary = pipeline.run_tap(settings, reporter, lines=sys.stdout)

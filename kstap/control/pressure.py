@@ -7,6 +7,7 @@ CPU use is a rate: the growth of a usage counter between two reads, over the inj
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 
@@ -74,6 +75,8 @@ class PressureReader:
 
     # -- psutil --------------------------------------------------------------------------------------
     def _psutil_process(self) -> psutil.Process | None:
+        if self.pid == "self" and self._process is not None and self._process.pid != os.getpid():
+            self._process = None  # built before a fork: "self" is now another process
         if self._process is None:
             try:
                 self._process = psutil.Process(None if self.pid == "self" else int(self.pid))
@@ -81,29 +84,44 @@ class PressureReader:
                 return None
         return self._process
 
-    def _process_rss(self) -> int | None:
+    def _tree(self) -> list[psutil.Process]:
+        """The process and its descendants (capture workers are children)."""
         process = self._psutil_process()
+        if process is None:
+            return []
         try:
-            return int(process.memory_info().rss) if process is not None else None
+            return [process, *process.children(recursive=True)]
         except psutil.Error:
-            return None
+            return [process]
+
+    def _process_rss(self) -> int | None:
+        total, seen = 0, False
+        for proc in self._tree():
+            try:
+                total += int(proc.memory_info().rss)
+                seen = True
+            except psutil.Error:
+                continue
+        return total if seen else None
 
     def _process_cpu_seconds(self) -> float | None:
-        process = self._psutil_process()
-        try:
-            if process is None:
-                return None
-            times = process.cpu_times()
-            return float(times.user + times.system)
-        except psutil.Error:
-            return None
+        total, seen = 0.0, False
+        for proc in self._tree():
+            try:
+                times = proc.cpu_times()
+            except psutil.Error:
+                continue
+            total += float(times.user + times.system)
+            seen = True
+        return total if seen else None
 
     # -- reading ----------------------------------------------------------------------------------------
     def _cpu_counter(self) -> tuple[cgroups.CpuFigures | None, str, float | None]:
         """(cgroup figures, counter source, cumulative CPU seconds) and update the CPU rate."""
         figures = cgroups.read_cpu(self._cgroups)
         seconds: float | None
-        if figures is not None and figures.usage_seconds is not None:
+        own_quota = figures is not None and figures.limit is not None
+        if figures is not None and figures.usage_seconds is not None and (own_quota or self.cpu_budget is None):
             source, seconds = f"cgroup v{figures.version} {figures.cgroup}", figures.usage_seconds
         else:
             source, seconds = "psutil process", self._process_cpu_seconds()
@@ -123,6 +141,10 @@ class PressureReader:
         sources: list[str] = []
 
         memory = cgroups.read_memory(self._cgroups, self._host_ram)
+        if memory is not None and memory.limit is None and self.memory_budget is not None:
+            # A cgroup without a limit of its own is not this process's container (a login
+            # session, a service slice): against a budget, count this process tree instead.
+            memory = None
         if memory is not None:
             stats.memory_bytes = memory.working_set
             stats.memory_usage = memory.usage
@@ -136,7 +158,7 @@ class PressureReader:
         else:
             rss = self._process_rss()
             stats.memory_bytes = stats.memory_usage = rss or 0
-            sources.append(f"memory: {PSUTIL_NOTE} process RSS" if rss is not None else "memory: unknown")
+            sources.append(f"memory: {PSUTIL_NOTE} process tree RSS" if rss is not None else "memory: unknown")
         if self.memory_budget is not None:
             stats.memory_limit = self.memory_budget
             sources.append("memory limit: budget")
@@ -153,7 +175,7 @@ class PressureReader:
                 where += f" (quota of {cpu.limit_cgroup})"
             sources.append(where)
         else:
-            sources.append(f"cpu: {PSUTIL_NOTE} process time" if seconds is not None else "cpu: unknown")
+            sources.append(f"cpu: {PSUTIL_NOTE} process tree time" if seconds is not None else "cpu: unknown")
         if self.cpu_budget is not None:
             stats.cpu_limit = self.cpu_budget
             sources.append("cpu limit: budget")

@@ -35,6 +35,16 @@ HISTORY = 3600
 MAX_ALERTS = 200
 
 
+def terminal_console(file: TextIO) -> Console:
+    """A console on ``file`` that follows the terminal's real size as it is resized.
+
+    rich lets ``COLUMNS``/``LINES`` in the environment win over the terminal, and a stale pair
+    (tmux sets them as a pane starts, shells may export them) would pin the live view's size.
+    """
+    environ = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    return Console(file=file, _environ=environ)
+
+
 class KeyReader:
     """Reads single keys from a terminal in cbreak mode on a thread; restores the terminal on stop.
 
@@ -115,7 +125,7 @@ class LiveDashboard:
                  keyboard: bool = True, wall: Callable[[], float] = time.time) -> None:
         self.stop = stop
         self.wall = wall
-        self.console = console if console is not None else Console(file=sys.stdout)
+        self.console = console if console is not None else terminal_console(sys.stdout)
         self.stdin = stdin if stdin is not None else sys.stdin
         self.warn, self.critical = warn, critical
         self.refresh_per_second = refresh_per_second
