@@ -375,7 +375,10 @@ class _Run:
         state = self.controller
         if state.reason.startswith("emergency") and state.rate < old:
             shed = sampler.shed(state.rate)
-            self._alert("critical", "shed", f"emergency: rate {old:.3g} -> {state.rate:.3g}, {shed} live flows shed")
+            if self.dissect is not None:
+                self.dissect.drop(shed)
+            self._alert("critical", "shed",
+                        f"emergency: rate {old:.3g} -> {state.rate:.3g}, {len(shed)} live flows shed")
         elif not sampler.set_rate(state.rate, state.reason or "pi"):
             return
         self.reporter.event("rate_change", {"old": old, "new": sampler.rate, "reason": state.reason,

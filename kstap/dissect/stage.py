@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import struct
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from kstap.dissect.api import Entry
@@ -334,6 +334,19 @@ class DissectStage:
             self._peak = now
 
     # -- eviction --------------------------------------------------------------------------------
+    def drop(self, keys: Iterable[tuple[int, bytes, int, bytes, int]], reason: str = "shed") -> int:
+        """Stop dissecting these flows now (the sampler shed them): free their memory, report what
+        they had pending (marked), count the reason. Returns how many were dissected."""
+        n = 0
+        for key in keys:
+            conn = self.flows.get(key)
+            if conn is not None:
+                self._end(key, conn, reason, tomb=True)
+                n += 1
+        if n:
+            self._emit_pending()
+        return n
+
     def _global_evict(self) -> None:
         """Evict the least recently active connections until 90 % of the cap, then old DNS queries."""
         target = self.memory_cap * 9 // 10

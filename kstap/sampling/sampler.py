@@ -123,7 +123,7 @@ class FlowSampler:
         self.rate = rate
         return True
 
-    def shed(self, rate: float) -> int:
+    def shed(self, rate: float) -> list[KeyTuple]:
         """Emergency: cut live flows whose hash is at or above the new rate's threshold.
 
         Each shed flow's next packet is kept and carries a ``shed`` comment, then the flow is
@@ -131,14 +131,14 @@ class FlowSampler:
         """
         self.set_rate(rate, "emergency")
         thresh = threshold(self.rate)
-        n = 0
-        for st in self.flows.values():
+        doomed = []
+        for key, st in self.flows.items():
             if st.kept and st.hash >= thresh and not st.shed_pending:
                 st.shed_pending = True
-                n += 1
-        self.stats.shed_flows += n
-        self._shed_grace = n > 0
-        return n
+                doomed.append(key)
+        self.stats.shed_flows += len(doomed)
+        self._shed_grace = bool(doomed)
+        return doomed
 
     def expire(self, now_ns: int) -> int:
         """Forget flows idle for longer than the timeout (their ceiling share goes with them)."""

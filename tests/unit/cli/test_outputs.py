@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -239,3 +240,21 @@ def test_tee_forwards_everything() -> None:
     tee.summary(CaptureSummary())
     tee.close()
     assert a.calls == b.calls == ["listening", "progress", "event", "warning", "summary", "close"]
+
+
+def test_dashboard_reporter_through_a_real_replay(tmp_path: Path, frames: Any, pcap: Any) -> None:
+    src = pcap(tmp_path / "in.pcap", [(T0 + i * 1_000_000, f) for i, f in enumerate(frames.mixed(20))])
+    settings = TapSettings(read=str(src), output=OutputSettings(path=str(tmp_path / "out.pcapng")))
+    out, err = TtyStringIO(), io.StringIO()
+    stop = StopFlag()
+    reporter = choose_reporter(stop=stop, output_path=settings.output.path, stdout=out, stderr=err,
+                               stdin=io.StringIO(), run=RunInfo.from_settings(settings))
+    with reporter:
+        summary = run_tap(settings, reporter, stop, lines=sys.stdout if reporter.packet_lines else None)
+        reporter.progress(StatsSnapshot(elapsed=1.0, captured=summary.captured, targets=[str(src)]))
+        reporter.summary(summary)
+    screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())  # cursor moves and colours
+    assert "kstap · full mode" in screen and "q stop" in screen
+    assert reporter.frames >= 1 and reporter.snapshot.captured == 20  # type: ignore[attr-defined]
+    assert err.getvalue().splitlines()[-3:] == ["20 packets captured", "20 packets received by filter",
+                                                "0 packets dropped by kernel"]
