@@ -29,7 +29,7 @@ def main() -> int:
         print("make_sample: the demo network needs root; run it with sudo", file=sys.stderr)
         return 3
     cmd = [sys.executable, "-m", "kstap", "demo", "--duration", str(args.duration),
-           "--udp-pps", "20", "-w", str(args.out)]
+           "--udp-pps", "20", "--mode", "full", "--entries", "", "--no-dashboard", "-w", str(args.out)]
     rc = subprocess.run(cmd).returncode
     if rc != 0:
         return rc

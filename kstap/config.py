@@ -185,14 +185,6 @@ PROFILES: dict[str, dict[str, object]] = {
 the dashboard's warn/critical levels), prod = percentage on the best backend. Flags override."""
 
 
-def apply_profile(settings: TapSettings, name: str, explicit: set[str]) -> None:
-    """Apply preset ``name`` to ``settings`` except for the dotted keys the user set explicitly."""
-    if name not in PROFILES:
-        raise UsageError(f"unknown profile {name!r}", hint=f"choose one of: {', '.join(PROFILES)}")
-    settings.profile = name
-    set_dotted(settings, {k: v for k, v in PROFILES[name].items() if k not in explicit})
-
-
 AUTO_START_RATE = 0.10
 """auto mode starts here unless --rate says otherwise: starting at full rate is exactly the OOM
 risk auto mode exists to avoid; the controller raises it by at most 0.05/s while pressure allows."""
@@ -202,15 +194,3 @@ def settle_auto_start(settings: TapSettings, explicit: set[str]) -> None:
     """In auto mode without an explicit --rate, start at :data:`AUTO_START_RATE`."""
     if settings.sampling.mode == "auto" and "sampling.rate" not in explicit:
         settings.sampling.rate = AUTO_START_RATE
-
-
-def set_dotted(settings: TapSettings, values: dict[str, object]) -> None:
-    """Set ``sampling.rate``-style keys on ``settings``."""
-    for dotted, value in values.items():
-        target: object = settings
-        *path, last = dotted.split(".")
-        for part in path:
-            target = getattr(target, part)
-        if not hasattr(target, last):
-            raise UsageError(f"unknown setting {dotted!r}")
-        setattr(target, last, value)

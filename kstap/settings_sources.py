@@ -168,6 +168,10 @@ def load_file(path: str | None, env: Mapping[str, str]) -> tuple[dict[str, Any] 
             raise UsageError(f"config file {str(where)!r} does not exist",
                              hint="create it, or drop --config" if path else f"unset {CONFIG_ENV}") from None
         return None, None
+    except PermissionError:
+        if named:
+            raise UsageError(f"cannot read config file {str(where)!r}: permission denied") from None
+        return None, None  # another user's home (sudo -u, setpriv): the default file is not ours
     except OSError as exc:
         raise UsageError(f"cannot read config file {str(where)!r}: {exc.strerror or exc}") from None
     import yaml

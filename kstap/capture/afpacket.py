@@ -9,6 +9,7 @@ directions of a flow to the same process.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import errno
 import mmap
@@ -265,9 +266,29 @@ class AfPacketSource:
         for r in rings:
             self._poll.register(r.fileno(), select.POLLIN | select.POLLERR)
             self._by_fd[r.fileno()] = r
+        self._pending: list[PacketRecord] = []
+        self._lag_ns = (max((r._ring.retire_ms for r in rings), default=20) + 30) * 1_000_000
 
     def read(self, timeout_ms: int) -> list[PacketRecord]:
-        """Packets of all ready blocks; waits up to ``timeout_ms`` when none is ready."""
+        """Packets of all ready blocks; waits up to ``timeout_ms`` when none is ready.
+
+        With several interfaces, each ring hands over its blocks on its own schedule, so packets
+        are held until no ring can still deliver an older one (its block-retire time has passed)
+        and released in time order: the same watermark merge the fanout workers use.
+        """
+        if len(self.rings) == 1:
+            return self._read_raw(timeout_ms)
+        watermark = time.time_ns() - self._lag_ns
+        pending = self._pending
+        pending.extend(self._read_raw(timeout_ms))
+        if not pending:
+            return []
+        pending.sort(key=_ts)
+        cut = bisect.bisect_right(pending, watermark, key=_ts)
+        out, self._pending = pending[:cut], pending[cut:]
+        return out
+
+    def _read_raw(self, timeout_ms: int) -> list[PacketRecord]:
         out: list[PacketRecord] = []
         for r in self.rings:
             r.read_blocks(out)
@@ -289,8 +310,6 @@ class AfPacketSource:
                     raise KstapError(f"interface {ring.name!r} went down",
                                      hint="the capture stopped; restart it when the link is back")
             ring.read_blocks(out)
-        if len(self.rings) > 1 and out:
-            out.sort(key=lambda rec: rec[0])
         return out
 
     def read_encoded(self, timeout_ms: int, max_packets: int) -> tuple[list[bytes], int, int]:
@@ -324,8 +343,11 @@ class AfPacketSource:
         deadline = time.monotonic() + (retire_ms + 30) / 1000
         out: list[PacketRecord] = []
         while time.monotonic() < deadline:
-            got = self.read(max(1, int((deadline - time.monotonic()) * 1000)))
+            got = self._read_raw(max(1, int((deadline - time.monotonic()) * 1000)))
             out.extend(got)
+        out.extend(self._pending)
+        self._pending = []
+        out.sort(key=_ts)
         return out
 
     def stats(self) -> list[SourceStats]:
@@ -334,3 +356,7 @@ class AfPacketSource:
     def close(self) -> None:
         for r in self.rings:
             r.close()
+
+
+def _ts(rec: PacketRecord) -> int:
+    return rec[0]

@@ -49,9 +49,10 @@ class _AfPacketSingle(AfPacketSource):
 
 
 def open_live(backend: str, names: list[str], program: Program, *, workers: int, buffer_mib: int,
-              ns: str | None) -> tuple[LiveSource, int]:
+              ns: str | None, retire_ms: int = 20) -> tuple[LiveSource, int]:
     """Open ``names`` with ``backend``; returns the source and its block-retire time (ms)."""
-    ring = RingConfig(buffer_bytes=buffer_mib << 20, block_bytes=min(1 << 20, max(1 << 16, (buffer_mib << 20) // 4)))
+    ring = RingConfig(buffer_bytes=buffer_mib << 20, block_bytes=min(1 << 20, max(1 << 16, (buffer_mib << 20) // 4)),
+                      retire_ms=retire_ms)
     backend = resolve(backend)
     if backend == "pf_ring":
         problem = pf_ring_problem()

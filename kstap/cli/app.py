@@ -40,6 +40,8 @@ def build_app() -> Any:
     app.command("dissect")(dissect_cmd.dissect)
     from kstap.cli import stats_cmd
     app.command("stats")(stats_cmd.stats)
+    from kstap.cli import tune_cmd
+    app.command("tune")(tune_cmd.tune)
     from kstap.cli import config_cmd
     app.add_typer(config_cmd.app, name="config")
     return typer.main.get_command(app)

@@ -46,6 +46,10 @@ TAP_FLAG_KEYS: dict[str, str] = {
     "rotate_seconds": "output.rotate_seconds",
     "max_drop": "max_drop",
     "profile": "profile",
+    "mode": "sampling.mode",
+    "cpu_budget": "sampling.cpu_budget",
+    "entries": "entries",
+    "dissect_memory": "dissect_memory_mib",
 }
 """``kstap tap`` parameter name → TapSettings dotted key, for the flags that map one to one."""
 

@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from kstap.cli.report import TextReporter
 from kstap.config import OutputSettings, TapSettings, parse_rate, parse_size, settle_auto_start
 from kstap.errors import EnvironmentProblem, ExitCode, Interrupted, KstapError, UsageError
 from kstap.model import CaptureSummary, Interface, StatsSnapshot
 
 if TYPE_CHECKING:
+    from kstap.cli.outputs import CliReporter
     from kstap.demo.lab import Lab
     from kstap.pipeline import StopFlag
 
@@ -46,7 +46,10 @@ def demo(
     progress: bool = typer.Option(False, "--progress", help="Print a status line every second on stderr."),
     mode: str = typer.Option("auto", "--mode", help="Sampling mode: full, percentage or auto."),
     rate: str | None = typer.Option(None, "--rate", help="Share of flows kept (auto: the starting rate, 10%)."),
-    memory_budget: str | None = typer.Option(None, "--memory-budget", help="auto: memory to stay under."),
+    memory_budget: str = typer.Option("256Mi", "--memory-budget", help="Memory the capture stays under (auto)."),
+    json_output: bool = typer.Option(False, "--json", help="NDJSON events on stdout instead of text."),
+    dashboard: bool | None = typer.Option(None, "--dashboard/--no-dashboard",
+                                          help="Live dashboard (default: when stdout is a terminal)."),
     entries: str | None = typer.Option("demo.entries.ndjson", "--entries",
                                        help="Dissected requests as NDJSON ('-' = stdout, '' = off)."),
 ) -> int:
@@ -66,15 +69,18 @@ def demo(
     settings.sampling.mode = mode
     settings.sampling.rate = parse_rate(rate) if rate is not None else 1.0
     settle_auto_start(settings, {"sampling.rate"} if rate is not None else set())
-    if memory_budget is not None:
-        settings.sampling.memory_budget = parse_size(memory_budget)
+    settings.sampling.memory_budget = parse_size(memory_budget)
     settings.validate()  # usage errors before any namespace exists
+    from kstap.cli import outputs
+
     stop = pipeline.StopFlag()
-    text = TextReporter(progress=progress)
-    with _signals_only_stop(stop), _lab(stop) as lab:
-        _say(f"demo: namespaces {lab.client} ({lab.client_ip}) <-veth-> {lab.server} ({lab.server_ip})")
-        summary, counts = _run(lab, settings, udp_pps, text, stop)
-    text.summary(summary)
+    text = outputs.choose_reporter(stop=stop, json_output=json_output, output_path=write, dashboard=dashboard,
+                                   progress=progress, run=outputs.RunInfo.from_settings(settings))
+    with text:
+        with _signals_only_stop(stop), _lab(stop) as lab:
+            _say(f"demo: namespaces {lab.client} ({lab.client_ip}) <-veth-> {lab.server} ({lab.server_ip})")
+            summary, counts = _run(lab, settings, udp_pps, text, stop)
+        text.summary(summary)
     if counts:
         _say(f"demo: client sent {counts.get('http_requests', 0)} HTTP requests "
              f"({counts.get('http_errors', 0)} failed), {counts.get('dns_queries', 0)} DNS queries "
@@ -85,7 +91,7 @@ def demo(
     return int(ExitCode.OK)
 
 
-def _run(lab: Lab, settings: TapSettings, udp_pps: int, text: TextReporter,
+def _run(lab: Lab, settings: TapSettings, udp_pps: int, text: CliReporter,
          stop: StopFlag) -> tuple[CaptureSummary, dict[str, int] | None]:
     """Server up, capture on the client's veth end, client on; the summary and the client's counts."""
     from kstap import pipeline
@@ -101,7 +107,7 @@ def _run(lab: Lab, settings: TapSettings, udp_pps: int, text: TextReporter,
         summary = pipeline.run_tap(settings, _StartClientOnListen(text, client), stop)
     except KstapError as exc:
         if isinstance(exc.summary, CaptureSummary):
-            text.summary(exc.summary)
+            text.summary(exc.summary, error=exc)
         raise
     finally:
         counts = client.finish()
@@ -209,7 +215,7 @@ class _Client:
 class _StartClientOnListen:
     """A :class:`kstap.pipeline.Reporter` that starts the client as soon as capture listens."""
 
-    def __init__(self, text: TextReporter, client: _Client) -> None:
+    def __init__(self, text: CliReporter, client: _Client) -> None:
         self.text, self.client = text, client
 
     def listening(self, interfaces: list[Interface], backend: str, workers: int) -> None:

@@ -6,21 +6,12 @@ import sys
 
 import typer
 
-from kstap.cli.report import TextReporter
-from kstap.config import (
-    OutputSettings,
-    TapSettings,
-    apply_profile,
-    parse_rate,
-    parse_seed,
-    parse_size,
-    set_dotted,
-    settle_auto_start,
-)
+from kstap.config import parse_rate, parse_seed, parse_size, settle_auto_start
 from kstap.errors import ExitCode, KstapError
 
 
 def tap(
+    ctx: typer.Context,
     interface: list[str] = typer.Option([], "-i", "--interface", help="Interface to capture on (repeatable)."),
     bpf_filter: str = typer.Option("", "--bpf-filter", "-f", help="BPF capture filter (pcap-filter(7) syntax)."),
     write: str | None = typer.Option(None, "-w", "--write", help="pcapng output file; '-' writes to stdout."),
@@ -31,14 +22,13 @@ def tap(
     workers: int = typer.Option(1, "--workers", help="Capture processes joined by PACKET_FANOUT_HASH."),
     read: str | None = typer.Option(None, "--read", "-r", help="Read a pcap/pcapng file instead."),
     realtime: bool = typer.Option(False, "--realtime", help="With --read: pace packets by their timestamps."),
-    capture: str | None = typer.Option(None, "--capture", help="Backend: af_packet (default), libpcap, pf_ring, best."),
+    capture: str = typer.Option("af_packet", "--capture", help="Backend: af_packet, libpcap, pf_ring or best."),
     netns: str | None = typer.Option(None, "--netns", help="Capture inside this named network namespace."),
     rotate_mb: float | None = typer.Option(None, "-C", help="Rotate the file after this many million bytes."),
     ring_files: int | None = typer.Option(None, "-W", help="With -C/-G: keep only the newest N files."),
     rotate_seconds: float | None = typer.Option(None, "-G", help="Rotate the file every SECS seconds."),
-    progress: bool = typer.Option(False, "--progress", help="Print a status line every second on stderr."),
-    mode: str | None = typer.Option(None, "--mode", help="Sampling: full, percentage or auto."),
-    rate: str | None = typer.Option(None, "--rate", help="Share of flows kept: 0.25 or 25% (auto: start)."),
+    mode: str = typer.Option("full", "--mode", help="Sampling: full, percentage or auto."),
+    rate: str | None = typer.Option(None, "--rate", help="Share of flows kept: 0.25 or 25% (auto: the start, 10%)."),
     seed: str | None = typer.Option(None, "--seed", help="32-bit flow-hash seed (default: random per run)."),
     min_rate: str | None = typer.Option(None, "--min-rate", help="auto: lowest rate the controller may set."),
     memory_budget: str | None = typer.Option(None, "--memory-budget", help="Memory to stay under, e.g. 512Mi."),
@@ -46,39 +36,45 @@ def tap(
     profile: str | None = typer.Option(None, "--profile", help="Preset: dev, staging or prod (flags win)."),
     entries: str | None = typer.Option(None, "--entries", help="Write dissected requests as NDJSON ('-' = stdout)."),
     dissect_memory: int = typer.Option(64, "--dissect-memory", help="Dissection memory cap, MiB."),
+    json_output: bool = typer.Option(False, "--json", help="NDJSON events on stdout (start, stats, …, summary)."),
+    dashboard: bool | None = typer.Option(None, "--dashboard/--no-dashboard",
+                                          help="Live dashboard (default: on a terminal when writing a file)."),
+    progress: bool = typer.Option(False, "--progress", help="Status lines on stderr even when printing packets."),
+    metrics_port: int | None = typer.Option(None, "--metrics-port", help="Serve Prometheus metrics on this port."),
+    max_drop: float | None = typer.Option(None, "--max-drop", help="Exit 5 if kernel drops / received exceeds this."),
+    expect_packets: int | None = typer.Option(None, "--expect-packets", help="Exit 5 if fewer packets were captured."),
+    config: str | None = typer.Option(None, "--config", help="Config file (default ~/.config/kstap/config.yaml)."),
+    set_items: list[str] = typer.Option([], "--set", help="Any setting as key=value (repeatable)."),
 ) -> int:
     """Capture packets into a Wireshark-ready pcapng, like tcpdump -w, sampling whole flows."""
     from kstap import pipeline
+    from kstap.cli import config_cmd, outputs
+    from kstap.model import CaptureSummary
 
-    settings = TapSettings(
-        interfaces=list(interface), bpf_filter=bpf_filter, read=read, realtime=realtime,
-        duration=duration, count=count, snaplen=snaplen, buffer_mib=buffer_size, workers=workers,
-        netns=netns, entries=entries, dissect_memory_mib=dissect_memory,
-        output=OutputSettings(path=write, rotate_mb=rotate_mb, rotate_seconds=rotate_seconds,
-                              ring_files=ring_files),
-    )
-    flags: dict[str, object] = {
-        "capture": capture,
-        "sampling.mode": mode,
-        "sampling.rate": parse_rate(rate) if rate is not None else None,
-        "sampling.seed": parse_seed(seed) if seed is not None else None,
-        "sampling.min_rate": parse_rate(min_rate) if min_rate is not None else None,
-        "sampling.memory_budget": parse_size(memory_budget) if memory_budget is not None else None,
-        "sampling.cpu_budget": cpu_budget,
-    }
-    explicit = {k for k, v in flags.items() if v is not None}
-    if profile:
-        apply_profile(settings, profile, explicit)
-    set_dotted(settings, {k: v for k, v in flags.items() if v is not None})
-    settle_auto_start(settings, explicit)
-    reporter = TextReporter(progress=progress)
-    try:
-        summary = pipeline.run_tap(settings, reporter, lines=sys.stdout)
-    except KstapError as exc:
-        from kstap.model import CaptureSummary
-
-        if isinstance(exc.summary, CaptureSummary):
-            reporter.summary(exc.summary)
-        raise
-    reporter.summary(summary)
+    parsed: dict[str, object] = {}
+    for key, raw, parse in (("sampling.rate", rate, parse_rate), ("sampling.min_rate", min_rate, parse_rate),
+                            ("sampling.seed", seed, parse_seed), ("sampling.memory_budget", memory_budget, parse_size)):
+        if raw is not None:
+            parsed[key] = parse(raw)
+    resolved = config_cmd.resolve_tap_settings(ctx, config=config, set_items=set_items, flags=parsed)
+    settings = resolved.settings
+    settle_auto_start(settings, {k for k, origin in resolved.origins.items() if origin != "default"})
+    settings.validate()
+    outputs.check_smoke_args(settings.max_drop, expect_packets)
+    stop = pipeline.StopFlag()
+    reporter = outputs.choose_reporter(
+        stop=stop, json_output=json_output, output_path=settings.output.path, dashboard=dashboard,
+        progress=progress, metrics_port=metrics_port, run=outputs.RunInfo.from_settings(settings))
+    with reporter:
+        try:
+            summary = pipeline.run_tap(settings, reporter, stop,
+                                       lines=sys.stdout if reporter.packet_lines else None)
+        except KstapError as exc:
+            if isinstance(exc.summary, CaptureSummary):
+                reporter.summary(exc.summary, error=exc)
+            raise
+        failure = outputs.smoke_check(summary, max_drop=settings.max_drop, expect_packets=expect_packets)
+        reporter.summary(summary, error=failure)
+    if failure:
+        raise failure
     return int(ExitCode.OK)

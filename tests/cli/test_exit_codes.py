@@ -117,8 +117,10 @@ CONFLICTS = [
     (["tap", "-i", "lo", "-w", "-", "-G", "60"], "-C/-G cannot rotate standard output"),
     (["tap", "-i", "lo", "-w", "{out}", "-W", "3"], "-W needs -C or -G"),
     (["tap", "-i", "lo", "-c", "0"], "-c must be a positive number"),
-    (["tap", "-i", "lo", "--duration", "nan"], "--duration must be positive"),
-    (["tap", "-i", "lo", "-w", "{out}", "-C", "nan"], "-C must be positive"),
+    (["tap", "-i", "lo", "--duration", "nan"], "setting 'duration' (from flag): expected a number, got NaN"),
+    (["tap", "-i", "lo", "-w", "{out}", "-C", "nan"], "setting 'output.rotate_mb' (from flag): expected a number"),
+    (["tap", "-i", "lo", "--duration", "-1"], "--duration must be positive"),
+    (["tap", "-i", "lo", "-w", "{out}", "-C", "0"], "-C must be positive"),
     (["tap", "--read", "{file}", "-s", "0"], "--snaplen must be between 1 and 262144"),
 ]
 

@@ -9,6 +9,7 @@ the same (deliberately huge) --dissect-memory, so only the sampling mode differs
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -58,7 +59,9 @@ CLIENT = """
 import asyncio, resource, sys
 _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-server, conns, head, rate, chunks, every = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6])
+server = sys.argv[1]
+conns, head, rate, chunks = (int(a) for a in sys.argv[2:6])
+every = float(sys.argv[6])
 async def one(i):
     try:
         reader, writer = await asyncio.open_connection(server, 8080)
@@ -93,10 +96,8 @@ def memory_cgroup(limit: int) -> Iterator[Path]:
         yield path
     finally:
         for pid in (path / "cgroup.procs").read_text().split():
-            try:
+            with contextlib.suppress(OSError):
                 (MEMCG / "cgroup.procs").write_text(pid)
-            except OSError:
-                pass
         for _ in range(50):
             try:
                 path.rmdir()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -51,11 +52,14 @@ def _assert_traffic(path: Path, *, min_requests: int) -> None:
 
 def test_demo_captures_http_dns_and_udp(tmp_path: Path) -> None:
     out = tmp_path / "demo.pcapng"
-    r = subprocess.run([*KSTAP, "demo", "--duration", "4", "-w", str(out)],
-                       capture_output=True, text=True, timeout=90)
+    r = subprocess.run([*KSTAP, "demo", "--duration", "4", "--mode", "full", "-w", str(out),
+                        "--entries", str(tmp_path / "entries.ndjson")],
+                       capture_output=True, text=True, timeout=90, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     _assert_gone(_lab_namespaces(r.stderr))
     _assert_traffic(out, min_requests=20)
+    entries = [json.loads(line) for line in (tmp_path / "entries.ndjson").read_text().splitlines()]
+    assert {e["protocol"] for e in entries} >= {"http/1.1", "dns"}
     assert "nosuch.demo.kstap.test" in _tshark(out, "dns.flags.rcode == 3", "dns.qry.name")
     assert len(_tshark(out, "udp.dstport == 9", "frame.number")) >= 100
     assert re.search(r"demo: client sent \d+ HTTP requests \(0 failed\)", r.stderr), r.stderr
@@ -68,7 +72,8 @@ def _default_sigint() -> None:
 
 def test_demo_stops_cleanly_on_sigint(tmp_path: Path) -> None:
     out = tmp_path / "demo.pcapng"
-    p = subprocess.Popen([*KSTAP, "demo", "--duration", "60", "-w", str(out)], stderr=subprocess.PIPE,
+    p = subprocess.Popen([*KSTAP, "demo", "--duration", "60", "--mode", "full", "-w", str(out)], cwd=tmp_path,
+                         stderr=subprocess.PIPE,
                          text=True, preexec_fn=_default_sigint)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(p.stderr or []), daemon=True)
@@ -114,3 +119,16 @@ def test_make_sample_writes_a_small_readable_sample(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert 0 < out.stat().st_size < 200_000
     _assert_traffic(out, min_requests=5)
+
+
+def test_demo_runs_in_auto_mode_by_default(tmp_path: Path) -> None:
+    """The default demo samples in auto mode: the file says so, and the rate moved."""
+    out = tmp_path / "auto.pcapng"
+    r = subprocess.run([*KSTAP, "demo", "--duration", "5", "-w", str(out), "--no-dashboard"],
+                       capture_output=True, text=True, timeout=90, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    capinfos = subprocess.run(["capinfos", str(out)], capture_output=True, text=True).stdout
+    assert "kstap: run mode=auto rate=0.1" in capinfos
+    notes = _tshark(out, "frame.comment", "frame.comment")
+    assert any("mode=auto" in n for n in notes)
+    assert (tmp_path / "demo.entries.ndjson").exists()

@@ -55,7 +55,37 @@ CONFLICTS: list[tuple[TapSettings, str, bool]] = [
     (_settings(LIVE, output={"path": "x.pcapng", "rotate_seconds": 0}), "-G must be positive", False),
     (_settings(LIVE, output={"path": "x.pcapng", "rotate_seconds": -3}), "-G must be positive", False),
     (_settings(LIVE, output={"path": "x.pcapng", "rotate_seconds": math.nan}), "-G must be positive", False),
+    (_settings(LIVE, entries="-", output={"path": "-"}), "--entries - and -w - both want standard output", True),
+    (_settings(LIVE, dissect_memory_mib=0), "--dissect-memory must be between 1 and 1048576 MiB", False),
 ]
+
+SAMPLING_CONFLICTS: list[tuple[dict[str, Any], str, bool]] = [
+    ({"mode": "sometimes"}, "unknown --mode 'sometimes'", True),
+    ({"rate": 0.0}, "--rate must be in (0, 1]", True),
+    ({"rate": 1.5}, "--rate must be in (0, 1]", True),
+    ({"mode": "percentage", "rate": 1.0}, "--mode percentage needs --rate below 1", True),
+    ({"min_rate": 0.0}, "--min-rate must be in (0, 1]", False),
+    ({"seed": 2**32}, "--seed must be a 32-bit number", False),
+    ({"memory_budget": 0}, "--memory-budget must be positive", False),
+    ({"cpu_budget": math.nan}, "--cpu-budget must be positive", False),
+]
+
+
+@pytest.mark.parametrize(("fields", "message", "has_hint"), SAMPLING_CONFLICTS,
+                         ids=[c[1][:40] for c in SAMPLING_CONFLICTS])
+def test_sampling_conflict_is_a_usage_error(fields: dict[str, Any], message: str, has_hint: bool) -> None:
+    settings = _settings(LIVE)
+    for key, value in fields.items():
+        setattr(settings.sampling, key, value)
+    with pytest.raises(UsageError) as info:
+        settings.validate()
+    assert info.value.message.startswith(message), info.value.message
+    assert bool(info.value.hint) == has_hint
+
+
+def test_every_sampling_check_is_covered() -> None:
+    source = inspect.getsource(TapSettings._validate_sampling)
+    assert source.count("raise UsageError(") == len({c[1] for c in SAMPLING_CONFLICTS})
 
 
 @pytest.mark.parametrize(("settings", "message", "has_hint"), CONFLICTS, ids=[c[1][:40] for c in CONFLICTS])
