@@ -17,7 +17,7 @@ from types import FrameType
 from typing import Protocol, TextIO
 
 from kstap.capture import backends
-from kstap.capture.afpacket import AfPacketSource
+from kstap.capture.afpacket import AfPacketSource, encode_block_sampled
 from kstap.capture.replay import ReplaySource
 from kstap.config import TapSettings
 from kstap.dissect.api import Entry
@@ -39,6 +39,7 @@ from kstap.model import (
 from kstap.sampling import metadata
 from kstap.sampling.flowhash import FULL, seed_id, splice_threshold
 from kstap.sampling.sampler import FlowSampler
+from kstap.sampling.seen import SeenFlows
 from kstap.sinks import pcapng
 from kstap.sinks.files import DiskFull, OutputClosed, PcapngFiles, check_writable
 from kstap.sinks.text import TextLines
@@ -237,6 +238,7 @@ class _Run:
         self.controller: ControllerState | None = None
         self.alerts: list[Alert] = []
         self.start = clock()
+        self.seen: SeenFlows | None = None
         self.watcher: PressureReaderLike | None = None
         self.memory_state = "ok"
         self.oom_seen = -1
@@ -268,8 +270,13 @@ class _Run:
             self.text = TextLines(lines, [i.linktype for i in interfaces])
         if settings.entries:
             self._open_dissection(settings, lines)
-        fast = (isinstance(source, AfPacketSource) and source.fast and self.text is None and self.sampler is None
-                and self.dissect is None)
+        plain = isinstance(source, AfPacketSource) and source.fast and self.text is None and self.dissect is None
+        fast = plain and self.sampler is None
+        if plain and self.sampler is not None and self.sampler.mode == "percentage" and encode_block_sampled:
+            # the kernel did the sampling; C comments each flow's first packet (see sampling/seen.py)
+            smp = self.sampler
+            self.seen = SeenFlows(smp.mode, smp.rate, smp.seed, smp.seed_id,
+                                  idle_timeout_ns=smp.idle_timeout_ns)
         try:
             batch = first
             while True:
@@ -294,6 +301,11 @@ class _Run:
                 if fast:
                     assert isinstance(source, AfPacketSource)
                     self._deliver_encoded(*source.read_encoded(100, limit - summary.captured))
+                    batch = []
+                    continue
+                if self.seen is not None:
+                    assert isinstance(source, AfPacketSource)
+                    self._deliver_encoded(*source.read_encoded_sampled(100, limit - summary.captured, self.seen))
                     batch = []
                     continue
                 batch = source.read(100)
@@ -376,7 +388,11 @@ class _Run:
     def _tick(self, now: float) -> None:
         elapsed = now - self.start
         sampler = self.sampler
-        if sampler is not None:
+        if self.seen is not None:
+            if int(elapsed) % 10 == 0:
+                self.seen.expire(time.time_ns())
+            self.rate_history.append((elapsed, self.seen_rate()))
+        elif sampler is not None:
             sampler.expire(time.time_ns())
             if self.governor is not None:
                 self._govern(sampler, elapsed)
@@ -391,6 +407,9 @@ class _Run:
         _fill_counts(self.summary, self.source)
         self._check_alerts()
         self.reporter.progress(self.snapshot(elapsed))
+
+    def seen_rate(self) -> float:
+        return self.sampler.rate if self.sampler is not None else 1.0
 
     def _watch_resources(self, elapsed: float) -> None:
         """Outside auto mode the figures are still read, for the water level and the alerts."""
@@ -501,7 +520,10 @@ class _Run:
                 summary.warnings.append("no room left for the statistics block; packets are intact")
             summary.files = list(self.sink.files)
             summary.captured = self.sink.packets_written
-        if self.sampler is not None:
+        if self.seen is not None:
+            summary.flows_seen = summary.flows_kept = self.seen.flows_seen
+            summary.final_rate = self.seen_rate()
+        elif self.sampler is not None:
             st = self.sampler.stats
             summary.flows_seen, summary.flows_kept, summary.shed_flows = st.flows_seen, st.flows_kept, st.shed_flows
             summary.final_rate = self.sampler.rate

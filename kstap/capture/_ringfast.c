@@ -9,6 +9,7 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#include <stdio.h>
 
 #define TP_STATUS_VLAN_VALID (1u << 4)
 #define TP_STATUS_VLAN_TPID_VALID (1u << 6)
@@ -95,8 +96,254 @@ corrupt:
     return NULL;
 }
 
+
+/* ---------------------------------------------------------------------------------------------
+ * Percentage mode's fast path: the kernel already dropped unsampled flows; what is left to do per
+ * packet is to notice each flow's first packet and put kstap's "flow" comment on it. The flow key
+ * and the seeded flow hash are the same as kstap/sampling/flowkey.py and flowhash.py (tests check
+ * the ids against the Python function). Seen flows live in a caller-owned open-addressing table:
+ * 16-byte slots (64-bit key fingerprint, last-seen ns); slot 0 is the header (count, capacity).
+ */
+#define M32 0xFFFFFFFFu
+static inline uint32_t fmix32(uint32_t h) {
+    h ^= h >> 16; h *= 0x85EBCA6Bu; h ^= h >> 13; h *= 0xC2B2AE35u; h ^= h >> 16; return h;
+}
+static inline uint32_t be32(const unsigned char *p) {
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+static inline uint16_t be16(const unsigned char *p) { return (uint16_t)((p[0] << 8) | p[1]); }
+
+static uint32_t endpoint_hash(uint32_t seed, const unsigned char *addr, int words, uint16_t port) {
+    uint32_t h = seed ^ port;
+    for (int i = 0; i < words; i++) {
+        h = (h ^ (be32(addr + 4 * i) * 0xCC9E2D51u)) * 0x1B873593u;
+        h ^= h >> 15;
+    }
+    return fmix32(h);
+}
+
+typedef struct {
+    int proto, words;
+    const unsigned char *a, *b;
+    uint16_t ap, bp;
+} Key;
+
+/* 1 = IP flow found, 0 = no flow (non-IP or too short) */
+static int parse_key(const unsigned char *f, uint32_t len, Key *k) {
+    if (len < 14) return 0;
+    uint32_t off = 14;
+    uint16_t et = be16(f + 12);
+    for (int i = 0; i < 2; i++) {
+        if ((et == 0x8100 || et == 0x88A8) && len >= off + 4) { et = be16(f + off + 2); off += 4; }
+    }
+    const unsigned char *src, *dst;
+    uint32_t l4;
+    int proto, frag = 0, words;
+    if (et == 0x0800) {
+        if (len < off + 20) return 0;
+        proto = f[off + 9];
+        frag = be16(f + off + 6) & 0x3FFF;
+        src = f + off + 12; dst = f + off + 16; words = 1;
+        l4 = off + (f[off] & 0x0F) * 4;
+    } else if (et == 0x86DD) {
+        if (len < off + 40) return 0;
+        proto = f[off + 6];
+        src = f + off + 8; dst = f + off + 24; words = 4;
+        l4 = off + 40;
+    } else {
+        return 0;
+    }
+    uint16_t sp = 0, dp = 0;
+    if ((proto == 6 || proto == 17 || proto == 132) && !frag && len >= l4 + 4) {
+        sp = be16(f + l4); dp = be16(f + l4 + 2);
+    }
+    int c = memcmp(src, dst, 4 * words);
+    int src_first = c < 0 || (c == 0 && sp <= dp);
+    k->proto = proto; k->words = words;
+    if (src_first) { k->a = src; k->ap = sp; k->b = dst; k->bp = dp; }
+    else { k->a = dst; k->ap = dp; k->b = src; k->bp = sp; }
+    return 1;
+}
+
+static uint32_t flow_hash(const Key *k, uint32_t seed) {
+    uint32_t e = endpoint_hash(seed, k->a, k->words, k->ap) + endpoint_hash(seed, k->b, k->words, k->bp);
+    uint32_t s2 = fmix32(seed ^ 0x9E3779B1u);
+    return fmix32(e ^ ((uint32_t)k->proto * 0x9E3779B1u) ^ s2);
+}
+
+static uint64_t fingerprint(const Key *k) {
+    /* FNV-1a 64 over the canonical key; 0 is reserved for empty slots */
+    uint64_t h = 1469598103934665603ull;
+    unsigned char buf[40];
+    int n = 0;
+    buf[n++] = (unsigned char)k->proto;
+    memcpy(buf + n, k->a, 4 * k->words); n += 4 * k->words;
+    buf[n++] = k->ap >> 8; buf[n++] = k->ap & 0xff;
+    memcpy(buf + n, k->b, 4 * k->words); n += 4 * k->words;
+    buf[n++] = k->bp >> 8; buf[n++] = k->bp & 0xff;
+    for (int i = 0; i < n; i++) { h ^= buf[i]; h *= 1099511628211ull; }
+    return h ? h : 1;
+}
+
+/* 1 when the flow was not in the table (now inserted), 0 when seen; -1 when the table is full */
+static int table_touch(uint64_t *t, uint64_t fp, uint64_t now) {
+    uint64_t cap = t[1];
+    uint64_t mask = cap - 1;
+    uint64_t i = fp & mask;
+    for (uint64_t probes = 0; probes < cap; probes++) {
+        uint64_t *slot = t + 2 * (1 + i);
+        if (slot[0] == fp) { slot[1] = now; return 0; }
+        if (slot[0] == 0) {
+            if ((t[0] + 1) * 4 > cap * 3) return -1;
+            slot[0] = fp; slot[1] = now; t[0]++;
+            return 1;
+        }
+        i = (i + 1) & mask;
+    }
+    return -1;
+}
+
+/* encode_block_sampled(ring, boff, bsize, if_id, maxp, table, seed, suffix)
+ *   -> (epb_bytes, packets, captured_bytes, new_flows, table_full) */
+static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
+    Py_buffer ring, table;
+    Py_ssize_t boff, bsize, maxp;
+    unsigned int if_id, seed;
+    const char *suffix;
+    Py_ssize_t suffix_len;
+    if (!PyArg_ParseTuple(args, "y*nnInw*Is#", &ring, &boff, &bsize, &if_id, &maxp, &table, &seed,
+                          &suffix, &suffix_len))
+        return NULL;
+    PyObject *result = NULL;
+    if (boff < 0 || bsize < 48 || boff + bsize > ring.len || table.len < 32 || suffix_len > 200) {
+        PyErr_SetString(PyExc_ValueError, "bad ring, table or suffix");
+        goto done;
+    }
+    uint64_t *t = (uint64_t *)table.buf;
+    if (t[1] == 0 || (t[1] & (t[1] - 1)) || (Py_ssize_t)((t[1] + 1) * 16) > table.len) {
+        PyErr_SetString(PyExc_ValueError, "table header is not a power-of-two capacity");
+        goto done;
+    }
+    const unsigned char *blk = (const unsigned char *)ring.buf + boff;
+    uint32_t num = rd32(blk + 12), first = rd32(blk + 16);
+    if (maxp >= 0 && (Py_ssize_t)num > maxp) num = (uint32_t)maxp;
+    /* one comment option: 4-byte header + "kstap: flow id=XXXXXXXX " (24) + suffix, padded, + endofopt */
+    Py_ssize_t note_max = 4 + ((24 + suffix_len + 3) & ~3) + 4;
+    Py_ssize_t out_cap = 0, off = first;
+    for (uint32_t i = 0; i < num; i++) {
+        if (off < 0 || off + 48 > bsize) { PyErr_SetString(PyExc_ValueError, "corrupt TPACKET_V3 block"); goto done; }
+        const unsigned char *h = blk + off;
+        uint32_t next = rd32(h), snap = rd32(h + 12), status = rd32(h + 20);
+        uint16_t mac = rd16(h + 24);
+        if (off + mac + (Py_ssize_t)snap > bsize) { PyErr_SetString(PyExc_ValueError, "corrupt TPACKET_V3 block"); goto done; }
+        if (status & TP_STATUS_VLAN_VALID) snap += 4;
+        out_cap += 32 + ((snap + 3) & ~3u) + note_max;
+        if (i + 1 < num) {
+            if (next == 0) { PyErr_SetString(PyExc_ValueError, "corrupt TPACKET_V3 block"); goto done; }
+            off += next;
+        }
+    }
+    unsigned char *out = PyMem_Malloc(out_cap ? out_cap : 1);
+    if (!out) { PyErr_NoMemory(); goto done; }
+    unsigned char *o = out;
+    unsigned long long captured = 0;
+    unsigned int new_flows = 0;
+    int full = 0;
+    off = first;
+    for (uint32_t i = 0; i < num; i++) {
+        const unsigned char *h = blk + off;
+        uint32_t next = rd32(h), sec = rd32(h + 4), nsec = rd32(h + 8);
+        uint32_t snap = rd32(h + 12), len = rd32(h + 16), status = rd32(h + 20);
+        uint16_t mac = rd16(h + 24);
+        const unsigned char *data = h + mac;
+        uint32_t cap = snap, orig = len;
+        int vlan = (status & TP_STATUS_VLAN_VALID) != 0;
+        if (vlan) { cap += 4; orig += 4; }
+        uint32_t padded = (cap + 3) & ~3u;
+        unsigned long long ts = (unsigned long long)sec * 1000000000ull + nsec;
+        unsigned char *d = o + 28;
+        if (vlan) {
+            uint16_t tci = (uint16_t)rd32(h + 28), tpid = rd16(h + 32);
+            uint32_t head = snap < 12 ? snap : 12;
+            if (!(status & TP_STATUS_VLAN_TPID_VALID)) tpid = 0x8100;
+            memcpy(d, data, head);
+            d[head] = tpid >> 8; d[head + 1] = tpid & 0xff; d[head + 2] = tci >> 8; d[head + 3] = tci & 0xff;
+            memcpy(d + head + 4, data + head, snap - head);
+        } else {
+            memcpy(d, data, snap);
+        }
+        memset(d + cap, 0, padded - cap);
+        /* the flow: first packet → comment */
+        uint32_t optlen = 0;
+        Key k;
+        if (parse_key(d, cap, &k)) {
+            int fresh = table_touch(t, fingerprint(&k), ts);
+            if (fresh < 0) full = 1;
+            if (fresh == 1) {
+                char note[256];
+                int n = snprintf(note, sizeof note, "kstap: flow id=%08x %.*s", flow_hash(&k, seed),
+                                 (int)suffix_len, suffix);
+                if (n > 0 && n < (int)sizeof note && 4 + ((n + 3) & ~3) + 4 <= note_max) {
+                    unsigned char *p = d + padded;
+                    p[0] = 1; p[1] = 0; p[2] = (unsigned char)(n & 0xff); p[3] = (unsigned char)(n >> 8);
+                    memcpy(p + 4, note, n);
+                    uint32_t npad = ((uint32_t)n + 3) & ~3u;
+                    memset(p + 4 + n, 0, npad - n);
+                    memset(p + 4 + npad, 0, 4); /* opt_endofopt */
+                    optlen = 4 + npad + 4;
+                    new_flows++;
+                }
+            }
+        }
+        uint32_t total = 32 + padded + optlen;
+        wr32(o, 6); wr32(o + 4, total); wr32(o + 8, if_id);
+        wr32(o + 12, (uint32_t)(ts >> 32)); wr32(o + 16, (uint32_t)ts);
+        wr32(o + 20, cap); wr32(o + 24, orig);
+        wr32(d + padded + optlen, total);
+        o += total;
+        captured += cap;
+        off += next;
+    }
+    PyObject *bytes = PyBytes_FromStringAndSize((const char *)out, o - out);
+    PyMem_Free(out);
+    if (bytes) result = Py_BuildValue("(NIKIi)", bytes, num, captured, new_flows, full);
+done:
+    PyBuffer_Release(&ring);
+    PyBuffer_Release(&table);
+    return result;
+}
+
+/* table_compact(old, new, cutoff_ns) -> count: copy the slots seen at or after cutoff */
+static PyObject *table_compact(PyObject *self, PyObject *args) {
+    Py_buffer a, b;
+    unsigned long long cutoff;
+    if (!PyArg_ParseTuple(args, "w*w*K", &a, &b, &cutoff)) return NULL;
+    uint64_t *src = (uint64_t *)a.buf, *dst = (uint64_t *)b.buf;
+    PyObject *res = NULL;
+    if (a.len < 32 || b.len < 32 || dst[1] == 0 || (dst[1] & (dst[1] - 1)) ||
+        (Py_ssize_t)((dst[1] + 1) * 16) > b.len || (Py_ssize_t)((src[1] + 1) * 16) > a.len) {
+        PyErr_SetString(PyExc_ValueError, "bad tables");
+        goto out;
+    }
+    dst[0] = 0;
+    for (uint64_t i = 0; i < src[1]; i++) {
+        uint64_t *slot = src + 2 * (1 + i);
+        if (slot[0] && slot[1] >= cutoff) {
+            if (table_touch(dst, slot[0], slot[1]) < 0) break;
+        }
+    }
+    res = PyLong_FromUnsignedLongLong(dst[0]);
+out:
+    PyBuffer_Release(&a);
+    PyBuffer_Release(&b);
+    return res;
+}
+
 static PyMethodDef methods[] = {
     {"encode_block", encode_block, METH_VARARGS, "Encode one TPACKET_V3 block as pcapng EPBs."},
+    {"encode_block_sampled", encode_block_sampled, METH_VARARGS,
+     "Encode one block as EPBs, commenting each flow's first packet (percentage mode)."},
+    {"table_compact", table_compact, METH_VARARGS, "Copy the flows seen since a cutoff into a new table."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -20,11 +20,13 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from kstap.capture import interfaces
 from kstap.errors import EnvironmentProblem, KstapError, UsageError
 from kstap.filters.bpf import Program
 from kstap.model import Interface, PacketRecord, SourceStats
+from kstap.sampling.seen import SeenFlows
 
 SOL_PACKET = 263
 PACKET_RX_RING = 5
@@ -48,20 +50,23 @@ _U32 = struct.Struct("<I")
 _STATS = struct.Struct("III")  # tp_packets, tp_drops, tp_freeze_q_cnt
 
 
-def _load_fast() -> Callable[..., tuple[bytes, int, int, int]] | None:
-    """The C block encoder, unless missing or disabled with KSTAP_PURE_PYTHON=1."""
+def _load_fast(name: str) -> Callable[..., Any] | None:
+    """A function of the C helper, unless missing or disabled with KSTAP_PURE_PYTHON=1."""
     if os.environ.get("KSTAP_PURE_PYTHON") == "1":
         return None
     try:
         from kstap.capture import _ringfast  # type: ignore[attr-defined]
     except ImportError:
         return None
-    fn: Callable[..., tuple[bytes, int, int, int]] = _ringfast.encode_block
+    fn: Callable[..., Any] | None = getattr(_ringfast, name, None)
     return fn
 
 
-encode_block = _load_fast()
+encode_block = _load_fast("encode_block")
 """C fast path: a TPACKET_V3 block → pcapng EPB bytes in one call (None when unavailable)."""
+encode_block_sampled = _load_fast("encode_block_sampled")
+"""The same, also commenting each flow's first packet (percentage mode)."""
+table_compact = _load_fast("table_compact")
 
 
 @dataclass(frozen=True)
@@ -229,6 +234,31 @@ class AfPacketRing:
         self.stats.delivered += packets
         return chunks, packets, nbytes
 
+    def read_encoded_sampled(self, max_packets: int, seen: SeenFlows, limit: int = 64) -> tuple[list[bytes], int, int]:
+        """:meth:`read_encoded` for percentage mode: each flow's first packet gets its comment."""
+        assert encode_block_sampled is not None
+        mm = self.mm
+        chunks: list[bytes] = []
+        packets = nbytes = blocks = 0
+        while blocks < limit and packets < max_packets:
+            base = self._block * self._bsize
+            status, num, _ = _BLOCK_HDR.unpack_from(mm, base + 8)
+            if not status & TP_STATUS_USER:
+                break
+            seen.ensure_room(num)
+            data, n, cap, fresh, _full = encode_block_sampled(mm, base, self._bsize, self.if_id,
+                                                               max_packets - packets, seen.table, seen.seed,
+                                                               seen.suffix)
+            seen.flows_seen += fresh
+            chunks.append(data)
+            packets += n
+            nbytes += cap
+            _U32.pack_into(mm, base + 8, TP_STATUS_KERNEL)
+            self._block = (self._block + 1) % self._nblocks
+            blocks += 1
+        self.stats.delivered += packets
+        return chunks, packets, nbytes
+
     def update_stats(self) -> SourceStats:
         """Fold the kernel's counters (which reset on every read) into ``self.stats``."""
         try:
@@ -328,6 +358,19 @@ class AfPacketSource:
             raise KstapError(f"interface {ring.name!r} went down",
                              hint="the capture stopped; restart it when the link is back")
         return ring.read_encoded(max_packets)
+
+    def read_encoded_sampled(self, timeout_ms: int, max_packets: int,
+                             seen: SeenFlows) -> tuple[list[bytes], int, int]:
+        """:meth:`read_encoded` with percentage mode's first-packet comments."""
+        ring = self.rings[0]
+        got = ring.read_encoded_sampled(max_packets, seen)
+        if got[1] or max_packets <= 0:
+            return got
+        try:
+            self._poll.poll(timeout_ms)
+        except InterruptedError:
+            return got
+        return ring.read_encoded_sampled(max_packets, seen)
 
     @property
     def fast(self) -> bool:

@@ -119,3 +119,78 @@ def _blocks(data: bytes) -> list[int]:
         out.append(length)
         pos += length
     return out
+
+
+# -- percentage mode's fast path: first-packet comments computed in C ---------------------------------
+
+def _udp_frame(src: bytes, dst: bytes, sport: int, dport: int, v6: bool = False) -> bytes:
+    import dpkt
+
+    u = dpkt.udp.UDP(sport=sport, dport=dport, data=b"payload")
+    ip: object = (dpkt.ip6.IP6(src=src, dst=dst, nxt=17, hlim=64, data=u) if v6
+                  else dpkt.ip.IP(src=src, dst=dst, p=17, data=u))
+    return bytes(dpkt.ethernet.Ethernet(type=0x86DD if v6 else 0x0800, data=ip))
+
+
+needs_sampled = pytest.mark.skipif(afpacket.encode_block_sampled is None, reason="C fast path not built")
+
+
+@needs_sampled
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 7), st.booleans(), st.booleans(), st.booleans()), min_size=1,
+                max_size=60),
+       st.integers(0, 2**32 - 1))
+def test_c_first_packet_comments_match_python_flow_ids(flows: list[tuple[int, bool, bool, bool]],
+                                                        seed: int) -> None:
+    """Every flow's first packet (either direction) carries exactly the comment Python would write."""
+    from kstap.capture.savefile import CaptureReader
+    from kstap.sampling import metadata
+    from kstap.sampling.flowhash import flow_hash, seed_id
+    from kstap.sampling.flowkey import flow_key
+    from kstap.sampling.seen import SeenFlows
+
+    frames: list[Frame] = []
+    for n, reverse, v6, vlan in flows:
+        a, b = (bytes(15) + bytes([n + 1]), bytes(15) + b"\xff") if v6 else (bytes([10, 0, 0, n + 1]), b"\x0a\0\0\xff")
+        src, dst, sp, dp = (b, a, 53, 1000 + n) if reverse else (a, b, 1000 + n, 53)
+        raw = _udp_frame(src, dst, sp, dp, v6)
+        frames.append((raw, len(raw), 1 | (TP_STATUS_VLAN_VALID if vlan else 0), 5, 0x8100))
+    ring = fake_ring([frames])
+    seen = SeenFlows("percentage", 0.25, seed, seed_id(seed), capacity=4)
+    chunks, packets, _ = ring.read_encoded_sampled(1 << 30, seen)
+    assert packets == len(frames)
+    import io
+
+    idbs = b"".join(pcapng.interface_description(pcapng_iface()) for _ in range(4))  # the fake ring is if 3
+    data = pcapng.section_header() + idbs + b"".join(chunks)
+    first_seen: set[object] = set()
+    for rec, info in CaptureReader(io.BytesIO(data)):
+        key = flow_key(rec[3])
+        comments = info.comments if info else []
+        if key not in first_seen:
+            first_seen.add(key)
+            assert key is not None
+            assert comments == [metadata.flow_note(f"{flow_hash(key, seed):08x}", "percentage", 0.25, seed_id(seed))]
+        else:
+            assert comments == []
+    assert seen.flows_seen == len(first_seen)
+
+
+def pcapng_iface():  # type: ignore[no-untyped-def]
+    from kstap.model import Interface
+
+    return Interface("fake")
+
+
+@needs_sampled
+def test_seen_table_grows_and_expires() -> None:
+    from kstap.sampling.seen import SeenFlows
+
+    seen = SeenFlows("percentage", 0.5, 1, "abc", capacity=4, idle_timeout_ns=10)
+    frames: list[Frame] = [(_udp_frame(bytes([10, 0, i >> 8, i & 255]), b"\x0a\0\0\xff", 1, 2), 60, 1, 0, 0)
+                           for i in range(300)]
+    ring = fake_ring([frames])
+    ring.read_encoded_sampled(1 << 30, seen)
+    assert seen.flows_seen == 300 and seen.count == 300 and seen.capacity >= 600
+    seen.expire(now_ns=10**20)
+    assert seen.count == 0
