@@ -229,6 +229,8 @@ class _Run:
         self.base = base
         self.seed = seed
         self.summary = CaptureSummary()
+        if settings.workers > 1 and not settings.read:
+            self.summary.per_worker = dict.fromkeys(range(settings.workers), 0)  # idle workers show as 0
         self.sink: PcapngFiles | None = None
         self.text: TextLines | None = None
         self.ceiling = sampler.ceiling() if sampler else FULL
