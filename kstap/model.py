@@ -122,6 +122,8 @@ class ResourceStats:
     """PSI memory 'some' avg10, percent."""
     psi_memory_full: float | None = None
     """PSI memory 'full' avg10, percent."""
+    kernel_drops: int = 0
+    """Packets the kernel dropped so far (ring full), filled in by the pipeline for the controller."""
     source: str = ""
     """Where the figures came from: 'memory: cgroup v2 …; cpu: cgroup v1 …; psi: …', psutil noted."""
     memory_usage: int = 0

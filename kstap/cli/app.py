@@ -44,4 +44,6 @@ def build_app() -> Any:
     app.command("tune")(tune_cmd.tune)
     from kstap.cli import config_cmd
     app.add_typer(config_cmd.app, name="config")
+    from kstap.cli import worker_cmd
+    app.command("worker")(worker_cmd.worker)
     return typer.main.get_command(app)

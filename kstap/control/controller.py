@@ -60,6 +60,9 @@ class ControllerSettings:
     deadband: float = 0.02
     """|pressure - setpoint| below this holds the rate (pressure units). About 3x the smoothed noise of a
     1% sigma signal, and inside the ±5% settling band (±0.035 at 0.70), so noise does not move the rate."""
+    emergency_cpu: float = 0.90
+    """CPU use / quota at or above which new kernel drops make an emergency (the ring overflows
+    because user space is throttled: only shedding live flows helps)."""
     emergency_memory: float = 0.90
     """Raw memory ratio at which the rate is halved at once (no smoothing, no slew limit)."""
     psi_full_spike: float = 0.10
@@ -112,6 +115,7 @@ class RateController:
         self._last_psi_total: int | None = None
         self._last_emergency = -math.inf
         self._last_memory: float | None = None
+        self._last_drops: int | None = None
 
     @property
     def rate(self) -> float:
@@ -230,4 +234,13 @@ class RateController:
         elif total is None and stats.psi_memory_full is not None and stats.psi_memory_full >= s.psi_full_avg10:
             causes.append(f"PSI memory full avg10 {stats.psi_memory_full:.0f}%")
         self._last_psi_total = total
+        # CPU: the ring overflowing while the process is at its quota means user space cannot keep
+        # up with what the kernel already admitted. Lowering the rate only stops new flows, so live
+        # flows must be shed, as for memory.
+        cpu = cpu_ratio(stats)
+        drops = stats.kernel_drops
+        if (self._last_drops is not None and drops > self._last_drops and cpu is not None
+                and cpu >= s.emergency_cpu):
+            causes.append(f"cpu {cpu:.0%} of quota with {drops - self._last_drops} kernel drops")
+        self._last_drops = drops
         return causes, oom_increase

@@ -19,8 +19,9 @@ class Governor:
     reader: PressureReader
     controller: RateController
 
-    def update(self) -> tuple[ResourceStats, ControllerState]:
+    def update(self, kernel_drops: int = 0) -> tuple[ResourceStats, ControllerState]:
         stats = self.reader.read()
+        stats.kernel_drops = kernel_drops
         return stats, self.controller.update(stats)
 
 

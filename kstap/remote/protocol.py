@@ -175,6 +175,11 @@ def sanitize(value: Any) -> Any:
     return str(value)
 
 
+def sanitize_object(value: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`sanitize` for a mapping, typed as one."""
+    return {str(k): sanitize(v) for k, v in value.items()}
+
+
 def encode_hello(seq: int, hello: Hello) -> bytes:
     obj = {"version": VERSION, "node": hello.node, "run": hello.run, "comment": hello.comment,
            "mode": hello.mode, "rate": hello.rate, "seed_id": hello.seed_id, "started_ns": hello.started_ns,

@@ -1,0 +1,338 @@
+"""The worker's HTTP API (stdlib ``http.server``, one thread per connection).
+
+==========================  ============================================================================
+``GET  /healthz``           no token. 200 ``{"state": "capturing"}``; 503 while starting, after the end or
+                            on failure (the pod's readiness probe).
+``GET  /v1/stream``         the capture as a chunked :mod:`kstap.remote.protocol` stream. Query:
+                            ``after=SEQ`` (resume after that frame) and ``run=ID`` (the run it refers
+                            to; another run starts from the beginning of the backlog).
+``GET  /v1/stats``          JSON: node, run, state, interfaces and their counters, the latest stats
+                            snapshot, the backlog, the live control state.
+``POST /v1/control``        JSON ``{"rate": 0.25}`` and/or ``{"filter": "tcp port 80"}``, at most
+                            :data:`MAX_CONTROL_BODY` bytes. 200 once the capture loop applied it, 202 if
+                            it was queued but not yet applied, 400 malformed, 409 not applicable
+                            (e.g. a rate in full or auto mode).
+==========================  ============================================================================
+
+Every route but ``/healthz`` needs ``Authorization: Bearer <token>`` (or the same value in
+``X-Kstap-Authorization``, which survives the API server's pod proxy). Tokens are compared as
+SHA-256 digests with :func:`hmac.compare_digest`: constant time, whatever their length. Nothing
+here logs request headers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import math
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import asdict
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from kstap.remote import protocol
+from kstap.remote.hub import ControlInbox, ControlRejected, ControlRequest, StreamHub
+
+MAX_CONTROL_BODY = 4096
+MAX_FILTER_CHARS = 4096
+MAX_STREAMS = 8
+"""Concurrent stream readers (the CLI needs one; more is a reconnect storm or a misuse)."""
+HEARTBEAT = 0.2
+"""Seconds between heartbeats to an idle, caught-up reader."""
+HELLO_WAIT = 10.0
+"""How long a stream request waits for the capture to start before answering 503."""
+
+
+def token_digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+class WorkerAPI:
+    """The HTTP server of one worker: bound at construction, serving once :meth:`start` ran."""
+
+    def __init__(self, address: tuple[str, int], token: str, hub: StreamHub, control: ControlInbox, *,
+                 log: Callable[[str], None] | None = None, max_streams: int = MAX_STREAMS,
+                 heartbeat: float = HEARTBEAT) -> None:
+        if not token:
+            raise ValueError("the worker API needs a token")
+        self.hub = hub
+        self.control = control
+        self.heartbeat = heartbeat
+        self.closing = threading.Event()
+        self._digest = token_digest(token)
+        self._log = log
+        self._streams = threading.BoundedSemaphore(max_streams)
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        server_cls = type("_Server", (_Server,), {"address_family": family})
+        self.httpd: _Server = server_cls(address, _Handler)
+        self.httpd.api = self
+        self._thread: threading.Thread | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.httpd.server_address[:2]
+        return str(host), int(port)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2},
+                                        name="kstap-worker-api", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.closing.set()
+        self.hub.wake()
+        if self._thread is not None:
+            self.httpd.shutdown()
+            self._thread.join(timeout=5)
+        self.httpd.server_close()
+
+    def authorized(self, headers: Any) -> bool:
+        """Constant-time check of the bearer token in ``Authorization`` or ``X-Kstap-Authorization``."""
+        ok = False
+        for name in ("Authorization", protocol.TOKEN_HEADER):
+            value = headers.get(name)
+            if not isinstance(value, str) or not value.startswith("Bearer "):
+                continue
+            presented = token_digest(value[len("Bearer ") :].strip())
+            ok |= hmac.compare_digest(presented, self._digest)
+        return ok
+
+    def log(self, message: str) -> None:
+        if self._log is not None:
+            self._log(message)
+
+    def stats_document(self) -> dict[str, Any]:
+        hub = self.hub
+        hello = hub.hello
+        return protocol.sanitize_object({
+            "node": hub.node, "run": hub.run, "state": hub.state, "error": hub.error,
+            "interfaces": [{"name": i.name, "linktype": i.linktype, "snaplen": i.snaplen, "filter": i.filter}
+                           for i in (hello.interfaces if hello else ())],
+            "counters": [asdict(c) for c in hub.ifstats],
+            "stats": hub.latest_stats, "stream": asdict(hub.stats()), "control": dict(self.control.current),
+            "mode": hello.mode if hello else None,
+        })
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    api: WorkerAPI
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "kstap-worker"
+    sys_version = ""
+    timeout = 30
+    """Seconds a connection may stall while sending a request or receiving the stream."""
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return None  # the default logs every request line to stderr; we log only what matters
+
+    # -- plumbing -----------------------------------------------------------------------------------------
+    def _json(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(body, separators=(",", ":")).encode() + b"\n"
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Cache-Control", "no-store")
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    def _error(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        self._json(status, {"error": message}, headers)
+
+    def _check_auth(self) -> bool:
+        if self.server.api.authorized(self.headers):
+            return True
+        self.close_connection = True
+        self._error(401, "unauthorized", {"WWW-Authenticate": 'Bearer realm="kstap-worker"'})
+        return False
+
+    # -- routes ---------------------------------------------------------------------------------------------
+    def do_GET(self) -> None:
+        url = urlsplit(self.path)
+        if url.path == "/healthz":
+            hub = self.server.api.hub
+            self._json(200 if hub.state == "capturing" else 503, {"state": hub.state, "node": hub.node})
+            return
+        if url.path not in ("/v1/stream", "/v1/stats"):
+            self._error(404, "no such endpoint")
+            return
+        if not self._check_auth():
+            return
+        if url.path == "/v1/stats":
+            self._json(200, self.server.api.stats_document())
+            return
+        self._stream(url.query)
+
+    def do_POST(self) -> None:
+        url = urlsplit(self.path)
+        if url.path != "/v1/control":
+            self._discard_body()
+            self._error(404 if url.path not in ("/healthz", "/v1/stream", "/v1/stats") else 405, "no such endpoint")
+            return
+        if not self._check_auth():
+            return
+        body = self._read_body()
+        if body is None:
+            return
+        try:
+            request = parse_control(body)
+        except ValueError as exc:
+            self._error(400, str(exc))
+            return
+        api = self.server.api
+        try:
+            applied, error = api.control.submit(request)
+        except ControlRejected as exc:
+            self._error(exc.status, exc.message)
+            return
+        if error is not None:
+            self._error(400, error)
+            return
+        api.log(f"control: {_describe(request)} ({'applied' if applied else 'queued'})")
+        self._json(200 if applied else 202, {"applied": applied, **{k: v for k, v in
+                                                                   (("rate", request.rate), ("filter", request.filter))
+                                                                   if v is not None}})
+
+    def _method_not_allowed(self) -> None:
+        self._discard_body()
+        self._error(405, "method not allowed")
+
+    do_PUT = do_DELETE = do_PATCH = _method_not_allowed
+
+    def _discard_body(self) -> None:
+        self.close_connection = True
+
+    def _read_body(self) -> bytes | None:
+        if self.headers.get("Transfer-Encoding"):
+            self.close_connection = True
+            self._error(400, "send the control body with a Content-Length, not chunked")
+            return None
+        raw = self.headers.get("Content-Length")
+        try:
+            length = int(raw) if raw is not None else -1
+        except ValueError:
+            length = -1
+        if length < 0:
+            self.close_connection = True
+            self._error(400, "a Content-Length is required")
+            return None
+        if length > MAX_CONTROL_BODY:
+            self.close_connection = True
+            self._error(400, f"control body above {MAX_CONTROL_BODY} bytes")
+            return None
+        try:
+            return self.rfile.read(length)
+        except OSError:
+            self.close_connection = True
+            return None
+
+    def _stream(self, query: str) -> None:
+        api = self.server.api
+        hub = api.hub
+        try:
+            params = parse_qs(query, keep_blank_values=True, max_num_fields=8, strict_parsing=bool(query))
+        except ValueError:
+            self._error(400, "malformed query")
+            return
+        after_raw = params.get("after", ["0"])
+        run = params.get("run", [""])[-1]
+        try:
+            after = int(after_raw[-1])
+        except ValueError:
+            after = -1
+        if not 0 <= after <= protocol.MAX_TS:
+            self._error(400, "after must be a frame number (0 or more)")
+            return
+        if run != hub.run:
+            after = 0  # another run (or none given): from the start of what is kept
+        if after > hub.seq:
+            self._error(400, "after is ahead of this worker's stream")
+            return
+        if not api._streams.acquire(blocking=False):
+            self._error(503, "too many stream readers", {"Retry-After": "1"})
+            return
+        try:
+            hello = hub.wait_hello(HELLO_WAIT)
+            if hello is None:
+                self._error(503, hub.error or "the capture has not started", {"Retry-After": "1"})
+                return
+            self._serve_stream(after, hello)
+        finally:
+            api._streams.release()
+
+    def _serve_stream(self, after: int, hello: protocol.Hello) -> None:
+        api = self.server.api
+        hub = api.hub
+        self.send_response(200)
+        self.send_header("Content-Type", protocol.CONTENT_TYPE)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Accel-Buffering", "no")
+        self.end_headers()
+        self.close_connection = True
+        hub.attach()
+        api.log(f"stream reader attached (from frame {after})")
+        try:
+            self._chunk(protocol.preamble() + protocol.encode_hello(after, hello))
+            done = False
+            while not done and not api.closing.is_set():
+                parts, after, done = hub.read(after, timeout=api.heartbeat)
+                if parts:
+                    self._chunk(b"".join(parts))
+            if done:
+                self.wfile.write(b"0\r\n\r\n")
+                self.wfile.flush()
+        except (OSError, ValueError):
+            pass  # the reader went away (or timed out): it reconnects with ?after=
+        finally:
+            hub.detach()
+            api.log("stream reader detached")
+
+    def _chunk(self, data: bytes) -> None:
+        self.wfile.write(b"%x\r\n" % len(data) + data + b"\r\n")
+        self.wfile.flush()
+
+
+def parse_control(body: bytes) -> ControlRequest:
+    """A control body → request; ValueError (→ 400) naming what is wrong."""
+    try:
+        obj = protocol.parse_json_object(body, "control body", MAX_CONTROL_BODY)
+    except protocol.ProtocolError as exc:
+        raise ValueError(exc.message) from None
+    unknown = sorted(set(obj) - {"rate", "filter"})
+    if unknown:
+        raise ValueError(f"unknown control field(s): {', '.join(unknown)} (known: rate, filter)")
+    if not obj:
+        raise ValueError("nothing to change: give rate and/or filter")
+    rate = obj.get("rate")
+    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int | float)
+                             or not math.isfinite(rate) or not 0.0 < rate <= 1.0):
+        raise ValueError("rate must be a number in (0, 1]")
+    expression = obj.get("filter")
+    if expression is not None:
+        if not isinstance(expression, str):
+            raise ValueError("filter must be a string (a pcap-filter expression)")
+        if len(expression) > MAX_FILTER_CHARS or "\0" in expression:
+            raise ValueError(f"filter must be at most {MAX_FILTER_CHARS} characters, without NUL")
+    return ControlRequest(float(rate) if rate is not None else None, expression)
+
+
+def _describe(request: ControlRequest) -> str:
+    parts = []
+    if request.rate is not None:
+        parts.append(f"rate {request.rate:g}")
+    if request.filter is not None:
+        parts.append(f"filter {request.filter!r}")
+    return ", ".join(parts)
