@@ -71,6 +71,7 @@ class PressureReader:
         self._cpu_fraction = 0.0
         self._host_ram = cgroups.host_memory(root)
         self._cgroups = cgroups.locate(root, pid)
+        self._tree_cache: list[psutil.Process] | None = None
         self._cpu_counter()  # prime, so the first read() already has a delta
 
     # -- psutil --------------------------------------------------------------------------------------
@@ -86,13 +87,16 @@ class PressureReader:
 
     def _tree(self) -> list[psutil.Process]:
         """The process and its descendants (capture workers are children)."""
+        if self._tree_cache is not None:
+            return self._tree_cache
         process = self._psutil_process()
         if process is None:
             return []
         try:
-            return [process, *process.children(recursive=True)]
+            self._tree_cache = [process, *process.children(recursive=True)]
         except psutil.Error:
-            return [process]
+            self._tree_cache = [process]
+        return self._tree_cache
 
     def _process_rss(self) -> int | None:
         total, seen = 0, False
@@ -137,6 +141,7 @@ class PressureReader:
     def read(self) -> ResourceStats:
         """One reading. Cheap (a few small files): meant for a ~1 Hz tick."""
         self._cgroups = cgroups.locate(self.root, self.pid)  # again each time: the process may move
+        self._tree_cache = None  # psutil's children() scans all of /proc: once per reading
         stats = ResourceStats()
         sources: list[str] = []
 
