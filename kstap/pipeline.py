@@ -162,6 +162,10 @@ def run_tap(settings: TapSettings, reporter: Reporter, stop: StopFlag | None = N
             source.close()
 
 
+POLL_MS = 250
+"""The C fast paths wait this long for a block: signals only set a flag (poll is resumed, PEP 475),
+so this bounds how late Ctrl-C is noticed; longer means fewer idle wake-ups."""
+
 MEMORY_WARN = 0.70
 MEMORY_CRITICAL = 0.90
 """Memory water-level alert thresholds (fractions of the limit): the controller's setpoint and its
@@ -302,12 +306,13 @@ class _Run:
                     next_tick = now + 1.0
                 if fast:
                     assert isinstance(source, AfPacketSource)
-                    self._deliver_encoded(*source.read_encoded(100, limit - summary.captured))
+                    self._deliver_encoded(*source.read_encoded(POLL_MS, limit - summary.captured))
                     batch = []
                     continue
                 if self.seen is not None:
                     assert isinstance(source, AfPacketSource)
-                    self._deliver_encoded(*source.read_encoded_sampled(100, limit - summary.captured, self.seen))
+                    self._deliver_encoded(*source.read_encoded_sampled(POLL_MS, limit - summary.captured,
+                                                                       self.seen))
                     batch = []
                     continue
                 batch = source.read(100)
@@ -402,8 +407,11 @@ class _Run:
             self.rate_history.append((elapsed, sampler.rate))
         else:
             self.rate_history.append((elapsed, 1.0))
-        if self.governor is None and not isinstance(self.source, _ReplayAdapter):
-            self._watch_resources(elapsed)
+        smp = self.settings.sampling
+        budgeted = smp.memory_budget is not None or smp.cpu_budget is not None
+        if self.governor is None and not isinstance(self.source, _ReplayAdapter) and (
+                budgeted or self.resources is None or int(elapsed) % 5 == 0):
+            self._watch_resources(elapsed)  # without a controller or budget, every 5 s is enough
         if self.dissect is not None and not isinstance(self.source, _ReplayAdapter):
             self.dissect.tick(time.time_ns())
         _fill_counts(self.summary, self.source)
