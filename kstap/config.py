@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from kstap.errors import UsageError
@@ -118,8 +119,8 @@ class TapSettings:
             raise UsageError("-W needs -C or -G", hint="e.g. -C 100 -W 5 keeps five 100 MB files")
         if out.ring_files is not None and out.ring_files < 1:
             raise UsageError("-W must be at least 1")
-        if out.rotate_mb is not None and not out.rotate_mb > 0:
-            raise UsageError("-C must be positive (millions of bytes)")
+        if out.rotate_mb is not None and not 0 < out.rotate_mb < math.inf:
+            raise UsageError("-C must be a positive number (millions of bytes)")
         if out.rotate_seconds is not None and not out.rotate_seconds > 0:
             raise UsageError("-G must be positive (seconds)")
 
@@ -139,6 +140,8 @@ class TapSettings:
             raise UsageError("--memory-budget must be positive")
         if smp.cpu_budget is not None and not smp.cpu_budget > 0:
             raise UsageError("--cpu-budget must be positive (cores)")
+        if not 0 < smp.idle_timeout < math.inf:
+            raise UsageError("sampling.idle_timeout must be a positive number of seconds")
 
 
 def parse_rate(text: str) -> float:
@@ -161,11 +164,11 @@ def parse_size(text: str) -> int:
         if raw.endswith(suffix):
             try:
                 return int(float(raw[: -len(suffix)]) * units[suffix])
-            except ValueError:
+            except (ValueError, OverflowError):  # not a number, or inf
                 break
     try:
         return int(raw)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise UsageError(f"bad size {text!r}", hint="e.g. 512Mi, 2Gi or a number of bytes") from None
 
 

@@ -11,13 +11,14 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import FrameType
-from typing import Protocol, TextIO
+from typing import Any, Protocol, TextIO
 
-from kstap.capture import backends
+from kstap.capture import backends, netns
 from kstap.capture.afpacket import AfPacketSource, encode_block_sampled
+from kstap.capture.pcap_live import compile_for_live, needs_live_compile
 from kstap.capture.replay import ReplaySource
 from kstap.config import TapSettings
 from kstap.dissect.api import Entry
@@ -62,6 +63,38 @@ class Reporter(Protocol):
 
     def warning(self, message: str) -> None:
         """A problem that does not stop the capture."""
+
+
+class RecordSink(Protocol):
+    """Where kept packets go: :class:`PcapngFiles`, or a worker's :class:`kstap.remote.hub.StreamSink`."""
+
+    files: list[str]
+    packets_written: int
+    bytes_written: int
+
+    def write(self, records: Sequence[PacketRecord], comments: Mapping[int, str] | None = None) -> None: ...
+    def write_encoded(self, chunks: list[bytes], packets: int, if_id: int = 0) -> None: ...
+    def ensure_interfaces(self, interfaces: Sequence[Interface]) -> None: ...
+    def tick(self) -> None: ...
+    def close(self) -> bool: ...
+
+
+SinkFactory = Callable[[list[Interface], str, Callable[[], list[pcapng.InterfaceCounters]]], RecordSink]
+"""(interfaces, SHB comment, interface counters) → the sink, instead of the -w file (a worker's stream)."""
+
+
+class ControlRequest(Protocol):
+    @property
+    def rate(self) -> float | None: ...
+    @property
+    def filter(self) -> str | None: ...
+
+
+class LiveControl(Protocol):
+    """Rate/filter requests from outside the loop (a worker's API), applied once a tick."""
+
+    def take(self) -> ControlRequest | None: ...
+    def done(self, request: Any, error: str | None = None) -> None: ...
 
 
 class _Source(Protocol):
@@ -131,7 +164,8 @@ class _ReplayAdapter:
 
 def run_tap(settings: TapSettings, reporter: Reporter, stop: StopFlag | None = None,
             clock: Callable[[], float] = time.monotonic, lines: TextIO | None = None,
-            governor: Governor | None = None) -> CaptureSummary:
+            governor: Governor | None = None, sink_factory: SinkFactory | None = None,
+            control: LiveControl | None = None, source: _Source | None = None) -> CaptureSummary:
     """Run one capture to its end; returns the summary. Raises KstapError subclasses.
 
     Without an output file, packets are described one per line on ``lines`` (tcpdump's default),
@@ -147,16 +181,20 @@ def run_tap(settings: TapSettings, reporter: Reporter, stop: StopFlag | None = N
     smp = settings.sampling
     seed = smp.seed if smp.seed is not None else secrets.randbits(32)
     sampler = None
-    if smp.mode != "full":
+    if smp.mode != "full" and source is None:  # a given source (remote workers) sampled already
         sampler = FlowSampler(smp.mode, smp.rate, seed, idle_timeout_ns=int(smp.idle_timeout * 1e9))
         if smp.mode == "auto" and governor is None:
             governor = _default_governor(settings)
     with _Signals(stop):
-        source, retire_ms, backend, base = _open_source(settings, expression, sampler)
+        if source is None:
+            source, retire_ms, backend, base = _open_source(settings, expression, sampler)
+        else:
+            retire_ms, backend, base = 0, "remote", None
         try:
             if stop:
                 raise Interrupted("interrupted before capture started")
             run = _Run(settings, source, backend, reporter, stop, clock, sampler, governor, base, seed)
+            run.sink_factory, run.control = sink_factory, control
             return run.capture(retire_ms, lines)
         finally:
             source.close()
@@ -235,7 +273,9 @@ class _Run:
         self.summary = CaptureSummary()
         if settings.workers > 1 and not settings.read:
             self.summary.per_worker = dict.fromkeys(range(settings.workers), 0)  # idle workers show as 0
-        self.sink: PcapngFiles | None = None
+        self.sink: RecordSink | None = None
+        self.sink_factory: SinkFactory | None = None
+        self.control: LiveControl | None = None
         self.text: TextLines | None = None
         self.ceiling = sampler.ceiling() if sampler else FULL
         self.rate_history: list[tuple[float, float]] = []
@@ -261,7 +301,7 @@ class _Run:
         interfaces = source.interfaces
         if self.sampler is not None:
             self.sampler.linktypes = [i.linktype for i in interfaces]
-        if settings.output.path:
+        if settings.output.path or self.sink_factory is not None:
             try:
                 self.sink = self._open_sink(interfaces)
             except OutputClosed:  # the reader of -w - left before the first byte: stop quietly
@@ -347,11 +387,13 @@ class _Run:
         self.dissect = DissectStage(seed=self.seed, memory_cap=cap, flow_cap=default_flow_cap(cap),
                                     idle_timeout=DEFAULT_IDLE_TIMEOUT, emit=emit)
 
-    def _open_sink(self, interfaces: list[Interface]) -> PcapngFiles:
+    def _open_sink(self, interfaces: list[Interface]) -> RecordSink:
         out, settings = self.settings.output, self.settings
         smp = settings.sampling
         run = metadata.run_note(smp.mode, self.sampler.rate if self.sampler else 1.0, seed_id(self.seed),
                                 settings.bpf_filter)
+        if self.sink_factory is not None:
+            return self.sink_factory(interfaces, f"{run}; backend={self.backend}", lambda: _counters(self.source))
         return PcapngFiles(
             out.path or "-", interfaces, counters=lambda: _counters(self.source),
             rotate_bytes=int(out.rotate_mb * 1_000_000) if out.rotate_mb else None,
@@ -369,6 +411,10 @@ class _Run:
         batch = batch[: limit - self.summary.captured]
         if not batch:
             return
+        if notes is None and self.sampler is None:
+            comments_for = getattr(self.source, "comments_for", None)  # remote workers' packet comments
+            if comments_for is not None:
+                notes = comments_for(batch)
         if self.sink is not None:
             self.sink.ensure_interfaces(self.source.interfaces)  # a replayed file may describe more
             self.sink.write(batch, notes)
@@ -393,6 +439,8 @@ class _Run:
 
     # -- once a second -------------------------------------------------------------------------------
     def _tick(self, now: float) -> None:
+        if self.control is not None:
+            self._apply_control()
         elapsed = now - self.start
         sampler = self.sampler
         if self.seen is not None:
@@ -417,6 +465,50 @@ class _Run:
         _fill_counts(self.summary, self.source)
         self._check_alerts()
         self.reporter.progress(self.snapshot(elapsed))
+
+    def _apply_control(self) -> None:
+        """A rate or filter asked for from outside (a worker's POST /v1/control), once a tick."""
+        assert self.control is not None
+        request = self.control.take()
+        if request is None:
+            return
+        error = None
+        try:
+            if request.filter is not None:
+                self._swap_filter(request.filter)
+            if request.rate is not None:
+                self._set_rate(request.rate)
+        except KstapError as exc:
+            error = exc.message
+            self.reporter.warning(f"control request not applied: {exc.message}")
+        self.control.done(request, error)
+
+    def _swap_filter(self, expression: str) -> None:
+        setter = getattr(self.source, "set_filter", None)
+        if self.base is None or setter is None:
+            raise KstapError("this capture backend cannot change its filter while running")
+        settings = self.settings
+        base = compile_filter(final_expression(expression), snaplen=settings.snaplen)
+        if needs_live_compile(base.expression):
+            with netns.entered(settings.netns):
+                base = compile_for_live(settings.interfaces[0], base.expression, settings.snaplen)
+        sampler = self.sampler
+        setter(_sampled(base, sampler) if sampler is not None else base)
+        self.base = base
+        self.ceiling = sampler.ceiling() if sampler is not None else FULL
+        settings.bpf_filter = expression
+
+    def _set_rate(self, rate: float) -> None:
+        sampler = self.sampler
+        if sampler is None or sampler.mode != "percentage":
+            raise KstapError("the rate can be changed live only in percentage mode")
+        old = sampler.rate
+        if not sampler.set_rate(rate, "control"):
+            return
+        if self.seen is not None:  # the C path writes first-packet comments itself: the new rate from now on
+            self.seen.set_rate(sampler.rate)
+        self.reporter.event("rate_change", {"old": old, "new": sampler.rate, "reason": "control", "pressure": None})
+        self._update_ceiling(sampler)
 
     def seen_rate(self) -> float:
         return self.sampler.rate if self.sampler is not None else 1.0
@@ -507,8 +599,9 @@ class _Run:
             flows_tracked=sampler.stats.flows_tracked if sampler else 0,
             dissect_memory=self.dissect.memory if self.dissect else 0,
             top_endpoints=self.endpoints.most_common(5),
-            workers=[WorkerStats(worker=w, captured=n, rate=sampler.rate if sampler else 1.0)
-                     for w, n in sorted(s.per_worker.items())],
+            workers=(self.source.worker_stats() if hasattr(self.source, "worker_stats") else
+                     [WorkerStats(worker=w, captured=n, rate=sampler.rate if sampler else 1.0)
+                      for w, n in sorted(s.per_worker.items())]),
             controller=self.controller,
             resources=self.resources,
             alerts=list(self.alerts[-20:]),

@@ -13,19 +13,16 @@ stays up for up to ``linger`` seconds so a reader can collect it.
 from __future__ import annotations
 
 import copy
-import inspect
 import os
-import secrets
 import socket
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO, cast
 
 from kstap import pipeline
 from kstap.config import OutputSettings, TapSettings
-from kstap.errors import Interrupted, KstapError, UsageError
+from kstap.errors import KstapError, UsageError
 from kstap.filters.bpf import compile_filter, final_expression
 from kstap.model import CaptureSummary, Interface, StatsSnapshot
 from kstap.remote import protocol
@@ -42,8 +39,6 @@ from kstap.remote.hub import (
 )
 from kstap.remote.server import WorkerAPI
 from kstap.sampling import metadata
-from kstap.sampling.flowhash import FULL, seed_id
-from kstap.sampling.sampler import FlowSampler
 
 SinkFactory = Callable[[list[Interface], str, CountersProvider], StreamSink]
 """What the pipeline calls instead of opening a pcapng file: (interfaces, SHB comment, counters)."""
@@ -201,110 +196,5 @@ def summary_json(s: CaptureSummary) -> dict[str, Any]:
 # -- running the pipeline --------------------------------------------------------------------------------
 def run_pipeline(settings: TapSettings, reporter: pipeline.Reporter, stop: pipeline.StopFlag,
                  lines: TextIO | None, sink_factory: SinkFactory, control: ControlInbox) -> CaptureSummary:
-    """``pipeline.run_tap`` with a streaming sink and live control.
-
-    Uses ``run_tap(..., sink_factory=, control=)`` once the pipeline takes them (see
-    docs/kubernetes.md, "Workers and their API"); until then :func:`_interim_run_tap` drives the
-    same loop through a subclass of the pipeline's run.
-    """
-    run_tap: Callable[..., CaptureSummary] = pipeline.run_tap
-    params = inspect.signature(run_tap).parameters
-    if "sink_factory" in params and "control" in params:
-        return run_tap(settings, reporter, stop, lines=lines, sink_factory=sink_factory, control=control)
-    return _interim_run_tap(settings, reporter, stop, lines, sink_factory, control)
-
-
-class _StreamingRun(pipeline._Run):
-    """INTERIM (delete when run_tap takes sink_factory/control): the pipeline's loop, with the
-    sink from a factory and control requests applied once a tick."""
-
-    sink_factory: SinkFactory
-    control: ControlInbox
-
-    def _open_sink(self, interfaces: list[Interface]) -> Any:
-        smp = self.settings.sampling
-        run = metadata.run_note(smp.mode, self.sampler.rate if self.sampler else 1.0, seed_id(self.seed),
-                                self.settings.bpf_filter)
-        source = self.source
-        return self.sink_factory(interfaces, f"{run}; backend={self.backend}", lambda: pipeline._counters(source))
-
-    def _tick(self, now: float) -> None:
-        self._apply_control()
-        super()._tick(now)
-
-    def _apply_control(self) -> None:
-        request = self.control.take()
-        if request is None:
-            return
-        error = None
-        try:
-            if request.filter is not None:
-                self._swap_filter(request.filter)
-            if request.rate is not None:
-                self._set_rate(request.rate)
-        except KstapError as exc:
-            error = exc.message
-            self.reporter.warning(f"control request not applied: {exc.message}")
-        self.control.done(request, error)
-
-    def _swap_filter(self, expression: str) -> None:
-        setter = getattr(self.source, "set_filter", None)
-        if self.base is None or setter is None:
-            raise KstapError("this capture backend cannot change its filter while running")
-        settings = self.settings
-        base = compile_filter(final_expression(expression), snaplen=settings.snaplen)
-        from kstap.capture import netns
-        from kstap.capture.pcap_live import compile_for_live, needs_live_compile
-
-        if needs_live_compile(base.expression):
-            with netns.entered(settings.netns):
-                base = compile_for_live(settings.interfaces[0], base.expression, settings.snaplen)
-        sampler = self.sampler
-        setter(pipeline._sampled(base, sampler) if sampler is not None else base)
-        self.base = base
-        self.ceiling = sampler.ceiling() if sampler is not None else FULL
-        settings.bpf_filter = expression
-
-    def _set_rate(self, rate: float) -> None:
-        sampler = self.sampler
-        if sampler is None or sampler.mode != "percentage":
-            raise KstapError("the rate can be changed live only in percentage mode")
-        old = sampler.rate
-        # FlowSampler.set_rate moves the rate only in auto mode; the mode is lent for the call.
-        sampler.mode = "auto"
-        try:
-            changed = sampler.set_rate(rate, "control")
-        finally:
-            sampler.mode = "percentage"
-        if changed:
-            self.reporter.event("rate_change", {"old": old, "new": sampler.rate, "reason": "control",
-                                                "pressure": None})
-            self._update_ceiling(sampler)
-
-
-def _interim_run_tap(settings: TapSettings, reporter: pipeline.Reporter, stop: pipeline.StopFlag,
-                     lines: TextIO | None, sink_factory: SinkFactory, control: ControlInbox) -> CaptureSummary:
-    """INTERIM: :func:`kstap.pipeline.run_tap`'s body with :class:`_StreamingRun` (same order of steps)."""
-    settings.validate()
-    expression = final_expression(settings.bpf_filter)
-    smp = settings.sampling
-    seed = smp.seed if smp.seed is not None else secrets.randbits(32)
-    sampler = None
-    governor = None
-    if smp.mode != "full":
-        sampler = FlowSampler(smp.mode, smp.rate, seed, idle_timeout_ns=int(smp.idle_timeout * 1e9))
-        if smp.mode == "auto":
-            governor = pipeline._default_governor(settings)
-    with pipeline._Signals(stop):
-        source, retire_ms, backend, base = pipeline._open_source(settings, expression, sampler)
-        try:
-            if stop:
-                raise Interrupted("interrupted before capture started")
-            run = _StreamingRun(settings, source, backend, reporter, stop, time.monotonic, sampler, governor,
-                                base, seed)
-            run.sink_factory = sink_factory
-            run.control = control
-            settings.output.path = "-"  # _Run.capture opens a sink only for an output path
-            return run.capture(retire_ms, lines)
-        finally:
-            source.close()
+    """``pipeline.run_tap`` with a streaming sink and live control."""
+    return pipeline.run_tap(settings, reporter, stop, lines=lines, sink_factory=sink_factory, control=control)

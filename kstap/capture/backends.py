@@ -49,8 +49,12 @@ class _AfPacketSingle(AfPacketSource):
 
 
 def open_live(backend: str, names: list[str], program: Program, *, workers: int, buffer_mib: int,
-              ns: str | None, retire_ms: int = 20) -> tuple[LiveSource, int]:
-    """Open ``names`` with ``backend``; returns the source and its block-retire time (ms)."""
+              ns: str | None, retire_ms: int = 20, restart_workers: bool = False) -> tuple[LiveSource, int]:
+    """Open ``names`` with ``backend``; returns the source and its block-retire time (ms).
+
+    ``restart_workers``: with ``workers > 1``, replace a lost capture worker (see
+    :mod:`kstap.capture.fanout`); the caller must then catch ``WorkerLost`` from ``read``.
+    """
     ring = RingConfig(buffer_bytes=buffer_mib << 20, block_bytes=min(1 << 20, max(1 << 16, (buffer_mib << 20) // 4)),
                       retire_ms=retire_ms)
     backend = resolve(backend)
@@ -68,7 +72,8 @@ def open_live(backend: str, names: list[str], program: Program, *, workers: int,
         with netns.entered(ns):
             program = compile_for_live(names[0], program.expression, program.snaplen)
     if workers > 1:
-        return FanoutSource(names, program, workers=workers, ring=ring, ns=ns), ring.retire_ms
+        return FanoutSource(names, program, workers=workers, ring=ring, ns=ns,
+                            restart=restart_workers), ring.retire_ms
     rings: list[AfPacketRing] = []
     try:
         with netns.entered(ns):

@@ -5,11 +5,23 @@ symmetric flow hash puts both directions of a flow in one worker. Workers stream
 the parent over a pipe with a *watermark*: a time before which that worker will send nothing more.
 The parent releases packets older than every live worker's watermark, which yields one
 time-ordered stream without waiting for the end of the capture.
+
+**A worker that dies** (SIGKILL, OOM kill, a crash) or stops answering for :data:`STALL_SECONDS`
+(SIGSTOP, a hang; it is then killed) is *lost*: what it had already sent is kept and merged, the
+packets still in its ring die with its socket, and the kernel spreads its share of the flows over
+the surviving members of the fanout group at once. :meth:`FanoutSource.read` raises
+:class:`WorkerLost` once per loss (the packets already received stay queued for the next call).
+With ``restart=True`` the parent first starts a new process in the lost one's place (up to
+:data:`MAX_RESTARTS` times per worker; it rejoins the same fanout group), so a caller that catches
+``WorkerLost`` and reads on keeps capturing with every worker; with ``restart=False`` (the default)
+the worker stays lost and the others go on. When every worker is lost for good, ``read`` raises
+:class:`~kstap.errors.WorkerFailure`.
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import ctypes
 import multiprocessing as mp
 import os
@@ -30,6 +42,30 @@ _REC = struct.Struct("<QIIHH")  # ts, caplen, origlen, if id, worker
 _STAT = struct.Struct("<QQQ")  # received, dropped, delivered (per interface)
 SLACK_MS = 30
 PR_SET_PDEATHSIG = 1
+MAX_RESTARTS = 3
+"""Restarts per worker: a worker killed more often than this is crash-looping (e.g. OOM-killed by a
+memory limit it cannot live in), and restarting it again only loses more packets in new rings."""
+STALL_SECONDS = 10.0
+"""A live worker sends a message at least every 100 ms; silence this long (while the parent is
+reading) means it is stopped or hung, and it is killed and handled as lost."""
+
+
+class WorkerLost(WorkerFailure):
+    """One capture worker was lost; if ``restarted``, a new process took its place and capture goes on."""
+
+    def __init__(self, worker: int, how: str, restarted: bool, *, limit: bool = False) -> None:
+        if restarted:
+            again = "; restarted it"
+        elif limit:
+            again = f"; not restarted again (lost {MAX_RESTARTS + 1} times)"
+        else:
+            again = ""
+        super().__init__(f"capture worker {worker} lost ({how}){again}",
+                         hint="the packets in its ring at that moment were lost; what the workers delivered "
+                              "before is in the file")
+        self.worker = worker
+        self.how = how
+        self.restarted = restarted
 
 
 def _pack(kind: bytes, watermark: int, records: list[PacketRecord], stats: list[SourceStats]) -> bytes:
@@ -110,34 +146,54 @@ class FanoutSource:
     """The parent's view: looks like one source, fed by N worker processes."""
 
     def __init__(self, names: list[str], program: Program, *, workers: int, ring: RingConfig,
-                 ns: str | None, start_timeout: float = 10.0) -> None:
-        ctx = mp.get_context("fork")
-        self._stop = ctx.Event()
+                 ns: str | None, start_timeout: float = 10.0, restart: bool = False) -> None:
+        self.restart = restart
+        """Replace a lost worker with a new process (see the module docstring)."""
+        self._ctx = mp.get_context("fork")
+        self._stop = self._ctx.Event()
         self._names = names
-        group = (os.getpid() * 7) & 0xFFFF
-        self._procs: list[mp.process.BaseProcess] = []
+        self._program = program
+        self._ring = ring
+        self._ns = ns
+        self._group = (os.getpid() * 7) & 0xFFFF
+        self._procs: dict[int, mp.process.BaseProcess] = {}
         self._conns: dict[Connection, int] = {}
         self._watermarks: dict[int, int] = {}
         self._stats: dict[int, list[SourceStats]] = {}
         self._pending: list[PacketRecord] = []
         self._done: set[int] = set()
+        self._last_seen: dict[int, float] = {}
+        self._lost: list[WorkerLost] = []
+        self._base: dict[int, list[SourceStats]] = {}
         self.per_worker_received: dict[int, int] = {}
-        self._controls: list[Connection] = []
+        self._controls: dict[int, Connection] = {}
+        self.restarts: dict[int, int] = {}
+        """Worker → times it was restarted after being lost."""
+        self.gone: dict[int, str] = {}
+        """Workers lost for good (not restarted, restart limit reached, or a restart failed) → why."""
+        self._stalled: set[int] = set()
+        self.workers = workers
         for w in range(workers):
-            parent, child = ctx.Pipe(duplex=False)
-            ctl_read, ctl_write = ctx.Pipe(duplex=False)
-            p = ctx.Process(target=_worker_main, name=f"kstap-worker-{w}",
-                            args=(w, names, program, ring, group, ns, child, self._stop, ctl_read), daemon=True)
-            p.start()
-            child.close()
-            ctl_read.close()
-            self._controls.append(ctl_write)
-            self._procs.append(p)
-            self._conns[parent] = w
-            self._watermarks[w] = 0
+            self._spawn(w)
         self.interfaces = [Interface(n, program.linktype, program.snaplen, program.expression)
                            for n in names]
         self._await_ready(start_timeout)
+
+    def _spawn(self, w: int) -> None:
+        parent, child = self._ctx.Pipe(duplex=False)
+        ctl_read, ctl_write = self._ctx.Pipe(duplex=False)
+        p = self._ctx.Process(target=_worker_main, name=f"kstap-worker-{w}",
+                              args=(w, self._names, self._program, self._ring, self._group, self._ns, child,
+                                    self._stop, ctl_read), daemon=True)
+        p.start()
+        child.close()
+        ctl_read.close()
+        self._controls[w] = ctl_write
+        self._procs[w] = p
+        self._conns[parent] = w
+        # a new worker's ring exists only after it starts: it cannot hold a packet older than now
+        self._watermarks[w] = 0 if w not in self.restarts else time.time_ns()
+        self._last_seen[w] = time.monotonic()
 
     def _await_ready(self, timeout: float) -> None:
         waiting = set(self._conns)
@@ -161,11 +217,21 @@ class FanoutSource:
                 waiting.discard(c)
 
     def read(self, timeout_ms: int) -> list[PacketRecord]:
+        """Packets every live worker is past, in time order. Raises :class:`WorkerLost` once per lost
+        worker (the packets it had sent stay queued for the next call)."""
+        if self._lost:
+            raise self._lost.pop(0)
         live = [c for c, w in self._conns.items() if w not in self._done]
         if live:
             for c in wait(live, timeout=timeout_ms / 1000):
                 assert isinstance(c, Connection)
                 self._receive(c)
+            self._watch_stalls()
+        if self._lost:
+            raise self._lost.pop(0)
+        if len(self.gone) == len(self._procs) and not self._stop.is_set():
+            raise WorkerFailure("every capture worker was lost",
+                                hint="see the kernel log (OOM kills?) and rerun with fewer --workers")
         return self._release()
 
     def _receive(self, c: Connection) -> None:
@@ -173,17 +239,65 @@ class FanoutSource:
         try:
             buf = c.recv_bytes()
         except (EOFError, OSError):
-            self._done.add(w)
-            self._watermarks[w] = 2**63
-            raise WorkerFailure(f"capture worker {w} died (exit code {self._procs[w].exitcode})",
-                                hint="the packets it had sent are kept; see the kernel log for OOM kills") from None
+            self._worker_exited(c, w)
+            return
+        self._last_seen[w] = time.monotonic()
+        if buf[:1] == b"X":  # a restarted worker could not open its rings
+            self._retire(c, w)
+            self.gone[w] = _rebuild(buf[1:]).message
+            self._lost.append(WorkerLost(w, f"restart failed: {self.gone[w]}", False))
+            return
         kind, wm, recs, stats = _unpack(buf, len(self._names))
-        self._stats[w] = stats
+        if kind == b"R":
+            return
+        self._stats[w] = _carry(stats, self._base.get(w))
         self._watermarks[w] = wm
         if kind == b"E":
             self._done.add(w)
         if recs:
             self._pending.extend(recs)
+
+    def _worker_exited(self, c: Connection, w: int) -> None:
+        """A worker's pipe closed before its end message: it died. Restart it if asked to."""
+        p = self._procs[w]
+        p.join(timeout=1)
+        how = f"no message for {STALL_SECONDS:g} s, killed" if w in self._stalled else _exit_reason(p.exitcode)
+        self._stalled.discard(w)
+        self._retire(c, w)
+        if self._stop.is_set():
+            self.gone[w] = how
+            return
+        if not self.restart or self.restarts.get(w, 0) >= MAX_RESTARTS:
+            self.gone[w] = how
+            self._lost.append(WorkerLost(w, how, False, limit=self.restart))
+            return
+        self.restarts[w] = self.restarts.get(w, 0) + 1
+        # counters of a new socket start from zero: keep the dead one's as a base
+        self._base[w] = list(self._stats.get(w, []))
+        self._done.discard(w)
+        self._spawn(w)
+        self._lost.append(WorkerLost(w, how, True))
+
+    def _retire(self, c: Connection, w: int) -> None:
+        self._done.add(w)
+        self._watermarks[w] = 2**63
+        del self._conns[c]
+        c.close()
+        ctl = self._controls.pop(w, None)
+        if ctl is not None:
+            ctl.close()
+
+    def _watch_stalls(self) -> None:
+        """Kill a worker that has said nothing for STALL_SECONDS (stopped, hung); its EOF follows."""
+        now = time.monotonic()
+        for w, p in self._procs.items():
+            if w in self._done or now - self._last_seen[w] < STALL_SECONDS or not p.is_alive():
+                continue
+            if p.pid is not None:
+                self._stalled.add(w)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, signal.SIGKILL)
+            self._last_seen[w] = now  # its EOF arrives on the next wait
 
     def _release(self) -> list[PacketRecord]:
         if not self._pending:
@@ -204,14 +318,14 @@ class FanoutSource:
                 out.extend(self.read(100))
             except WorkerFailure:
                 continue
-        for w in range(len(self._procs)):
+        for w in self._procs:
             self._watermarks[w] = 2**63
         out.extend(self._release())
         return out
 
     def set_filter(self, program: Program) -> None:
         """Swap every worker's kernel filter (applied within one poll interval, ~100 ms)."""
-        for w, c in enumerate(self._controls):
+        for w, c in list(self._controls.items()):
             if w not in self._done:
                 try:
                     c.send([list(i) for i in program.insns])
@@ -227,19 +341,42 @@ class FanoutSource:
 
     def close(self) -> None:
         self._stop.set()
-        for p in self._procs:
+        for p in self._procs.values():
             p.join(timeout=2)
             if p.is_alive():
                 p.kill()
                 p.join(timeout=1)
         for c in self._conns:
             c.close()
-        for c in self._controls:
+        for c in self._controls.values():
             c.close()
 
 
 def _ts(rec: PacketRecord) -> int:
     return rec[0]
+
+
+def _carry(new: list[SourceStats], base: list[SourceStats] | None) -> list[SourceStats]:
+    """A worker's counters, plus those its predecessors had reached (a restarted socket counts from 0)."""
+    if not base:
+        return new
+    out = []
+    for b, n in zip(base, new, strict=False):
+        t = SourceStats(b.received, b.dropped, b.delivered)
+        t.add(n)
+        out.append(t)
+    return out
+
+
+def _exit_reason(code: int | None) -> str:
+    if code is None:
+        return "exited"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
 
 
 def _rebuild(raw: bytes) -> KstapError:

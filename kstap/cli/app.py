@@ -46,4 +46,9 @@ def build_app() -> Any:
     app.add_typer(config_cmd.app, name="config")
     from kstap.cli import worker_cmd
     app.command("worker")(worker_cmd.worker)
+    from kstap.cli import repair_cmd
+    app.command("repair")(repair_cmd.repair)
+    from kstap.cli import kube_cmds
+    app.command("manifests")(kube_cmds.manifests)
+    app.command("clean")(kube_cmds.clean)
     return typer.main.get_command(app)

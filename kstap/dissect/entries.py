@@ -1,6 +1,7 @@
 """Entries as NDJSON: one JSON object per line, to a file or to stdout (``-``), flushed per batch.
 
-Files are created 0600 (entries carry URLs and names from other people's traffic).
+Files are created 0600 (entries carry URLs and names from other people's traffic; see
+:mod:`kstap.private_file`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import sys
 from typing import TextIO
 
 from kstap.dissect.api import Entry
+from kstap.private_file import open_private
 
 
 class EntryWriter:
@@ -22,7 +24,7 @@ class EntryWriter:
         self._lines: list[str] = []
         self._own = target != "-"
         if self._own:
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            fd = open_private(target)
             self.stream: TextIO = os.fdopen(fd, "w", encoding="utf-8")
         else:
             self.stream = stdout or sys.stdout

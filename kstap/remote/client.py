@@ -90,6 +90,16 @@ class _Worker:
     reported_error: str = ""
 
 
+@dataclass
+class _Cursor:
+    """Where a reader is in a worker's stream: resume after ``after`` of ``run``."""
+
+    after: int = 0
+    run: str = ""
+    ended_run: str = ""
+    """The run whose END frame was passed on (its frames are not passed on again)."""
+
+
 class _Inbox:
     """Items from reader threads to the merging thread, bounded in bytes (readers wait)."""
 
@@ -139,7 +149,9 @@ class RemoteSource:
             raise WorkerFailure("two workers have the same name", hint="give each node's worker its own name")
         self.interfaces: list[Interface] = []
         self.last_comments: dict[int, str] = {}
-        """Packet comments of the records the last :meth:`read`/:meth:`drain` returned, by index."""
+        """Packet comments of the records the last :meth:`read`/:meth:`drain` returned, by index
+        (see :meth:`comments_for` when the batch is cut or filtered before it is written)."""
+        self._notes_by_id: dict[int, str] = {}
         self.grace = grace
         self.max_hold = max_hold
         self.read_timeout = read_timeout
@@ -291,18 +303,24 @@ class RemoteSource:
 
     # -- reader threads --------------------------------------------------------------------------------
     def _reader(self, w: _Worker) -> None:
+        """One worker's stream, for as long as the source is open.
+
+        Reconnects with exponential backoff, resuming after the last frame seen. After the END
+        of a run it keeps asking (at the slowest pace) so that a restarted worker (a new run) is
+        picked up again; the ended run's frames are not passed on twice.
+        """
         delay, top = self.backoff
-        after, run = 0, ""
+        at = _Cursor()
         while not self._closing.is_set():
             endpoint = w.endpoint
             try:
                 transport = endpoint.resolved()
-                query = f"/v1/stream?after={after}" + (f"&run={run}" if run else "")
+                query = f"/v1/stream?after={at.after}" + (f"&run={at.run}" if at.run else "")
                 resp = transport.request("GET", query, headers=transport.auth_headers(endpoint.token),
                                          timeout=self.read_timeout)
             except (TransportError, OSError) as exc:
                 self._inbox.put(("down", w.index, getattr(exc, "message", str(exc))))
-                self._closing.wait(delay)
+                self._closing.wait(top if at.ended_run else delay)
                 delay = min(delay * 2, top)
                 continue
             except Exception as exc:  # a transport bug must not kill the reader silently
@@ -311,28 +329,14 @@ class RemoteSource:
                 continue
             w.response = resp
             reason = "the stream ended"
-            ended = False
             try:
                 if resp.status != 200:
                     reason = f"HTTP {resp.status}: {_error_text(resp)}"
                 else:
-                    decoder = protocol.StreamDecoder()
-                    while not self._closing.is_set():
-                        data = resp.read1(1 << 16)
-                        if not data:
-                            break
-                        for frame in decoder.feed(data):
-                            after = frame.seq
-                            if isinstance(frame.body, protocol.Hello):
-                                run = frame.body.run
-                                delay = self.backoff[0]
-                            self._inbox.put(("frame", w.index, frame), _frame_size(frame))
-                            ended = ended or isinstance(frame.body, protocol.End)
-                    if ended:
-                        return
+                    self._follow(w, resp, at)
+                    delay = self.backoff[0]
             except protocol.ProtocolError as exc:
                 reason = f"bad stream: {exc.message}"
-                after, run = 0, ""
             except OSError as exc:
                 reason = f"connection lost: {exc.strerror or exc}"
             finally:
@@ -341,9 +345,30 @@ class RemoteSource:
                     resp.close()
             if self._closing.is_set():
                 return
+            if at.ended_run and at.ended_run == at.run:
+                self._closing.wait(top)  # the run is over: look for a new one now and then
+                continue
             self._inbox.put(("down", w.index, reason))
             self._closing.wait(delay)
             delay = min(delay * 2, top)
+
+    def _follow(self, w: _Worker, resp: Response, at: _Cursor) -> None:
+        """Decode one open stream into the inbox, moving ``at`` past every frame passed on."""
+        decoder = protocol.StreamDecoder()
+        while not self._closing.is_set():
+            data = resp.read1(1 << 16)
+            if not data:
+                return
+            for frame in decoder.feed(data):
+                body = frame.body
+                if isinstance(body, protocol.Hello):
+                    if body.run == at.ended_run:
+                        return  # still the run that ended: nothing new
+                    at.run = body.run
+                at.after = frame.seq
+                self._inbox.put(("frame", w.index, frame), _frame_size(frame))
+                if isinstance(body, protocol.End):
+                    at.ended_run = at.run
 
     def _post_control(self, w: _Worker, body: dict[str, Any], timeout: float) -> str:
         endpoint = w.endpoint
@@ -367,11 +392,20 @@ class RemoteSource:
 
     # -- merging (caller's thread) ------------------------------------------------------------------------
     def _await_first(self, timeout: float) -> None:
+        """Wait for every worker's HELLO (bounded); interface ids then follow the endpoints' order."""
         deadline = self._monotonic() + timeout
-        while self._monotonic() < deadline:
-            self._handle(self._inbox.take_all(0.05))
-            if all(w.run is not None for w in self.workers):
-                break
+        held: list[tuple[Any, ...]] = []
+        hellos: dict[int, protocol.Hello] = {}
+        while self._monotonic() < deadline and len(hellos) < len(self.workers):
+            items = self._inbox.take_all(0.05)
+            for item in items:
+                if item[0] == "frame" and isinstance(item[2].body, protocol.Hello):
+                    hellos.setdefault(item[1], item[2].body)
+            held += items
+        for index in sorted(hellos):
+            for iface in hellos[index].interfaces:
+                self._interface_id(self.workers[index], iface)
+        self._handle(held)
         if all(w.run is None for w in self.workers):
             reasons = "; ".join(f"{w.endpoint.name}: {w.error or 'no answer'}" for w in self.workers)
             self.close()
@@ -448,16 +482,21 @@ class RemoteSource:
         w.moved_at = self._monotonic()
         w.iface_map = w.iface_map[: len(hello.interfaces)]
         for local, iface in enumerate(hello.interfaces):
-            if local < len(w.iface_map):
-                continue
-            key = (w.index, iface.name)
-            known = self._iface_ids.get(key)
-            gid = len(self.interfaces) if known is None else known
-            if known is None:
-                self._iface_ids[key] = gid
-                self.interfaces.append(Interface(f"{name}/{iface.name}", iface.linktype, iface.snaplen,
-                                                 iface.filter, description=f"{iface.name} on node {name}"))
-            w.iface_map.append(gid)
+            if local >= len(w.iface_map):
+                w.iface_map.append(self._interface_id(w, iface))
+
+    def _interface_id(self, w: _Worker, iface: Interface) -> int:
+        """The merged id of a worker's interface (by name: stable across restarts); new ones are appended."""
+        key = (w.index, iface.name)
+        known = self._iface_ids.get(key)
+        if known is not None:
+            return known
+        gid = len(self.interfaces)
+        self._iface_ids[key] = gid
+        name = w.endpoint.name
+        self.interfaces.append(Interface(f"{name}/{iface.name}", iface.linktype, iface.snaplen, iface.filter,
+                                         description=f"{iface.name} on node {name}"))
+        return gid
 
     def _on_batch(self, w: _Worker, batch: protocol.Batch) -> None:
         if batch.watermark > w.watermark:
@@ -544,7 +583,19 @@ class RemoteSource:
         if out:
             self._released_upto = max(self._released_upto, out[-1][0])
         self.last_comments = notes
+        self._notes_by_id = {id(out[i]): note for i, note in notes.items()}
         return out
+
+    def comments_for(self, records: Sequence[PacketRecord]) -> dict[int, str]:
+        """Packet comments for ``records``, a slice or filtered copy of what the last read/drain returned.
+
+        Keyed by index in ``records`` (what :meth:`kstap.sinks.files.PcapngFiles.write` takes); the
+        records are matched by identity, so cutting or filtering the batch keeps the right notes.
+        """
+        by_id = self._notes_by_id
+        if not by_id:
+            return {}
+        return {i: by_id[id(rec)] for i, rec in enumerate(records) if id(rec) in by_id}
 
     def _alert(self, level: str, kind: str, message: str) -> None:
         if self.on_event is not None:

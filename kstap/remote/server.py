@@ -27,6 +27,7 @@ import hmac
 import json
 import math
 import socket
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import asdict
@@ -78,7 +79,7 @@ class WorkerAPI:
         return str(host), int(port)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2},
+        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="kstap-worker-api", daemon=True)
         self._thread.start()
 
@@ -122,6 +123,12 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     api: WorkerAPI
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that vanished is normal; anything else is one line, never a traceback."""
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, OSError):
+            self.api.log(f"request failed: {type(exc).__name__}")
 
 
 class _Handler(BaseHTTPRequestHandler):

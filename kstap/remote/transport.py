@@ -69,13 +69,13 @@ class _HttpClientResponse:
     def read1(self, n: int) -> bytes:
         try:
             return self._resp.read1(n)
-        except (http.client.HTTPException, ValueError) as exc:  # a broken chunk: the stream is over
+        except (http.client.HTTPException, ValueError, AttributeError) as exc:  # broken chunk, or closed
             raise OSError(f"stream broken: {type(exc).__name__}") from None
 
     def read(self) -> bytes:
         try:
             return self._resp.read()
-        except (http.client.HTTPException, ValueError) as exc:
+        except (http.client.HTTPException, ValueError, AttributeError) as exc:
             raise OSError(f"response broken: {type(exc).__name__}") from None
 
     def close(self) -> None:
@@ -221,7 +221,7 @@ class _Urllib3Response:
 
         try:
             data = self._raw.read1(n)
-        except (HTTPError, ValueError) as exc:
+        except (HTTPError, ValueError, AttributeError) as exc:  # AttributeError: closed from another thread
             raise OSError(f"stream broken: {type(exc).__name__}") from None
         return bytes(data)
 
@@ -230,7 +230,7 @@ class _Urllib3Response:
 
         try:
             return bytes(self._raw.read())
-        except (HTTPError, ValueError) as exc:
+        except (HTTPError, ValueError, AttributeError) as exc:
             raise OSError(f"response broken: {type(exc).__name__}") from None
 
     def close(self) -> None:

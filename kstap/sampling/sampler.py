@@ -114,7 +114,7 @@ class FlowSampler:
     # -- control -----------------------------------------------------------------------------------
     def set_rate(self, rate: float, reason: str) -> bool:
         """A new rate for new flows. Returns True when it changed."""
-        if self.mode != "auto" and reason != "shed":
+        if self.mode == "full" or (self.mode == "percentage" and reason not in ("shed", "control")):
             return False
         rate = max(0.0, min(1.0, rate))
         if rate == self.rate:

@@ -21,11 +21,16 @@ class SeenFlows:
     def __init__(self, mode: str, rate: float, seed: int, seed_id: str, *, capacity: int = 1 << 16,
                  idle_timeout_ns: int = 60_000_000_000) -> None:
         self.seed = seed
-        note = metadata.flow_note("X", mode, rate, seed_id)
-        self.suffix = note.split("id=X ", 1)[1].encode()
+        self.mode, self.seed_id = mode, seed_id
+        self.set_rate(rate)
         self.idle_timeout_ns = idle_timeout_ns
         self.table = self._new(capacity)
         self.flows_seen = 0
+
+    def set_rate(self, rate: float) -> None:
+        """New flows' comments name this rate (a live rate change in percentage mode)."""
+        note = metadata.flow_note("X", self.mode, rate, self.seed_id)
+        self.suffix = note.split("id=X ", 1)[1].encode()
 
     @staticmethod
     def _new(capacity: int) -> bytearray:

@@ -2,7 +2,8 @@
 
 Blocks are written whole with ``os.write``; when the disk fills up the file is cut back to its
 last complete block, so what is on disk always reads cleanly. Files are created 0600: captures
-hold other people's traffic.
+hold other people's traffic (an existing file is narrowed to 0600, another user's is refused; see
+:mod:`kstap.private_file`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from kstap.errors import KstapError, UsageError
 from kstap.model import Interface, PacketRecord
+from kstap.private_file import check_target, open_private
 from kstap.sinks import pcapng
 
 CountersProvider = Callable[[], list[pcapng.InterfaceCounters]]
@@ -48,6 +50,7 @@ def check_writable(path: str) -> None:
                          hint="create the directory first or pick another -w path")
     if not os.access(parent, os.W_OK | os.X_OK) or (exists and not os.access(target, os.W_OK)):
         raise UsageError(f"cannot write {path!r}: permission denied", hint=hint)
+    check_target(path)
     if not exists:  # os.access trusts root; only creating the file tells (e.g. under /proc)
         try:
             os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
@@ -109,7 +112,7 @@ class PcapngFiles:
             self._index += 1
             name = rotated_name(self.path, self._index) if self._rotating else self.path
             try:
-                self._fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+                self._fd = open_private(name)
             except OSError as exc:
                 raise KstapError(f"cannot create {name!r}: {exc.strerror}",
                                  hint="check the -w path and free space") from exc

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import struct
 import time
 from collections.abc import Sequence
 from typing import TextIO
@@ -26,7 +25,7 @@ def describe(rec: PacketRecord, linktype: int = LINKTYPE_ETHERNET) -> str:
     stamp = time.strftime("%H:%M:%S", time.localtime(ts // 1_000_000_000)) + f".{ts % 1_000_000_000:09d}"
     try:
         return f"{stamp} {_body(data, linktype, origlen)}"
-    except (dpkt.UnpackError, ValueError, IndexError, struct.error, OSError):
+    except Exception:  # dpkt raises anything on hostile input (AttributeError on some IPv6 headers, ...)
         return f"{stamp} [malformed frame, captured {caplen} of {origlen} bytes]"
 
 

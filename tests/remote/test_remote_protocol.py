@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import struct
 
@@ -85,7 +86,7 @@ def test_batch_cuts_keep_frames_small_and_cover_everything() -> None:
     recs = [(TS + i, 60000, 60000, b"\0" * 60000, 0, 0) for i in range(40)]
     cuts = protocol.batch_cuts(recs, target=1 << 20)
     assert cuts[0][0] == 0 and cuts[-1][1] == 40
-    assert all(a[1] == b[0] for a, b in zip(cuts, cuts[1:], strict=False))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(cuts))
     for start, end in cuts:
         assert len(protocol.encode_batch(1, TS, recs[start:end])) <= (1 << 20) + 64
     assert protocol.batch_cuts([]) == [(0, 0)]

@@ -1,0 +1,6 @@
+"""atheris target: the pcap/pcapng reader (kstap.capture.savefile). See fuzz/targets.py for the contract."""
+
+from harness import main
+
+if __name__ == "__main__":
+    main("savefile")
