@@ -22,11 +22,12 @@ What runs, per mode (``auto`` first, then ``full``), inside a fresh :class:`ksta
   connection is ~48 KiB the dissector must buffer, ~150 MiB in steady state when every flow is
   dissected.
 - **Sampling**, every second: the kstap process's RSS (``/proc/PID/status`` VmRSS), the cgroup's
-  ``memory.usage_in_bytes`` and working set (usage − ``total_inactive_file``), its ``oom_kill``
+  ``memory.usage_in_bytes`` and working set (usage - ``total_inactive_file``), its ``oom_kill``
   count, and kstap's own ``stats`` event (captured, received, kernel drops, sampling rate).
 
 Reported per mode: OOM kills (must be 0 in auto mode), exit status, the RSS slope (least squares,
-MiB/min, over the samples after a 60 s warm-up, and over the whole run), peak RSS and cgroup usage,
+MiB/min, over the samples after a 60 s warm-up, over the second half, and over the whole run), the
+working set's slope over the second half, peak RSS and cgroup usage,
 kernel drops per minute, the sampling rate over time. The full-mode run stops at its first OOM kill.
 Everything is stopped by PID and every cgroup and namespace removed, also on failure.
 """
@@ -143,6 +144,8 @@ class ModeResult:
     first_oom_at: float | None = None
     rss_slope_mib_per_min: float | None = None
     rss_slope_whole_mib_per_min: float | None = None
+    rss_slope_second_half_mib_per_min: float | None = None
+    usage_slope_second_half_mib_per_min: float | None = None
     peak_rss_mib: float = 0.0
     peak_usage_mib: float = 0.0
     max_usage_in_bytes_mib: float = 0.0
@@ -292,8 +295,8 @@ def run_mode(mode: str, seconds: float, args: argparse.Namespace, blaster: str, 
             cmd += ["--memory-budget", f"{args.limit_mib}Mi"]
         enter = " && ".join(f'echo $$ > "{g / "cgroup.procs"}"' for g in groups)
         env = dict(os.environ, PYTHONPATH=str(ROOT))
-        kst = subprocess.Popen(["sh", "-c", f'{enter} && exec "$@"', "sh", *pin(args.kstap_cpu), *cmd], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, cwd=work, env=env)
+        kst = subprocess.Popen(["sh", "-c", f'{enter} && exec "$@"', "sh", *pin(args.kstap_cpu), *cmd],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=work, env=env)
         lab.procs.append(kst)  # type: ignore[arg-type]
         latest: dict[str, object] = {}
         events: list[dict[str, object]] = []
@@ -343,9 +346,9 @@ def run_mode(mode: str, seconds: float, args: argparse.Namespace, blaster: str, 
                         sent += int(m.group(1)) if m else 0
                     left = min(600.0, end - time.monotonic())
                     if left >= 1:
-                        blast = lab.spawn(lab.client, [*pin(args.sender_cpu), blaster, lab.client_ip, lab.server_ip, str(args.pps),
-                                                       f"{left:.0f}", str(args.flows), "64", str(BLAST_PORT)],
-                                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+                        argv = [*pin(args.sender_cpu), blaster, lab.client_ip, lab.server_ip, str(args.pps),
+                                f"{left:.0f}", str(args.flows), "64", str(BLAST_PORT)]
+                        blast = lab.spawn(lab.client, argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
                 usage, ws, kills = memcg_figures(memcg)
                 s = Sample(round(time.monotonic() - t0, 2), rss_of(kst.pid), usage, ws, kills)
                 if latest:
@@ -402,6 +405,10 @@ def summarise(r: ModeResult) -> None:
     pts = [(s.t / 60, s.rss / mib) for s in r.samples if s.rss]
     r.rss_slope_whole_mib_per_min = _round(slope(pts))
     r.rss_slope_mib_per_min = _round(slope([(t, y) for t, y in pts if t * 60 >= WARMUP]))
+    half = max((s.t for s in r.samples), default=0) / 2 / 60
+    r.rss_slope_second_half_mib_per_min = _round(slope([(t, y) for t, y in pts if t >= half]))
+    r.usage_slope_second_half_mib_per_min = _round(slope([(s.t / 60, s.working_set / mib) for s in r.samples
+                                                          if s.t / 60 >= half]))
     r.peak_rss_mib = round(max((s.rss for s in r.samples), default=0) / mib, 1)
     r.peak_usage_mib = round(max((s.usage for s in r.samples), default=0) / mib, 1)
     minutes = int(max((s.t for s in r.samples), default=0) // 60) + 1
@@ -423,6 +430,21 @@ def _round(x: float | None) -> float | None:
     return None if x is None else round(x, 3)
 
 
+def resummarise(path: str) -> list[ModeResult]:
+    """Recompute the figures of a ``--json`` file (e.g. after changing :func:`summarise`)."""
+    raw = json.loads(Path(path).read_text())
+    out = []
+    for r in raw["results"]:
+        samples = [Sample(**s) for s in r.pop("samples")]
+        known = {k: v for k, v in r.items() if k in ModeResult.__dataclass_fields__}
+        m = ModeResult(**known)
+        m.samples = samples
+        m.drops_per_minute, m.received_per_minute, m.rate_per_minute, m.rss_per_minute_mib = [], [], [], []
+        summarise(m)
+        out.append(m)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=10.0, help="per mode (default 10)")
@@ -437,7 +459,12 @@ def main() -> int:
     ap.add_argument("--sender-cpu", type=int, default=1, help="pin the UDP sender to this CPU (-1: no pinning)")
     ap.add_argument("--buffer-mib", type=int, default=8, help="kstap -B")
     ap.add_argument("--json", help="write the full results (with every sample) here")
+    ap.add_argument("--resummarise", metavar="JSON", help="only recompute the figures of an earlier --json file")
     args = ap.parse_args()
+    if args.resummarise:
+        for r in resummarise(args.resummarise):
+            print(json.dumps({k: v for k, v in asdict(r).items() if k not in ("samples", "stderr_tail", "alerts")}))
+        return 0
     if os.geteuid() != 0:
         raise SystemExit("soak: needs root (network namespaces, cgroups)")
     if not (MEMCG / "memory.limit_in_bytes").exists():

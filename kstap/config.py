@@ -120,7 +120,7 @@ class TapSettings:
         if out.ring_files is not None and out.ring_files < 1:
             raise UsageError("-W must be at least 1")
         if out.rotate_mb is not None and not 0 < out.rotate_mb < math.inf:
-            raise UsageError("-C must be a positive number (millions of bytes)")
+            raise UsageError("-C must be positive (millions of bytes)")
         if out.rotate_seconds is not None and not out.rotate_seconds > 0:
             raise UsageError("-G must be positive (seconds)")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Protocol
 
-from kstap.capture import netns
+from kstap.capture import interfaces, netns
 from kstap.capture.afpacket import AfPacketRing, AfPacketSource, RingConfig
 from kstap.capture.fanout import FanoutSource
 from kstap.capture.pcap_live import PcapLiveSource, compile_for_live, needs_live_compile
@@ -58,6 +58,8 @@ def open_live(backend: str, names: list[str], program: Program, *, workers: int,
     ring = RingConfig(buffer_bytes=buffer_mib << 20, block_bytes=min(1 << 20, max(1 << 16, (buffer_mib << 20) // 4)),
                       retire_ms=retire_ms)
     backend = resolve(backend)
+    with netns.entered(ns):
+        names = interfaces.expand(names)
     if backend == "pf_ring":
         problem = pf_ring_problem()
         if problem:

@@ -77,7 +77,7 @@ def dry_run(selection: TargetSelection, bpf_filter: str, kube_settings: KubeSett
 
 
 def manifests(
-    pod_regex: str | None = typer.Argument(None, help="Regular expression searched in pod names."),
+    pod_regex: str | None = typer.Argument(None, metavar="POD_REGEX", help="Regular expression searched in pod names."),
     namespace: list[str] = typer.Option([], "-n", "--namespace", help="Target namespace (repeatable)."),
     all_namespaces: bool = typer.Option(False, "-A", "--all-namespaces", help="Target every namespace."),
     exclude: list[str] = typer.Option([], "-e", "--exclude-namespace", help="With -A: leave out (repeatable)."),

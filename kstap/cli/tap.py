@@ -7,11 +7,21 @@ import sys
 import typer
 
 from kstap.config import parse_rate, parse_seed, parse_size, settle_auto_start
-from kstap.errors import ExitCode, KstapError
+from kstap.errors import ExitCode, KstapError, UsageError
 
 
 def tap(
     ctx: typer.Context,
+    pod_regex: str | None = typer.Argument(None, help="Capture the pods whose names match this regex."),
+    namespace: list[str] = typer.Option([], "-n", "--namespace", help="Kubernetes namespace (repeatable)."),
+    all_namespaces: bool = typer.Option(False, "-A", "--all-namespaces", help="Pods of every namespace."),
+    exclude_namespace: list[str] = typer.Option([], "-e", "--exclude-namespace", help="Skip this namespace."),
+    kubeconfig: str | None = typer.Option(None, "--kubeconfig", help="kubeconfig file (default: kubectl's)."),
+    context: str | None = typer.Option(None, "--context", help="kubeconfig context."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the targeted pods and each node's filter."),
+    worker_image: str | None = typer.Option(None, "--worker-image", help="Image of the capture workers."),
+    ready_timeout: float = typer.Option(120.0, "--ready-timeout", help="Seconds to wait for workers Ready."),
+    keep_workers: bool = typer.Option(False, "--keep-workers", help="Leave the workers running (kstap clean)."),
     interface: list[str] = typer.Option([], "-i", "--interface", help="Interface to capture on (repeatable)."),
     bpf_filter: str = typer.Option("", "--bpf-filter", "-f", help="BPF capture filter (pcap-filter(7) syntax)."),
     write: str | None = typer.Option(None, "-w", "--write", help="pcapng output file; '-' writes to stdout."),
@@ -59,16 +69,32 @@ def tap(
     resolved = config_cmd.resolve_tap_settings(ctx, config=config, set_items=set_items, flags=parsed)
     settings = resolved.settings
     settle_auto_start(settings, {k for k, origin in resolved.origins.items() if origin != "default"})
-    settings.validate()
     outputs.check_smoke_args(settings.max_drop, expect_packets)
+    from kstap.cli.kube_tap import KubeTapOptions
+    from kstap.cli.kube_tap import run as run_kube
+
+    kube = KubeTapOptions(pod_regex, list(namespace), all_namespaces, list(exclude_namespace), kubeconfig, context,
+                          dry_run, worker_image, ready_timeout, keep_workers)
+    if kube.wanted or dry_run:
+        if settings.interfaces:
+            raise UsageError("-i and pod targets (-n/-A/POD_REGEX) cannot be used together",
+                             hint="-i captures a local interface; -n/-A capture pods on the cluster")
+        settings.interfaces = ["(cluster)"]  # satisfies validate(): the workers pick their interfaces
+    settings.validate()
     stop = pipeline.StopFlag()
+    if kube.dry_run:
+        run_kube(kube, settings, None, stop)
+        return int(ExitCode.OK)
     reporter = outputs.choose_reporter(
         stop=stop, json_output=json_output, output_path=settings.output.path, dashboard=dashboard,
         progress=progress, metrics_port=metrics_port, run=outputs.RunInfo.from_settings(settings))
     with reporter:
         try:
-            summary = pipeline.run_tap(settings, reporter, stop,
-                                       lines=sys.stdout if reporter.packet_lines else None)
+            if kube.wanted:
+                summary = run_kube(kube, settings, reporter, stop)
+            else:
+                summary = pipeline.run_tap(settings, reporter, stop,
+                                           lines=sys.stdout if reporter.packet_lines else None)
         except KstapError as exc:
             if isinstance(exc.summary, CaptureSummary):
                 reporter.summary(exc.summary, error=exc)

@@ -149,7 +149,8 @@ def api_error(exc: BaseException, op: Op, server: str = "", context: str = "") -
                      f"check with: kubectl auth can-i {op.verb} {op.resource}{ns}",
                 verb=op.verb, resource=op.resource, namespace=op.namespace)
         if status == 404:
-            missing_ns = op.resource == "namespaces" or (op.namespace and f'namespaces "{op.namespace}"' in said)
+            missing_ns = (op.resource == "namespaces" and op.verb == "get") or (
+                op.namespace and f'namespaces "{op.namespace}" not found' in said)
             if missing_ns:
                 name = op.name if op.resource == "namespaces" else op.namespace
                 return UsageError(f"namespace {name!r} not found{where}",
@@ -181,6 +182,14 @@ def api_error(exc: BaseException, op: Op, server: str = "", context: str = "") -
 
 
 # -- the client ------------------------------------------------------------------------------------
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """What an API call raises for the cluster's reasons (anything else is a bug and propagates)."""
+    import urllib3
+    from kubernetes.client.exceptions import ApiException
+
+    return (ApiException, urllib3.exceptions.HTTPError, OSError)
+
+
 class Kube:
     """The typed APIs of one cluster, and :meth:`call`, the only way kstap uses them."""
 
@@ -203,7 +212,7 @@ class Kube:
         try:
             resp = fn(*args, _preload_content=False, _request_timeout=self.settings.request_timeout, **kwargs)
             data = resp.data
-        except Exception as exc:  # mapped to a typed error right here
+        except _transport_errors() as exc:  # mapped to a typed error right here
             raise self.error(exc, op) from None
         return json.loads(data) if data else {}
 
@@ -213,7 +222,7 @@ class Kube:
         try:
             return fn(*args, watch=True, _preload_content=False,
                       _request_timeout=(self.settings.request_timeout, read), **kwargs)
-        except Exception as exc:
+        except _transport_errors() as exc:
             raise self.error(exc, op) from None
 
     def error(self, exc: BaseException, op: Op) -> KstapError:

@@ -24,8 +24,8 @@ START_FAILURE_REASONS = frozenset({"CreateContainerConfigError", "CreateContaine
                                    "PreCreateHookError", "PostStartHookError"})
 
 DEFAULT_READY_TIMEOUT = 120.0
-"""Seconds to wait for every worker to be Ready: a first pull of the ~150 MB image on a cold node
-takes tens of seconds; two minutes leaves room without hiding a stuck rollout for long."""
+"""Seconds to wait for every worker to be Ready: a first image pull on a cold node can take tens of
+seconds; two minutes leaves room without hiding a stuck rollout for long."""
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,9 @@ list's resourceVersion starts a watch that reports ADDED/MODIFIED/DELETED pods. 
 are opaque strings, so every scope keeps its own. A 410 Gone (the version was compacted away) means
 list again and diff; a lost connection means reconnect from the last version seen, with backoff.
 
-The API calls made here — list/watch pods, list nodes — are all the worker's ClusterRole grants
-(:func:`kstap.kube.manifests.cluster_role`); ``tests/kube/test_manifests.py`` checks the two agree.
+The API calls made here — list/watch pods, list nodes (and, from the CLI only, an optional
+``get namespaces`` check) — are covered by the worker's ClusterRole (get/list/watch on pods and nodes,
+:data:`kstap.kube.manifests.RBAC_RULES`); ``tests/kube/test_manifests.py`` checks that they agree.
 """
 
 from __future__ import annotations
@@ -387,6 +388,8 @@ class PodWatch:
             code = obj.get("code")
             if code == 410:
                 raise Expired(str(obj.get("message", "resource version too old")))
+            if isinstance(code, int) and (code >= 500 or code == 429):  # the server's trouble: retry
+                raise ApiUnreachable(f"the pod watch failed: {code} {obj.get('message', '')}")
             raise KstapError(f"the pod watch failed: {code} {obj.get('message', '')}")
         rv = (obj.get("metadata") or {}).get("resourceVersion")
         if rv:

@@ -527,10 +527,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._proxy(method, ns or "", name, "/" + "/".join(sub[1:]), url.query)
             return
         verb = self._verb(method, name, q)
+        epoch = self.cluster.epoch  # before the request is visible: a drop_watches() after it cuts this watch
         self.cluster.requests.append(Request(verb, plural, ns, name, method, url.path, url.query))
         self._authorize(verb, plural, ns, name)
         if verb == "watch":
-            self._watch(res, ns, q)
+            self._watch(res, ns, q, epoch)
         elif verb == "list":
             self._list(res, ns, q)
         elif verb == "get":
@@ -688,7 +689,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
         self.wfile.flush()
 
-    def _watch(self, res: Resource, ns: str | None, q: dict[str, str]) -> None:
+    def _watch(self, res: Resource, ns: str | None, q: dict[str, str], epoch: int) -> None:
         c = self.cluster
         timeout = float(q.get("timeoutSeconds") or 1800)
         deadline = time.monotonic() + timeout
@@ -699,7 +700,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
         with c.cond:
-            epoch = c.epoch
             if since and since != "0" and int(since) < c.compacted:
                 self._chunk(json.dumps({"type": "ERROR", "object": status_body(
                     410, "Expired", f"too old resource version: {since} ({c.compacted})")}).encode() + b"\n")

@@ -128,3 +128,26 @@ def test_in_cluster_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
 def test_kubeconfig_wins_over_in_cluster(monkeypatch: pytest.MonkeyPatch, kubeconfig: Path) -> None:
     env = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBECONFIG": str(kubeconfig)}
     assert connect(KubeSettings(), environ=env).context == "fake"
+
+
+@pytest.mark.parametrize("status, op, kind, code", [
+    (401, client.Op("list", "pods", "a"), "EnvironmentProblem", ExitCode.ENVIRONMENT),
+    (403, client.Op("watch", "pods"), "Forbidden", ExitCode.ENVIRONMENT),
+    (404, client.Op("get", "namespaces", None, "x"), "UsageError", ExitCode.USAGE),
+    (404, client.Op("delete", "namespaces", None, "x"), "NotFound", ExitCode.RUNTIME),  # already gone: clean goes on
+    (404, client.Op("get", "daemonsets", "kstap", "w"), "NotFound", ExitCode.RUNTIME),
+    (409, client.Op("create", "secrets", "kstap"), "Conflict", ExitCode.RUNTIME),
+    (410, client.Op("watch", "pods", "a"), "Expired", ExitCode.RUNTIME),
+    (503, client.Op("list", "pods", "a"), "ApiUnreachable", ExitCode.ENVIRONMENT),
+    (422, client.Op("create", "daemonsets", "kstap"), "KstapError", ExitCode.RUNTIME),
+])
+def test_api_errors_are_mapped_by_status(status: int, op, kind: str, code: ExitCode) -> None:
+    import json
+
+    from kubernetes.client.exceptions import ApiException
+
+    exc = ApiException(status=status, reason="x")
+    exc.body = json.dumps({"kind": "Status", "code": status, "message": "the server's words"})
+    err = client.api_error(exc, op, "https://api.example:6443", "prod")
+    assert type(err).__name__ == kind and err.code == code
+    assert "the server's words" in err.message or status in (401, 404)

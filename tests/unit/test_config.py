@@ -52,6 +52,7 @@ CONFLICTS: list[tuple[TapSettings, str, bool]] = [
     (_settings(LIVE, output={"path": "x.pcapng", "rotate_mb": 0}), "-C must be positive", False),
     (_settings(LIVE, output={"path": "x.pcapng", "rotate_mb": -1}), "-C must be positive", False),
     (_settings(LIVE, output={"path": "x.pcapng", "rotate_mb": math.nan}), "-C must be positive", False),
+    (_settings(LIVE, output={"path": "x.pcapng", "rotate_mb": math.inf}), "-C must be positive", False),
     (_settings(LIVE, output={"path": "x.pcapng", "rotate_seconds": 0}), "-G must be positive", False),
     (_settings(LIVE, output={"path": "x.pcapng", "rotate_seconds": -3}), "-G must be positive", False),
     (_settings(LIVE, output={"path": "x.pcapng", "rotate_seconds": math.nan}), "-G must be positive", False),
@@ -68,6 +69,8 @@ SAMPLING_CONFLICTS: list[tuple[dict[str, Any], str, bool]] = [
     ({"seed": 2**32}, "--seed must be a 32-bit number", False),
     ({"memory_budget": 0}, "--memory-budget must be positive", False),
     ({"cpu_budget": math.nan}, "--cpu-budget must be positive", False),
+    ({"idle_timeout": math.nan}, "sampling.idle_timeout must be a positive number of seconds", False),
+    ({"idle_timeout": -1.0}, "sampling.idle_timeout must be a positive number of seconds", False),
 ]
 
 

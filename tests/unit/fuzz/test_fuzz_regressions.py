@@ -15,7 +15,11 @@ from kstap.sinks.text import describe
 # next-header 44 made dpkt raise AttributeError ('IP6HopOptsHeader' has no 'frag_off') inside
 # kstap.sinks.text.describe, which only caught dpkt's usual errors: one such packet on the wire
 # would have stopped a 'kstap tap -i IF' that prints packet lines. Fixed: describe catches anything.
-IPV6_FRAG_OFF = base64.b64decode("AQAAAAAAACwAAAAAAYbdYCQBAAAAAP//AAAA//8AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAfX19fQB9fQAAAAAAAAA=")
+IPV6_FRAG_OFF = base64.b64decode(
+    "AQAAAAAAACwAAAAAAYbdYCQBAAAAAP//AAAA//8AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+    "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAfX19fQB9fQAAAAAA"
+    "AAA="
+)
 
 
 def test_ipv6_hop_by_hop_then_fragment_header_does_not_crash_the_packet_line() -> None:
