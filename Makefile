@@ -7,8 +7,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := libpcap0.8 libpcap-dev tshark tcpdump iproute2 tmux util-linux
 PYTEST_ARGS ?=
+FUZZ_SECONDS ?= 60
 
-.PHONY: help deps system-deps venv demo test unit lint type bench bench-dashboard docs golden sample clean
+.PHONY: help deps system-deps venv demo test unit lint type bench bench-dashboard docs golden sample clean fuzz soak
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -44,7 +45,7 @@ unit: deps ## only the fast tests (no root needed)
 	$(PY) -m pytest tests/unit tests/cli $(PYTEST_ARGS)
 
 lint: venv ## ruff
-	$(VENV)/bin/ruff check kstap tests examples benchmarks
+	$(VENV)/bin/ruff check kstap tests examples benchmarks fuzz
 
 type: venv ## mypy --strict on the package
 	$(VENV)/bin/mypy kstap
@@ -54,6 +55,12 @@ bench: deps ## kstap vs tcpdump vs dumpcap on veth traffic → docs/benchmarks.m
 
 bench-dashboard: venv ## dashboard CPU at 1 Hz vs none, kstap --help time → docs/benchmarks-dashboard.md
 	$(PY) benchmarks/dashboard_cpu.py --out docs/benchmarks-dashboard.md
+
+fuzz: venv ## coverage-guided fuzzing (atheris), FUZZ_SECONDS per target (default 60); not part of test
+	$(PY) fuzz/run.py --seconds $(FUZZ_SECONDS)
+
+soak: deps ## 10 min of auto then full mode at saturating traffic in a 200 MiB memory cgroup (root)
+	$(PY) benchmarks/soak.py --minutes 10 --json soak.json
 
 docs: venv ## regenerate the command reference in docs/cli.md from the Typer app
 	$(PY) -m kstap.cli.docgen docs/cli.md

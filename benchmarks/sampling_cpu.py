@@ -90,7 +90,8 @@ def main() -> int:
                       f"cpu {cpu:.3f}s  {results[mode][-1]:.3f} us/offered packet", flush=True)
     full = statistics.median(results["full"])
     low = statistics.median(results["rate 0.1"])
-    print(f"\nsender: {kind}; offered rate {args.rate} pps, {args.flows} flows, {args.rounds} rounds of {args.seconds} s")
+    print(f"\nsender: {kind}; offered rate {args.rate} pps, {args.flows} flows, "
+          f"{args.rounds} rounds of {args.seconds} s")
     print("| mode | CPU µs per offered packet (median) | share of packets kept |")
     print("|---|---:|---:|")
     for mode in MODES:
