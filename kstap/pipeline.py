@@ -351,8 +351,7 @@ class _Run:
                     continue
                 if self.seen is not None:
                     assert isinstance(source, AfPacketSource)
-                    self._deliver_encoded(*source.read_encoded_sampled(POLL_MS, limit - summary.captured,
-                                                                       self.seen))
+                    self._deliver_encoded(*source.read_encoded(POLL_MS, limit - summary.captured, self.seen))
                     batch = []
                     continue
                 batch = source.read(100)

@@ -18,6 +18,39 @@ static inline uint32_t rd32(const unsigned char *p) { uint32_t v; memcpy(&v, p, 
 static inline uint16_t rd16(const unsigned char *p) { uint16_t v; memcpy(&v, p, 2); return v; }
 static inline void wr32(unsigned char *p, uint32_t v) { memcpy(p, &v, 4); }
 
+/* Copy one packet's frame from a tpacket3_hdr ``h`` to ``d``, putting back the 802.1Q tag the
+ * kernel moved into metadata (as libpcap does) and zero-padding to 32 bits. Returns the captured
+ * length; *orig gets the original length and *ts the timestamp in ns. */
+static uint32_t copy_frame(const unsigned char *h, unsigned char *d, uint32_t *orig, unsigned long long *ts) {
+    uint32_t sec = rd32(h + 4), nsec = rd32(h + 8);
+    uint32_t snap = rd32(h + 12), len = rd32(h + 16), status = rd32(h + 20);
+    const unsigned char *data = h + rd16(h + 24);
+    uint32_t cap = snap;
+    *orig = len;
+    *ts = (unsigned long long)sec * 1000000000ull + nsec;
+    if (status & TP_STATUS_VLAN_VALID) {
+        uint16_t tci = (uint16_t)rd32(h + 28), tpid = rd16(h + 32);
+        uint32_t head = snap < 12 ? snap : 12;
+        if (!(status & TP_STATUS_VLAN_TPID_VALID)) tpid = 0x8100;
+        memcpy(d, data, head);
+        d[head] = tpid >> 8; d[head + 1] = tpid & 0xff; d[head + 2] = tci >> 8; d[head + 3] = tci & 0xff;
+        memcpy(d + head + 4, data + head, snap - head);
+        cap += 4;
+        *orig += 4;
+    } else {
+        memcpy(d, data, snap);
+    }
+    memset(d + cap, 0, ((cap + 3) & ~3u) - cap);
+    return cap;
+}
+
+static inline void epb_header(unsigned char *o, uint32_t total, uint32_t if_id, unsigned long long ts,
+                              uint32_t cap, uint32_t orig) {
+    wr32(o, 6); wr32(o + 4, total); wr32(o + 8, if_id);
+    wr32(o + 12, (uint32_t)(ts >> 32)); wr32(o + 16, (uint32_t)ts);
+    wr32(o + 20, cap); wr32(o + 24, orig);
+}
+
 /* encode_block(ring, block_offset, block_size, if_id, max_packets)
  *   -> (epb_bytes, packets, captured_bytes, last_ts_ns) */
 static PyObject *encode_block(PyObject *self, PyObject *args) {
@@ -56,32 +89,12 @@ static PyObject *encode_block(PyObject *self, PyObject *args) {
     off = first;
     for (uint32_t i = 0; i < num; i++) {
         const unsigned char *h = blk + off;
-        uint32_t next = rd32(h), sec = rd32(h + 4), nsec = rd32(h + 8);
-        uint32_t snap = rd32(h + 12), len = rd32(h + 16), status = rd32(h + 20);
-        uint16_t mac = rd16(h + 24);
-        const unsigned char *data = h + mac;
-        uint32_t cap = snap, orig = len;
-        int vlan = (status & TP_STATUS_VLAN_VALID) != 0;
-        if (vlan) { cap += 4; orig += 4; }
+        uint32_t next = rd32(h), orig;
+        unsigned long long ts;
+        uint32_t cap = copy_frame(h, o + 28, &orig, &ts);
         uint32_t padded = (cap + 3) & ~3u, total = 32 + padded;
-        unsigned long long ts = (unsigned long long)sec * 1000000000ull + nsec;
-        wr32(o, 6); wr32(o + 4, total); wr32(o + 8, if_id);
-        wr32(o + 12, (uint32_t)(ts >> 32)); wr32(o + 16, (uint32_t)ts);
-        wr32(o + 20, cap); wr32(o + 24, orig);
-        unsigned char *d = o + 28;
-        if (vlan) {
-            /* put back the 802.1Q tag after the MAC addresses, as libpcap does */
-            uint16_t tci = (uint16_t)rd32(h + 28), tpid = rd16(h + 32);
-            uint32_t head = snap < 12 ? snap : 12;
-            if (!(status & TP_STATUS_VLAN_TPID_VALID)) tpid = 0x8100;
-            memcpy(d, data, head);
-            d[head] = tpid >> 8; d[head + 1] = tpid & 0xff; d[head + 2] = tci >> 8; d[head + 3] = tci & 0xff;
-            memcpy(d + head + 4, data + head, snap - head);
-        } else {
-            memcpy(d, data, snap);
-        }
-        memset(d + cap, 0, padded - cap);
-        wr32(d + padded, total);
+        epb_header(o, total, if_id, ts, cap, orig);
+        wr32(o + 28 + padded, total);
         o += total;
         captured += cap;
         last_ts = ts;
@@ -252,27 +265,11 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
     off = first;
     for (uint32_t i = 0; i < num; i++) {
         const unsigned char *h = blk + off;
-        uint32_t next = rd32(h), sec = rd32(h + 4), nsec = rd32(h + 8);
-        uint32_t snap = rd32(h + 12), len = rd32(h + 16), status = rd32(h + 20);
-        uint16_t mac = rd16(h + 24);
-        const unsigned char *data = h + mac;
-        uint32_t cap = snap, orig = len;
-        int vlan = (status & TP_STATUS_VLAN_VALID) != 0;
-        if (vlan) { cap += 4; orig += 4; }
-        uint32_t padded = (cap + 3) & ~3u;
-        unsigned long long ts = (unsigned long long)sec * 1000000000ull + nsec;
+        uint32_t next = rd32(h), orig;
+        unsigned long long ts;
         unsigned char *d = o + 28;
-        if (vlan) {
-            uint16_t tci = (uint16_t)rd32(h + 28), tpid = rd16(h + 32);
-            uint32_t head = snap < 12 ? snap : 12;
-            if (!(status & TP_STATUS_VLAN_TPID_VALID)) tpid = 0x8100;
-            memcpy(d, data, head);
-            d[head] = tpid >> 8; d[head + 1] = tpid & 0xff; d[head + 2] = tci >> 8; d[head + 3] = tci & 0xff;
-            memcpy(d + head + 4, data + head, snap - head);
-        } else {
-            memcpy(d, data, snap);
-        }
-        memset(d + cap, 0, padded - cap);
+        uint32_t cap = copy_frame(h, d, &orig, &ts);
+        uint32_t padded = (cap + 3) & ~3u;
         /* the flow: first packet → comment */
         uint32_t optlen = 0;
         Key k;
@@ -296,9 +293,7 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
             }
         }
         uint32_t total = 32 + padded + optlen;
-        wr32(o, 6); wr32(o + 4, total); wr32(o + 8, if_id);
-        wr32(o + 12, (uint32_t)(ts >> 32)); wr32(o + 16, (uint32_t)ts);
-        wr32(o + 20, cap); wr32(o + 24, orig);
+        epb_header(o, total, if_id, ts, cap, orig);
         wr32(d + padded + optlen, total);
         o += total;
         captured += cap;

@@ -208,35 +208,15 @@ class AfPacketRing:
         self.stats.delivered += got
         return got
 
-    def read_encoded(self, max_packets: int, limit: int = 64) -> tuple[list[bytes], int, int]:
+    def read_encoded(self, max_packets: int, limit: int = 64,
+                     seen: SeenFlows | None = None) -> tuple[list[bytes], int, int]:
         """Like :meth:`read_blocks` but straight to pcapng EPB bytes (the C fast path).
 
         Returns (EPB chunks, packets, captured bytes). Stops after ``max_packets`` packets; the
-        rest of a block cut short that way is discarded (capture is ending).
+        rest of a block cut short that way is discarded (capture is ending). With ``seen``
+        (percentage mode), each flow's first packet gets its ``flow`` comment.
         """
-        assert encode_block is not None
-        mm = self.mm
-        chunks: list[bytes] = []
-        packets = 0
-        nbytes = 0
-        blocks = 0
-        while blocks < limit and packets < max_packets:
-            base = self._block * self._bsize
-            if not _U32.unpack_from(mm, base + 8)[0] & TP_STATUS_USER:
-                break
-            data, n, cap, _last = encode_block(mm, base, self._bsize, self.if_id, max_packets - packets)
-            chunks.append(data)
-            packets += n
-            nbytes += cap
-            _U32.pack_into(mm, base + 8, TP_STATUS_KERNEL)
-            self._block = (self._block + 1) % self._nblocks
-            blocks += 1
-        self.stats.delivered += packets
-        return chunks, packets, nbytes
-
-    def read_encoded_sampled(self, max_packets: int, seen: SeenFlows, limit: int = 64) -> tuple[list[bytes], int, int]:
-        """:meth:`read_encoded` for percentage mode: each flow's first packet gets its comment."""
-        assert encode_block_sampled is not None
+        assert encode_block is not None and (seen is None or encode_block_sampled is not None)
         mm = self.mm
         chunks: list[bytes] = []
         packets = nbytes = blocks = 0
@@ -245,11 +225,15 @@ class AfPacketRing:
             status, num, _ = _BLOCK_HDR.unpack_from(mm, base + 8)
             if not status & TP_STATUS_USER:
                 break
-            seen.ensure_room(num)
-            data, n, cap, fresh, _full = encode_block_sampled(mm, base, self._bsize, self.if_id,
-                                                               max_packets - packets, seen.table, seen.seed,
-                                                               seen.suffix)
-            seen.flows_seen += fresh
+            if seen is None:
+                data, n, cap, _last = encode_block(mm, base, self._bsize, self.if_id, max_packets - packets)
+            else:
+                assert encode_block_sampled is not None
+                seen.ensure_room(num)
+                data, n, cap, fresh, _full = encode_block_sampled(mm, base, self._bsize, self.if_id,
+                                                                   max_packets - packets, seen.table, seen.seed,
+                                                                   seen.suffix)
+                seen.flows_seen += fresh
             chunks.append(data)
             packets += n
             nbytes += cap
@@ -342,10 +326,12 @@ class AfPacketSource:
             ring.read_blocks(out)
         return out
 
-    def read_encoded(self, timeout_ms: int, max_packets: int) -> tuple[list[bytes], int, int]:
-        """Single-ring fast path: EPB bytes of the ready blocks, waiting up to ``timeout_ms``."""
+    def read_encoded(self, timeout_ms: int, max_packets: int,
+                     seen: SeenFlows | None = None) -> tuple[list[bytes], int, int]:
+        """Single-ring fast path: EPB bytes of the ready blocks, waiting up to ``timeout_ms``
+        (``seen``: percentage mode's first-packet comments)."""
         ring = self.rings[0]
-        got = ring.read_encoded(max_packets)
+        got = ring.read_encoded(max_packets, seen=seen)
         if got[1] or max_packets <= 0:
             return got
         try:
@@ -357,20 +343,7 @@ class AfPacketSource:
                 ring.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == errno.ENETDOWN:
             raise KstapError(f"interface {ring.name!r} went down",
                              hint="the capture stopped; restart it when the link is back")
-        return ring.read_encoded(max_packets)
-
-    def read_encoded_sampled(self, timeout_ms: int, max_packets: int,
-                             seen: SeenFlows) -> tuple[list[bytes], int, int]:
-        """:meth:`read_encoded` with percentage mode's first-packet comments."""
-        ring = self.rings[0]
-        got = ring.read_encoded_sampled(max_packets, seen)
-        if got[1] or max_packets <= 0:
-            return got
-        try:
-            self._poll.poll(timeout_ms)
-        except InterruptedError:
-            return got
-        return ring.read_encoded_sampled(max_packets, seen)
+        return ring.read_encoded(max_packets, seen=seen)
 
     @property
     def fast(self) -> bool:

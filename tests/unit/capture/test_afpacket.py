@@ -157,7 +157,7 @@ def test_c_first_packet_comments_match_python_flow_ids(flows: list[tuple[int, bo
         frames.append((raw, len(raw), 1 | (TP_STATUS_VLAN_VALID if vlan else 0), 5, 0x8100))
     ring = fake_ring([frames])
     seen = SeenFlows("percentage", 0.25, seed, seed_id(seed), capacity=4)
-    chunks, packets, _ = ring.read_encoded_sampled(1 << 30, seen)
+    chunks, packets, _ = ring.read_encoded(1 << 30, seen=seen)
     assert packets == len(frames)
     import io
 
@@ -190,7 +190,7 @@ def test_seen_table_grows_and_expires() -> None:
     frames: list[Frame] = [(_udp_frame(bytes([10, 0, i >> 8, i & 255]), b"\x0a\0\0\xff", 1, 2), 60, 1, 0, 0)
                            for i in range(300)]
     ring = fake_ring([frames])
-    ring.read_encoded_sampled(1 << 30, seen)
+    ring.read_encoded(1 << 30, seen=seen)
     assert seen.flows_seen == 300 and seen.count == 300 and seen.capacity >= 600
     seen.expire(now_ns=10**20)
     assert seen.count == 0
