@@ -39,6 +39,10 @@ Trial = Callable[[float], tuple[bool, int]]
 """rate → (OOM happened, peak memory bytes)."""
 
 
+SAFETY = 0.9
+"""The recommendation is the highest stable rate times this (one 'lower 10 %' step of the recipe)."""
+
+
 def tune(trial: Trial, *, start: float = 1.0, min_rate: float = 0.01, tolerance: float = 0.02,
          max_steps: int = 20, on_step: Callable[[Step], None] | None = None) -> TuneResult:
     """Search the highest stable rate; ``tolerance`` is the bracket width (in rate) that ends it."""
@@ -77,8 +81,9 @@ def tune(trial: Trial, *, start: float = 1.0, min_rate: float = 0.01, tolerance:
         else:
             streak = streak + 1 if phase == "raise" else 1
             rate, phase = min(1.0, round(rate * 1.05**streak, 4)), "raise"
-    # stability: the candidate again, stepping down 10 % while it fails
-    candidate = good
+    # stability: one recipe step (-10 %) below the highest stable rate, so run-to-run variation of
+    # the workload does not put the recommendation on the edge; again -10 % while it fails
+    candidate = None if good is None else (good if good >= 1.0 else max(min_rate, round(good * 0.9, 4)))
     while candidate is not None and len(result.steps) < max_steps + 5:
         if not run(candidate, "stability"):
             result.recommended = candidate

@@ -19,7 +19,7 @@ def workload(limit_rate: float):  # type: ignore[no-untyped-def]
 def test_converges_below_the_true_limit_within_tolerance(answer: float) -> None:
     result = tune(workload(answer), start=1.0, tolerance=0.02)
     assert result.converged and result.recommended is not None
-    assert answer - 0.025 <= result.recommended <= answer
+    assert 0.9 * (answer - 0.025) <= result.recommended <= 0.9 * answer  # one -10 % step of headroom
     assert result.steps[-1].phase == "stability" and not result.steps[-1].oom
 
 
