@@ -336,7 +336,7 @@ class Harness:
         return read_capture(path)
 
     @staticmethod
-    def settle(*paths: str | Path, minimum: int = 1, timeout: float = 10.0) -> list[int]:
+    def settle(*paths: str | Path, minimum: int = 1, timeout: float = 30.0) -> list[int]:
         return wait_settled(*paths, minimum=minimum, timeout=timeout)
 
     @staticmethod
