@@ -1,7 +1,8 @@
 """Whole sessions across rate changes (issue 4, must-show 5), on real TCP traffic.
 
 The rate is driven by a scripted governor (the controller is tested on its own): full rate, then a
-cut to 20 % (new flows only), then an emergency to 5 % (live flows with high hashes are shed). Long
+cut to 50 % (new flows only), then an emergency to 30 % (live flows with high hashes are shed).
+With 40 sessions on random ports, both outcomes occur (P(all shed) = 0.7^40, negligible). Long
 TCP sessions that started at full rate must be complete in the file unless shed, and every shed
 session carries a ``shed`` comment after which it has no more packets.
 """
@@ -117,7 +118,7 @@ def test_live_sessions_survive_a_rate_cut_and_shed_ones_are_marked(tmp_path: Pat
                                                  str(MESSAGES)], stdout=subprocess.PIPE, text=True))
 
         threading.Thread(target=start_client, daemon=True).start()
-        governor = Scripted([(3.0, 0.2, "pi"), (5.0, 0.05, "emergency: scripted")])
+        governor = Scripted([(3.0, 0.5, "pi"), (5.0, 0.3, "emergency: scripted")])
         summary: CaptureSummary = pipeline.run_tap(settings, reporter, governor=governor)
         assert client and client[0].wait(timeout=30) == 0
     assert summary.shed_flows > 0
@@ -136,18 +137,18 @@ def test_live_sessions_survive_a_rate_cut_and_shed_ones_are_marked(tmp_path: Pat
         assert events[0] == "flow"
         if "shed" in events:
             shed += 1
-            assert flow_hash(key, SEED) >= threshold(0.05)  # highest hashes go first
+            assert flow_hash(key, SEED) >= threshold(0.3)  # highest hashes go first
             last_note = max(i for i, (_, cs, _) in enumerate(pkts) if any("kstap: shed" in c for c in cs))
             assert last_note == len(pkts) - 1, "a shed flow has no packets after its mark"
         else:
             whole += 1
-            assert flow_hash(key, SEED) < threshold(0.05)
+            assert flow_hash(key, SEED) < threshold(0.3)
             messages = [d for _, _, d in pkts if b"xxxxxxxx" in d]
-            # every message and its echo, though the rate fell to 20 % and then 5 % meanwhile
+            # every message and its echo, though the rate fell to 50 % and then 30 % meanwhile
             assert len(messages) == 2 * MESSAGES, (key, len(messages))
             flags = {d[47] for _, _, d in pkts if len(d) > 47}
             assert any(f & 0x02 for f in flags) and any(f & 0x01 for f in flags)  # SYN and FIN seen
     assert shed > 0 and whole > 0
     # flows that started after the cut were decided at the new rate
     late = [k for k in packets if k is not None and k.proto == 17]
-    assert all(flow_hash(k, SEED) < threshold(0.2) for k in late)
+    assert all(flow_hash(k, SEED) < threshold(0.5) for k in late)
