@@ -121,7 +121,7 @@ class StopFlag:
 
 
 class _Signals:
-    """Turn SIGINT/SIGTERM into a flag for the capture loop (main thread only)."""
+    """Turn SIGINT/SIGTERM/SIGHUP into a flag for the capture loop (main thread only)."""
 
     def __init__(self, stop: StopFlag) -> None:
         self.stop = stop
@@ -129,7 +129,7 @@ class _Signals:
 
     def __enter__(self) -> _Signals:
         if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM):
+            for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 self._old[s] = signal.signal(s, self._handle)
         return self
 

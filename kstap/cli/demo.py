@@ -124,7 +124,8 @@ def _say(line: str) -> None:
 
 @contextmanager
 def _signals_only_stop(stop: StopFlag) -> Iterator[None]:
-    """While the lab exists, SIGINT/SIGTERM only set ``stop``, so teardown always completes."""
+    """While the lab exists, SIGINT/SIGTERM/SIGHUP (a closed terminal) only set ``stop``, so
+    teardown always completes."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -132,7 +133,7 @@ def _signals_only_stop(stop: StopFlag) -> Iterator[None]:
     def handle(signum: int, frame: FrameType | None) -> None:
         stop.set(signum)
 
-    old = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:
