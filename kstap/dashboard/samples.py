@@ -26,7 +26,7 @@ def steady_full(elapsed: float = 65.0) -> StatsSnapshot:
     """Full mode on one interface, no pressure, no drops."""
     n = int(elapsed)
     return StatsSnapshot(
-        elapsed=elapsed, mode="full", profile=None, filter="tcp port 80 or udp port 53", targets=["eth0"],
+        elapsed=elapsed, mode="full", profile=None, filter="tcp port 80 or udp port 53", targets=["veth0"],
         output="capture.pcapng", captured=812_345, bytes_captured=523 * MIB, received=812_345, dropped=0,
         packets_per_second=12_498.0, flows_tracked=1_204,
         workers=[WorkerStats(worker=0, captured=812_345, received=812_345, rate=1.0,

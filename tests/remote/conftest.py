@@ -67,7 +67,7 @@ def fake_worker() -> Iterator[Callable[..., FakeWorker]]:
              validate: Callable[[ControlRequest], None] | None = None, backlog: int = 32 << 20) -> FakeWorker:
         hub = StreamHub(node, backlog_bytes=backlog)
         if hello:
-            hub.set_hello(interfaces or [Interface("eth0")], comment="kstap: run mode=full", mode="full")
+            hub.set_hello(interfaces or [Interface("veth0")], comment="kstap: run mode=full", mode="full")
             hub.state = "capturing"
         inbox = ControlInbox(validate)
         api = WorkerAPI(("127.0.0.1", 0), TOKEN, hub, inbox, heartbeat=0.05)

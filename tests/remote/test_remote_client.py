@@ -62,11 +62,11 @@ def wait_for(cond: Callable[[], bool], src: RemoteSource, timeout: float = 5.0) 
 
 
 def test_two_workers_merge_in_time_order_with_comments_and_per_node_interfaces(fake_worker) -> None:
-    a = fake_worker("node-a", [Interface("eth0"), Interface("eth1", linktype=101)])
+    a = fake_worker("node-a", [Interface("veth0"), Interface("veth1", linktype=101)])
     b = fake_worker("node-b")
     src = source([a, b])
     try:
-        assert [i.name for i in src.interfaces] == ["node-a/eth0", "node-a/eth1", "node-b/eth0"]
+        assert [i.name for i in src.interfaces] == ["node-a/veth0", "node-a/veth1", "node-b/veth0"]
         assert src.interfaces[1].linktype == 101
         a.hub.publish_batch(T0 + 60 * MS, [rec(10), rec(30, 1), rec(50)], {1: "kstap: flow a"})
         b.hub.publish_batch(T0 + 45 * MS, [rec(20), rec(40)], {0: "kstap: flow b"})
@@ -154,7 +154,7 @@ def test_a_restarted_worker_keeps_its_interface_and_its_counters_add_up(fake_wor
         a.hub.publish_ifstats([SourceStats(10, 1, 10)])
         a.hub.publish_batch(T0 + 20 * MS, [rec(10)])
         read_until(src, 1)
-        hub = a.new_run([Interface("eth0")])
+        hub = a.new_run([Interface("veth0")])
         hub.publish_ifstats([SourceStats(4, 0, 4)])
         hub.publish_batch(T0 + 60 * MS, [rec(50)])
         got, _ = read_until(src, 1)
@@ -280,7 +280,7 @@ def test_after_the_end_a_new_run_of_the_worker_is_picked_up(fake_worker) -> None
         assert wait_for(lambda: "worker-failed" in ev.kinds(), src)
         assert src.read(400) == []  # the ended run is not replayed
         assert ev.kinds().count("worker-failed") == 1
-        hub = a.new_run([Interface("eth0")])  # the container restarted
+        hub = a.new_run([Interface("veth0")])  # the container restarted
         hub.publish_batch(T0 + 60 * MS, [rec(50)])
         got, _ = read_until(src, 1)
         assert [r[0] for r in got] == [T0 + 50 * MS]

@@ -20,7 +20,7 @@ from kstap.remote.hub import (
 from kstap.sinks import pcapng
 
 TS = 1_700_000_000_000_000_000
-IFACE = Interface("eth0")
+IFACE = Interface("veth0")
 
 
 def _decode(hub: StreamHub, parts: list[bytes]) -> list[protocol.Frame]:
@@ -72,7 +72,7 @@ def test_end_is_the_last_frame_and_is_noticed() -> None:
 
 def test_big_batches_are_split_into_frames() -> None:
     hub = StreamHub("n1")
-    hub.set_hello([Interface("eth0", snaplen=262144)])
+    hub.set_hello([Interface("veth0", snaplen=262144)])
     recs = [(TS + i, 200000, 200000, b"\0" * 200000, 0, 0) for i in range(12)]
     hub.publish_batch(TS, recs, {11: "last"})
     parts, _, _ = hub.read(0, timeout=0, max_bytes=1 << 30)
@@ -127,10 +127,10 @@ def test_encoded_fast_path_turns_back_into_records() -> None:
 def test_sink_announces_interfaces_that_appear_later() -> None:
     hub = StreamHub("n1")
     sink = StreamSink(hub, [IFACE], "c")
-    sink.ensure_interfaces([IFACE, Interface("eth1")])
+    sink.ensure_interfaces([IFACE, Interface("veth1")])
     frames = _decode(hub, hub.read(0, timeout=0)[0])
     hello = frames[0].body
-    assert isinstance(hello, protocol.Hello) and [i.name for i in hello.interfaces] == ["eth0", "eth1"]
+    assert isinstance(hello, protocol.Hello) and [i.name for i in hello.interfaces] == ["veth0", "veth1"]
 
 
 def test_entry_lines_become_entries_frames() -> None:

@@ -15,7 +15,7 @@ from kstap.remote import protocol
 from kstap.remote.protocol import ProtocolError, StreamDecoder
 
 TS = 1_700_000_000_123_456_789
-IFACES = (Interface("eth0", 1, 262144, "tcp"), Interface("eth1", 101, 1500, ""))
+IFACES = (Interface("veth0", 1, 262144, "tcp"), Interface("veth1", 101, 1500, ""))
 HELLO = protocol.Hello(node="node-a", run="r1", interfaces=IFACES, comment="kstap: run mode=full",
                        mode="percentage", rate=0.25, seed_id="abc", started_ns=TS)
 

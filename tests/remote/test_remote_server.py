@@ -74,7 +74,7 @@ def test_with_the_token_stats_and_stream_answer(fake_worker, header: str) -> Non
     headers = {header: f"Bearer {w.token}"}
     status, body, _ = _call(w.port, "GET", "/v1/stats", headers=headers)
     assert status == 200 and isinstance(body, dict)
-    assert body["node"] == "node-a" and body["state"] == "capturing" and body["interfaces"][0]["name"] == "eth0"
+    assert body["node"] == "node-a" and body["state"] == "capturing" and body["interfaces"][0]["name"] == "veth0"
     status, data, resp = _call(w.port, "GET", "/v1/stream", headers=headers)
     assert status == 200 and resp.getheader("Content-Type") == protocol.CONTENT_TYPE
     assert isinstance(data, bytes) and data.startswith(protocol.MAGIC)

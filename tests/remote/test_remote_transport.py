@@ -129,7 +129,7 @@ def api_client(proxy: PodProxy) -> Any:
 
 
 def test_stream_stats_and_control_through_the_pod_proxy(pod_proxy, fake_worker) -> None:
-    a = fake_worker("node-a", [Interface("eth0")])
+    a = fake_worker("node-a", [Interface("veth0")])
     pod_proxy.routes[("kstap", "kstap-worker-abcde", 9090)] = a.port
     transport = ApiServerProxyTransport(api_client(pod_proxy), "kstap", "kstap-worker-abcde", 9090)
     assert transport.description == "pod kstap/kstap-worker-abcde:9090 (API server proxy)"
@@ -149,7 +149,7 @@ def test_stream_stats_and_control_through_the_pod_proxy(pod_proxy, fake_worker) 
         while not got and time.monotonic() < deadline:
             got = src.read(100)
         assert got == [(T0 + 10, 3, 3, b"abc", 0, 0)] and src.last_comments == {0: "kstap: flow id=1"}
-        assert src.interfaces[0].name == "node-a/eth0"
+        assert src.interfaces[0].name == "node-a/veth0"
 
         stop = threading.Event()
 
@@ -326,7 +326,7 @@ def portforward_server() -> Iterator[PortForwardServer]:
 def test_port_forward_fallback_with_the_real_client(portforward_server, fake_worker) -> None:
     from kstap.remote.transport import PortForwardTransport
 
-    a = fake_worker("node-a", [Interface("eth0")])
+    a = fake_worker("node-a", [Interface("veth0")])
     portforward_server.routes[("kstap", "kstap-worker-xyz")] = a.port
     cfg = k8s.Configuration()
     cfg.host = f"http://127.0.0.1:{portforward_server.server_address[1]}"

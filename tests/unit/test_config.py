@@ -114,7 +114,7 @@ def test_every_check_in_validate_is_covered() -> None:
         _settings(LIVE),
         _settings(READ),
         _settings(READ, realtime=True, count=1, duration=0.5, snaplen=1),
-        _settings({"interfaces": ["lo", "eth1"]}, workers=64, buffer_mib=4096, snaplen=262144),
+        _settings({"interfaces": ["lo", "veth1"]}, workers=64, buffer_mib=4096, snaplen=262144),
         _settings(LIVE, workers=8, capture="best", netns="ns1"),
         _settings(LIVE, capture="libpcap"),
         _settings(LIVE, output={"path": "-"}),

@@ -119,13 +119,13 @@ def test_filter_per_interface_link_type(tmp_path: Path, frames) -> None:
     records: list[PacketRecord] = [(T0, len(eth), len(eth), eth, 0, 0), (T0 + 1, len(raw), len(raw), raw, 1, 0),
                                    (T0 + 2, len(tcp_raw), len(tcp_raw), tcp_raw, 1, 0)]
     path = tmp_path / "two.pcapng"
-    path.write_bytes(b"".join([pcapng.section_header(), pcapng.interface_description(Interface("eth0")),
+    path.write_bytes(b"".join([pcapng.section_header(), pcapng.interface_description(Interface("veth0")),
                                pcapng.interface_description(Interface("tun0", linktype=101)),
                                *pcapng.enhanced_packets(records)]))
     src = ReplaySource(str(path), "udp port 53")
     got = _drain(src)
     assert got == records[:2]
-    assert [(i.name, i.linktype, i.filter) for i in src.interfaces] == [("eth0", 1, "udp port 53"),
+    assert [(i.name, i.linktype, i.filter) for i in src.interfaces] == [("veth0", 1, "udp port 53"),
                                                                          ("tun0", 101, "udp port 53")]
 
 

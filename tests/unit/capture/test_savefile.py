@@ -31,7 +31,7 @@ def _timed(frames) -> list[tuple[int, bytes]]:
 def _kstap_pcapng(packets: list[tuple[int, bytes]], *, snaplen: int = 262144, with_queue: bool = False) -> bytes:
     recs: list[PacketRecord] = [(ts, min(len(p), snaplen), len(p), p[:snaplen], 0, i % 3 if with_queue else 0)
                                 for i, (ts, p) in enumerate(packets)]
-    return b"".join([pcapng.section_header(), pcapng.interface_description(Interface("eth0", snaplen=snaplen)),
+    return b"".join([pcapng.section_header(), pcapng.interface_description(Interface("veth0", snaplen=snaplen)),
                      *pcapng.enhanced_packets(recs, with_queue=with_queue),
                      pcapng.interface_statistics(0, pcapng.InterfaceCounters(0, 1, 2, 3, 4))])
 
@@ -88,7 +88,7 @@ def test_files_converted_by_editcap(tmp_path: Path, frames, wireshark, fmt: str,
     assert [r[0] for r in recs] == [ts // resolution_ns * resolution_ns for ts, _ in packets]
     assert [(r[1], r[2], r[3]) for r in recs] == [(min(len(p), 200), len(p), p[:200]) for _, p in packets]
     if fmt == "pcapng":
-        assert reader.interfaces[0].name == "eth0"
+        assert reader.interfaces[0].name == "veth0"
         assert reader.interfaces[0].snaplen == 200
 
 
@@ -150,7 +150,7 @@ def test_unknown_blocks_are_skipped(frames) -> None:
     p = frames.udp()
     data = _kstap_pcapng([(T0, p)])
     nrb = struct.pack("<II", 4, 16) + b"\0\0\0\0" + struct.pack("<I", 16)  # name resolution block
-    shb_idb_len = len(pcapng.section_header()) + len(pcapng.interface_description(Interface("eth0")))
+    shb_idb_len = len(pcapng.section_header()) + len(pcapng.interface_description(Interface("veth0")))
     data = data[:shb_idb_len] + nrb + data[shb_idb_len:]
     _, recs = _read(data)
     assert [r[3] for r in recs] == [p]
@@ -347,7 +347,7 @@ _BLOCK_TYPES = [pcapng.BT_IDB, pcapng.BT_EPB, pcapng.BT_SPB, pcapng.BT_PB, pcapn
 @given(st.data())
 def test_well_framed_garbage_blocks_raise_only_capture_format_errors(data: st.DataObject) -> None:
     """Blocks whose length fields agree but whose bodies are nonsense (too short, bad options...)."""
-    parts = [pcapng.section_header(), pcapng.interface_description(Interface("eth0", snaplen=64))]
+    parts = [pcapng.section_header(), pcapng.interface_description(Interface("veth0", snaplen=64))]
     for _ in range(data.draw(st.integers(1, 6))):
         btype = data.draw(st.sampled_from(_BLOCK_TYPES))
         body = data.draw(st.binary(max_size=48))

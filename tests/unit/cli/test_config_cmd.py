@@ -77,7 +77,7 @@ def test_explicit_flags_only_takes_what_was_typed() -> None:
 
 
 def test_resolve_tap_settings_with_computed_flags() -> None:
-    r = config_cmd.resolve_tap_settings(flags={"sampling.mode": "auto", "interfaces": ["eth0"]},
+    r = config_cmd.resolve_tap_settings(flags={"sampling.mode": "auto", "interfaces": ["veth0"]},
                                         set_items=["sampling.mode=full"], env={})
-    assert r.settings.sampling.mode == "auto" and r.settings.interfaces == ["eth0"]
+    assert r.settings.sampling.mode == "auto" and r.settings.interfaces == ["veth0"]
     assert r.origins["sampling.mode"] == "flag"

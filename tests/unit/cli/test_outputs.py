@@ -58,9 +58,9 @@ class TtyStringIO(io.StringIO):
 def test_every_event_kind_validates(validator: Any) -> None:
     buf = io.StringIO()
     clock = iter(range(1_764_000_000, 1_764_000_100))
-    r = JsonReporter(buf, run=RunInfo(mode="auto", profile="prod", filter="tcp", targets=["eth0"], output="x"),
+    r = JsonReporter(buf, run=RunInfo(mode="auto", profile="prod", filter="tcp", targets=["veth0"], output="x"),
                      clock=lambda: float(next(clock)))
-    r.listening([Interface("eth0"), Interface("eth1", linktype=113, snaplen=96)], "af_packet", 2)
+    r.listening([Interface("veth0"), Interface("veth1", linktype=113, snaplen=96)], "af_packet", 2)
     for make in samples.ALL.values():
         r.progress(make())
     r.progress(StatsSnapshot(rate=float("nan"), resources=None, controller=None))
@@ -71,7 +71,7 @@ def test_every_event_kind_validates(validator: Any) -> None:
     r.event("unknown-kind", {"ignored": True})
     r.warning("interface went down")
     summary = CaptureSummary(captured=10, received=12, dropped=2, files=["x"], per_worker={0: 6, 1: 4},
-                             per_interface={"eth0": SourceStats(12, 2, 10)}, stopped_by="signal")
+                             per_interface={"veth0": SourceStats(12, 2, 10)}, stopped_by="signal")
     r.summary(summary, error=smoke_check(summary, max_drop=0.1))
     events = _events(buf, validator)
     kinds = [e["event"] for e in events]
@@ -214,10 +214,10 @@ def test_smoke_check() -> None:
 
 
 def test_run_info_from_settings() -> None:
-    settings = TapSettings(interfaces=["eth0"], bpf_filter="udp", output=OutputSettings(path="a.pcapng"))
+    settings = TapSettings(interfaces=["veth0"], bpf_filter="udp", output=OutputSettings(path="a.pcapng"))
     settings.sampling.mode = "auto"
     info = RunInfo.from_settings(settings)
-    assert (info.mode, info.filter, info.targets, info.output) == ("auto", "udp", ["eth0"], "a.pcapng")
+    assert (info.mode, info.filter, info.targets, info.output) == ("auto", "udp", ["veth0"], "a.pcapng")
     assert info.snapshot().mode == "auto"
 
 

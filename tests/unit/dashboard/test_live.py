@@ -30,7 +30,7 @@ def test_frames_follow_the_snapshots_and_build_histories() -> None:
     buf = io.StringIO()
     dash = LiveDashboard(StopFlag(), console=_console(buf), keyboard=False)
     with dash:
-        dash.listening([Interface("eth0")], "af_packet", 1)
+        dash.listening([Interface("veth0")], "af_packet", 1)
         for t in range(1, 6):
             dash.progress(StatsSnapshot(
                 elapsed=float(t), mode="auto", rate=1.0 if t < 3 else 0.5, captured=100 * t, received=100 * t,
@@ -56,9 +56,9 @@ def test_snapshot_histories_win_over_accumulated_ones() -> None:
 def test_alerts_from_events_and_warnings_are_shown_once() -> None:
     dash = LiveDashboard(console=_console(io.StringIO()), keyboard=False, wall=lambda: 1_700_000_000.0)
     dash.event("alert", {"level": "critical", "kind": "shed", "message": "shed 12 flows"})
-    dash.warning("interface eth1 went down")
+    dash.warning("interface veth1 went down")
     text = _text(dash)
-    assert "shed: shed 12 flows" in text and "warning: interface eth1 went down" in text
+    assert "shed: shed 12 flows" in text and "warning: interface veth1 went down" in text
     snap = samples.steady_full()
     snap.alerts = [*snap.alerts, *[a for a in dash._alerts if a.kind == "shed"]]
     dash.progress(snap)

@@ -188,7 +188,7 @@ def write_sampled(path: Path, sampled: Sampled, *, seed: int, rate: float, mode:
     def counters() -> list[pcapng.InterfaceCounters]:
         return [pcapng.InterfaceCounters(T0, end, n + dropped, dropped, n)]
 
-    sink = PcapngFiles(str(path), [Interface("eth0", filter="ip or ip6")], counters=counters,
+    sink = PcapngFiles(str(path), [Interface("veth0", filter="ip or ip6")], counters=counters,
                        comment=metadata.run_note(mode, rate, seed_id(seed), "ip or ip6"))
     sink.write(sampled.records, comments=sampled.comments)
     assert sink.close()

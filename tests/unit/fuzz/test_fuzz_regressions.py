@@ -38,7 +38,7 @@ def test_ipv6_hop_by_hop_then_fragment_header_does_not_crash_the_packet_line() -
     ["sampling.idle_timeout=-1"],                          # every flow expired at once
 ])
 def test_non_finite_numbers_are_usage_errors(items: list[str]) -> None:
-    assert targets.run_settings(None, [*items, "interfaces=eth0"], {}) is None
+    assert targets.run_settings(None, [*items, "interfaces=veth0"], {}) is None
 
 
 def test_parse_size_rejects_infinity() -> None:

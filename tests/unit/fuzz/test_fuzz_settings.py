@@ -20,7 +20,7 @@ KEYS = sorted(flatten(to_mapping(config.TapSettings())))
 NASTY = ["", " ", "inf", "-inf", "nan", "NaN", "1e400", "-1e400", "0x", "0x1_0", "-1", "0", "1e-400",
          "99999999999999999999999999", "25%", "%", "inf%", "nan%", "infMi", "nanGi", "-5Mi", "1e30Gi", "1Gi",
          "true", "false", "null", "~", "a,b", ",", "[1, 2]", "{a: 1}", "0o777", "0b101", "1_000", "٣", "\u2028",
-         "eth0", "-", "auto", "full", "percentage", "best", "\x00", "\udcff"]
+         "veth0", "-", "auto", "full", "percentage", "best", "\x00", "\udcff"]
 SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.integers(min_value=-(2**80), max_value=2**80),
                     st.floats(allow_nan=True, allow_infinity=True), st.sampled_from(NASTY), st.text(max_size=12))
 VALUES = st.recursive(SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=3),
@@ -67,14 +67,14 @@ def test_every_setting_with_every_nasty_value() -> None:
     """The whole grid, deterministically: each setting given each awkward value by --set and by env."""
     for key in KEYS:
         for value in NASTY:
-            targets.run_settings(None, [f"{key}={value}", "interfaces=eth0"], {})
+            targets.run_settings(None, [f"{key}={value}", "interfaces=veth0"], {})
             if "\x00" not in value and "\udcff" not in value:
                 targets.run_settings(None, [], {"KSTAP_" + key.replace(".", "__").upper(): value,
-                                                "KSTAP_INTERFACES": "eth0"})
+                                                "KSTAP_INTERFACES": "veth0"})
 
 
 def test_a_valid_combination_resolves() -> None:
-    got = targets.run_settings("interfaces: [eth0]\nsampling: {mode: auto}\n", ["sampling.min_rate=5%"],
+    got = targets.run_settings("interfaces: [veth0]\nsampling: {mode: auto}\n", ["sampling.min_rate=5%"],
                                {"KSTAP_OUTPUT_PATH": "x.pcapng"})
     assert isinstance(got, config.TapSettings)
     assert got.sampling.mode == "auto" and got.sampling.min_rate == 0.05 and got.output.path == "x.pcapng"

@@ -22,7 +22,7 @@ from kstap.sinks import files, pcapng
 from kstap.sinks.files import DiskFull, OutputClosed, PcapngFiles, check_writable, rotated_name
 
 TS = 1_700_000_000_000_000_000
-IFACES = [Interface("eth0", filter="udp")]
+IFACES = [Interface("veth0", filter="udp")]
 
 
 def _counters() -> list[pcapng.InterfaceCounters]:

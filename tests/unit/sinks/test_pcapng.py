@@ -39,7 +39,7 @@ def _capinfos_value(text: str, key: str) -> list[str]:
 
 def test_section_header_names_application_os_and_hardware(tmp_path, frames, wireshark) -> None:
     pkt = frames.udp(payload=b"x" * 30)
-    f = _write(tmp_path / "a.pcapng", [Interface("eth0")], [(TS, len(pkt), len(pkt), pkt, 0, 0)],
+    f = _write(tmp_path / "a.pcapng", [Interface("veth0")], [(TS, len(pkt), len(pkt), pkt, 0, 0)],
                comment="a comment")
     info = wireshark.capinfos(f)
     assert _capinfos_value(info, "Capture application") == [f"kstap {__version__}"]
@@ -53,7 +53,7 @@ def test_section_header_names_application_os_and_hardware(tmp_path, frames, wire
 
 
 def test_section_header_custom_application(tmp_path, wireshark) -> None:
-    f = _write(tmp_path / "a.pcapng", [Interface("eth0")], [], application="kstap-test 9")
+    f = _write(tmp_path / "a.pcapng", [Interface("veth0")], [], application="kstap-test 9")
     assert _capinfos_value(wireshark.capinfos(f), "Capture application") == ["kstap-test 9"]
 
 
@@ -77,7 +77,7 @@ def test_interface_name_filter_description_and_nanoseconds(tmp_path, frames, wir
 def test_truncated_packets_keep_their_original_length(tmp_path, frames, wireshark) -> None:
     full = frames.udp(payload=b"z" * 1000)
     records: list[PacketRecord] = [(TS + i, n, len(full), full[:n], 0, 0) for i, n in enumerate((1, 2, 3, 4, 64))]
-    f = _write(tmp_path / "t.pcapng", [Interface("eth0", snaplen=64)], records)
+    f = _write(tmp_path / "t.pcapng", [Interface("veth0", snaplen=64)], records)
     rows = wireshark.fields(f, "frame.len", "frame.cap_len")
     assert rows == [[str(len(full)), str(n)] for n in (1, 2, 3, 4, 64)]
     back = [rec for rec, _ in CaptureReader(io.BytesIO(f.read_bytes()))]
@@ -87,7 +87,7 @@ def test_truncated_packets_keep_their_original_length(tmp_path, frames, wireshar
 def test_queue_option_round_trips(tmp_path, frames, wireshark) -> None:
     pkt = frames.udp()
     records: list[PacketRecord] = [(TS + i, len(pkt), len(pkt), pkt, 0, w) for i, w in enumerate((0, 3, 1, 0xFFFFFFFF))]
-    f = _write(tmp_path / "q.pcapng", [Interface("eth0")], records, with_queue=True)
+    f = _write(tmp_path / "q.pcapng", [Interface("veth0")], records, with_queue=True)
     assert wireshark.fields(f, "frame.interface_queue") == [["0"], ["3"], ["1"], ["4294967295"]]
     got = list(CaptureReader(io.BytesIO(f.read_bytes())))
     assert [rec for rec, _ in got] == records
@@ -96,7 +96,7 @@ def test_queue_option_round_trips(tmp_path, frames, wireshark) -> None:
 
 def test_without_queue_there_are_no_packet_options(tmp_path, frames, blocks) -> None:
     pkt = frames.udp()
-    f = _write(tmp_path / "q.pcapng", [Interface("eth0")], [(TS, len(pkt), len(pkt), pkt, 0, 5)])
+    f = _write(tmp_path / "q.pcapng", [Interface("veth0")], [(TS, len(pkt), len(pkt), pkt, 0, 5)])
     epbs = [body for btype, body in blocks(f.read_bytes()) if btype == pcapng.BT_EPB]
     assert len(epbs) == 1 and len(epbs[0]) == 20 + len(pkt) + (-len(pkt) % 4)
     ((rec, info),) = list(CaptureReader(io.BytesIO(f.read_bytes())))
@@ -136,7 +136,7 @@ def test_interface_statistics_counters(tmp_path, blocks, block_options, wireshar
 def test_pcapng_files_end_with_statistics_per_interface(tmp_path, frames, blocks, block_options,
                                                         wireshark) -> None:
     pkt = frames.udp(payload=b"p" * 100)
-    ifaces = [Interface("eth0", filter="udp"), Interface("eth1", filter="udp")]
+    ifaces = [Interface("veth0", filter="udp"), Interface("veth1", filter="udp")]
     counters = [pcapng.InterfaceCounters(0, 0, 10, 2, 9), pcapng.InterfaceCounters(0, 0, 4, 0, 4)]
     sink = PcapngFiles(str(tmp_path / "out.pcapng"), ifaces, counters=lambda: counters)
     sink.write([(TS, len(pkt), len(pkt), pkt, 0, 0), (TS + 1, 60, len(pkt), pkt[:60], 1, 0)])
@@ -151,8 +151,8 @@ def test_pcapng_files_end_with_statistics_per_interface(tmp_path, frames, blocks
     assert all(s["start"] <= s["end"] for s in isbs)
     assert sink.packets_written == 3 and sink.bytes_written == len(data)
     rows = wireshark.fields(tmp_path / "out.pcapng", "frame.interface_name", "frame.len", "frame.cap_len")
-    assert rows == [["eth0", str(len(pkt)), str(len(pkt))], ["eth1", str(len(pkt)), "60"],
-                    ["eth0", str(len(pkt)), str(len(pkt))]]
+    assert rows == [["veth0", str(len(pkt)), str(len(pkt))], ["veth1", str(len(pkt)), "60"],
+                    ["veth0", str(len(pkt)), str(len(pkt))]]
 
 
 def test_option_padding() -> None:
