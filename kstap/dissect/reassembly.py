@@ -27,6 +27,8 @@ marks the connection failed with an error kind, and the stage drops it.
 from __future__ import annotations
 
 from bisect import insort
+from collections.abc import Callable
+from typing import Any
 
 from kstap.dissect import detect
 from kstap.dissect.api import Entry, FlowContext, ParserError, StreamParser, endpoint
@@ -312,33 +314,28 @@ class TcpConn:
     def _deliver(self, side: int, data: bytes, ts: int) -> None:
         if self.state == ACTIVE:
             assert self.parser is not None
-            try:
-                out = self.parser.feed(0 if side == self.client_side else 1, data, ts)
-            except ParserError as exc:
-                self._fail(exc.kind)
-                return
-            except Exception:
-                self._fail("internal")
-                return
-            if out:
-                self.sink.entries.extend(out)
+            self._call(self.parser.feed, side, data, ts)
         elif self.state == DETECT:
             self._detect(side, data, ts)
+
+    def _call(self, method: Callable[[int, Any, int], list[Entry]], side: int, arg: Any, ts: int) -> None:
+        """Run a parser's feed or gap for ``side``: keep its entries; a refusal ends dissection."""
+        try:
+            out = method(0 if side == self.client_side else 1, arg, ts)
+        except ParserError as exc:
+            self._fail(exc.kind)
+            return
+        except Exception:
+            self._fail("internal")
+            return
+        if out:
+            self.sink.entries.extend(out)
 
     def _lost(self, side: int, nbytes: int, ts: int) -> None:
         self.sink.gaps += 1
         if self.state == ACTIVE:
             assert self.parser is not None
-            try:
-                out = self.parser.gap(0 if side == self.client_side else 1, nbytes, ts)
-            except ParserError as exc:
-                self._fail(exc.kind)
-                return
-            except Exception:
-                self._fail("internal")
-                return
-            if out:
-                self.sink.entries.extend(out)
+            self._call(self.parser.gap, side, nbytes, ts)
         elif self.state == DETECT:
             if self.midstream and self.client_side is None:
                 self.early, self.early_bytes = [], 0  # still looking for a request start
