@@ -9,19 +9,15 @@ the same (deliberately huge) --dissect-memory, so only the sampling mode differs
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import re
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from kstap.control import memcg
 from kstap.demo.lab import Lab
 
 MEMCG = Path("/sys/fs/cgroup/memory")
@@ -87,32 +83,8 @@ asyncio.run(main())
 """
 
 
-@contextmanager
-def memory_cgroup(limit: int) -> Iterator[Path]:
-    path = MEMCG / f"kstap-test-{os.getpid()}-{time.monotonic_ns() % 100000}"
-    path.mkdir()
-    try:
-        (path / "memory.limit_in_bytes").write_text(str(limit))
-        yield path
-    finally:
-        for pid in (path / "cgroup.procs").read_text().split():
-            with contextlib.suppress(OSError):
-                (MEMCG / "cgroup.procs").write_text(pid)
-        for _ in range(50):
-            try:
-                path.rmdir()
-                break
-            except OSError:
-                time.sleep(0.1)
-
-
-def oom_kills(cg: Path) -> int:
-    m = re.search(r"oom_kill (\d+)", (cg / "memory.oom_control").read_text())
-    return int(m.group(1)) if m else 0
-
-
 def run_under_limit(mode_args: list[str], tmp: Path, name: str) -> dict[str, object]:
-    with Lab() as lab, memory_cgroup(LIMIT) as cg:
+    with Lab() as lab, memcg.limited(LIMIT) as (cg, flavour):
         server = lab.spawn(lab.server, [sys.executable, "-c", SERVER, lab.server_ip, "90"],
                            stdout=subprocess.PIPE, text=True)
         assert server.stdout is not None and server.stdout.readline().strip() == "READY"
@@ -131,8 +103,8 @@ def run_under_limit(mode_args: list[str], tmp: Path, name: str) -> dict[str, obj
                                         str(OPEN_PER_SECOND), str(CHUNKS), str(CHUNK_EVERY)])
         _, err = tap.communicate(timeout=120)
         client.kill()
-        peak = int((cg / "memory.max_usage_in_bytes").read_text())
-        result = {"returncode": tap.returncode, "stderr": first + err, "oom_kills": oom_kills(cg), "peak": peak,
+        result = {"returncode": tap.returncode, "stderr": first + err, "oom_kills": memcg.oom_kills(cg, flavour),
+                  "peak": memcg.peak(cg, flavour),
                   "file": out, "events": events}
         return result
 
