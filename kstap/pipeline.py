@@ -440,6 +440,7 @@ class _Run:
     def _tick(self, now: float) -> None:
         if self.control is not None:
             self._apply_control()
+        _fill_counts(self.summary, self.source)  # once a tick: the controller and the views share them
         elapsed = now - self.start
         sampler = self.sampler
         if self.seen is not None:
@@ -461,7 +462,6 @@ class _Run:
             self._watch_resources(elapsed)  # without a controller or budget, every 5 s is enough
         if self.dissect is not None and not isinstance(self.source, _ReplayAdapter):
             self.dissect.tick(time.time_ns())
-        _fill_counts(self.summary, self.source)
         self._check_alerts()
         self.reporter.progress(self.snapshot(elapsed))
 
@@ -546,7 +546,6 @@ class _Run:
 
     def _govern(self, sampler: FlowSampler, elapsed: float) -> None:
         assert self.governor is not None
-        _fill_counts(self.summary, self.source)
         self.resources, self.controller = self.governor.update(self.summary.dropped)
         res = self.resources
         if res.memory_limit:
