@@ -40,6 +40,12 @@ def pressure(stats: ResourceStats) -> float:
     return max(ratios, default=0.0)
 
 
+TREE_RESCAN_S = 10.0
+"""How long the list of child processes is trusted. psutil finds children by reading the stat file of
+every process on the host (~0.6 ms on a quiet machine); capture workers start with the capture and
+are replaced rarely, and a child that ends triggers a new scan at once."""
+
+
 class PressureReader:
     """Reads the resource figures of one process (``pid``) as seen under ``root``.
 
@@ -72,6 +78,9 @@ class PressureReader:
         self._host_ram = cgroups.host_memory(root)
         self._cgroups = cgroups.locate(root, pid)
         self._tree_cache: list[psutil.Process] | None = None
+        self._tree_scanned = 0.0
+        self._located_from: str | None = None
+        """The ``/proc/<pid>/cgroup`` text :attr:`_cgroups` was located from."""
         self._cpu_counter()  # prime, so the first read() already has a delta
 
     # -- psutil --------------------------------------------------------------------------------------
@@ -87,7 +96,7 @@ class PressureReader:
 
     def _tree(self) -> list[psutil.Process]:
         """The process and its descendants (capture workers are children)."""
-        if self._tree_cache is not None:
+        if self._tree_cache is not None and self.clock() - self._tree_scanned < TREE_RESCAN_S:
             return self._tree_cache
         process = self._psutil_process()
         if process is None:
@@ -96,6 +105,7 @@ class PressureReader:
             self._tree_cache = [process, *process.children(recursive=True)]
         except psutil.Error:
             self._tree_cache = [process]
+        self._tree_scanned = self.clock()
         return self._tree_cache
 
     def _process_rss(self) -> int | None:
@@ -105,6 +115,7 @@ class PressureReader:
                 total += int(proc.memory_info().rss)
                 seen = True
             except psutil.Error:
+                self._tree_cache = None  # a child ended: look for its replacement next time
                 continue
         return total if seen else None
 
@@ -114,12 +125,21 @@ class PressureReader:
             try:
                 times = proc.cpu_times()
             except psutil.Error:
+                self._tree_cache = None
                 continue
             total += float(times.user + times.system)
             seen = True
         return total if seen else None
 
     # -- reading ----------------------------------------------------------------------------------------
+    def _relocate(self) -> None:
+        """Find the process's cgroups again, parsing mountinfo only when ``/proc/PID/cgroup`` changed
+        (a move to another cgroup); mounts under a running capture do not change."""
+        text = cgroups.read_text(cgroups.host_path(self.root, f"/proc/{self.pid}/cgroup"))
+        if text is None or text != self._located_from:
+            self._cgroups = cgroups.locate(self.root, self.pid)
+            self._located_from = text
+
     def _cpu_counter(self) -> tuple[cgroups.CpuFigures | None, str, float | None]:
         """(cgroup figures, counter source, cumulative CPU seconds) and update the CPU rate."""
         figures = cgroups.read_cpu(self._cgroups)
@@ -140,8 +160,7 @@ class PressureReader:
 
     def read(self) -> ResourceStats:
         """One reading. Cheap (a few small files): meant for a ~1 Hz tick."""
-        self._cgroups = cgroups.locate(self.root, self.pid)  # again each time: the process may move
-        self._tree_cache = None  # psutil's children() scans all of /proc: once per reading
+        self._relocate()  # again each time: the process may move
         stats = ResourceStats()
         sources: list[str] = []
 
@@ -211,3 +230,4 @@ class PressureReader:
             stats.psi_cpu_some = cpu.some.avg10
         if mem is not None or cpu is not None:
             sources.append(f"psi: {where if mem is not None else cpu_where}")
+
