@@ -184,17 +184,23 @@ static uint32_t flow_hash(const Key *k, uint32_t seed) {
     return fmix32(e ^ ((uint32_t)k->proto * 0x9E3779B1u) ^ s2);
 }
 
+static inline uint64_t mix64(uint64_t x) {
+    /* MurmurHash3's 64-bit finaliser */
+    x ^= x >> 33; x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33; x *= 0xc4ceb9fe1a85ec53ull;
+    return x ^ (x >> 33);
+}
+
 static uint64_t fingerprint(const Key *k) {
-    /* FNV-1a 64 over the canonical key; 0 is reserved for empty slots */
-    uint64_t h = 1469598103934665603ull;
-    unsigned char buf[40];
-    int n = 0;
-    buf[n++] = (unsigned char)k->proto;
-    memcpy(buf + n, k->a, 4 * k->words); n += 4 * k->words;
-    buf[n++] = k->ap >> 8; buf[n++] = k->ap & 0xff;
-    memcpy(buf + n, k->b, 4 * k->words); n += 4 * k->words;
-    buf[n++] = k->bp >> 8; buf[n++] = k->bp & 0xff;
-    for (int i = 0; i < n; i++) { h ^= buf[i]; h *= 1099511628211ull; }
+    /* 64 bits of the canonical key, a word pair at a time (table-internal, never stored outside the
+     * process: it only has to be fast and collide rarely); 0 is reserved for empty slots */
+    uint64_t h = mix64(0x9E3779B97F4A7C15ull ^ ((uint64_t)k->proto << 32 | (uint64_t)k->ap << 16 | k->bp));
+    for (int i = 0; i < k->words; i++) {
+        uint32_t wa, wb;
+        memcpy(&wa, k->a + 4 * i, 4);
+        memcpy(&wb, k->b + 4 * i, 4);
+        h = mix64(h ^ ((uint64_t)wa << 32 | wb));
+    }
     return h ? h : 1;
 }
 
@@ -228,6 +234,7 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
                           &suffix, &suffix_len))
         return NULL;
     PyObject *result = NULL;
+    uint64_t *fps = NULL;
     if (boff < 0 || bsize < 48 || boff + bsize > ring.len || table.len < 32 || suffix_len > 200) {
         PyErr_SetString(PyExc_ValueError, "bad ring, table or suffix");
         goto done;
@@ -243,12 +250,26 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
     /* one comment option: 4-byte header + "kstap: flow id=XXXXXXXX " (24) + suffix, padded, + endofopt */
     Py_ssize_t note_max = 4 + ((24 + suffix_len + 3) & ~3) + 4;
     Py_ssize_t out_cap = 0, off = first;
+    fps = PyMem_Malloc(num ? (size_t)num * sizeof(uint64_t) : 1);
+    if (!fps) { PyErr_NoMemory(); goto done; }
     for (uint32_t i = 0; i < num; i++) {
         if (off < 0 || off + 48 > bsize) { PyErr_SetString(PyExc_ValueError, "corrupt TPACKET_V3 block"); goto done; }
         const unsigned char *h = blk + off;
         uint32_t next = rd32(h), snap = rd32(h + 12), status = rd32(h + 20);
         uint16_t mac = rd16(h + 24);
         if (off + mac + (Py_ssize_t)snap > bsize) { PyErr_SetString(PyExc_ValueError, "corrupt TPACKET_V3 block"); goto done; }
+        {   /* Fetch this flow's slot now: the second pass then finds it in cache. The table is
+             * larger than L2 and a random slot per packet otherwise costs a memory access each. A
+             * VLAN tag the kernel stripped is not part of the key, so the ring's frame gives it
+             * (the second pass parses the copy itself when a tag was put back). */
+            Key pk;
+            fps[i] = 0;
+            if (parse_key(h + mac, snap, &pk)) {
+                uint64_t fp = fingerprint(&pk);
+                __builtin_prefetch(t + 2 * (1 + (fp & (t[1] - 1))), 1, 1);
+                if (!(status & TP_STATUS_VLAN_VALID)) fps[i] = fp;
+            }
+        }
         if (status & TP_STATUS_VLAN_VALID) snap += 4;
         out_cap += 32 + ((snap + 3) & ~3u) + note_max;
         if (i + 1 < num) {
@@ -273,14 +294,24 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
         /* the flow: first packet → comment */
         uint32_t optlen = 0;
         Key k;
-        if (parse_key(d, cap, &k)) {
-            int fresh = table_touch(t, fingerprint(&k), ts);
+        uint64_t fp = fps[i];
+        if (!fp && parse_key(d, cap, &k)) fp = fingerprint(&k);
+        if (fp) {
+            int fresh = table_touch(t, fp, ts);
             if (fresh < 0) full = 1;
+            if (fresh == 1 && fps[i]) parse_key(d, cap, &k);  /* the key, for the comment's flow hash */
             if (fresh == 1) {
+                /* "kstap: flow id=%08x <suffix>", without snprintf (one per new flow adds up) */
+                static const char prefix[] = "kstap: flow id=", hex[] = "0123456789abcdef";
                 char note[256];
-                int n = snprintf(note, sizeof note, "kstap: flow id=%08x %.*s", flow_hash(&k, seed),
-                                 (int)suffix_len, suffix);
-                if (n > 0 && n < (int)sizeof note && 4 + ((n + 3) & ~3) + 4 <= note_max) {
+                uint32_t fh = flow_hash(&k, seed);
+                int n = (int)sizeof prefix - 1;
+                memcpy(note, prefix, n);
+                for (int sh = 28; sh >= 0; sh -= 4) note[n++] = hex[(fh >> sh) & 0xf];
+                note[n++] = ' ';
+                memcpy(note + n, suffix, suffix_len);  /* suffix_len <= 200: checked on entry */
+                n += (int)suffix_len;
+                if (4 + ((n + 3) & ~3) + 4 <= note_max) {
                     unsigned char *p = d + padded;
                     p[0] = 1; p[1] = 0; p[2] = (unsigned char)(n & 0xff); p[3] = (unsigned char)(n >> 8);
                     memcpy(p + 4, note, n);
@@ -303,6 +334,7 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
     PyMem_Free(out);
     if (bytes) result = Py_BuildValue("(NIKIi)", bytes, num, captured, new_flows, full);
 done:
+    PyMem_Free(fps);
     PyBuffer_Release(&ring);
     PyBuffer_Release(&table);
     return result;
