@@ -6,6 +6,8 @@ supplies, so no stage writes to the terminal.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import secrets
 import signal
 import threading
@@ -109,12 +111,31 @@ class _Source(Protocol):
 
 @dataclass
 class StopFlag:
-    """Set by SIGINT/SIGTERM (or a test, or the dashboard's 'q')."""
+    """Set by SIGINT/SIGTERM (or a test, or the dashboard's 'q').
+
+    :meth:`wakeup_fd` gives a descriptor that turns readable when the flag is set, so the capture
+    loop can wait for packets, the next tick and a stop at once, with no idle wake-ups in between.
+    """
 
     signum: int = 0
+    _pipe: tuple[int, int] | None = None
 
     def set(self, signum: int = signal.SIGINT) -> None:
         self.signum = signum
+        if self._pipe is not None:
+            with contextlib.suppress(OSError):  # full (already readable) or closed: nothing more to say
+                os.write(self._pipe[1], b"!")
+
+    def wakeup_fd(self) -> int:
+        """The read end of a pipe written to by :meth:`set` (made on first use, then kept)."""
+        if self._pipe is None:
+            r, w = os.pipe()
+            os.set_blocking(r, False)
+            os.set_blocking(w, False)
+            self._pipe = (r, w)
+            if self.signum:
+                os.write(w, b"!")
+        return self._pipe[0]
 
     def __bool__(self) -> bool:
         return self.signum != 0
@@ -201,8 +222,10 @@ def run_tap(settings: TapSettings, reporter: Reporter, stop: StopFlag | None = N
 
 
 POLL_MS = 250
-"""The C fast paths wait this long for a block: signals only set a flag (poll is resumed, PEP 475),
-so this bounds how late Ctrl-C is noticed; longer means fewer idle wake-ups."""
+"""The C fast paths wait this long for a block when the stop flag cannot wake them: signals only set
+a flag (poll is resumed, PEP 475), so this bounds how late Ctrl-C is noticed."""
+FILE_RETIRE_MS = 500
+"""Block retire timeout when only a file waits for the packets (see :func:`_open_source`)."""
 
 MEMORY_WARN = 0.70
 MEMORY_CRITICAL = 0.90
@@ -239,13 +262,16 @@ def _open_source(settings: TapSettings, expression: str,
     program = base
     if sampler is not None:
         program = _sampled(base, sampler)
-    # Writing a file, nobody waits on single packets: hand blocks over every 100 ms (5x fewer
-    # wake-ups than 20 ms; measured 0.41 -> 0.28 us/packet at 20k pps). Live consumers (-w -,
-    # packet lines, entries) keep 20 ms.
+    # Writing a file, nobody waits on single packets: hand blocks over every 500 ms (tcpdump waits
+    # up to 1 s). Each hand-over costs a wake-up and a pass through Python, which at low kept rates
+    # is most of the CPU: 20 -> 100 ms measured 0.41 -> 0.28 us/packet at 20k pps, and 100 -> 250
+    # -> 1000 ms took rate-0.1 sampling at 100k pps from 0.31x to 0.24x to 0.18x the CPU of full
+    # capture (docs/benchmarks.md). The cost: up to that long to flush at a stop. Live consumers
+    # (-w -, packet lines, entries) keep 20 ms.
     to_file = settings.output.path not in (None, "-") and settings.entries is None
     live, retire = backends.open_live(backend, settings.interfaces, program, workers=settings.workers,
                                       buffer_mib=settings.buffer_mib, ns=settings.netns,
-                                      retire_ms=100 if to_file else 20)
+                                      retire_ms=FILE_RETIRE_MS if to_file else 20)
     return live, retire, backend, base
 
 
@@ -307,6 +333,8 @@ class _Run:
             except OutputClosed:  # the reader of -w - left before the first byte: stop quietly
                 summary.stopped_by = "output-closed"
                 return summary
+        if self.governor is None and not replay:
+            self._watch_resources(0.0)  # the reader's imports and first read now, not in the capture's first second
         self.reporter.listening(interfaces, self.backend, settings.workers)
         self.start = self.clock()
         next_tick = self.start + 1.0
@@ -318,6 +346,14 @@ class _Run:
             self._open_dissection(settings, lines)
         plain = isinstance(source, AfPacketSource) and source.fast and self.text is None and self.dissect is None
         fast = plain and self.sampler is None
+        # Only a file is waiting (no stream, pipe or worker reader whose merge needs the time to
+        # move on): wait for a block, the next tick, the end of --duration or a stop, whichever
+        # comes first, instead of waking every POLL_MS.
+        woken = False
+        if plain and isinstance(source, AfPacketSource) and isinstance(self.stop, StopFlag) and \
+                self.sink_factory is None and settings.output.path not in (None, "-"):
+            source.wake_on(self.stop.wakeup_fd())
+            woken = True
         if plain and self.sampler is not None and self.sampler.mode == "percentage" and encode_block_sampled:
             # the kernel did the sampling; C comments each flow's first packet (see sampling/seen.py)
             smp = self.sampler
@@ -344,14 +380,13 @@ class _Run:
                 if now >= next_tick:
                     self._tick(now)
                     next_tick = now + 1.0
-                if fast:
+                if fast or self.seen is not None:
                     assert isinstance(source, AfPacketSource)
-                    self._deliver_encoded(*source.read_encoded(POLL_MS, limit - summary.captured))
-                    batch = []
-                    continue
-                if self.seen is not None:
-                    assert isinstance(source, AfPacketSource)
-                    self._deliver_encoded(*source.read_encoded(POLL_MS, limit - summary.captured, self.seen))
+                    wait = next_tick - now
+                    if settings.duration is not None:
+                        wait = min(wait, self.start + settings.duration - now)
+                    wait_ms = max(1, int(wait * 1000) + 1) if woken else POLL_MS
+                    self._deliver_encoded(*source.read_encoded(wait_ms, limit - summary.captured, self.seen))
                     batch = []
                     continue
                 batch = source.read(100)

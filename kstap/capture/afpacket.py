@@ -317,7 +317,9 @@ class AfPacketSource:
                 return out
             raise
         for fd, ev in events:
-            ring = self._by_fd[fd]
+            ring = self._by_fd.get(fd)
+            if ring is None:  # the stop flag's pipe
+                continue
             if ev & select.POLLERR:
                 err = ring.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if err == errno.ENETDOWN:
@@ -325,6 +327,10 @@ class AfPacketSource:
                                      hint="the capture stopped; restart it when the link is back")
             ring.read_blocks(out)
         return out
+
+    def wake_on(self, fd: int) -> None:
+        """Also end a wait when ``fd`` turns readable (the stop flag's pipe); it is never read here."""
+        self._poll.register(fd, select.POLLIN)
 
     def read_encoded(self, timeout_ms: int, max_packets: int,
                      seen: SeenFlows | None = None) -> tuple[list[bytes], int, int]:
