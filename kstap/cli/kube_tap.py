@@ -6,6 +6,7 @@ streams (through the API server's pod proxy) in the one pipeline → follow pod 
 
 from __future__ import annotations
 
+import secrets
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -64,7 +65,9 @@ def run(options: KubeTapOptions, settings: Any, reporter: Any, stop: Any) -> Any
         smp = settings.sampling
         spec = mf.WorkerSpec(run_id=mf.new_run_id(), token=mf.new_token(), nodes=sorted(found.by_node),
                              bpf_filter=MATCH_NOTHING,  # nothing until each node's filter is posted
-                             mode=smp.mode, rate=smp.rate if smp.mode != "full" else None, seed=smp.seed,
+                             mode=smp.mode, rate=smp.rate if smp.mode != "full" else None,
+                             # one seed for every node, or a cross-node flow is kept on one end only
+                             seed=smp.seed if smp.seed is not None else secrets.randbits(32),
                              memory_budget=smp.memory_budget or (512 << 20), cpu_budget=smp.cpu_budget or 1.0,
                              entries=bool(settings.entries), interfaces=list(options.interfaces) or ["any"])
         if options.worker_image:

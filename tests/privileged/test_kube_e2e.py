@@ -521,8 +521,12 @@ def test_two_nodes_one_merged_file_one_seed_keeps_cross_node_flows_on_both_or_ne
     assert wait_for(lambda: not env.kubelet.alive(), timeout=15), \
         ([(r.pod, r.proc.pid, r.lines[-3:]) for r in env.kubelet.alive()], env.kubelet.stopped, cli.err)
     assert not env.cluster.objects("daemonsets") and not env.cluster.objects("secrets", "kstap")
-    argv = env.kubelet.started[0].argv
-    assert "--mode" in argv and argv[argv.index("--mode") + 1] == "percentage"
+    for run in env.kubelet.started:
+        argv = run.argv
+        assert argv[argv.index("--mode") + 1] == "percentage" and argv[argv.index("--rate") + 1] == "0.5"
+        # the seed reached the workers through the run's Secret (a mounted file), not the pod spec
+        assert "--seed" not in argv and str(int(SEED, 16)) not in argv
+        assert Path(argv[argv.index("--seed-file") + 1]).read_text() == str(int(SEED, 16))
 
     # one merged file: tshark reads it, one IDB per node, time-ordered
     cap = read_capture(wireshark, out)
