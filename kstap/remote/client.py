@@ -289,6 +289,20 @@ class RemoteSource:
         """Packets that arrived after newer ones had been released (written out of order)."""
         return {w.endpoint.name: w.late for w in self.workers}
 
+    def add_endpoint(self, endpoint: WorkerEndpoint) -> None:
+        """A worker on a node that had none (churn brought targets there): read from it too.
+
+        Its interfaces are appended to :attr:`interfaces` when its HELLO arrives (the pcapng sink
+        adds their IDBs then); until it answers it holds the merge back for at most ``max_hold``.
+        """
+        if any(w.endpoint.name == endpoint.name for w in self.workers):
+            raise WorkerFailure(f"there is already a worker for node {endpoint.name!r}")
+        w = _Worker(len(self.workers), endpoint, moved_at=self._monotonic(), down_since=self._monotonic())
+        w.thread = threading.Thread(target=self._reader, args=(w,), name=f"kstap-remote-{endpoint.name}",
+                                    daemon=True)
+        self.workers.append(w)  # before its reader runs: the merge looks workers up by index
+        w.thread.start()
+
     def replace_endpoint(self, endpoint: WorkerEndpoint) -> None:
         """A node's worker moved (its pod was replaced): read from the new one from now on."""
         for w in self.workers:

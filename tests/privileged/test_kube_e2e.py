@@ -622,3 +622,43 @@ def test_the_dashboard_shows_both_nodes_workers(env: Env) -> None:
     panel = screen.rsplit("workers", 1)[-1]
     assert re.search(r"│\s+0\s+node-a\s+up\s", panel) and re.search(r"│\s+1\s+node-b\s+up\s", panel), panel
     assert code == 0, rest[-2000:]
+
+
+def test_a_node_that_gains_targets_gets_a_worker_during_the_run(env: Env, wireshark) -> None:
+    """Churn brings the first target pod to node-b: the DaemonSet grows, the new worker is attached."""
+    nodes, cluster = env.nodes, env.cluster
+    for pod in SHOP["node-b"]:
+        cluster.delete_pod("shop", pod)  # at the start only node-a hosts targets
+    nodes.serve()
+    out = env.tmp / "retarget.pcapng"
+    cli = env.tap("-w", str(out), "--json", "--duration", "45")
+    cli.wait_capturing(("node-a",))
+    assert [r.node for r in env.kubelet.started] == ["node-a"]
+
+    def with_pay1(base: int) -> list[Flow]:
+        return [f for f in cross_node_flows(nodes, base) if nodes.ips["pay-1"] in (f[1], f[3])]
+
+    before, after = with_pay1(21000), with_pay1(23000)
+    nodes.send(before)  # node-b has no worker yet: only node-a sees these
+    t0 = time.monotonic()
+    cluster.add_pod("shop", "pay-1", "node-b", nodes.ips["pay-1"])
+    cli.wait_for(lambda: any(a["kind"] == "worker-added" for a in cli.of("alert")), 30, "the node-b worker")
+    attach_s = time.monotonic() - t0
+    nodes.send(after)
+    time.sleep(1.0)
+    assert cli.stop() == 0, cli.err
+
+    assert [r.node for r in env.kubelet.started] == ["node-a", "node-b"], env.kubelet.errors
+    cap = read_capture(wireshark, out)
+    per = cap.per_interface()
+    a_name, b_name = f"node-a/{nodes.lab.client_if}", f"node-b/{nodes.lab.server_if}"
+    assert set(per) == {a_name, b_name}
+    assert "Number of interfaces in file: 2" in wireshark.capinfos(out)
+    at_a, at_b = per[a_name], per[b_name]
+    assert {key_of(f) for f in before} <= set(at_a) and not {key_of(f) for f in before} & set(at_b)
+    for f in after:
+        assert at_a[key_of(f)] == at_b[key_of(f)] > 0, f"{f} after node-b's worker was added"
+    times = [t for _, t, _ in cap.rows]
+    assert times == sorted(times)
+    assert {w["node"] for w in cli.of("stats")[-1]["workers"] if w["alive"]} == set(NODES)
+    print(f"\nretarget: node-b's worker attached {attach_s:.1f} s after its first target pod appeared")
