@@ -15,6 +15,9 @@ from typing import Any
 
 from kstap.errors import KstapError, UsageError
 
+WORKER_POLL = 2.0
+"""Seconds between looks at the run's worker pods (a replaced pod is re-attached within that)."""
+
 
 @dataclass
 class KubeTapOptions:
@@ -84,10 +87,16 @@ def run(options: KubeTapOptions, settings: Any, reporter: Any, stop: Any) -> Any
         watcher = PodWatch(kube, found, churn.on_change)
         thread = threading.Thread(target=_watch, args=(watcher, reporter), name="kstap-pod-watch", daemon=True)
         thread.start()
+        done = threading.Event()
+        follower = threading.Thread(target=churn.follow_workers, args=(done, pods), name="kstap-worker-pods",
+                                    daemon=True)
+        follower.start()
         try:
             return pipeline.run_tap(settings, reporter, stop, source=source)
         finally:
+            done.set()
             watcher.stop()
+            follower.join(timeout=5)
             source.close()
     finally:
         if spec is not None and not options.keep_workers:
@@ -137,6 +146,31 @@ class Churn:
             result = self.source.set_filter(expression, node=node)
             if any(not str(v).startswith(("applied", "queued")) for v in result.values()):
                 self.reporter.warning(f"{node}: filter update not applied ({result})")
+
+    def follow_workers(self, done: threading.Event, pods: dict[str, Any], every: float = WORKER_POLL) -> None:
+        """Until ``done``: re-attach a node whose worker pod was replaced (deleted and re-created by
+        the DaemonSet, evicted, …) to its new pod; the merge then sees a restarted worker (its
+        interfaces and counters carry on, its filter is sent again). API server trouble is waited out."""
+        from kstap.kube import deploy
+
+        current = {node: pod.name for node, pod in pods.items()}
+        while not done.wait(every):
+            try:
+                ready = deploy.ready_workers(self.kube, self.spec)
+            except KstapError:
+                continue  # the API server is away: the streams reconnect on their own, so do we
+            for node, pod in sorted(ready.items()):
+                if node not in current and node not in set(self.source.worker_states()):
+                    continue  # a new node's worker: on_change attaches it
+                if current.get(node) != pod.name:
+                    old = current.get(node)
+                    current[node] = pod.name
+                    if old is None:
+                        continue
+                    self.source.replace_endpoint(_endpoint(self.kube, self.spec, pod))
+                    self.reporter.event("alert", {"level": "info", "kind": "worker-replaced",
+                                                  "message": f"node {node}: worker pod {old} was replaced by "
+                                                             f"{pod.name}; reading from it"})
 
     def _add_workers(self, nodes: list[str], filters: dict[str, str]) -> None:
         from kstap.kube import deploy

@@ -662,3 +662,44 @@ def test_a_node_that_gains_targets_gets_a_worker_during_the_run(env: Env, wiresh
     assert times == sorted(times)
     assert {w["node"] for w in cli.of("stats")[-1]["workers"] if w["alive"]} == set(NODES)
     print(f"\nretarget: node-b's worker attached {attach_s:.1f} s after its first target pod appeared")
+
+
+def test_a_deleted_worker_pod_is_recreated_and_the_capture_goes_on(env: Env, wireshark) -> None:
+    """``kubectl delete pod`` on node-b's worker mid-run: the DaemonSet re-creates it (a new process,
+    a new pod name), the CLI reads from the new pod, and what was captured before stays in the file."""
+    nodes, cluster = env.nodes, env.cluster
+    nodes.serve()
+    out = env.tmp / "replaced.pcapng"
+    cli = env.tap("-w", str(out), "--json", "--duration", "45")
+    cli.wait_capturing()
+    first, second = cross_node_flows(nodes, 24000)[:20], cross_node_flows(nodes, 26000)[:20]
+    nodes.send(first)
+    old = next(r for r in env.kubelet.started if r.node == "node-b")
+    t0 = time.monotonic()
+    cluster.delete_pod("kstap", old.pod)
+    cli.wait_for(lambda: any(a["kind"] == "worker-replaced" for a in cli.of("alert")), 30, "the new node-b pod")
+    cli.wait_for(lambda: any(a["kind"] == "worker-restarted" for a in cli.of("alert")), 15, "its stream")
+    new = env.kubelet.started[-1]
+    # the restarted worker starts with a match-nothing filter; the CLI sends its node's filter again
+    cli.wait_for(lambda: any("control: filter" in ln and "(applied)" in ln for ln in new.lines), 10,
+                 "the node-b filter on the new worker")
+    back_s = time.monotonic() - t0
+    assert old.proc.wait(15) == 0, old.lines[-5:]  # stopped by its pod's deletion, cleanly
+    nodes.send(second)
+    time.sleep(1.0)
+    assert cli.stop() == 0, cli.err
+
+    runs = [r for r in env.kubelet.started if r.node == "node-b"]
+    assert len(runs) == 2 and runs[0].pod != runs[1].pod, "a new process for a new pod"
+    cap = read_capture(wireshark, out)
+    per = cap.per_interface()
+    a_name, b_name = f"node-a/{nodes.lab.client_if}", f"node-b/{nodes.lab.server_if}"
+    assert set(per) == {a_name, b_name}, "the new pod's interface is the same IDB"
+    assert "Number of interfaces in file: 2" in wireshark.capinfos(out)
+    for f in first + second:
+        k = key_of(f)
+        assert per[a_name][k] == per[b_name][k] > 0, f"{f}: before and after the replacement, on both nodes"
+    alerts = [a["kind"] for a in cli.of("alert")]
+    assert "worker-replaced" in alerts and "worker-restarted" in alerts
+    assert {w["node"]: w["restarts"] for w in cli.of("stats")[-1]["workers"]} == {"node-a": 0, "node-b": 1}
+    print(f"\nreplaced pod: node-b read again {back_s:.1f} s after its worker pod was deleted")
