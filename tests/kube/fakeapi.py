@@ -30,6 +30,7 @@ Every request is recorded (:attr:`FakeCluster.requests`) as RBAC sees it: verb, 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import http.client
 import json
@@ -512,8 +513,16 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # quiet
         pass
 
+    def finish(self) -> None:
+        with self.server.lock:
+            self.server.connections.discard(self.connection)
+        with contextlib.suppress(OSError):
+            super().finish()
+
     def setup(self) -> None:
         super().setup()
+        with self.server.lock:
+            self.server.connections.add(self.connection)
         # Headers and body go out in separate writes: without this, Nagle + delayed ACK add 40 ms a call.
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
@@ -850,7 +859,7 @@ class _Handler(BaseHTTPRequestHandler):
                     self.send_header(k, v)
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
-            while True:
+            while not self.server.closing:  # a stopped server drops its proxied streams too
                 data = upstream.read1(65536)
                 if not data:
                     break
@@ -866,13 +875,22 @@ class _Server(ThreadingHTTPServer):
     cluster: FakeCluster
     closing: bool = False
 
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.lock = threading.Lock()
+        self.connections: set[socket.socket] = set()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # clients that go away mid-request (a closed stream) are normal here
+
 
 class FakeApiServer:
     """The fake on 127.0.0.1, an ephemeral port; a context manager."""
 
-    def __init__(self, cluster: FakeCluster | None = None) -> None:
+    def __init__(self, cluster: FakeCluster | None = None, port: int = 0) -> None:
+        """``port``: 0 picks a free one; a fixed one restarts a stopped server where it was."""
         self.cluster = cluster or FakeCluster()
-        self.httpd = _Server(("127.0.0.1", 0), _Handler)
+        self.httpd = _Server(("127.0.0.1", port), _Handler)
         self.httpd.cluster = self.cluster
         self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                         daemon=True, name="fake-apiserver")
@@ -891,6 +909,10 @@ class FakeApiServer:
             self.cluster.cond.notify_all()
         self.httpd.shutdown()
         self.httpd.server_close()
+        with self.httpd.lock:  # the API server going away: every open connection drops with it
+            for conn in list(self.httpd.connections):
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
 
     def __enter__(self) -> FakeApiServer:
         return self.start()
