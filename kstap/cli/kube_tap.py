@@ -1,17 +1,22 @@
 """``kstap tap -n NS [POD_REGEX]``: the Kubernetes path of ``tap`` (glue only, kept thin).
 
 resolve targets → deploy a worker per target node → post each node's filter → merge the workers'
-streams (through the API server's pod proxy) in the one pipeline → follow pod churn → clean up.
+streams (through the API server's pod proxy) in the one pipeline → follow pod churn (new filters;
+a worker for a node that gains targets) → clean up.
 """
 
 from __future__ import annotations
 
+import secrets
 import sys
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 from kstap.errors import KstapError, UsageError
+
+WORKER_POLL = 2.0
+"""Seconds between looks at the run's worker pods (a replaced pod is re-attached within that)."""
 
 
 @dataclass
@@ -44,8 +49,7 @@ def run(options: KubeTapOptions, settings: Any, reporter: Any, stop: Any) -> Any
     from kstap.kube.client import KubeSettings, connect
     from kstap.kube.nodefilter import MATCH_NOTHING
     from kstap.kube.targets import PodWatch, resolve
-    from kstap.remote.client import RemoteSource, WorkerEndpoint
-    from kstap.remote.transport import ApiServerProxyTransport
+    from kstap.remote.client import RemoteSource
 
     if settings.read or settings.netns:
         raise UsageError("pod targets (-n/-A/POD_REGEX) capture on the cluster: drop --read/--netns",
@@ -64,29 +68,35 @@ def run(options: KubeTapOptions, settings: Any, reporter: Any, stop: Any) -> Any
         smp = settings.sampling
         spec = mf.WorkerSpec(run_id=mf.new_run_id(), token=mf.new_token(), nodes=sorted(found.by_node),
                              bpf_filter=MATCH_NOTHING,  # nothing until each node's filter is posted
-                             mode=smp.mode, rate=smp.rate if smp.mode != "full" else None, seed=smp.seed,
+                             mode=smp.mode, rate=smp.rate if smp.mode != "full" else None,
+                             # one seed for every node, or a cross-node flow is kept on one end only
+                             seed=smp.seed if smp.seed is not None else secrets.randbits(32),
                              memory_budget=smp.memory_budget or (512 << 20), cpu_budget=smp.cpu_budget or 1.0,
                              entries=bool(settings.entries), interfaces=list(options.interfaces) or ["any"])
         if options.worker_image:
             spec.image = options.worker_image
         pods = deploy.deploy(kube, spec, timeout=options.ready_timeout)
-        endpoints = [WorkerEndpoint(name=node, token=spec.token,
-                                    transport=ApiServerProxyTransport(kube.api_client, pod.namespace, pod.name,
-                                                                      pod.port))
-                     for node, pod in sorted(pods.items())]
-        source = RemoteSource(endpoints, on_event=reporter.event)
+        source = RemoteSource([_endpoint(kube, spec, pod) for _, pod in sorted(pods.items())],
+                              on_event=reporter.event)
         filters = found.filters(settings.bpf_filter)
         for node, nf in filters.items():
             source.set_filter(nf.expression, node=node)
             if nf.note:
                 reporter.warning(f"{node}: {nf.note}")
-        watcher = PodWatch(kube, found, lambda change: _on_change(change, source, settings.bpf_filter, reporter))
+        churn = Churn(kube, spec, source, settings.bpf_filter, reporter, options.ready_timeout)
+        watcher = PodWatch(kube, found, churn.on_change)
         thread = threading.Thread(target=_watch, args=(watcher, reporter), name="kstap-pod-watch", daemon=True)
         thread.start()
+        done = threading.Event()
+        follower = threading.Thread(target=churn.follow_workers, args=(done, pods), name="kstap-worker-pods",
+                                    daemon=True)
+        follower.start()
         try:
             return pipeline.run_tap(settings, reporter, stop, source=source)
         finally:
+            done.set()
             watcher.stop()
+            follower.join(timeout=5)
             source.close()
     finally:
         if spec is not None and not options.keep_workers:
@@ -97,17 +107,92 @@ def run(options: KubeTapOptions, settings: Any, reporter: Any, stop: Any) -> Any
         kube.close()
 
 
-def _on_change(change: Any, source: Any, bpf_filter: str, reporter: Any) -> None:
-    """Pod churn: new per-node filters for the nodes whose IP sets changed (no restart)."""
-    filters = change.targets.filters(bpf_filter)
-    for node in change.nodes:
-        if node in filters:
-            result = source.set_filter(filters[node].expression, node=node)
+def _endpoint(kube: Any, spec: Any, pod: Any) -> Any:
+    """How the CLI reaches one node's worker: its pod through the API server's pod proxy."""
+    from kstap.remote.client import WorkerEndpoint
+    from kstap.remote.transport import ApiServerProxyTransport
+
+    return WorkerEndpoint(name=pod.node, token=spec.token,
+                          transport=ApiServerProxyTransport(kube.api_client, pod.namespace, pod.name, pod.port))
+
+
+class Churn:
+    """Pod churn during a run (called on the pod watch's thread).
+
+    A node whose target IPs changed gets its new filter (no restart); a node that lost its last
+    target keeps its worker with a match-nothing filter (targets often come back, e.g. a rollout);
+    a node that gained its first target gets a worker: the DaemonSet's node list grows
+    (``deploy.retarget``; ``OnDelete`` leaves the running workers alone), the new worker is waited
+    for, attached to the merge and given its filter.
+    """
+
+    def __init__(self, kube: Any, spec: Any, source: Any, bpf_filter: str, reporter: Any,
+                 ready_timeout: float) -> None:
+        self.kube, self.spec, self.source = kube, spec, source
+        self.bpf_filter, self.reporter, self.ready_timeout = bpf_filter, reporter, ready_timeout
+
+    def on_change(self, change: Any) -> None:
+        from kstap.kube.nodefilter import MATCH_NOTHING
+
+        filters = change.targets.filters(self.bpf_filter)
+        have = set(self.source.worker_states())
+        new = sorted(n for n in change.nodes if n in filters and n not in have)
+        if new:  # blocks this watch thread until the workers are Ready: later churn waits its turn
+            self._add_workers(new, {n: f.expression for n, f in filters.items()})
+        for node in change.nodes:
+            if node in new or node not in set(self.source.worker_states()):
+                continue
+            expression = filters[node].expression if node in filters else MATCH_NOTHING
+            result = self.source.set_filter(expression, node=node)
             if any(not str(v).startswith(("applied", "queued")) for v in result.values()):
-                reporter.warning(f"{node}: filter update not applied ({result})")
-        else:
-            reporter.warning(f"targets appeared on node {node!r}, which has no worker of this run: "
-                             "restart the capture to include it")
+                self.reporter.warning(f"{node}: filter update not applied ({result})")
+
+    def follow_workers(self, done: threading.Event, pods: dict[str, Any], every: float = WORKER_POLL) -> None:
+        """Until ``done``: re-attach a node whose worker pod was replaced (deleted and re-created by
+        the DaemonSet, evicted, …) to its new pod; the merge then sees a restarted worker (its
+        interfaces and counters carry on, its filter is sent again). API server trouble is waited out."""
+        from kstap.kube import deploy
+
+        current = {node: pod.name for node, pod in pods.items()}
+        while not done.wait(every):
+            try:
+                ready = deploy.ready_workers(self.kube, self.spec)
+            except KstapError:
+                continue  # the API server is away: the streams reconnect on their own, so do we
+            for node, pod in sorted(ready.items()):
+                if node not in current and node not in set(self.source.worker_states()):
+                    continue  # a new node's worker: on_change attaches it
+                if current.get(node) != pod.name:
+                    old = current.get(node)
+                    current[node] = pod.name
+                    if old is None:
+                        continue
+                    self.source.replace_endpoint(_endpoint(self.kube, self.spec, pod))
+                    self.reporter.event("alert", {"level": "info", "kind": "worker-replaced",
+                                                  "message": f"node {node}: worker pod {old} was replaced by "
+                                                             f"{pod.name}; reading from it"})
+
+    def _add_workers(self, nodes: list[str], filters: dict[str, str]) -> None:
+        from kstap.kube import deploy
+
+        try:
+            pods = deploy.retarget(self.kube, self.spec, sorted({*self.spec.nodes, *nodes}),
+                                   timeout=self.ready_timeout)
+        except KstapError as exc:
+            self.reporter.warning(f"targets appeared on {', '.join(nodes)}, but no worker started there: "
+                                  f"{exc.message}")
+            return
+        for node in nodes:
+            pod = pods.get(node)
+            if pod is None:
+                continue
+            self.source.add_endpoint(_endpoint(self.kube, self.spec, pod))
+            result = self.source.set_filter(filters[node], node=node)
+            if any(not str(v).startswith(("applied", "queued")) for v in result.values()):
+                self.reporter.warning(f"{node}: filter not applied on the new worker ({result})")
+            self.reporter.event("alert", {"level": "info", "kind": "worker-added",
+                                          "message": f"targets on node {node}: worker {pod.namespace}/{pod.name} "
+                                                     "added to the capture"})
 
 
 def _watch(watcher: Any, reporter: Any) -> None:

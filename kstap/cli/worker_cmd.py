@@ -60,6 +60,29 @@ def read_token(token_file: str | None, token_env: str | None) -> str:
     return token
 
 
+def read_seed(path: str) -> int:
+    """The seed from a small file (the run's Secret, mounted); errors never show the file's content."""
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > 64:
+            raise UsageError(f"--seed-file {path!r} is not a small regular file")
+        with open(path, encoding="ascii") as f:
+            text = f.read(64).strip()
+    except OSError as exc:
+        raise UsageError(f"cannot read --seed-file {path!r}: {exc.strerror}",
+                         hint="mount the run's Secret there (its 'seed' key)") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"--seed-file {path!r} is not text") from None
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise UsageError(f"--seed-file {path!r} does not hold a number",
+                         hint="a 32-bit number, decimal or 0x-hex") from None
+    if not 0 <= value < 1 << 32:
+        raise UsageError(f"the seed in --seed-file {path!r} is not a 32-bit number")
+    return value
+
+
 def worker(
     listen: str = typer.Option(..., "--listen", help="HOST:PORT for the HTTP API (port 0: any free port)."),
     token_file: str | None = typer.Option(None, "--token-file", help="File holding the API token."),
@@ -70,6 +93,7 @@ def worker(
     mode: str = typer.Option("full", "--mode", help="Sampling: full, percentage or auto."),
     rate: str | None = typer.Option(None, "--rate", help="Share of flows kept: 0.25 or 25% (auto: the start)."),
     seed: str | None = typer.Option(None, "--seed", help="32-bit flow-hash seed; the same on every node of a run."),
+    seed_file: str | None = typer.Option(None, "--seed-file", help="File holding the seed (a mounted Secret)."),
     min_rate: str | None = typer.Option(None, "--min-rate", help="auto: lowest rate the controller may set."),
     memory_budget: str | None = typer.Option(None, "--memory-budget", help="Memory to stay under, e.g. 512Mi."),
     cpu_budget: float | None = typer.Option(None, "--cpu-budget", help="CPU cores to stay under."),
@@ -97,8 +121,13 @@ def worker(
     if rate is not None:
         sampling.rate = parse_rate(rate)
         explicit.add("sampling.rate")
+    if seed is not None and seed_file is not None:
+        raise UsageError("give at most one of --seed and --seed-file",
+                         hint="on a cluster the seed comes from the run's Secret (--seed-file)")
     if seed is not None:
         sampling.seed = parse_seed(seed)
+    if seed_file is not None:
+        sampling.seed = read_seed(seed_file)
     if min_rate is not None:
         sampling.min_rate = parse_rate(min_rate)
     if memory_budget is not None:

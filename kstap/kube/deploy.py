@@ -199,6 +199,16 @@ def pod_node(pod: Obj) -> str | None:
     return None
 
 
+def ready_workers(kube: Kube, spec: WorkerSpec) -> dict[str, WorkerPod]:
+    """The run's Ready workers now, node → :class:`WorkerPod` (one list call)."""
+    return {n: _worker_pod(spec, n, p) for n, p in _worker_pods(kube, spec).items() if _is_ready(p)}
+
+
+def _worker_pod(spec: WorkerSpec, node: str, pod: Obj) -> WorkerPod:
+    return WorkerPod(node, spec.namespace, pod["metadata"]["name"], spec.port,
+                     str((pod.get("status") or {}).get("podIP") or ""))
+
+
 def wait_ready(kube: Kube, spec: WorkerSpec, nodes: list[str] | None = None, *,
                timeout: float = DEFAULT_READY_TIMEOUT, poll: float = 1.0,
                clock: Callable[[], float] = time.monotonic,
@@ -215,8 +225,7 @@ def wait_ready(kube: Kube, spec: WorkerSpec, nodes: list[str] | None = None, *,
                 raise failure
         ready = {n: pods[n] for n in want if n in pods and _is_ready(pods[n])}
         if len(ready) == len(want):
-            return {n: WorkerPod(n, spec.namespace, p["metadata"]["name"], spec.port,
-                                 str((p.get("status") or {}).get("podIP") or "")) for n, p in ready.items()}
+            return {n: _worker_pod(spec, n, p) for n, p in ready.items()}
         if clock() >= deadline:
             late = [n for n in want if n not in ready]
             reasons = "; ".join(f"{n}: {pending_reason(pods[n]) if n in pods else 'no worker pod yet'}" for n in late)

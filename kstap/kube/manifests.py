@@ -46,6 +46,9 @@ DEFAULT_NAMESPACE = "kstap"
 DEFAULT_PORT = 8900
 TOKEN_DIR = "/var/run/kstap"
 TOKEN_FILE = f"{TOKEN_DIR}/token"
+SEED_FILE = f"{TOKEN_DIR}/seed"
+"""The run's flow-hash seed, a key of the same Secret: never in the pod spec (whoever reads the
+DaemonSet could otherwise tell which flows the run samples, docs/security.md)."""
 WORKER_UID = 65534
 """nobody: the Dockerfile's USER."""
 
@@ -99,7 +102,9 @@ class WorkerSpec:
     mode: str = "full"
     rate: float | None = None
     seed: int | None = None
-    """The flow-hash seed, the same on every node so a cross-node flow is kept at both ends or neither."""
+    """The flow-hash seed, the same on every node so a cross-node flow is kept at both ends or neither.
+    It travels in the run's Secret (:data:`SEED_FILE`), not in the pod spec; None: each worker draws
+    its own (only sensible in ``full`` mode, where nothing is sampled)."""
     memory_budget: int = 512 << 20
     """Bytes; the pod's memory request and limit (equal: the budget is a hard line, and Guaranteed QoS
     keeps the worker from being the first to go under node memory pressure). 512 MiB holds the default
@@ -164,9 +169,12 @@ def cluster_role_binding(spec: WorkerSpec) -> Obj:
 
 
 def secret(spec: WorkerSpec) -> Obj:
-    """The run's API token; the only place it is written down in the cluster."""
+    """The run's API token and flow-hash seed; the only place either is written down in the cluster."""
+    data = {"token": base64.b64encode(spec.token.encode()).decode()}
+    if spec.seed is not None:
+        data["seed"] = base64.b64encode(str(spec.seed).encode()).decode()
     return {"apiVersion": "v1", "kind": "Secret", "metadata": _meta(spec, spec.secret_name), "type": "Opaque",
-            "data": {"token": base64.b64encode(spec.token.encode()).decode()}}
+            "data": data}
 
 
 def quantity_bytes(n: int) -> str:
@@ -190,7 +198,7 @@ def worker_args(spec: WorkerSpec) -> list[str]:
     if spec.rate is not None:
         args += ["--rate", repr(spec.rate)]
     if spec.seed is not None:
-        args += ["--seed", str(spec.seed)]
+        args += ["--seed-file", SEED_FILE]  # the Secret's "seed" key, mounted next to the token
     args += ["--memory-budget", str(spec.memory_budget), "--cpu-budget", repr(spec.cpu_budget),
              "--entries", "on" if spec.entries else "off"]
     return args

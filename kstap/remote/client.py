@@ -87,6 +87,8 @@ class _Worker:
     """The last control settings sent to it (sent again when it restarts)."""
     response: Response | None = None
     thread: threading.Thread | None = None
+    wake: threading.Event = field(default_factory=threading.Event)
+    """Set to cut a reader's pause short (its endpoint was replaced, or the source closes)."""
     reported_error: str = ""
 
 
@@ -247,6 +249,8 @@ class RemoteSource:
         self._closing.set()
         self._inbox.close()
         for w in self.workers:
+            w.wake.set()
+        for w in self.workers:
             resp = w.response
             if resp is not None:
                 with contextlib.suppress(Exception):  # closing from another thread may race
@@ -289,11 +293,26 @@ class RemoteSource:
         """Packets that arrived after newer ones had been released (written out of order)."""
         return {w.endpoint.name: w.late for w in self.workers}
 
+    def add_endpoint(self, endpoint: WorkerEndpoint) -> None:
+        """A worker on a node that had none (churn brought targets there): read from it too.
+
+        Its interfaces are appended to :attr:`interfaces` when its HELLO arrives (the pcapng sink
+        adds their IDBs then); until it answers it holds the merge back for at most ``max_hold``.
+        """
+        if any(w.endpoint.name == endpoint.name for w in self.workers):
+            raise WorkerFailure(f"there is already a worker for node {endpoint.name!r}")
+        w = _Worker(len(self.workers), endpoint, moved_at=self._monotonic(), down_since=self._monotonic())
+        w.thread = threading.Thread(target=self._reader, args=(w,), name=f"kstap-remote-{endpoint.name}",
+                                    daemon=True)
+        self.workers.append(w)  # before its reader runs: the merge looks workers up by index
+        w.thread.start()
+
     def replace_endpoint(self, endpoint: WorkerEndpoint) -> None:
         """A node's worker moved (its pod was replaced): read from the new one from now on."""
         for w in self.workers:
             if w.endpoint.name == endpoint.name:
                 w.endpoint = endpoint
+                w.wake.set()  # a reader pausing (backoff, or after its run's END) tries the new one now
                 resp = w.response
                 if resp is not None:
                     with contextlib.suppress(Exception):  # see close()
@@ -320,12 +339,12 @@ class RemoteSource:
                                          timeout=self.read_timeout)
             except (TransportError, OSError) as exc:
                 self._inbox.put(("down", w.index, getattr(exc, "message", str(exc))))
-                self._closing.wait(top if at.ended_run else delay)
+                self._pause(w, top if at.ended_run else delay)
                 delay = min(delay * 2, top)
                 continue
             except Exception as exc:  # a transport bug must not kill the reader silently
                 self._inbox.put(("down", w.index, f"{type(exc).__name__}: {exc}"))
-                self._closing.wait(top)
+                self._pause(w, top)
                 continue
             w.response = resp
             reason = "the stream ended"
@@ -346,11 +365,16 @@ class RemoteSource:
             if self._closing.is_set():
                 return
             if at.ended_run and at.ended_run == at.run:
-                self._closing.wait(top)  # the run is over: look for a new one now and then
+                self._pause(w, top)  # the run is over: look for a new one now and then
                 continue
             self._inbox.put(("down", w.index, reason))
-            self._closing.wait(delay)
+            self._pause(w, delay)
             delay = min(delay * 2, top)
+
+    def _pause(self, w: _Worker, seconds: float) -> None:
+        """Wait ``seconds`` unless the source closes or the worker's endpoint is replaced."""
+        if w.wake.wait(seconds):
+            w.wake.clear()
 
     def _follow(self, w: _Worker, resp: Response, at: _Cursor) -> None:
         """Decode one open stream into the inbox, moving ``at`` past every frame passed on."""

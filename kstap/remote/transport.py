@@ -234,10 +234,13 @@ class _Urllib3Response:
             raise OSError(f"response broken: {type(exc).__name__}") from None
 
     def close(self) -> None:
+        # Close the socket *before* handing the connection back: a stream closed half-read would
+        # otherwise go back to the client's pool with unread chunks on it, and the next API call
+        # on it would read them as its status line (BadStatusLine('1c\r\n')).
         try:
-            self._raw.release_conn()
-        finally:
             self._raw.close()
+        finally:
+            self._raw.release_conn()
 
 
 class _ForwardedConnection(http.client.HTTPConnection):

@@ -100,3 +100,27 @@ def test_a_missing_interface_fails_cleanly_and_never_prints_the_token(cli, token
     assert "no such interface" in r.err and "Traceback" not in r.err
     assert "kstap worker: serving http://127.0.0.1:" in r.err
     assert TOKEN not in r.err + r.out
+
+
+def test_the_seed_comes_from_a_file_and_bad_files_are_usage_errors(tmp_path: Path) -> None:
+    from kstap.cli.worker_cmd import read_seed
+
+    good = tmp_path / "seed"
+    good.write_text("0x5eed\n")
+    assert read_seed(str(good)) == 0x5EED
+    for name, content in (("word", "not-a-seed"), ("big", str(1 << 40)), ("huge", "1" * 100)):
+        bad = tmp_path / name
+        bad.write_text(content)
+        with pytest.raises(UsageError) as exc:
+            read_seed(str(bad))
+        assert content not in exc.value.message  # the file's content is never echoed
+    with pytest.raises(UsageError):
+        read_seed(str(tmp_path / "missing"))
+
+
+def test_seed_and_seed_file_conflict(cli, two_line_error, token_file: Path, tmp_path: Path) -> None:
+    seed = tmp_path / "seed"
+    seed.write_text("7")
+    r = cli("worker", "--listen", "127.0.0.1:0", "-i", "lo", "--token-file", str(token_file),
+            "--seed", "7", "--seed-file", str(seed))
+    assert r.code == 2 and "at most one of --seed and --seed-file" in r.err

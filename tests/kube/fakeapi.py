@@ -16,7 +16,11 @@ It is driven by the real ``kubernetes`` Python client (through a kubeconfig writ
   404, 409, 410) with the real reasons and messages;
 - a DaemonSet controller + kubelet: creating or replacing a DaemonSet makes a pod on each node its
   ``matchFields metadata.name In [...]`` affinity allows; each pod's status follows
-  :attr:`FakeCluster.worker_behaviour` (ready, image pull failure, crash loop, unschedulable, …);
+  :attr:`FakeCluster.worker_behaviour` (ready, image pull failure, crash loop, unschedulable, …).
+  With the behaviour ``run`` a :class:`Kubelet` the test plugs in (:attr:`FakeCluster.kubelet`)
+  starts a real process for the pod and marks it Ready (:meth:`FakeCluster.mark_ready`); a deleted
+  pod is stopped through it, and a DaemonSet pod deleted on its own is re-created (a new name), as
+  the real controller does;
 - the **pod proxy** ``/api/v1/namespaces/NS/pods/NAME[:PORT]/proxy/PATH`` forwarding any method,
   streaming, to a local address registered with :meth:`FakeCluster.register_proxy` (or for DaemonSet
   pods, :attr:`FakeCluster.proxy_by_node`).
@@ -26,6 +30,7 @@ Every request is recorded (:attr:`FakeCluster.requests`) as RBAC sees it: verb, 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import http.client
 import json
@@ -37,7 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
 Obj = dict[str, Any]
@@ -179,6 +184,16 @@ class WatchEvent:
     object: Obj
 
 
+class Kubelet(Protocol):
+    """What runs DaemonSet pods whose behaviour is ``run`` (a test's launcher of real processes)."""
+
+    def start(self, pod: Obj) -> None:
+        """Called on its own thread for a new pod; register its proxy, then :meth:`FakeCluster.mark_ready`."""
+
+    def stop(self, pod: Obj) -> None:
+        """Called when the pod object is removed (deleted, cascaded, or its node left the DaemonSet)."""
+
+
 @dataclass
 class FakeCluster:
     """Objects, their history, and the knobs tests turn."""
@@ -192,8 +207,11 @@ class FakeCluster:
     requests: list[Request] = field(default_factory=list)
     worker_behaviour: dict[str, str] = field(default_factory=dict)
     """Node → how its DaemonSet pod turns out: ``ready`` (default), ``image-pull``, ``err-image-pull``,
-    ``crashloop``, ``unschedulable``, ``starting`` (never Ready), ``config-error``, ``none`` (no pod)."""
+    ``crashloop``, ``unschedulable``, ``starting`` (never Ready), ``config-error``, ``none`` (no pod),
+    ``run`` (ContainerCreating until :attr:`kubelet` has started it and calls :meth:`mark_ready`)."""
     default_behaviour: str = "ready"
+    kubelet: Kubelet | None = None
+    """Runs the ``run`` pods (see :class:`Kubelet`)."""
     proxies: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)
     proxy_by_node: dict[str, tuple[str, int]] = field(default_factory=dict)
     """Node → local address; DaemonSet pods created on that node are proxied there."""
@@ -201,6 +219,8 @@ class FakeCluster:
 
     def __post_init__(self) -> None:
         self.cond = threading.Condition()
+        self.kubelet_pods: set[tuple[str, str]] = set()
+        """(namespace, name) of the pods :attr:`kubelet` was asked to start and not yet to stop."""
         self.epoch = 0
         """Bumped by :meth:`drop_watches`; a watch that sees it change cuts its connection."""
 
@@ -263,7 +283,10 @@ class FakeCluster:
                 return None
             obj["metadata"]["resourceVersion"] = str(self._next_rv())
             self._emit(res.plural, ns, "DELETED", obj)
-            return obj
+        if res.plural == "pods" and self.kubelet is not None and (ns, name) in self.kubelet_pods:
+            self.kubelet_pods.discard((ns, name))
+            self.kubelet.stop(copy.deepcopy(obj))
+        return obj
 
     def get(self, plural: str, ns: str | None, name: str) -> Obj | None:
         with self.cond:
@@ -328,7 +351,38 @@ class FakeCluster:
         return self.put(BY_PATH[("", "v1", "pods")], new, create=False)
 
     def delete_pod(self, ns: str, name: str) -> None:
-        self.remove(BY_PATH[("", "v1", "pods")], ns, name)
+        obj = self.remove(BY_PATH[("", "v1", "pods")], ns, name)
+        if obj is not None:
+            self.pod_deleted(obj)
+
+    def pod_deleted(self, pod: Obj) -> None:
+        """The DaemonSet controller's answer to a pod deleted on its own: a new pod for the node."""
+        for ref in pod["metadata"].get("ownerReferences") or []:
+            if ref.get("kind") != "DaemonSet":
+                continue
+            ds = self.get("daemonsets", pod["metadata"]["namespace"], ref["name"])
+            if ds is not None and ds["metadata"]["uid"] == ref.get("uid"):
+                self.reconcile_daemonset(ds)
+
+    def mark_ready(self, ns: str, name: str) -> bool:
+        """The kubelet's word that a ``run`` pod's container started and passed its readiness probe."""
+        with self.cond:
+            pod = self.get("pods", ns, name)
+            if pod is None:
+                return False
+            status = pod["status"]
+            status["phase"] = "Running"
+            for cond in status["conditions"]:
+                if cond["type"] == "Ready":
+                    cond["status"] = "True"
+            for cs in status.get("containerStatuses") or []:
+                cs.update(ready=True, started=True, state={"running": {"startedAt": _now()}})
+            self.put(BY_PATH[("", "v1", "pods")], pod, create=False)
+        ds_name = next((r["name"] for r in pod["metadata"].get("ownerReferences") or []), None)
+        ds = self.get("daemonsets", ns, ds_name) if ds_name else None
+        if ds is not None:
+            self._ds_status(ds)
+        return True
 
     # -- the DaemonSet controller and kubelet -------------------------------------------------------
     def _eligible_nodes(self, ds: Obj) -> list[str]:
@@ -351,7 +405,11 @@ class FakeCluster:
         return str(terms["nodeSelectorTerms"][0]["matchFields"][0]["values"][0])
 
     def reconcile_daemonset(self, ds: Obj) -> None:
-        ns, name = ds["metadata"]["namespace"], ds["metadata"]["name"]
+        with self.cond:  # one controller: two reconciles at once must not both create a node's pod
+            self._reconcile(ds)
+
+    def _reconcile(self, ds: Obj) -> None:
+        ns = ds["metadata"]["namespace"]
         pod_res = BY_PATH[("", "v1", "pods")]
         eligible = set(self._eligible_nodes(ds))
         owned = [p for p in self.objects("pods", ns)
@@ -365,10 +423,21 @@ class FakeCluster:
             if behaviour == "none":
                 continue
             pod = self._worker_pod(ds, node, behaviour)
-            self.put(pod_res, pod, create=True)
+            stored = self.put(pod_res, pod, create=True)
             addr = self.proxy_by_node.get(node)
             if addr:
                 self.register_proxy(ns, pod["metadata"]["name"], addr)
+            if behaviour == "run":
+                if self.kubelet is None:
+                    raise ValueError("the behaviour 'run' needs FakeCluster.kubelet")
+                self.kubelet_pods.add((ns, pod["metadata"]["name"]))
+                threading.Thread(target=self.kubelet.start, args=(stored,), daemon=True,
+                                 name=f"fake-kubelet-{node}").start()
+        self._ds_status(ds)
+
+    def _ds_status(self, ds: Obj) -> None:
+        ns, name = ds["metadata"]["namespace"], ds["metadata"]["name"]
+        eligible = set(self._eligible_nodes(ds))
         pods = [p for p in self.objects("pods", ns)
                 if any(o.get("uid") == ds["metadata"]["uid"] for o in p["metadata"].get("ownerReferences", []))]
         ready = sum(1 for p in pods if p["status"].get("phase") == "Running"
@@ -419,7 +488,7 @@ class FakeCluster:
             conditions[0].update(status="False", reason="Unschedulable",
                                  message="0/3 nodes are available: 1 Insufficient memory.")
             del status["hostIP"], status["podIP"], status["podIPs"], status["containerStatuses"]
-        elif behaviour == "starting":
+        elif behaviour in ("starting", "run"):
             cstatus["state"] = {"waiting": {"reason": "ContainerCreating"}}
         else:
             raise ValueError(f"unknown worker behaviour {behaviour!r}")
@@ -444,8 +513,16 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # quiet
         pass
 
+    def finish(self) -> None:
+        with self.server.lock:
+            self.server.connections.discard(self.connection)
+        with contextlib.suppress(OSError):
+            super().finish()
+
     def setup(self) -> None:
         super().setup()
+        with self.server.lock:
+            self.server.connections.add(self.connection)
         # Headers and body go out in separate writes: without this, Nagle + delayed ACK add 40 ms a call.
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
@@ -681,6 +758,8 @@ class _Handler(BaseHTTPRequestHandler):
             for p in c.objects("pods", ns):
                 if any(o.get("uid") == obj["metadata"]["uid"] for o in p["metadata"].get("ownerReferences", [])):
                     c.remove(BY_PATH[("", "v1", "pods")], ns, p["metadata"]["name"])
+        if res.plural == "pods":
+            c.pod_deleted(obj)
         self._send_json(200, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
                               "details": {"name": name, "kind": res.plural, "uid": obj["metadata"]["uid"]}})
 
@@ -780,7 +859,7 @@ class _Handler(BaseHTTPRequestHandler):
                     self.send_header(k, v)
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
-            while True:
+            while not self.server.closing:  # a stopped server drops its proxied streams too
                 data = upstream.read1(65536)
                 if not data:
                     break
@@ -796,13 +875,22 @@ class _Server(ThreadingHTTPServer):
     cluster: FakeCluster
     closing: bool = False
 
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.lock = threading.Lock()
+        self.connections: set[socket.socket] = set()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # clients that go away mid-request (a closed stream) are normal here
+
 
 class FakeApiServer:
     """The fake on 127.0.0.1, an ephemeral port; a context manager."""
 
-    def __init__(self, cluster: FakeCluster | None = None) -> None:
+    def __init__(self, cluster: FakeCluster | None = None, port: int = 0) -> None:
+        """``port``: 0 picks a free one; a fixed one restarts a stopped server where it was."""
         self.cluster = cluster or FakeCluster()
-        self.httpd = _Server(("127.0.0.1", 0), _Handler)
+        self.httpd = _Server(("127.0.0.1", port), _Handler)
         self.httpd.cluster = self.cluster
         self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                         daemon=True, name="fake-apiserver")
@@ -821,6 +909,10 @@ class FakeApiServer:
             self.cluster.cond.notify_all()
         self.httpd.shutdown()
         self.httpd.server_close()
+        with self.httpd.lock:  # the API server going away: every open connection drops with it
+            for conn in list(self.httpd.connections):
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
 
     def __enter__(self) -> FakeApiServer:
         return self.start()

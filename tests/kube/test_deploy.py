@@ -250,3 +250,46 @@ def test_pod_proxy_reaches_a_local_worker(cluster, kube, local_worker) -> None:
     conn.close()
     proxied = [r for r in cluster.requests if r.resource == "pods/proxy"]
     assert proxied and proxied[0].verb == "get" and proxied[0].path == "/v1/stream"
+
+
+class _Endless(http.server.BaseHTTPRequestHandler):
+    """A worker stream that never ends (chunked), like /v1/stream."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        try:
+            for _ in range(2000):
+                self.wfile.write(b"1c\r\n" + b"x" * 28 + b"\r\n")
+                self.wfile.flush()
+                threading.Event().wait(0.005)
+        except OSError:
+            pass
+
+
+def test_a_stream_closed_half_read_does_not_poison_the_clients_pool(cluster, kube) -> None:
+    """Closing a proxied stream mid-way must not hand its connection (unread chunks on it) back to
+    the client's pool: the next API call would read those chunks as its status line."""
+    from kstap.remote.transport import ApiServerProxyTransport
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Endless)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        cluster.add_pod("a", "w-1", "node-a", "10.244.1.99")
+        cluster.register_proxy("a", "w-1", ("127.0.0.1", srv.server_port))
+        transport = ApiServerProxyTransport(kube.api_client, "a", "w-1", 8900)
+        for _ in range(3):
+            resp = transport.request("GET", "/v1/stream")
+            assert resp.status == 200 and resp.read1(10)
+            resp.close()
+            pods = kube.core.list_namespaced_pod("a")  # on the same client: its pool is shared
+            assert "w-1" in [p.metadata.name for p in pods.items]
+    finally:
+        srv.shutdown()
+        srv.server_close()

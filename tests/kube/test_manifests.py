@@ -63,7 +63,11 @@ def test_manifests_from_the_cluster_validate_strictly(cli, kubeconfig, tmp_path:
     assert args[args.index("--bpf-filter") + 1] == (
         "(tcp) and (ip host 10.244.1.10 or ip host 10.244.1.20 or ip host 10.244.2.10 or ip host 10.244.2.11 "
         "or ip host 10.244.3.20 or ip6 host fd00:3::20)")
-    assert args[args.index("--seed") + 1] == "42" and args[args.index("--rate") + 1] == "0.1"
+    assert args[args.index("--seed-file") + 1] == mf.SEED_FILE and args[args.index("--rate") + 1] == "0.1"
+    assert "--seed" not in args and "42" not in str(ds), "the seed is in the Secret, never in the pod spec"
+    import base64
+
+    assert base64.b64decode(the(objects, "Secret")["data"]["seed"]) == b"42"
     assert args[args.index("--mode") + 1] == "percentage"
     assert ds["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example/kstap:0.1.0"
 
@@ -132,6 +136,11 @@ def test_resources_tolerations_and_token() -> None:
     import base64
 
     assert base64.b64decode(mf.secret(s)["data"]["token"]).decode() == s.token
+    # the seed: the same Secret, the same mount; not on the command line, not in the environment
+    assert args[args.index("--seed-file") + 1] == mf.SEED_FILE == f"{mount['mountPath']}/seed"
+    assert base64.b64decode(mf.secret(s)["data"]["seed"]).decode() == "7"
+    assert "--seed" not in args and "7" not in [*args, *(str(e.get("value")) for e in c["env"])]
+    assert "seed" not in mf.secret(spec(seed=None))["data"]
 
 
 def test_worker_flags_exist_in_kstap_worker() -> None:
