@@ -234,10 +234,14 @@ class _Urllib3Response:
             raise OSError(f"response broken: {type(exc).__name__}") from None
 
     def close(self) -> None:
+        # Close first: that closes the connection too, so a body left unread (a control answer, a
+        # stream) never reaches the next request on it; then give the pool its slot back. The other
+        # order put the connection, unread bytes and all, back into the pool, and the next request
+        # through the API server failed with a ProtocolError.
         try:
-            self._raw.release_conn()
-        finally:
             self._raw.close()
+        finally:
+            self._raw.release_conn()
 
 
 class _ForwardedConnection(http.client.HTTPConnection):
