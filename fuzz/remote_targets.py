@@ -112,7 +112,8 @@ def _route(path: str) -> str | None:
 
 def exact_token(headers: Any) -> bool:
     """The oracle: the (first) Authorization or X-Kstap-Authorization value is ``Bearer <token>``
-    (RFC 6750: ``"Bearer" 1*SP token``; spaces and tabs around the field value are not part of it)."""
+    (RFC 6750: ``"Bearer" 1*SP token``; the worker also takes tabs after the space, and spaces and
+    tabs around the field value are not part of it). No other character may come near the token."""
     if headers is None:
         return False
     for name in ("Authorization", protocol.TOKEN_HEADER):
@@ -122,7 +123,7 @@ def exact_token(headers: Any) -> bool:
     return False
 
 
-_EXACT = re.compile(rf"[ \t]*Bearer +{TOKEN}[ \t]*")
+_EXACT = re.compile(rf"[ \t]*Bearer [ \t]*{TOKEN}[ \t]*")
 
 
 class _Observed(server._Handler):
