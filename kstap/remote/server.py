@@ -173,6 +173,14 @@ class _Handler(BaseHTTPRequestHandler):
             return False
         return True
 
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The stdlib's error page, always with a status line: it omits the status line and headers when
+        the request named ``HTTP/0.9``, which a line of more than three words does before it is refused."""
+        if self.request_version == "HTTP/0.9":
+            self.request_version = "HTTP/1.0"
+            self.close_connection = True
+        super().send_error(code, message, explain)
+
     def _url(self) -> SplitResult | None:
         """The request target, split; None (after answering 400) if it cannot be parsed."""
         try:

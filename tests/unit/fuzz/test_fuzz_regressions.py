@@ -68,6 +68,7 @@ def test_absolute_url_with_a_broken_ipv6_host_is_400() -> None:
     (b"GET /healthz\r\n", 400), (b"GET /v1/stats\r\n\r\n", 400), (b"GET / FOO\r\n\r\n", 400),
     (b"GET / HTTP/1.1 x\r\n\r\n", 400),
     (b"GET /healthz HTTP/1.1\r\nHost:\r\n\r\nGET /healthz HTTP/0.9\r\nHost: w\r\n\r\n", 505),  # atheris
+    (b"HEAD /a b /c HTTP/0.9\r\n\r\n", 400),  # atheris: more than three words, refused as HTTP/0.9
 ])
 def test_http_0_9_requests_get_a_status_line(line: bytes, expected: int) -> None:
     # http.server answered HTTP/0.9 requests ("GET /healthz" without a version, found first; then by
