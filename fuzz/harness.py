@@ -14,7 +14,7 @@ import sys
 def main(name: str) -> None:
     import atheris
 
-    with atheris.instrument_imports(include=["kstap", "targets", "dpkt", "hpack", "yaml"]):
+    with atheris.instrument_imports(include=["kstap", "targets", "remote_targets", "dpkt", "hpack", "yaml"]):
         import targets
 
     target = targets.TARGETS[name]

@@ -7,7 +7,7 @@ there between runs), libFuzzer runs for ``--seconds`` (``-max_total_time``) and 
 input to ``WORKDIR/crashes/TARGET/``. The table printed at the end (Markdown) gives the time, the
 executions, the coverage reached and the crashes; exit status 1 if any target crashed. A crash
 input is replayed with ``python fuzz/fuzz_TARGET.py CRASH_FILE``; once fixed, it belongs in
-``tests/unit/fuzz/test_regressions.py``.
+``tests/unit/fuzz/test_fuzz_regressions.py``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-TARGETS = ("flowkey", "savefile", "http1", "http2", "dns", "stage", "settings")
+TARGETS = ("flowkey", "savefile", "http1", "http2", "dns", "stage", "settings", "worker_api", "worker_stream")
 
 
 @dataclass

@@ -293,5 +293,61 @@ def settings_seeds() -> list[bytes]:
     ]
 
 
+# -- remote capture: the worker API and the worker stream ------------------------------------------------
+
+def worker_api_seeds() -> list[bytes]:
+    """Requests of one connection, in the target's encoding (a state/mode byte, then the bytes sent)."""
+    from remote_targets import RUN, TOKEN
+
+    auth = f"Authorization: Bearer {TOKEN}\r\n"
+    xauth = f"X-Kstap-Authorization: Bearer {TOKEN}\r\n"
+
+    def post(body: bytes, headers: str = auth) -> bytes:
+        return (f"POST /v1/control HTTP/1.1\r\nHost: w\r\n{headers}Content-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+    stats = f"GET /v1/stats HTTP/1.1\r\nHost: w\r\n{auth}\r\n".encode()
+    return [
+        b"\0" + b"GET /healthz HTTP/1.1\r\nHost: w\r\n\r\n" + stats,
+        b"\1" + f"GET /v1/stream?after=2&run={RUN} HTTP/1.1\r\nHost: w\r\n{xauth}\r\n".encode(),
+        b"\0" + f"GET /v1/stream HTTP/1.1\r\n{auth}\r\n".encode(),
+        b"\4" + post(b'{"rate": 0.25}') + post(b'{"filter": "tcp port 80"}', xauth) + stats,
+        b"\0" + post(b'{"rate": 0.5, "filter": "udp"}'),
+        b"\x08" + post(b'{"filter": "not a filter ("}'),
+        b"\0" + f"GET /v1/stats HTTP/1.1\r\nAuthorization: Bearer {TOKEN[:-1]}\r\n\r\n".encode()
+        + b"DELETE /v1/control HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+        b"\3" + f"GET /v1/stream?after=1&after=2 HTTP/1.1\r\n{auth}Expect: 100-continue\r\n\r\n".encode(),
+    ]
+
+
+def worker_stream_bytes() -> bytes:
+    """A whole worker stream: preamble, HELLO, BATCH with a comment, IFSTATS, EVENTs, ENTRIES, GAP, END."""
+    from kstap.model import SourceStats
+    from kstap.remote import protocol
+
+    hello = protocol.Hello("node-a", "run1", (Interface("veth0"), Interface("eth1", 113, 96, "tcp")),
+                           comment="kstap: run mode=percentage rate=0.5 seed=ab12", mode="percentage", rate=0.5,
+                           seed_id="ab12", started_ns=T0)
+    frames = sample_frames()[:3]
+    recs: list[PacketRecord] = [(T0 + i, len(f), len(f) + 4, f, i % 2, 0) for i, f in enumerate(frames)]
+    return b"".join([
+        protocol.preamble(), protocol.encode_hello(0, hello), protocol.encode_batch(1, T0, recs, {1: "flow 0001"}),
+        protocol.encode_ifstats(2, [SourceStats(10, 1, 3), SourceStats(0, 0, 0)]),
+        protocol.encode_event(3, "alert", {"level": "warn", "kind": "drops", "message": "kernel dropped 1"}),
+        protocol.encode_event(4, "rate_change", {"old": 0.5, "new": 0.25, "reason": "cpu"}),
+        protocol.encode_event(5, "stats", {"captured": 3, "rate": 0.25, "elapsed": 1.5}),
+        protocol.encode_entries(6, ['{"method":"GET","url":"/a"}', '{"status":200}']),
+        protocol.encode_batch(6, T0 + 10, []), protocol.encode_gap(9, 2, 7),
+        protocol.encode_event(10, "warning", {"message": "w"}),
+        protocol.encode_end(11, "duration", {"captured": 3}),
+    ])
+
+
+def worker_stream_seeds() -> list[bytes]:
+    stream = worker_stream_bytes()
+    return [b"\0\0" + stream, b"\x07\0" + stream, b"\0\1" + stream[8:], b"\x01\0" + stream[:120]]
+
+
 SEEDS = {"flowkey": flowkey_seeds, "savefile": savefile_seeds, "http1": http1_seeds, "http2": http2_seeds,
-         "dns": dns_seeds, "stage": stage_seeds, "settings": settings_seeds}
+         "dns": dns_seeds, "stage": stage_seeds, "settings": settings_seeds,
+         "worker_api": worker_api_seeds, "worker_stream": worker_stream_seeds}

@@ -16,6 +16,9 @@ dns        ``dns.decode``, ``DnsUdpTracker``, ``DnsTcpParser``     ``DnsError`` 
 stage      ``DissectStage.feed`` on frames cut from the input     nothing, and no "internal" error
 settings   config file + ``--set`` + ``KSTAP_*`` → ``resolve``     ``UsageError``
            → ``TapSettings.validate``
+worker_api requests of one connection to the worker's HTTP API       nothing (see remote_targets.py)
+worker_    a worker stream in pieces → ``StreamDecoder``            ``ProtocolError``
+stream
 ========== ===================================================== ==================================
 
 Every entry a dissector returns must also survive what the NDJSON writer does with it
@@ -389,7 +392,13 @@ def settings(data: bytes) -> None:
     run_settings(config_text, set_items, env)
 
 
+def _remote_targets() -> dict[str, Callable[[bytes], None]]:
+    import remote_targets  # fuzz/remote_targets.py: the worker API and the worker stream
+
+    return dict(remote_targets.TARGETS)
+
+
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "flowkey": flowkey, "savefile": savefile, "http1": http1, "http2": http2, "dns": dns, "stage": stage,
-    "settings": settings,
+    "settings": settings, **_remote_targets(),
 }

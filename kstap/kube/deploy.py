@@ -47,11 +47,9 @@ KINDS: dict[str, Kind] = {
     "ServiceAccount": Kind("serviceaccounts", True, "core", "namespaced_service_account",
                            "service_account_for_all_namespaces"),
     "Secret": Kind("secrets", True, "core", "namespaced_secret", "secret_for_all_namespaces"),
-    "ClusterRole": Kind("clusterroles", False, "rbac", "cluster_role", "cluster_role"),
-    "ClusterRoleBinding": Kind("clusterrolebindings", False, "rbac", "cluster_role_binding", "cluster_role_binding"),
     "DaemonSet": Kind("daemonsets", True, "apps", "namespaced_daemon_set", "daemon_set_for_all_namespaces"),
 }
-CLEAN_ORDER = ("DaemonSet", "Secret", "ServiceAccount", "ClusterRoleBinding", "ClusterRole", "Namespace")
+CLEAN_ORDER = ("DaemonSet", "Secret", "ServiceAccount", "Namespace")
 
 
 @dataclass(frozen=True)

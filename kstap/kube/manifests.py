@@ -21,7 +21,12 @@ Security posture (docs/kubernetes.md, "Security posture"):
   UID 65534 with NET_RAW and nothing else. ``--promiscuous`` is the exception: NET_ADMIN cannot ride on
   a file capability (the image's binary would then fail to exec wherever NET_ADMIN is not granted),
   so with it the worker runs as UID 0 — still with only NET_RAW and NET_ADMIN, not privileged.
-- **Least-privilege RBAC**: get/list/watch on pods and nodes, nothing else (:func:`cluster_role`).
+- **No RBAC for the workers, no API credential in their pods.** ``kstap worker`` never calls the
+  Kubernetes API: the CLI resolves targets, deploys and reaches the workers (through the pod proxy)
+  with its user's own credentials. So the workers' ServiceAccount is bound to no role
+  (:data:`RBAC_RULES` is empty) and its token is not mounted (``automountServiceAccountToken:
+  false``): a compromised worker holds no cluster credential at all. ``tests/kube/test_rbac.py``
+  proves it (a worker runs with an API server that refuses everything and is never called).
 """
 
 from __future__ import annotations
@@ -52,11 +57,10 @@ DaemonSet could otherwise tell which flows the run samples, docs/security.md).""
 WORKER_UID = 65534
 """nobody: the Dockerfile's USER."""
 
-RBAC_RULES: list[Obj] = [
-    {"apiGroups": [""], "resources": ["pods", "nodes"], "verbs": ["get", "list", "watch"]},
-]
-"""The worker's ClusterRole: reading pods and nodes is all target resolution does
-(:mod:`kstap.kube.targets`); nothing can be created, changed or deleted, and no secret read."""
+RBAC_RULES: list[Obj] = []
+"""What the workers' ServiceAccount may do: nothing. The worker makes no API call (target resolution,
+deployment and the watch run in the CLI, with the user's credentials), so kstap creates no Role or
+ClusterRole for it (versions before 0.2 created a ClusterRole reading pods and nodes that nothing used)."""
 
 _RUN_ID = re.compile(r"^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$")
 
@@ -151,21 +155,9 @@ def namespace(spec: WorkerSpec) -> Obj:
 
 
 def service_account(spec: WorkerSpec) -> Obj:
-    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(spec, spec.name)}
-
-
-def cluster_role(spec: WorkerSpec) -> Obj:
-    """get/list/watch on pods and nodes: :data:`RBAC_RULES`, nothing more."""
-    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-            "metadata": _meta(spec, spec.name, namespaced=False),
-            "rules": [dict(rule) for rule in RBAC_RULES]}
-
-
-def cluster_role_binding(spec: WorkerSpec) -> Obj:
-    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-            "metadata": _meta(spec, spec.name, namespaced=False),
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": spec.name},
-            "subjects": [{"kind": "ServiceAccount", "name": spec.name, "namespace": spec.namespace}]}
+    """The workers' identity: bound to no role, its token never mounted (:data:`RBAC_RULES`)."""
+    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(spec, spec.name),
+            "automountServiceAccountToken": False}
 
 
 def secret(spec: WorkerSpec) -> Obj:
@@ -252,6 +244,7 @@ def daemonset(spec: WorkerSpec) -> Obj:
         {"matchFields": [{"key": "metadata.name", "operator": "In", "values": sorted(spec.nodes)}]}]}}}
     pod_spec: Obj = {
         "serviceAccountName": spec.name,
+        "automountServiceAccountToken": False,
         "hostNetwork": True,
         "dnsPolicy": "ClusterFirstWithHostNet",
         "affinity": affinity,
@@ -271,8 +264,7 @@ def daemonset(spec: WorkerSpec) -> Obj:
 
 def all_objects(spec: WorkerSpec) -> list[Obj]:
     """Every object of a run, in the order they must be created."""
-    return [namespace(spec), service_account(spec), cluster_role(spec), cluster_role_binding(spec),
-            secret(spec), daemonset(spec)]
+    return [namespace(spec), service_account(spec), secret(spec), daemonset(spec)]
 
 
 def to_yaml(objects: list[Obj], header: str = "") -> str:

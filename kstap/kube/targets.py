@@ -5,9 +5,9 @@ list's resourceVersion starts a watch that reports ADDED/MODIFIED/DELETED pods. 
 are opaque strings, so every scope keeps its own. A 410 Gone (the version was compacted away) means
 list again and diff; a lost connection means reconnect from the last version seen, with backoff.
 
-The API calls made here — list/watch pods, list nodes (and, from the CLI only, an optional
-``get namespaces`` check) — are covered by the worker's ClusterRole (get/list/watch on pods and nodes,
-:data:`kstap.kube.manifests.RBAC_RULES`); ``tests/kube/test_manifests.py`` checks that they agree.
+The API calls made here — list/watch pods, list nodes and an optional ``get namespaces`` check —
+run in the CLI with its user's credentials (the workers make none); docs/kubernetes.md lists them
+with the rest of what the user needs, and ``tests/kube/test_rbac.py`` checks that the list is exact.
 """
 
 from __future__ import annotations

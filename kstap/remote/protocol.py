@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -261,8 +262,16 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
 
 
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+"""A ``\\uD800``-``\\uDFFF`` escape: JSON may spell half a UTF-16 pair, which is no character."""
+
+
 def parse_json_object(payload: bytes, what: str, limit: int = MAX_JSON) -> dict[str, Any]:
-    """A JSON object from untrusted bytes, or :class:`ProtocolError` (never another exception)."""
+    """A JSON object from untrusted bytes, or :class:`ProtocolError` (never another exception).
+
+    Every string in it is valid Unicode: a lone surrogate escape (``"\\udc80"``) is refused, as it
+    would make whatever writes the string out (a pcapng comment, a filter, NDJSON) fail later.
+    """
     if len(payload) > limit:
         raise ProtocolError(f"{what}: {len(payload)} bytes is above the {limit}-byte limit")
     try:
@@ -271,6 +280,13 @@ def parse_json_object(payload: bytes, what: str, limit: int = MAX_JSON) -> dict[
         raise ProtocolError(f"{what}: not valid JSON ({type(exc).__name__})") from None
     if not isinstance(obj, dict):
         raise ProtocolError(f"{what}: expected a JSON object")
+    if _SURROGATE_ESCAPE.search(payload):  # rare: only then look at every string
+        try:
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ProtocolError(f"{what}: a string holds a lone surrogate (not Unicode text)") from None
+        except RecursionError:
+            raise ProtocolError(f"{what}: nested too deeply") from None
     return obj
 
 

@@ -16,8 +16,13 @@
 
 Every route but ``/healthz`` needs ``Authorization: Bearer <token>`` (or the same value in
 ``X-Kstap-Authorization``, which survives the API server's pod proxy). Tokens are compared as
-SHA-256 digests with :func:`hmac.compare_digest`: constant time, whatever their length. Nothing
-here logs request headers.
+SHA-256 digests with :func:`hmac.compare_digest`: constant time, whatever their length; only
+spaces and tabs around the token are ignored. Nothing here logs request headers.
+
+Every request gets a status line and one of these statuses, never a 500 and never a bare body:
+200/202 as above, 400 (a malformed request line, target, query or body; HTTP/0.9), 401 (no or
+wrong token), 404, 405, 409, 414/431 (request line or headers too long), 501 (a method it does not
+know), 503 and 505 (an HTTP version other than 1.x). ``fuzz/remote_targets.py`` checks this.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import SplitResult, parse_qs, urlsplit
 
 from kstap.remote import protocol
 from kstap.remote.hub import ControlInbox, ControlRejected, ControlRequest, StreamHub
@@ -46,6 +51,8 @@ HEARTBEAT = 0.2
 """Seconds between heartbeats to an idle, caught-up reader."""
 HELLO_WAIT = 10.0
 """How long a stream request waits for the capture to start before answering 503."""
+CONTROL_WAIT = 3.0
+"""How long a control request waits for the capture loop to apply it before answering 202."""
 
 
 def token_digest(token: str) -> bytes:
@@ -57,12 +64,17 @@ class WorkerAPI:
 
     def __init__(self, address: tuple[str, int], token: str, hub: StreamHub, control: ControlInbox, *,
                  log: Callable[[str], None] | None = None, max_streams: int = MAX_STREAMS,
-                 heartbeat: float = HEARTBEAT) -> None:
+                 heartbeat: float = HEARTBEAT, hello_wait: float | None = None,
+                 control_wait: float | None = None) -> None:
         if not token:
             raise ValueError("the worker API needs a token")
         self.hub = hub
         self.control = control
         self.heartbeat = heartbeat
+        self.hello_wait = hello_wait
+        """Seconds a stream request waits for the HELLO (None: :data:`HELLO_WAIT`)."""
+        self.control_wait = control_wait
+        """Seconds a control request waits to be applied (None: :data:`CONTROL_WAIT`)."""
         self.closing = threading.Event()
         self._digest = token_digest(token)
         self._log = log
@@ -98,7 +110,7 @@ class WorkerAPI:
             value = headers.get(name)
             if not isinstance(value, str) or not value.startswith("Bearer "):
                 continue
-            presented = token_digest(value[len("Bearer ") :].strip())
+            presented = token_digest(value[len("Bearer ") :].strip(" \t"))  # HTTP's whitespace, no other
             ok |= hmac.compare_digest(presented, self._digest)
         return ok
 
@@ -133,6 +145,9 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    default_request_version = "HTTP/1.0"
+    """What an answer to a request line too broken to name its version uses. The stdlib's default,
+    HTTP/0.9, answers such lines with a bare body and no status line."""
     server_version = "kstap-worker"
     sys_version = ""
     timeout = 30
@@ -141,6 +156,39 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         return None  # the default logs every request line to stderr; we log only what matters
+
+    def parse_request(self) -> bool:
+        """The stdlib's parsing, minus HTTP/0.9 (no version, or ``HTTP/0.x``), which it would answer
+        with a bare body: no status line, no headers."""
+        if not super().parse_request():
+            return False
+        if len(self.requestline.split()) < 3:
+            self.close_connection = True
+            self._error(400, "HTTP/0.9 requests are not served")
+            return False
+        if int(self.request_version[len("HTTP/") :].split(".")[0]) < 1:
+            self.request_version = "HTTP/1.0"  # so that the answer has a status line
+            self.close_connection = True
+            self._error(505, "HTTP/1.x only")
+            return False
+        return True
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The stdlib's error page, always with a status line: it omits the status line and headers when
+        the request named ``HTTP/0.9``, which a line of more than three words does before it is refused."""
+        if self.request_version == "HTTP/0.9":
+            self.request_version = "HTTP/1.0"
+            self.close_connection = True
+        super().send_error(code, message, explain)
+
+    def _url(self) -> SplitResult | None:
+        """The request target, split; None (after answering 400) if it cannot be parsed."""
+        try:
+            return urlsplit(self.path)
+        except ValueError:  # e.g. "http://[x": an absolute URL with a broken IPv6 host
+            self.close_connection = True
+            self._error(400, "malformed request target")
+            return None
 
     # -- plumbing -----------------------------------------------------------------------------------------
     def _json(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
@@ -167,26 +215,32 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- routes ---------------------------------------------------------------------------------------------
     def do_GET(self) -> None:
-        url = urlsplit(self.path)
-        if url.path == "/healthz":
+        url = self._url()
+        if url is None:
+            return
+        path = url.path
+        if path == "/healthz":
             hub = self.server.api.hub
             self._json(200 if hub.state == "capturing" else 503, {"state": hub.state, "node": hub.node})
             return
-        if url.path not in ("/v1/stream", "/v1/stats"):
+        if path not in ("/v1/stream", "/v1/stats"):
             self._error(404, "no such endpoint")
             return
         if not self._check_auth():
             return
-        if url.path == "/v1/stats":
+        if path == "/v1/stats":
             self._json(200, self.server.api.stats_document())
             return
         self._stream(url.query)
 
     def do_POST(self) -> None:
-        url = urlsplit(self.path)
-        if url.path != "/v1/control":
+        url = self._url()
+        if url is None:
+            return
+        path = url.path
+        if path != "/v1/control":
             self._discard_body()
-            self._error(404 if url.path not in ("/healthz", "/v1/stream", "/v1/stats") else 405, "no such endpoint")
+            self._error(404 if path not in ("/healthz", "/v1/stream", "/v1/stats") else 405, "no such endpoint")
             return
         if not self._check_auth():
             return
@@ -200,7 +254,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         api = self.server.api
         try:
-            applied, error = api.control.submit(request)
+            wait = CONTROL_WAIT if api.control_wait is None else api.control_wait
+            applied, error = api.control.submit(request, timeout=wait)
         except ControlRejected as exc:
             self._error(exc.status, exc.message)
             return
@@ -255,10 +310,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         after_raw = params.get("after", ["0"])
         run = params.get("run", [""])[-1]
-        try:
-            after = int(after_raw[-1])
-        except ValueError:
-            after = -1
+        text = after_raw[-1]
+        # ASCII digits only: int() would also take "+1", " 1", "1_0" and other scripts' digits
+        after = int(text) if text.isascii() and text.isdigit() and len(text) <= 19 else -1
         if not 0 <= after <= protocol.MAX_TS:
             self._error(400, "after must be a frame number (0 or more)")
             return
@@ -271,7 +325,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(503, "too many stream readers", {"Retry-After": "1"})
             return
         try:
-            hello = hub.wait_hello(HELLO_WAIT)
+            hello = hub.wait_hello(HELLO_WAIT if api.hello_wait is None else api.hello_wait)
             if hello is None:
                 self._error(503, hub.error or "the capture has not started", {"Retry-After": "1"})
                 return

@@ -234,9 +234,10 @@ class _Urllib3Response:
             raise OSError(f"response broken: {type(exc).__name__}") from None
 
     def close(self) -> None:
-        # Close the socket *before* handing the connection back: a stream closed half-read would
-        # otherwise go back to the client's pool with unread chunks on it, and the next API call
-        # on it would read them as its status line (BadStatusLine('1c\r\n')).
+        # Close first: that closes the connection too, so a body left unread (a control answer, a
+        # stream) never reaches the next request on it; then give the pool its slot back. The other
+        # order put the connection, unread bytes and all, back into the pool, and the next request
+        # through the API server failed with a ProtocolError.
         try:
             self._raw.close()
         finally:

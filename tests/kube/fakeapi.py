@@ -204,6 +204,9 @@ class FakeCluster:
     compacted: int = 0
     """Watches from a resourceVersion below this get 410 Gone (the current one stays watchable)."""
     forbidden: set[tuple[str, str, str | None]] = field(default_factory=set)
+    authorizer: Callable[[str, str, str | None, str | None], bool] | None = None
+    """RBAC for every request: (verb, resource incl. subresource, namespace, name) → allowed; a refusal
+    is the same 403 as :meth:`forbid` (see tests/kube/rbac.py). None: only ``forbidden`` is refused."""
     requests: list[Request] = field(default_factory=list)
     worker_behaviour: dict[str, str] = field(default_factory=dict)
     """Node → how its DaemonSet pod turns out: ``ready`` (default), ``image-pull``, ``err-image-pull``,
@@ -632,8 +635,8 @@ class _Handler(BaseHTTPRequestHandler):
                 "DELETE": "delete" if name else "deletecollection"}[method]
 
     def _authorize(self, verb: str, resource: str, ns: str | None, name: str | None) -> None:
-        f = self.cluster.forbidden
-        if (verb, resource, None) in f or (verb, resource, ns) in f:
+        f, allow = self.cluster.forbidden, self.cluster.authorizer
+        if (verb, resource, None) in f or (verb, resource, ns) in f or (allow and not allow(verb, resource, ns, name)):
             group = next((r.group for r in RESOURCES if r.plural == resource.split("/")[0]), "")
             where = f'in the namespace "{ns}"' if ns else "at the cluster scope"
             what = f'{resource} "{name}"' if name else resource

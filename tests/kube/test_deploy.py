@@ -51,7 +51,7 @@ def test_deploy_puts_a_ready_worker_on_each_target_node(cluster, kube) -> None:
     assert kinds(cluster, "daemonsets", "kstap") == ["kstap-worker-r1"]
     assert kinds(cluster, "secrets", "kstap") == ["kstap-token-r1"]
     assert kinds(cluster, "serviceaccounts", "kstap") == ["kstap-worker-r1"]
-    assert kinds(cluster, "clusterroles") == kinds(cluster, "clusterrolebindings") == ["kstap-worker-r1"]
+    assert kinds(cluster, "clusterroles") == kinds(cluster, "clusterrolebindings") == []  # the workers need none
     ns = cluster.get("namespaces", None, "kstap")
     assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
     assert not any(p["spec"].get("nodeName") == "node-c" for p in cluster.objects("pods", "kstap"))
@@ -144,12 +144,12 @@ def test_forbidden_create_names_the_verb(cluster, kube) -> None:
                               "check with: kubectl auth can-i create daemonsets -n kstap")
 
 
-def test_forbidden_cluster_role_says_cluster_wide(cluster, kube) -> None:
-    cluster.forbid("create", "clusterroles")
+def test_forbidden_namespace_says_cluster_wide(cluster, kube) -> None:
+    cluster.forbid("create", "namespaces")
     with pytest.raises(Forbidden) as err:
         deploy.apply(kube, mf.all_objects(spec()))
-    assert "'create' on clusterroles cluster-wide" in err.value.message
-    assert err.value.hint and "kubectl auth can-i create clusterroles" in err.value.hint
+    assert "'create' on namespaces cluster-wide" in err.value.message
+    assert err.value.hint and "kubectl auth can-i create namespaces" in err.value.hint
 
 
 def test_retarget_adds_a_node_without_restarting_the_others(cluster, kube) -> None:
@@ -170,14 +170,13 @@ def test_clean_one_run_then_all(cluster, kube) -> None:
     deploy.deploy(kube, spec(run_id="r2", nodes=["node-c"]), timeout=5)
     gone = deploy.clean(kube, "r1")
     assert gone == ["daemonset kstap/kstap-worker-r1", "secret kstap/kstap-token-r1",
-                    "serviceaccount kstap/kstap-worker-r1", "clusterrolebinding kstap-worker-r1",
-                    "clusterrole kstap-worker-r1"]  # the namespace stays: run r2 still uses it
+                    "serviceaccount kstap/kstap-worker-r1"]  # the namespace stays: run r2 still uses it
     assert kinds(cluster, "daemonsets", "kstap") == ["kstap-worker-r2"]
     assert [p["spec"]["nodeName"] for p in cluster.objects("pods", "kstap")] == ["node-c"]
     gone = deploy.clean(kube)
     assert gone[-1] == "namespace kstap" and "daemonset kstap/kstap-worker-r2" in gone
     assert cluster.get("namespaces", None, "kstap") is None
-    assert kinds(cluster, "clusterroles") == [] and kinds(cluster, "pods", "kstap") == []
+    assert kinds(cluster, "pods", "kstap") == []
     assert deploy.clean(kube) == []  # idempotent
     assert cluster.get("namespaces", None, "a") is not None  # nothing else touched
 

@@ -77,7 +77,7 @@ def test_rbac_403_names_the_missing_verb(cli, cluster, kubeconfig: Path, two_lin
 
 
 def test_rbac_403_on_clean(cli, cluster, kubeconfig: Path) -> None:
-    cluster.forbid("delete", "clusterroles")
+    cluster.forbid("delete", "secrets")
     cluster.forbid("list", "daemonsets")
     r = cli("clean", "--kubeconfig", str(kubeconfig))
     assert r.code == ExitCode.ENVIRONMENT and "'list' on daemonsets cluster-wide" in r.err

@@ -12,7 +12,6 @@ import pytest
 import yaml
 
 from kstap.kube import manifests as mf
-from kstap.kube.targets import PodWatch, TargetSelection, resolve
 
 K8S_VERSION = "1.37.0"
 """The newest schema kubernetes-validate ships (no network needed: the schemas are in the wheel)."""
@@ -51,9 +50,8 @@ def test_manifests_from_the_cluster_validate_strictly(cli, kubeconfig, tmp_path:
     v = validate_cli(out)
     assert v.returncode == 0, v.stdout + v.stderr
     objects = docs(r.out)
-    assert [o["kind"] for o in objects] == ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding",
-                                             "Secret", "DaemonSet"]
-    assert v.stdout.count("passed for resource") == 6
+    assert [o["kind"] for o in objects] == ["Namespace", "ServiceAccount", "Secret", "DaemonSet"]
+    assert v.stdout.count("passed for resource") == 4
     ds = the(objects, "DaemonSet")
     terms = ds["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
         "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
@@ -196,49 +194,16 @@ def test_pod_security_level_is_the_only_one_that_admits_the_worker() -> None:
     assert baseline_violations(pod) == ["spec.hostNetwork", "capabilities.add NET_RAW"]
 
 
-# -- RBAC --------------------------------------------------------------------------------------------
-def test_cluster_role_is_exactly_read_on_pods_and_nodes() -> None:
+# -- RBAC ----------------------------------------------------------------------------------------------
+def test_the_workers_get_no_role_and_no_api_credential() -> None:
+    """The worker makes no API call (tests/kube/test_rbac.py proves it), so least privilege is none:
+    no Role/ClusterRole/binding among the objects, and the ServiceAccount's token is never mounted."""
     s = spec()
-    role = mf.cluster_role(s)
-    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods", "nodes"], "verbs": ["get", "list", "watch"]}]
-    granted = {(r, v) for rule in role["rules"] for r in rule["resources"] for v in rule["verbs"]}
-    assert granted == {(r, v) for r in ("pods", "nodes") for v in ("get", "list", "watch")}
-    assert all("*" not in rule["resources"] + rule["verbs"] + rule["apiGroups"] for rule in role["rules"])
-    binding = mf.cluster_role_binding(s)
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": s.name}
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": s.name, "namespace": s.namespace}]
+    assert mf.RBAC_RULES == []
+    kinds = [o["kind"] for o in mf.all_objects(s)]
+    assert not {"Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding"} & set(kinds)
+    assert mf.service_account(s)["automountServiceAccountToken"] is False
     pod = mf.daemonset(s)["spec"]["template"]["spec"]
-    assert pod["serviceAccountName"] == s.name
-
-
-def test_the_role_covers_what_target_resolution_calls(cluster, kube) -> None:
-    """Run the targeting code (resolve -A, watch, a 410 re-list) with only the role's rights."""
-    from fakeapi import wait_for
-
-    granted = {(r, v) for rule in mf.RBAC_RULES for r in rule["resources"] for v in rule["verbs"]}
-    cluster.requests.clear()
-    targets = resolve(kube, TargetSelection(all_namespaces=True))
-    changes: list = []
-    import threading
-
-    def while_disconnected(_delay: float) -> None:
-        cluster.delete_pod("a", "web-3")
-        cluster.compact()
-
-    pw = PodWatch(kube, targets, changes.append, sleep=while_disconnected)
-    t = threading.Thread(target=pw.run, daemon=True)
-    t.start()
-    assert wait_for(lambda: len(cluster.watch_requests()) == 1)
-    cluster.add_pod("a", "web-3", "node-c", "10.244.3.50")
-    assert wait_for(lambda: len(changes) == 1)
-    cluster.drop_watches()                          # reconnect → 410 (compacted) → re-list → watch
-    try:
-        assert wait_for(lambda: pw.relists == 1 and len(cluster.watch_requests()) == 3)
-    finally:
-        pw.stop()
-        t.join(5)
-    assert changes[-1].relisted
-    used = {(r.resource, r.verb) for r in cluster.requests}
-    assert used <= granted, used - granted
-    assert {res for res, _ in used} == {"pods", "nodes"}
-    assert {("pods", "list"), ("pods", "watch"), ("nodes", "list")} <= used
+    assert pod["serviceAccountName"] == s.name and pod["automountServiceAccountToken"] is False
+    mounts = [m["mountPath"] for c in pod["containers"] for m in c["volumeMounts"]]
+    assert not any(m.startswith("/var/run/secrets/kubernetes.io") for m in mounts)

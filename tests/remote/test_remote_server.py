@@ -203,7 +203,8 @@ def test_stream_before_the_capture_started_is_503(fake_worker, monkeypatch) -> N
     assert status == 503 and resp.getheader("Retry-After") == "1"
 
 
-@pytest.mark.parametrize("query", ["after=-1", "after=x", "after=99", "after=1&after=2&a=1&b=2&c=3&d=4&e=5&f=6&g=7"])
+@pytest.mark.parametrize("query", ["after=-1", "after=x", "after=99", "after=1&after=2&a=1&b=2&c=3&d=4&e=5&f=6&g=7",
+                                   "after=+1", "after=%201", "after=1_0", "after=%D9%A1"])
 def test_stream_query_is_checked(fake_worker, query: str) -> None:
     w = fake_worker()
     status, _, _ = _call(w.port, "GET", f"/v1/stream?{query}&run={w.hub.run}", headers=w.auth)

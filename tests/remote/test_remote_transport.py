@@ -348,3 +348,26 @@ def test_port_forward_fallback_with_the_real_client(portforward_server, fake_wor
         assert got == [(T0 + 10, 3, 3, b"abc", 0, 0)]
     finally:
         src.close()
+
+
+def test_a_proxied_answer_closed_unread_never_goes_back_to_the_pool_open() -> None:
+    """The CLI closes control answers without reading them. The transport used to hand the urllib3
+    connection back to the pool first (release_conn, then close): bytes of the unread body that
+    arrived later were read as the start of the next answer through the API server (ProtocolError,
+    seen with the fake API server as every other control request failing). Now the connection is
+    closed first, then its pool slot released."""
+    from kstap.remote.transport import _Urllib3Response
+
+    calls: list[str] = []
+
+    class Raw:
+        status = 202
+
+        def close(self) -> None:
+            calls.append("close")
+
+        def release_conn(self) -> None:
+            calls.append("release_conn")
+
+    _Urllib3Response(Raw()).close()
+    assert calls == ["close", "release_conn"]

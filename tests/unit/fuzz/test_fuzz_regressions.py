@@ -45,3 +45,68 @@ def test_parse_size_rejects_infinity() -> None:
     for text in ("infMi", "-infGi", "1e999Ki", "nanMi"):
         with pytest.raises(UsageError):
             config.parse_size(text)
+
+
+# -- the worker's HTTP API (target worker_api) and the worker stream (worker_stream) -----------------------
+# Found by the worker_api target on its first runs; each one is a request a client (or anyone who can
+# reach the worker's port on the node) can send.
+def _api(request: bytes, state: str = "capturing", mode: str = "percentage") -> list[tuple[int, str, bytes]]:
+    import remote_targets
+
+    return remote_targets.run_worker_api(request, state, mode)
+
+
+def test_absolute_url_with_a_broken_ipv6_host_is_400() -> None:
+    # urlsplit raised ValueError ("Invalid IPv6 URL") in do_GET/do_POST: no answer at all, the
+    # connection dropped and "request failed: ValueError" logged. Now 400, and the token is not needed.
+    for method in ("GET", "POST"):
+        [(status, ctype, body)] = _api(f"{method} http://[x/v1/stats HTTP/1.1\r\nContent-Length: 0\r\n\r\n".encode())
+        assert status == 400 and ctype == "application/json" and b"malformed request target" in body
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    (b"GET /healthz\r\n", 400), (b"GET /v1/stats\r\n\r\n", 400), (b"GET / FOO\r\n\r\n", 400),
+    (b"GET / HTTP/1.1 x\r\n\r\n", 400),
+    (b"GET /healthz HTTP/1.1\r\nHost:\r\n\r\nGET /healthz HTTP/0.9\r\nHost: w\r\n\r\n", 505),  # atheris
+    (b"HEAD /a b /c HTTP/0.9\r\n\r\n", 400),  # atheris: more than three words, refused as HTTP/0.9
+])
+def test_http_0_9_requests_get_a_status_line(line: bytes, expected: int) -> None:
+    # http.server answered HTTP/0.9 requests ("GET /healthz" without a version, found first; then by
+    # atheris "GET /healthz HTTP/0.9", after a good request on the same connection) with the bare
+    # JSON body, and a request line with a bad version with a bare HTML page: no status line, no
+    # headers, so a client cannot tell the answer from a later one.
+    answers = _api(line, "failed")
+    assert answers[-1][0] == expected
+
+
+def test_control_filter_with_a_lone_surrogate_is_400() -> None:
+    # {"filter": "\udc80"} is valid JSON but no Unicode text: the worker's validator passed it to
+    # libpcap, whose .encode() raised UnicodeEncodeError: no answer, the connection dropped. The
+    # CLI's stream decoder accepted the same in HELLO/EVENT/END strings (an interface name or filter
+    # that would then fail the pcapng writer). parse_json_object now refuses lone surrogates (400 /
+    # ProtocolError); a proper pair (an emoji) is still text.
+    import remote_targets
+
+    from kstap.remote import protocol
+
+    auth = f"Authorization: Bearer {remote_targets.TOKEN}\r\n"
+    body = b'{"filter": "\\udc80 or tcp"}'
+    request = f"POST /v1/control HTTP/1.1\r\n{auth}Content-Length: {len(body)}\r\n\r\n".encode() + body
+    [(status, _ctype, answer)] = _api(request)
+    assert status == 400 and b"surrogate" in answer
+    with pytest.raises(protocol.ProtocolError, match="lone surrogate"):
+        protocol.parse_json_object(b'{"message": "a\\ud800"}', "EVENT")
+    assert protocol.parse_json_object(b'{"m": "\\ud83d\\ude00"}', "EVENT") == {"m": "\U0001F600"}
+
+
+@pytest.mark.parametrize("junk", ["\x0b", "\x0c", "\x1c", "\x1f", "\x85", "\xa0"])
+def test_token_followed_by_non_http_whitespace_is_refused(junk: str) -> None:
+    # The token check stripped any Unicode whitespace (str.strip()), so "Bearer TOKEN\x1c" was
+    # accepted: not the exact token. HTTP's own whitespace (space, tab) is still allowed around it.
+    import remote_targets
+
+    token = remote_targets.TOKEN
+    [(status, _, _)] = _api(f"GET /v1/stats HTTP/1.1\r\nAuthorization: Bearer {token}{junk}\r\n\r\n".encode("latin-1"))
+    assert status == 401
+    [(status, _, _)] = _api(f"GET /v1/stats HTTP/1.1\r\nAuthorization: Bearer {token} \t\r\n\r\n".encode())
+    assert status == 200
