@@ -20,13 +20,14 @@ from typing import Any, Protocol, TextIO
 
 from kstap.capture import backends, netns
 from kstap.capture.afpacket import AfPacketSource, encode_block_sampled
+from kstap.capture.fanout import WorkerLost
 from kstap.capture.pcap_live import compile_for_live, needs_live_compile
 from kstap.capture.replay import ReplaySource
 from kstap.config import TapSettings
 from kstap.dissect.api import Entry
 from kstap.dissect.entries import EntryWriter
 from kstap.dissect.stage import DEFAULT_IDLE_TIMEOUT, DissectStage, default_flow_cap
-from kstap.errors import Interrupted, KstapError
+from kstap.errors import Interrupted, KstapError, WorkerFailure
 from kstap.filters.bpf import Program, compile_filter, final_expression
 from kstap.model import (
     Alert,
@@ -271,7 +272,7 @@ def _open_source(settings: TapSettings, expression: str,
     to_file = settings.output.path not in (None, "-") and settings.entries is None
     live, retire = backends.open_live(backend, settings.interfaces, program, workers=settings.workers,
                                       buffer_mib=settings.buffer_mib, ns=settings.netns,
-                                      retire_ms=FILE_RETIRE_MS if to_file else 20)
+                                      retire_ms=FILE_RETIRE_MS if to_file else 20, restart_workers=True)
     return live, retire, backend, base
 
 
@@ -318,6 +319,7 @@ class _Run:
         self.dissect: DissectStage | None = None
         self.entries: EntryWriter | None = None
         self.endpoints: Counter[str] = Counter()
+        self.worker_losses: list[str] = []
 
     # -- the loop ------------------------------------------------------------------------------------
     def capture(self, retire_ms: int, lines: TextIO | None) -> CaptureSummary:
@@ -389,7 +391,12 @@ class _Run:
                     self._deliver_encoded(*source.read_encoded(wait_ms, limit - summary.captured, self.seen))
                     batch = []
                     continue
-                batch = source.read(100)
+                try:
+                    batch = source.read(100)
+                except WorkerLost as lost:  # the others go on; a restarted one rejoins the fanout group
+                    batch = []
+                    self._worker_lost(lost)
+                    continue
                 if self.sink is not None and not batch:
                     self.sink.tick()
             if summary.stopped_by in ("signal", "duration") and not replay:
@@ -607,6 +614,12 @@ class _Run:
             setter(_sampled(self.base, sampler))
         self.ceiling = ceiling
 
+    def _worker_lost(self, lost: WorkerLost) -> None:
+        """A fanout worker died or hung: alert, carry on with the others (and its replacement, if
+        one was started), and end the run with exit 4 so scripts know the capture has a hole."""
+        self.worker_losses.append(lost.message)
+        self._alert("critical", "worker-restarted" if lost.restarted else "worker-lost", lost.message)
+
     def _alert(self, level: str, kind: str, message: str) -> None:
         alert = Alert(time.time(), level, kind, message)
         self.alerts.append(alert)
@@ -676,6 +689,11 @@ class _Run:
             if error is None:
                 error = KstapError(f"--read stopped early: {err}",
                                    hint=f"the {summary.captured} packets before the damage were processed")
+        if error is None and self.worker_losses:
+            error = WorkerFailure(f"{len(self.worker_losses)} capture worker loss(es) during the capture: "
+                                  + "; ".join(self.worker_losses),
+                                  hint="the packets in a lost worker's ring were lost; everything delivered is "
+                                       "in the file")
         if error is None:
             return summary
         if isinstance(error, DiskFull):
