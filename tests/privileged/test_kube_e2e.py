@@ -373,6 +373,17 @@ class Cli:
             return any({w["node"] for w in e["workers"] if w["alive"]} >= set(nodes) for e in self.of("stats"))
         self.wait_for(up, timeout, f"workers on {nodes}")
 
+    def settle(self, timeout: float = 20.0) -> None:
+        """Until the merged capture stops growing: two stats reports in a row, both after this call,
+        with the same packet count (the last packets passed the workers' watermark and the merge)."""
+        start = len(self.of("stats"))
+
+        def quiet() -> bool:
+            fresh = self.of("stats")[start:]
+            return len(fresh) >= 2 and fresh[-1]["captured"] == fresh[-2]["captured"]
+
+        self.wait_for(quiet, timeout, "the capture to settle")
+
     def stop(self, timeout: float = 30.0) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
@@ -513,7 +524,7 @@ def test_two_nodes_one_merged_file_one_seed_keeps_cross_node_flows_on_both_or_ne
     ready_s = time.monotonic() - started
     flows = cross_node_flows(nodes, 20000)
     nodes.send(flows + noise_flows(nodes, 30000))
-    time.sleep(1.0)  # let the last packets pass the workers' watermark (250 ms) and the merge
+    cli.settle()  # the last packets pass the workers' watermark (250 ms) and the merge
     assert cli.stop() == 0, cli.err
     total_s = time.monotonic() - started
 
@@ -647,7 +658,7 @@ def test_a_node_that_gains_targets_gets_a_worker_during_the_run(env: Env, wiresh
     cli.wait_for(lambda: any(a["kind"] == "worker-added" for a in cli.of("alert")), 30, "the node-b worker")
     attach_s = time.monotonic() - t0
     nodes.send(after)
-    time.sleep(1.0)
+    cli.settle()
     assert cli.stop() == 0, cli.err
 
     assert [r.node for r in env.kubelet.started] == ["node-a", "node-b"], env.kubelet.errors
@@ -688,7 +699,7 @@ def test_a_deleted_worker_pod_is_recreated_and_the_capture_goes_on(env: Env, wir
     back_s = time.monotonic() - t0
     assert old.proc.wait(15) == 0, old.lines[-5:]  # stopped by its pod's deletion, cleanly
     nodes.send(second)
-    time.sleep(1.0)
+    cli.settle()
     assert cli.stop() == 0, cli.err
 
     runs = [r for r in env.kubelet.started if r.node == "node-b"]
@@ -729,7 +740,7 @@ def test_the_api_server_going_away_and_coming_back(env: Env, wireshark) -> None:
                  "both workers back")
     back_s = time.monotonic() - t0
     nodes.send(after)
-    time.sleep(1.0)
+    cli.settle()
     assert cli.stop() == 0, cli.err
     assert not env.cluster.objects("daemonsets"), "clean ran against the restarted server"
 
