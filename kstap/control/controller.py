@@ -79,6 +79,14 @@ class ControllerSettings:
     """Seconds after a halving during which the rate is held: the halving needs the dead time plus
     about a time constant to show; cutting more meanwhile undershoots. An OOM counter increase still
     halves again at once."""
+    drop_ticks: int = 3
+    """Consecutive ticks with new kernel drops after which the rate is cut by :attr:`drop_cut` even
+    below the CPU emergency line: the ring overflowing tick after tick means user space does not keep
+    up with what the filter admits (CFS throttling stops the process for part of every period, so
+    bursts overflow the ring at a mean CPU use well under the quota). Any tick with new drops already
+    holds the rate from rising. 0 turns both off."""
+    drop_cut: float = 0.8
+    """Factor applied to the rate on each further tick of a drop streak (new flows only; no shedding)."""
     tick: float = 1.0
     """Nominal seconds between updates; the EWMA weight and the slew limits scale with the real interval."""
 
@@ -97,6 +105,8 @@ class ControllerSettings:
             raise ValueError("gains, dead-band and cooldown must not be negative")
         if not (self.raise_slew > 0 and self.cut_slew > 0 and self.tick > 0):
             raise ValueError("slew limits and tick must be positive")
+        if self.drop_ticks < 0 or not 0 < self.drop_cut < 1:
+            raise ValueError("drop_ticks must not be negative and drop_cut must be in (0, 1)")
 
 
 class RateController:
@@ -116,6 +126,7 @@ class RateController:
         self._last_emergency = -math.inf
         self._last_memory: float | None = None
         self._last_drops: int | None = None
+        self._drop_streak = 0
 
     @property
     def rate(self) -> float:
@@ -142,6 +153,8 @@ class RateController:
                 old = self._smoothed.get(name)
                 self._smoothed[name] = value if old is None else old + weight * (value - old)
 
+        new_drops = 0 if self._last_drops is None else max(0, stats.kernel_drops - self._last_drops)
+        self._drop_streak = self._drop_streak + 1 if new_drops else 0
         causes, oom_increase = self._emergency_causes(stats, raw["memory"], elapsed)
         rate_before = self._rate
         u_before = math.log(rate_before)
@@ -189,6 +202,13 @@ class RateController:
             self._last_emergency = now
         elif cooling and rate != rate_before:
             rate, reason = rate_before, "hold"
+        elif new_drops and s.drop_ticks:
+            if self._drop_streak >= s.drop_ticks:
+                cut = max(s.min_rate, rate_before * s.drop_cut)
+                if cut < rate:
+                    rate, reason = cut, f"drops: {new_drops} kernel drops, {self._drop_streak} ticks in a row"
+            elif rate > rate_before:
+                rate, reason = rate_before, "hold: kernel drops"
 
         # back-calculation: the integrator tracks the rate actually applied, so clamps, the raise slew
         # limit, holds and halvings never wind it up (and a release does not overshoot). A cut held back

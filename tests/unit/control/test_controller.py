@@ -303,3 +303,49 @@ def test_derivative_on_measurement() -> None:
 def test_bad_settings(bad: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         RateController(ControllerSettings(**bad))
+
+
+# -- kernel drops below the CPU emergency line ---------------------------------------------------------
+def _ticks(controller: RateController, clock: FakeClock, readings: list[tuple[float, int]]) -> list[ControllerState]:
+    """One update per second at (CPU ratio, cumulative kernel drops), memory well below its setpoint
+    (so, without drops, the rate would rise)."""
+    out = []
+    for cpu, drops in readings:
+        clock.advance(1.0)
+        reading = stats(memory=0.40, cpu=cpu)
+        reading.kernel_drops = drops
+        out.append(controller.update(reading))
+    return out
+
+
+def test_a_drop_streak_under_the_cpu_quota_cuts_the_rate() -> None:
+    """Drops tick after tick at 75 % of the CPU quota (CFS throttling bursts): no emergency, but the
+    rate is cut by drop_cut on every tick of the streak from the third on, and rises again only once
+    the drops stop."""
+    clock = FakeClock()
+    c = RateController(ControllerSettings(initial_rate=0.5, setpoint_cpu=0.9), clock=clock)
+    states = _ticks(c, clock, [(0.75, 0), (0.75, 100), (0.75, 250), (0.75, 400), (0.75, 600)])
+    rates = [s.rate for s in states]
+    assert rates[1] == rates[2] == rates[0], "drops hold the rate before the streak is long enough"
+    assert rates[3] == pytest.approx(rates[2] * 0.8) and rates[4] == pytest.approx(rates[3] * 0.8)
+    assert states[3].reason.startswith("drops: 150 kernel drops, 3 ticks")
+    assert not any(s.reason.startswith("emergency") for s in states)
+    calm = _ticks(c, clock, [(0.50, 600)] * 30)
+    assert calm[-1].rate > rates[4], "no new drops and CPU headroom: the rate rises again"
+
+
+def test_single_drop_ticks_hold_but_do_not_cut() -> None:
+    clock = FakeClock()
+    c = RateController(ControllerSettings(initial_rate=0.3), clock=clock)
+    states = _ticks(c, clock, [(0.3, 0), (0.3, 0), (0.3, 5), (0.3, 5), (0.3, 9), (0.3, 9)])
+    assert states[2].rate == states[1].rate and states[2].reason == "hold: kernel drops"
+    assert min(s.rate for s in states) >= 0.3, "isolated drops never cut"
+
+
+def test_drop_rule_can_be_turned_off() -> None:
+    clock = FakeClock()
+    c = RateController(ControllerSettings(initial_rate=0.5, drop_ticks=0), clock=clock)
+    states = _ticks(c, clock, [(0.75, i * 100) for i in range(6)])
+    assert all(s.rate >= 0.5 for s in states)
+    with pytest.raises(ValueError):
+        ControllerSettings(drop_cut=1.0).validate()
