@@ -124,6 +124,8 @@ class ResourceStats:
     """PSI memory 'full' avg10, percent."""
     kernel_drops: int = 0
     """Packets the kernel dropped so far (ring full), filled in by the pipeline for the controller."""
+    kernel_received: int = 0
+    """Packets the kernel filter passed so far (captured + dropped), filled in with ``kernel_drops``."""
     source: str = ""
     """Where the figures came from: 'memory: cgroup v2 …; cpu: cgroup v1 …; psi: …', psutil noted."""
     memory_usage: int = 0

@@ -241,7 +241,7 @@ class PressureReaderLike(Protocol):
 class Governor(Protocol):
     """Auto mode's rate source: reads pressure and runs the controller once per call (~1 Hz)."""
 
-    def update(self, kernel_drops: int = 0) -> tuple[ResourceStats, ControllerState]: ...
+    def update(self, kernel_drops: int = 0, kernel_received: int = 0) -> tuple[ResourceStats, ControllerState]: ...
 
 
 def _default_governor(settings: TapSettings) -> Governor:
@@ -588,7 +588,7 @@ class _Run:
 
     def _govern(self, sampler: FlowSampler, elapsed: float) -> None:
         assert self.governor is not None
-        self.resources, self.controller = self.governor.update(self.summary.dropped)
+        self.resources, self.controller = self.governor.update(self.summary.dropped, self.summary.received)
         res = self.resources
         if res.memory_limit:
             self.memory_history.append((elapsed, res.memory_bytes / res.memory_limit))

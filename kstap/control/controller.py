@@ -80,13 +80,15 @@ class ControllerSettings:
     about a time constant to show; cutting more meanwhile undershoots. An OOM counter increase still
     halves again at once."""
     drop_ticks: int = 3
-    """Consecutive ticks with new kernel drops after which the rate is cut by :attr:`drop_cut` even
-    below the CPU emergency line: the ring overflowing tick after tick means user space does not keep
-    up with what the filter admits (CFS throttling stops the process for part of every period, so
-    bursts overflow the ring at a mean CPU use well under the quota). Any tick with new drops already
-    holds the rate from rising. 0 turns both off."""
-    drop_cut: float = 0.8
-    """Factor applied to the rate on each further tick of a drop streak (new flows only; no shedding)."""
+    """Consecutive ticks in which the kernel dropped at least :attr:`drop_share` of what its filter
+    passed that make an emergency (halve and shed) even below :attr:`emergency_cpu`: the ring
+    overflowing tick after tick means user space does not keep up with what the filter admits (CFS
+    throttling stops the process for part of every period, so bursts overflow the ring at a mean CPU
+    use well under the quota). Cutting the rate alone would not help: live flows keep the kernel's
+    ceiling up, so the load stays; shedding the highest-hash flows brings it down. Any tick with new
+    drops holds the rate from rising. 0 turns both off."""
+    drop_share: float = 0.001
+    """Dropped / passed by the filter over one tick at or above which a tick counts in the streak."""
     tick: float = 1.0
     """Nominal seconds between updates; the EWMA weight and the slew limits scale with the real interval."""
 
@@ -105,8 +107,8 @@ class ControllerSettings:
             raise ValueError("gains, dead-band and cooldown must not be negative")
         if not (self.raise_slew > 0 and self.cut_slew > 0 and self.tick > 0):
             raise ValueError("slew limits and tick must be positive")
-        if self.drop_ticks < 0 or not 0 < self.drop_cut < 1:
-            raise ValueError("drop_ticks must not be negative and drop_cut must be in (0, 1)")
+        if self.drop_ticks < 0 or not 0 <= self.drop_share < 1:
+            raise ValueError("drop_ticks must not be negative and drop_share must be in [0, 1)")
 
 
 class RateController:
@@ -127,6 +129,7 @@ class RateController:
         self._last_memory: float | None = None
         self._last_drops: int | None = None
         self._drop_streak = 0
+        self._last_received: int | None = None
 
     @property
     def rate(self) -> float:
@@ -154,8 +157,13 @@ class RateController:
                 self._smoothed[name] = value if old is None else old + weight * (value - old)
 
         new_drops = 0 if self._last_drops is None else max(0, stats.kernel_drops - self._last_drops)
-        self._drop_streak = self._drop_streak + 1 if new_drops else 0
+        passed = 0 if self._last_received is None else max(0, stats.kernel_received - self._last_received)
+        self._last_received = stats.kernel_received
+        heavy = new_drops > 0 and new_drops >= s.drop_share * passed
+        self._drop_streak = self._drop_streak + 1 if heavy else 0
         causes, oom_increase = self._emergency_causes(stats, raw["memory"], elapsed)
+        if s.drop_ticks and self._drop_streak >= s.drop_ticks and not any(c.startswith("cpu") for c in causes):
+            causes.append(f"kernel drops {self._drop_streak} ticks in a row ({new_drops} of {passed} this tick)")
         rate_before = self._rate
         u_before = math.log(rate_before)
         state = ControllerState(setpoint=s.setpoint_memory)
@@ -202,13 +210,10 @@ class RateController:
             self._last_emergency = now
         elif cooling and rate != rate_before:
             rate, reason = rate_before, "hold"
-        elif new_drops and s.drop_ticks:
-            if self._drop_streak >= s.drop_ticks:
-                cut = max(s.min_rate, rate_before * s.drop_cut)
-                if cut < rate:
-                    rate, reason = cut, f"drops: {new_drops} kernel drops, {self._drop_streak} ticks in a row"
-            elif rate > rate_before:
-                rate, reason = rate_before, "hold: kernel drops"
+        elif new_drops and s.drop_ticks and rate > rate_before:
+            rate, reason = rate_before, "hold: kernel drops"
+        if reason.startswith("emergency"):
+            self._drop_streak = 0  # the halving and shed need the dead time to show: count afresh
 
         # back-calculation: the integrator tracks the rate actually applied, so clamps, the raise slew
         # limit, holds and halvings never wind it up (and a release does not overshoot). A cut held back

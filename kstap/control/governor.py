@@ -19,9 +19,10 @@ class Governor:
     reader: PressureReader
     controller: RateController
 
-    def update(self, kernel_drops: int = 0) -> tuple[ResourceStats, ControllerState]:
+    def update(self, kernel_drops: int = 0, kernel_received: int = 0) -> tuple[ResourceStats, ControllerState]:
         stats = self.reader.read()
         stats.kernel_drops = kernel_drops
+        stats.kernel_received = kernel_received
         return stats, self.controller.update(stats)
 
 
