@@ -80,7 +80,7 @@ class Scripted:
     def __init__(self, script: list[tuple[float, float, str]]) -> None:
         self.script, self.start = script, time.monotonic()
 
-    def update(self, kernel_drops: int = 0) -> tuple[ResourceStats, ControllerState]:
+    def update(self, kernel_drops: int = 0, kernel_received: int = 0) -> tuple[ResourceStats, ControllerState]:
         t = time.monotonic() - self.start
         rate, reason = 1.0, "pi"
         for at, r, why in self.script:
