@@ -130,6 +130,9 @@ class Churn:
                  ready_timeout: float) -> None:
         self.kube, self.spec, self.source = kube, spec, source
         self.bpf_filter, self.reporter, self.ready_timeout = bpf_filter, reporter, ready_timeout
+        self._attached: dict[str, str] = {}
+        """Node → the worker pod the source reads from (written by both threads, under the lock)."""
+        self._lock = threading.Lock()
 
     def on_change(self, change: Any) -> None:
         from kstap.kube.nodefilter import MATCH_NOTHING
@@ -153,24 +156,24 @@ class Churn:
         interfaces and counters carry on, its filter is sent again). API server trouble is waited out."""
         from kstap.kube import deploy
 
-        current = {node: pod.name for node, pod in pods.items()}
+        with self._lock:
+            for node, pod in pods.items():
+                self._attached.setdefault(node, pod.name)
         while not done.wait(every):
             try:
                 ready = deploy.ready_workers(self.kube, self.spec)
             except KstapError:
                 continue  # the API server is away: the streams reconnect on their own, so do we
             for node, pod in sorted(ready.items()):
-                if node not in current and node not in set(self.source.worker_states()):
-                    continue  # a new node's worker: on_change attaches it
-                if current.get(node) != pod.name:
-                    old = current.get(node)
-                    current[node] = pod.name
-                    if old is None:
-                        continue
-                    self.source.replace_endpoint(_endpoint(self.kube, self.spec, pod))
-                    self.reporter.event("alert", {"level": "info", "kind": "worker-replaced",
-                                                  "message": f"node {node}: worker pod {old} was replaced by "
-                                                             f"{pod.name}; reading from it"})
+                with self._lock:
+                    old = self._attached.get(node)
+                    if old is None or old == pod.name:
+                        continue  # unchanged, or a new node's worker: on_change attaches it
+                    self._attached[node] = pod.name
+                self.source.replace_endpoint(_endpoint(self.kube, self.spec, pod))
+                self.reporter.event("alert", {"level": "info", "kind": "worker-replaced",
+                                              "message": f"node {node}: worker pod {old} was replaced by "
+                                                         f"{pod.name}; reading from it"})
 
     def _add_workers(self, nodes: list[str], filters: dict[str, str]) -> None:
         from kstap.kube import deploy
@@ -187,6 +190,8 @@ class Churn:
             if pod is None:
                 continue
             self.source.add_endpoint(_endpoint(self.kube, self.spec, pod))
+            with self._lock:  # from now on follow_workers re-attaches it when its pod is replaced
+                self._attached[node] = pod.name
             result = self.source.set_filter(filters[node], node=node)
             if any(not str(v).startswith(("applied", "queued")) for v in result.values()):
                 self.reporter.warning(f"{node}: filter not applied on the new worker ({result})")

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kstap.errors import WorkerFailure
+from kstap.errors import KstapError, WorkerFailure
 from kstap.kube.client import Conflict, Kube, NotFound, Op
 from kstap.kube.manifests import MANAGED_BY, RUN_LABEL, Obj, WorkerSpec, all_objects, daemonset
 
@@ -246,12 +246,18 @@ def retarget(kube: Kube, spec: WorkerSpec, nodes: list[str], *, timeout: float =
     """Move the DaemonSet to ``nodes`` (churn brought targets to new nodes, or emptied some).
 
     Workers on nodes that stay are not restarted (``OnDelete``); the new nodes' workers are waited for.
-    ``spec.nodes`` is updated.
+    ``spec.nodes`` is updated — or, when that fails, left as it was, so that asking for the same nodes
+    again waits for their workers again (they may have become Ready since) instead of returning none.
     """
     added = sorted(set(nodes) - set(spec.nodes))
+    before = spec.nodes
     spec.nodes = sorted(nodes)
-    apply(kube, [daemonset(spec)])
-    return wait_ready(kube, spec, nodes, timeout=timeout, sleep=sleep) if added else {}
+    try:
+        apply(kube, [daemonset(spec)])
+        return wait_ready(kube, spec, nodes, timeout=timeout, sleep=sleep) if added else {}
+    except KstapError:
+        spec.nodes = before
+        raise
 
 
 def clean(kube: Kube, run_id: str | None = None) -> list[str]:

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+from fakeapi import BY_PATH
 
 from kstap.errors import ExitCode, WorkerFailure
 from kstap.kube import deploy
@@ -163,6 +164,41 @@ def test_retarget_adds_a_node_without_restarting_the_others(cluster, kube) -> No
     shrunk = deploy.retarget(kube, s, ["node-c"], timeout=5)
     assert shrunk == {}  # nothing new to wait for
     assert [p["spec"]["nodeName"] for p in cluster.objects("pods", "kstap")] == ["node-c"]
+
+
+def test_retarget_that_fails_leaves_the_nodes_so_asking_again_waits_again(cluster, kube) -> None:
+    s = spec()
+    deploy.deploy(kube, s, timeout=5)
+    cluster.worker_behaviour["node-c"] = "image-pull"
+    with pytest.raises(WorkerFailure, match="cannot be pulled on node node-c"):
+        deploy.retarget(kube, s, ["node-a", "node-b", "node-c"], timeout=5)
+    assert s.nodes == ["node-a", "node-b"]  # node-c has no worker yet
+    stuck = next(p["metadata"]["name"] for p in cluster.objects("pods", "kstap") if p["spec"]["nodeName"] == "node-c")
+    cluster.worker_behaviour["node-c"] = "ready"
+    cluster.delete_pod("kstap", stuck)  # the image was pushed; the pod is made again and starts
+    again = deploy.retarget(kube, s, ["node-a", "node-b", "node-c"], timeout=5)
+    assert sorted(again) == ["node-a", "node-b", "node-c"] and again["node-c"].name != stuck
+    assert s.nodes == ["node-a", "node-b", "node-c"]
+
+
+def test_ready_workers_lists_only_ready_live_pods(cluster, kube) -> None:
+    cluster.worker_behaviour["node-b"] = "starting"
+    s = spec(nodes=["node-a", "node-b", "node-c"])
+    deploy.apply(kube, mf.all_objects(s))
+    ready = deploy.ready_workers(kube, s)
+    assert sorted(ready) == ["node-a", "node-c"]  # node-b: ContainerCreating
+    a = ready["node-a"]
+    pod = cluster.get("pods", "kstap", a.name)
+    assert (a.node, a.namespace, a.port, a.ip) == ("node-a", "kstap", 8900, pod["status"]["podIP"]) == (
+        "node-a", "kstap", 8900, "10.0.0.1")
+    node_b = next(p["metadata"]["name"] for p in cluster.objects("pods", "kstap") if p["spec"]["nodeName"] == "node-b")
+    assert cluster.mark_ready("kstap", node_b)
+    assert sorted(deploy.ready_workers(kube, s)) == ["node-a", "node-b", "node-c"]
+    pod["metadata"]["deletionTimestamp"] = "2030-01-01T00:00:00Z"  # terminating: no longer a worker to read
+    cluster.put(BY_PATH[("", "v1", "pods")], pod, create=False)
+    assert sorted(deploy.ready_workers(kube, s)) == ["node-b", "node-c"]
+    other = spec(run_id="r2", nodes=["node-a"])
+    assert deploy.ready_workers(kube, other) == {}  # another run's workers are not ours
 
 
 def test_clean_one_run_then_all(cluster, kube) -> None:
