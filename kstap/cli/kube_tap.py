@@ -132,6 +132,9 @@ class Churn:
         self.bpf_filter, self.reporter, self.ready_timeout = bpf_filter, reporter, ready_timeout
         self._attached: dict[str, str] = {}
         """Node → the worker pod the source reads from (written by both threads, under the lock)."""
+        self._waiting: dict[str, str] = {}
+        """Node → its filter, for nodes with targets whose worker did not start in time: the first
+        Ready worker pod there is attached by :meth:`follow_workers` (under the lock)."""
         self._lock = threading.Lock()
 
     def on_change(self, change: Any) -> None:
@@ -142,6 +145,13 @@ class Churn:
         new = sorted(n for n in change.nodes if n in filters and n not in have)
         if new:  # blocks this watch thread until the workers are Ready: later churn waits its turn
             self._add_workers(new, {n: f.expression for n, f in filters.items()})
+        with self._lock:
+            for node in change.nodes:  # a worker still awaited gets the newest filter when it comes
+                if node in self._waiting and node not in new:
+                    if node in filters:
+                        self._waiting[node] = filters[node].expression
+                    else:
+                        del self._waiting[node]
         for node in change.nodes:
             if node in new or node not in set(self.source.worker_states()):
                 continue
@@ -165,11 +175,22 @@ class Churn:
             except KstapError:
                 continue  # the API server is away: the streams reconnect on their own, so do we
             for node, pod in sorted(ready.items()):
+                late: str | None = None
                 with self._lock:
                     old = self._attached.get(node)
-                    if old is None or old == pod.name:
-                        continue  # unchanged, or a new node's worker: on_change attaches it
+                    if old is None:
+                        late = self._waiting.pop(node, None)
+                        if late is None:
+                            continue  # a new node's worker: on_change attaches it
+                        # its worker came up after on_change gave up waiting; the DaemonSet already
+                        # names the node (only the wait failed): keep it there
+                        self.spec.nodes = sorted({*self.spec.nodes, node})
+                    elif old == pod.name:
+                        continue
                     self._attached[node] = pod.name
+                if late is not None:
+                    self._attach(node, pod, late)
+                    continue
                 self.source.replace_endpoint(_endpoint(self.kube, self.spec, pod))
                 self.reporter.event("alert", {"level": "info", "kind": "worker-replaced",
                                               "message": f"node {node}: worker pod {old} was replaced by "
@@ -183,21 +204,28 @@ class Churn:
                                    timeout=self.ready_timeout)
         except KstapError as exc:
             self.reporter.warning(f"targets appeared on {', '.join(nodes)}, but no worker started there: "
-                                  f"{exc.message}")
+                                  f"{exc.message}; it joins the capture if it becomes Ready")
+            with self._lock:
+                self._waiting.update((n, filters[n]) for n in nodes)
             return
         for node in nodes:
             pod = pods.get(node)
             if pod is None:
                 continue
-            self.source.add_endpoint(_endpoint(self.kube, self.spec, pod))
             with self._lock:  # from now on follow_workers re-attaches it when its pod is replaced
                 self._attached[node] = pod.name
-            result = self.source.set_filter(filters[node], node=node)
-            if any(not str(v).startswith(("applied", "queued")) for v in result.values()):
-                self.reporter.warning(f"{node}: filter not applied on the new worker ({result})")
-            self.reporter.event("alert", {"level": "info", "kind": "worker-added",
-                                          "message": f"targets on node {node}: worker {pod.namespace}/{pod.name} "
-                                                     "added to the capture"})
+                self._waiting.pop(node, None)
+            self._attach(node, pod, filters[node])
+
+    def _attach(self, node: str, pod: Any, expression: str) -> None:
+        """Read from a new node's worker and give it its filter."""
+        self.source.add_endpoint(_endpoint(self.kube, self.spec, pod))
+        result = self.source.set_filter(expression, node=node)
+        if any(not str(v).startswith(("applied", "queued")) for v in result.values()):
+            self.reporter.warning(f"{node}: filter not applied on the new worker ({result})")
+        self.reporter.event("alert", {"level": "info", "kind": "worker-added",
+                                      "message": f"targets on node {node}: worker {pod.namespace}/{pod.name} "
+                                                 "added to the capture"})
 
 
 def _watch(watcher: Any, reporter: Any) -> None:

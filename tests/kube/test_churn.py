@@ -246,6 +246,35 @@ def test_a_worker_that_cannot_start_is_a_warning_and_the_next_change_tries_again
 
 
 # -- follow_workers ----------------------------------------------------------------------------------------
+def test_a_worker_ready_only_after_the_wait_joins_the_capture_when_it_is(run) -> None:
+    """A new node's worker misses the ready timeout (a slow image pull): a warning, and once its pod is
+    Ready the poller attaches it with the newest filter for that node, without any further churn."""
+    run.churn.ready_timeout = 0.3
+    run.cluster.worker_behaviour["node-c"] = "starting"
+    run.cluster.add_pod("a", "web-5", "node-c", "10.244.3.55")
+    run.churn.on_change(run.change("node-c"))
+    [warning] = run.reporter.warnings
+    assert warning.startswith("targets appeared on node-c, but no worker started there") and \
+        warning.endswith("it joins the capture if it becomes Ready")
+    assert run.source.added == [] and run.spec.nodes == ["node-a", "node-b"]
+    run.cluster.add_pod("a", "web-6", "node-c", "10.244.3.56")
+    run.churn.on_change(run.change("node-c"))  # still not Ready: the second wait fails too
+    assert run.source.added == [] and len(run.reporter.warnings) == 2
+    with following(run):
+        assert more_polls(run, 2)
+        assert run.source.added == []
+        pod = worker_pod_on(run.cluster, run.spec, "node-c")
+        assert run.cluster.mark_ready("kstap", pod)
+        assert wait_for(lambda: bool(run.source.added))
+        assert more_polls(run, 2)
+    [endpoint] = run.source.added
+    assert endpoint.name == "node-c" and proxied_pod(endpoint) == ("kstap", pod, run.spec.port)
+    assert run.source.filters == [("node-c", expected(["10.244.3.55", "10.244.3.56"]))]
+    assert run.reporter.alerts() == [
+        ("worker-added", f"targets on node node-c: worker kstap/{pod} added to the capture")]
+    assert run.spec.nodes == ["node-a", "node-b", "node-c"] == ds_nodes(run.cluster, run.spec)
+
+
 def test_a_replaced_worker_pod_is_re_attached(run) -> None:
     old = worker_pod_on(run.cluster, run.spec, "node-b")
     with following(run):
