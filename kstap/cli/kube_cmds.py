@@ -98,7 +98,7 @@ def manifests(
     kubeconfig: str | None = typer.Option(None, "--kubeconfig", help="Path to the kubeconfig file."),
     context: str | None = typer.Option(None, "--context", help="The kubeconfig context to use."),
 ) -> int:
-    """Print the YAML kstap would deploy (namespace, RBAC, token Secret, worker DaemonSet)."""
+    """Print the YAML kstap would deploy (namespace, ServiceAccount, token and seed Secret, worker DaemonSet)."""
     import secrets
 
     from kstap import __version__
