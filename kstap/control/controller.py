@@ -79,6 +79,11 @@ class ControllerSettings:
     """Seconds after a halving during which the rate is held: the halving needs the dead time plus
     about a time constant to show; cutting more meanwhile undershoots. An OOM counter increase still
     halves again at once."""
+    drop_cooldown: float = 2.0
+    """The hold after a halving whose causes are all CPU or kernel drops (no memory sign): the shed
+    lowers the kernel's ceiling one tick later, so its effect on the drops shows within two ticks,
+    while memory needs the dead time plus a time constant (:attr:`emergency_cooldown`). Holding 4 s
+    there let the ring overflow for two more ticks after each halving under a CPU quota."""
     drop_ticks: int = 3
     """Consecutive ticks in which the kernel dropped at least :attr:`drop_share` of what its filter
     passed that make an emergency (halve and shed) even below :attr:`emergency_cpu`: the ring
@@ -103,7 +108,8 @@ class ControllerSettings:
             raise ValueError("setpoint_memory must be below emergency_memory")
         if not 0 < self.ewma_alpha <= 1:
             raise ValueError("ewma_alpha must be in (0, 1]")
-        if min(self.kp, self.ki, self.kd, self.deadband, self.emergency_cooldown, self.emergency_horizon) < 0:
+        if min(self.kp, self.ki, self.kd, self.deadband, self.emergency_cooldown, self.drop_cooldown,
+               self.emergency_horizon) < 0:
             raise ValueError("gains, dead-band and cooldown must not be negative")
         if not (self.raise_slew > 0 and self.cut_slew > 0 and self.tick > 0):
             raise ValueError("slew limits and tick must be positive")
@@ -126,6 +132,8 @@ class RateController:
         self._last_oom: int | None = None
         self._last_psi_total: int | None = None
         self._last_emergency = -math.inf
+        self._cooldown = self.settings.emergency_cooldown
+        """The hold after the last halving (by its causes: memory's or drops')."""
         self._last_memory: float | None = None
         self._last_drops: int | None = None
         self._drop_streak = 0
@@ -203,11 +211,13 @@ class RateController:
         if rate != target and reason == "pi":
             reason = "slew"
 
-        cooling = now - self._last_emergency < s.emergency_cooldown
+        cooling = now - self._last_emergency < self._cooldown
         if causes and (oom_increase or not cooling):
             rate = max(s.min_rate, rate_before / 2)
             reason = "emergency: " + ", ".join(causes)
             self._last_emergency = now
+            cpu_only = all(c.startswith(("cpu", "kernel drops")) for c in causes)
+            self._cooldown = s.drop_cooldown if cpu_only else s.emergency_cooldown
         elif cooling and rate != rate_before:
             rate, reason = rate_before, "hold"
         elif new_drops and s.drop_ticks and rate > rate_before:

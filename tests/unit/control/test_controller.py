@@ -358,3 +358,22 @@ def test_drop_rule_can_be_turned_off() -> None:
     assert not any(s.reason.startswith(("emergency", "hold")) for s in states)
     with pytest.raises(ValueError):
         ControllerSettings(drop_share=1.0).validate()
+
+
+def test_a_cpu_and_drops_halving_is_held_two_seconds_a_memory_one_four() -> None:
+    """After a halving for CPU at the quota with drops, drops still coming 2 s later halve again (the
+    shed shows within two ticks); after a memory halving the rate is held the full 4 s."""
+    clock = FakeClock()
+    c = RateController(ControllerSettings(initial_rate=0.8), clock=clock)
+    k = 100_000
+    states = _ticks(c, clock, [(0.95, 0, k), (0.95, 5000, 2 * k), (0.95, 9000, 3 * k), (0.95, 12000, 4 * k)])
+    assert [s.reason.split(":")[0] for s in states] == ["pi", "emergency", "hold", "emergency"]
+    assert states[3].rate == pytest.approx(states[1].rate / 2)
+
+    clock2 = FakeClock()
+    m = RateController(ControllerSettings(initial_rate=0.8), clock=clock2)
+    reasons = []
+    for memory in (0.5, 0.93, 0.93, 0.93, 0.93, 0.93):
+        clock2.advance(1.0)
+        reasons.append(m.update(stats(memory=memory)).reason.split(":")[0])
+    assert reasons == ["pi", "emergency", "hold", "hold", "hold", "emergency"]
