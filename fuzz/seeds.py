@@ -282,13 +282,13 @@ def stage_seeds() -> list[bytes]:
 # -- settings --------------------------------------------------------------------------------------------
 
 def settings_seeds() -> list[bytes]:
-    config = ("bpf_filter: tcp port 80\ninterfaces: [eth0]\nsampling:\n  mode: auto\n  rate: 25%\n"
+    config = ("bpf_filter: tcp port 80\ninterfaces: [veth0]\nsampling:\n  mode: auto\n  rate: 25%\n"
               "  memory_budget: 512Mi\n  seed: 0x1234\noutput:\n  path: out.pcapng\n  rotate_mb: 100\n"
               "  ring_files: 5\n")
     return [
         config.encode() + b"\0sampling.mode=percentage\nsampling.rate=0.1\0OUTPUT_PATH=x.pcapng",
-        b"interfaces: eth0\nprofile: prod\n\0workers=2\nsnaplen=96\n\0",
-        b"\0interfaces=eth0,eth1\nsampling.min_rate=5%\nduration=10\nentries=-\n\0SAMPLING__MODE=auto",
+        b"interfaces: veth0\nprofile: prod\n\0workers=2\nsnaplen=96\n\0",
+        b"\0interfaces=veth0,veth1\nsampling.min_rate=5%\nduration=10\nentries=-\n\0SAMPLING__MODE=auto",
         b"read: in.pcapng\nrealtime: true\nsampling: {mode: full}\n",
     ]
 

@@ -77,15 +77,15 @@ def test_a_second_worker_for_the_same_node_is_refused(fake_worker) -> None:
 
 def test_an_added_workers_interfaces_arrive_with_its_hello_and_its_packets_merge(fake_worker) -> None:
     a = fake_worker("node-a")
-    c = fake_worker("node-c", [Interface("eth0"), Interface("eth1", linktype=101)])
+    c = fake_worker("node-c", [Interface("veth2"), Interface("veth3", linktype=101)])
     alerts = Alerts()
     src = source([a], alerts)
     try:
         assert [i.name for i in src.interfaces] == ["node-a/veth0"]
         src.add_endpoint(endpoint(c))
         reading(src, lambda: len(src.interfaces) == 3)
-        assert [i.name for i in src.interfaces] == ["node-a/veth0", "node-c/eth0", "node-c/eth1"]
-        assert src.interfaces[2].linktype == 101 and src.interfaces[1].description == "eth0 on node node-c"
+        assert [i.name for i in src.interfaces] == ["node-a/veth0", "node-c/veth2", "node-c/veth3"]
+        assert src.interfaces[2].linktype == 101 and src.interfaces[1].description == "veth2 on node node-c"
         assert src.worker_states() == {"node-a": "up", "node-c": "up"}
         a.hub.publish_batch(T0 + 40 * MS, [rec(10), rec(30)])
         c.hub.publish_batch(T0 + 40 * MS, [rec(20, 1)])
