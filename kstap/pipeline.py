@@ -14,7 +14,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, Protocol, TextIO
 
@@ -119,7 +119,7 @@ class StopFlag:
     """
 
     signum: int = 0
-    _pipe: tuple[int, int] | None = None
+    _pipe: tuple[int, int] | None = field(default=None, init=False, repr=False, compare=False)
 
     def set(self, signum: int = signal.SIGINT) -> None:
         self.signum = signum
@@ -352,8 +352,8 @@ class _Run:
         # move on): wait for a block, the next tick, the end of --duration or a stop, whichever
         # comes first, instead of waking every POLL_MS.
         woken = False
-        if plain and isinstance(source, AfPacketSource) and isinstance(self.stop, StopFlag) and \
-                self.sink_factory is None and settings.output.path not in (None, "-"):
+        if plain and isinstance(source, AfPacketSource) and self.sink_factory is None and \
+                settings.output.path not in (None, "-"):
             source.wake_on(self.stop.wakeup_fd())
             woken = True
         if plain and self.sampler is not None and self.sampler.mode == "percentage" and encode_block_sampled:

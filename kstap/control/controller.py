@@ -218,12 +218,11 @@ class RateController:
             self._last_emergency = now
             cpu_only = all(c.startswith(("cpu", "kernel drops")) for c in causes)
             self._cooldown = s.drop_cooldown if cpu_only else s.emergency_cooldown
+            self._drop_streak = 0  # the halving and shed need a tick or two to show: count afresh
         elif cooling and rate != rate_before:
             rate, reason = rate_before, "hold"
         elif new_drops and s.drop_ticks and rate > rate_before:
             rate, reason = rate_before, "hold: kernel drops"
-        if reason.startswith("emergency"):
-            self._drop_streak = 0  # the halving and shed need the dead time to show: count afresh
 
         # back-calculation: the integrator tracks the rate actually applied, so clamps, the raise slew
         # limit, holds and halvings never wind it up (and a release does not overshoot). A cut held back

@@ -230,4 +230,3 @@ class PressureReader:
             stats.psi_cpu_some = cpu.some.avg10
         if mem is not None or cpu is not None:
             sources.append(f"psi: {where if mem is not None else cpu_where}")
-
