@@ -137,17 +137,14 @@ def _check_name(kind: str, value: str) -> str:
     return value
 
 
-class ApiServerProxyTransport:
-    """Through the API server: ``/api/v1/namespaces/{ns}/pods/{pod}:{port}/proxy/{path}``.
+class _PodTransport:
+    """What both ways through the API server share: the pod they reach and how they name it."""
 
-    ``api_client`` is a configured :class:`kubernetes.client.ApiClient` (kubeconfig or in-cluster).
-    Responses are streamed (``_preload_content=False``): nothing is buffered in full.
-    """
+    via = ""
+    """How, for :attr:`description`."""
 
     def __init__(self, api_client: Any, namespace: str, pod: str, port: int, *,
                  connect_timeout: float = DEFAULT_CONNECT_TIMEOUT) -> None:
-        if not 0 < port < 65536:
-            raise UsageError(f"bad worker port {port}")
         self.api_client = api_client
         self.namespace = _check_name("namespace", namespace)
         self.pod = _check_name("pod", pod)
@@ -156,7 +153,23 @@ class ApiServerProxyTransport:
 
     @property
     def description(self) -> str:
-        return f"pod {self.namespace}/{self.pod}:{self.port} (API server proxy)"
+        return f"pod {self.namespace}/{self.pod}:{self.port} ({self.via})"
+
+
+class ApiServerProxyTransport(_PodTransport):
+    """Through the API server: ``/api/v1/namespaces/{ns}/pods/{pod}:{port}/proxy/{path}``.
+
+    ``api_client`` is a configured :class:`kubernetes.client.ApiClient` (kubeconfig or in-cluster).
+    Responses are streamed (``_preload_content=False``): nothing is buffered in full.
+    """
+
+    via = "API server proxy"
+
+    def __init__(self, api_client: Any, namespace: str, pod: str, port: int, *,
+                 connect_timeout: float = DEFAULT_CONNECT_TIMEOUT) -> None:
+        if not 0 < port < 65536:
+            raise UsageError(f"bad worker port {port}")
+        super().__init__(api_client, namespace, pod, port, connect_timeout=connect_timeout)
 
     def auth_headers(self, token: str) -> dict[str, str]:
         return {protocol.TOKEN_HEADER: f"Bearer {token}"}
@@ -255,20 +268,10 @@ class _ForwardedConnection(http.client.HTTPConnection):
         self.sock = self._factory()
 
 
-class PortForwardTransport:
+class PortForwardTransport(_PodTransport):
     """The fallback: a ``pods/portforward`` websocket per request, HTTP inside it."""
 
-    def __init__(self, api_client: Any, namespace: str, pod: str, port: int, *,
-                 connect_timeout: float = DEFAULT_CONNECT_TIMEOUT) -> None:
-        self.api_client = api_client
-        self.namespace = _check_name("namespace", namespace)
-        self.pod = _check_name("pod", pod)
-        self.port = port
-        self.connect_timeout = connect_timeout
-
-    @property
-    def description(self) -> str:
-        return f"pod {self.namespace}/{self.pod}:{self.port} (port-forward)"
+    via = "port-forward"
 
     def auth_headers(self, token: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {token}"}
