@@ -156,9 +156,7 @@ class Churn:
             if node in new or node not in set(self.source.worker_states()):
                 continue
             expression = filters[node].expression if node in filters else MATCH_NOTHING
-            result = self.source.set_filter(expression, node=node)
-            if any(not str(v).startswith(("applied", "queued")) for v in result.values()):
-                self.reporter.warning(f"{node}: filter update not applied ({result})")
+            self._post_filter(node, expression, "filter update not applied")
 
     def follow_workers(self, done: threading.Event, pods: dict[str, Any], every: float = WORKER_POLL) -> None:
         """Until ``done``: re-attach a node whose worker pod was replaced (deleted and re-created by
@@ -217,12 +215,16 @@ class Churn:
                 self._waiting.pop(node, None)
             self._attach(node, pod, filters[node])
 
+    def _post_filter(self, node: str, expression: str, failure: str) -> None:
+        """Send a node's worker its filter; a worker that refuses it (or cannot be reached) is a warning."""
+        result = self.source.set_filter(expression, node=node)
+        if any(not str(v).startswith(("applied", "queued")) for v in result.values()):
+            self.reporter.warning(f"{node}: {failure} ({result})")
+
     def _attach(self, node: str, pod: Any, expression: str) -> None:
         """Read from a new node's worker and give it its filter."""
         self.source.add_endpoint(_endpoint(self.kube, self.spec, pod))
-        result = self.source.set_filter(expression, node=node)
-        if any(not str(v).startswith(("applied", "queued")) for v in result.values()):
-            self.reporter.warning(f"{node}: filter not applied on the new worker ({result})")
+        self._post_filter(node, expression, "filter not applied on the new worker")
         self.reporter.event("alert", {"level": "info", "kind": "worker-added",
                                       "message": f"targets on node {node}: worker {pod.namespace}/{pod.name} "
                                                  "added to the capture"})
