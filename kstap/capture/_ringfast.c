@@ -9,7 +9,6 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
-#include <stdio.h>
 
 #define TP_STATUS_VLAN_VALID (1u << 4)
 #define TP_STATUS_VLAN_TPID_VALID (1u << 6)
