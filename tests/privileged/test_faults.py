@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import procs
 import pytest
 
 from kstap.capture import fanout
@@ -48,22 +49,6 @@ while sent < limit and time.monotonic() < end:
         time.sleep(ahead)
 print(sent, flush=True)
 '''
-
-
-def _children(pid: int) -> list[int]:
-    kids: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(FileNotFoundError):
-            kids += [int(c) for c in (task / "children").read_text().split()]
-    return kids
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 @contextlib.contextmanager
@@ -113,7 +98,7 @@ def test_sigkill_of_one_worker_is_reported_and_the_file_stays_whole(harness):
     valid and holds everything delivered before the loss and both workers' packets after it."""
     path = harness.tmp / "lost.pcapng"
     kst = harness.kstap(path, "-f", "udp", "--workers", "2")
-    workers = _children(kst.pid)
+    workers = procs.children(kst.pid)
     assert len(workers) == 2
     harness.server(echo_udp=False)
     harness.send(udp_flows=8, udp_sizes=(10, 500), udp_ports=(5001,), tcp_conns=0, echo_udp=False, tag="before")
@@ -136,9 +121,9 @@ def test_sigkill_of_one_worker_is_reported_and_the_file_stays_whole(harness):
     assert m, err
     lost = int(m.group(1))
     deadline = time.monotonic() + 10
-    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+    while any(procs.alive(w) for w in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not [w for w in workers if _alive(w)], "a worker outlived the capture"
+    assert not [w for w in workers if procs.alive(w)], "a worker outlived the capture"
 
     cap = harness.read(path)
     assert cap.error is None

@@ -2,33 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import time
-from pathlib import Path
 
+import procs
 import pytest
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
 EXPR = "udp"
-
-
-def _children(pid: int) -> list[int]:
-    kids: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(FileNotFoundError):
-            kids += [int(c) for c in (task / "children").read_text().split()]
-    return kids
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -76,7 +59,7 @@ def test_sigkill_leaves_complete_blocks_readable(harness, workers):
     k_path = harness.tmp / "killed.pcapng"
     harness.server()
     kst = harness.kstap(k_path, "-f", EXPR, "--workers", str(workers))
-    children = _children(kst.pid)
+    children = procs.children(kst.pid)
     assert len(children) == (workers if workers > 1 else 0)
     # phase 1: a known exchange, well before the kill (4 datagrams, each echoed)
     harness.send(udp_flows=1, udp_sizes=(10, 1000), tcp_conns=0, tag="phase-one")
@@ -92,9 +75,9 @@ def test_sigkill_leaves_complete_blocks_readable(harness, workers):
         flood.wait(timeout=5)
         # the workers notice their parent is gone (broken pipe) and exit by themselves
         deadline = time.monotonic() + 10
-        while any(_alive(c) for c in children) and time.monotonic() < deadline:
+        while any(procs.alive(c) for c in children) and time.monotonic() < deadline:
             time.sleep(0.05)
-        orphans = [c for c in children if _alive(c)]
+        orphans = [c for c in children if procs.alive(c)]
         for c in orphans:
             os.kill(c, signal.SIGKILL)
     assert not orphans, f"worker processes {orphans} outlived their killed parent"

@@ -1,0 +1,24 @@
+"""Process helpers for the privileged tests: a process's children and whether a PID still runs."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+
+def children(pid: int) -> list[int]:
+    """The direct children of ``pid`` (``/proc/PID/task/TID/children``)."""
+    kids: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            kids += [int(c) for c in (task / "children").read_text().split()]
+    return kids
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
