@@ -6,7 +6,9 @@ No capture runs here: tests publish into the hub by hand, so every watermark and
 from __future__ import annotations
 
 import secrets
+import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import pytest
@@ -50,6 +52,27 @@ class FakeWorker:
         self.api = WorkerAPI(("127.0.0.1", self.port), TOKEN, self.hub, self.inbox, heartbeat=0.05)
         self.api.start()
         self.apis.append(self.api)
+
+    @contextmanager
+    def applying_control(self) -> Iterator[None]:
+        """While inside: a stand-in for the capture loop takes each queued control request and
+        marks it done (the worker then answers 200 "applied" instead of 202 "queued")."""
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.is_set():
+                req = self.inbox.take()
+                if req is not None:
+                    self.inbox.done(req)
+                stop.wait(0.02)
+
+        t = threading.Thread(target=loop)
+        t.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            t.join()
 
     def new_run(self, interfaces: list[Interface]) -> StreamHub:
         hub = StreamHub(self.hub.node)

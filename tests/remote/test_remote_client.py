@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -222,28 +221,16 @@ def test_control_fans_out_and_reports_each_node(fake_worker) -> None:
             raise ControlRejected(409, "this worker keeps every flow")
 
     a, b = fake_worker("node-a"), fake_worker("node-b", validate=refuse)
-    stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.is_set():
-            req = a.inbox.take()
-            if req is not None:
-                a.inbox.done(req)
-            stop.wait(0.02)
-
-    t = threading.Thread(target=loop)
-    t.start()
     src = source([a, b])
     try:
-        assert src.set_rate(0.5) == {"node-a": "applied",
-                                     "node-b": "refused: HTTP 409: this worker keeps every flow"}
-        assert src.set_filter("udp", node="node-a") == {"node-a": "applied"}
-        assert a.inbox.current == {"rate": 0.5, "filter": "udp"}
-        with pytest.raises(WorkerFailure):
-            src.set_filter("udp", node="node-z")
+        with a.applying_control():
+            assert src.set_rate(0.5) == {"node-a": "applied",
+                                         "node-b": "refused: HTTP 409: this worker keeps every flow"}
+            assert src.set_filter("udp", node="node-a") == {"node-a": "applied"}
+            assert a.inbox.current == {"rate": 0.5, "filter": "udp"}
+            with pytest.raises(WorkerFailure):
+                src.set_filter("udp", node="node-z")
     finally:
-        stop.set()
-        t.join()
         src.close()
 
 

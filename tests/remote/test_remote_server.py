@@ -144,23 +144,9 @@ def test_control_needs_a_content_length(fake_worker) -> None:
 
 def test_control_applied_by_the_loop_is_200_and_queued_is_202(fake_worker, monkeypatch) -> None:
     w = fake_worker()
-    stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.is_set():
-            req = w.inbox.take()
-            if req is not None:
-                w.inbox.done(req)
-            stop.wait(0.02)
-
-    t = threading.Thread(target=loop)
-    t.start()
-    try:
+    with w.applying_control():
         status, body, _ = _call(w.port, "POST", "/v1/control", headers=w.auth, body=b'{"rate":0.25,"filter":"udp"}')
         assert status == 200 and body == {"applied": True, "rate": 0.25, "filter": "udp"}
-    finally:
-        stop.set()
-        t.join()
     assert _call(w.port, "GET", "/v1/stats", headers=w.auth)[1]["control"] == {"rate": 0.25, "filter": "udp"}  # type: ignore[index]
     real = w.inbox.submit
     monkeypatch.setattr(w.inbox, "submit", lambda req, timeout=3.0: real(req, timeout=0.05))

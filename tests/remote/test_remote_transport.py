@@ -151,22 +151,8 @@ def test_stream_stats_and_control_through_the_pod_proxy(pod_proxy, fake_worker) 
         assert got == [(T0 + 10, 3, 3, b"abc", 0, 0)] and src.last_comments == {0: "kstap: flow id=1"}
         assert src.interfaces[0].name == "node-a/veth0"
 
-        stop = threading.Event()
-
-        def loop() -> None:
-            while not stop.is_set():
-                req = a.inbox.take()
-                if req is not None:
-                    a.inbox.done(req)
-                stop.wait(0.02)
-
-        t = threading.Thread(target=loop)
-        t.start()
-        try:
+        with a.applying_control():
             assert src.set_filter("tcp port 80") == {"node-a": "applied"}
-        finally:
-            stop.set()
-            t.join()
         assert a.inbox.current == {"filter": "tcp port 80"}
     finally:
         src.close()
