@@ -32,7 +32,9 @@ pytestmark = [
 
 QUOTA = 0.10
 RATE = 100000
-SECONDS = 16
+SECONDS = 24
+"""Long enough that the second half starts well after settling: the controller needs two or three
+halvings (2 s apart) under this quota, which at 16 s ran into the second half in about 1 run of 4."""
 
 
 @contextlib.contextmanager
