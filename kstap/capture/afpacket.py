@@ -159,6 +159,9 @@ class AfPacketRing:
         """Attach (or atomically replace) the kernel filter; loopback drops outgoing copies."""
         s = self.sock
         prog = program.without_outgoing() if self._loopback else program
+        if prog.attacher is not None:  # the in-kernel flow table (eBPF) behind the expression
+            prog.attacher.attach(s, prog.insns, self.linktype)
+            return
         fprog, keep = prog.sock_fprog()
         try:
             s.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)

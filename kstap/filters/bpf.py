@@ -7,8 +7,11 @@ A :class:`Program` is a plain list of classic BPF instructions; it can be printe
 from __future__ import annotations
 
 import ctypes
+import socket
 import struct
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 from kstap.errors import UsageError
 from kstap.filters import libpcap
@@ -27,6 +30,13 @@ Insn = tuple[int, int, int, int]
 """(code, jt, jf, k), the fields of struct sock_filter."""
 
 
+class SocketAttacher(Protocol):
+    """Attaches a program other than the classic one (the in-kernel flow table's eBPF filter)."""
+
+    def attach(self, sock: socket.socket, insns: Sequence[Insn], linktype: int) -> None:
+        """Put a filter built from the classic ``insns`` (the user's expression) on ``sock``."""
+
+
 @dataclass(frozen=True)
 class Program:
     """A compiled filter: the expression it came from and its instructions."""
@@ -35,6 +45,8 @@ class Program:
     linktype: int
     snaplen: int
     insns: tuple[Insn, ...]
+    attacher: SocketAttacher | None = field(default=None, compare=False)
+    """When set, sockets get the attacher's program (built from ``insns``) instead of ``insns``."""
 
     def image(self) -> list[str]:
         """The program as ``tcpdump -d`` prints it (libpcap's own bpf_image)."""
@@ -60,7 +72,7 @@ class Program:
             (0x15, 0, 1, PACKET_OUTGOING),  # jeq #OUTGOING, jt=next (reject), jf=skip
             (0x06, 0, 0, 0),  # ret #0
         )
-        return Program(self.expression, self.linktype, self.snaplen, head + self.insns)
+        return replace(self, insns=head + self.insns)
 
     def matches(self, data: bytes, wirelen: int) -> bool:
         """Run the program on one packet in user space (pcap_offline_filter)."""

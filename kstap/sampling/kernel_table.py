@@ -1,0 +1,337 @@
+"""The in-kernel flow table: an eBPF socket filter that decides each flow once, at its first packet.
+
+Behind the user's expression (translated from classic BPF, :mod:`kstap.filters.cbpf_to_ebpf`) the
+program computes the same seeded symmetric flow hash as :func:`kstap.sampling.flowhash.flow_hash`
+and looks the flow up in an LRU hash map keyed by that hash:
+
+- not there (or idle past the timeout): decide now, ``keep = hash < threshold`` with the
+  threshold in force (read from the settings map user space updates), and store the decision;
+- there: keep or drop as decided, and refresh its last-seen time.
+
+A later rise of the threshold therefore never admits a flow mid-way, and a cut never ends a kept
+one. The settings map also carries the shed set of an emergency: every flow decided before the
+shed (``epoch < shed_epoch``) with ``hash >= shed_threshold`` is turned to "drop" at its next
+packet. Flows are keyed by their 32-bit hash: two flows that share one share a decision, which is
+what the classic threshold filter does too (hash-based selection picks hashes, not flows).
+
+Maps (all owned by :class:`KernelFlowTable`):
+    settings  array[1] of {u64 threshold, u64 shed_threshold, u64 shed_epoch, u64 idle_ns}
+    counters  array[1] of {u64 flows_kept, u64 flows_dropped, u64 packets_dropped, u64 flows_shed}
+    flows     lru_hash u32 hash → {u32 state (1 keep, 2 drop), u32 epoch, u64 last_ns}
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from kstap.capture import bpf_syscall as sys_bpf
+from kstap.filters import ebpf_asm as e
+from kstap.filters.cbpf_to_ebpf import translate
+from kstap.sampling.flowhash import C1, C2, F1, F2, FULL, GOLDEN, M32, seed2, threshold
+
+Insn = tuple[int, int, int, int]
+
+KEEP, DROP = 1, 2
+SETTINGS = struct.Struct("<QQQQ")
+COUNTERS = struct.Struct("<QQQQ")
+FLOW = struct.Struct("<IIQ")
+DEFAULT_FLOWS = 1 << 18
+"""LRU capacity: 262,144 flows x ~64 bytes of kernel memory each ≈ 16 MiB, locked. Past it the
+least recently seen flow is forgotten; if it comes back it is decided anew (as a new flow)."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the network header is in what the socket's filter sees, per capture socket type.
+
+    ``ethernet``: an Ethernet frame (SOCK_RAW on an Ethernet device): ethertype at 12, up to two
+    802.1Q/802.1ad tags still in the frame are skipped (the kernel usually strips the outer one
+    into metadata first). ``sll``/``sll2``: Linux cooked headers (16 / 20 bytes, protocol at 14 /
+    0). ``network``: the filter sees the network header at offset 0 (SOCK_DGRAM, raw IP devices);
+    the protocol is the sk_buff's. Other link layers go through the classic path.
+    """
+
+    kind: str = "ethernet"
+
+    @classmethod
+    def for_linktype(cls, linktype: int) -> Layout:
+        kinds = {1: "ethernet", 113: "sll", 276: "sll2", 101: "network", 12: "network"}
+        if linktype not in kinds:
+            raise ValueError(f"no in-kernel flow table for link type {linktype}")
+        return cls(kinds[linktype])
+
+
+# stack slots (fp-relative); the translated classic filter's scratch words sit at -128..-65
+S_PROTO, S_SPORT, S_DPORT, S_EA, S_KEY, S_ZERO, S_VAL = -4, -8, -12, -16, -20, -24, -48
+ETH_P_IP, ETH_P_IPV6 = 0x0800, 0x86DD
+
+
+def _fmix(a: e.Asm, h: int, t: int) -> None:
+    for shift, mul in ((16, F1), (13, F2), (16, None)):
+        a.mov64r(t, h)
+        a.alu32(e.RSH, t, shift)
+        a.alu32r(e.XOR, h, t)
+        if mul is not None:
+            a.alu32(e.MUL, h, mul)
+
+
+def _endpoint(a: e.Asm, seed: int, offsets: Sequence[int], port_slot: int) -> None:
+    """R8 = endpoint_hash(seed, words at R7+off, port at fp+port_slot); clobbers R0-R5, R9."""
+    a.ldx(e.W, e.R8, e.FP, port_slot)
+    a.alu32(e.XOR, e.R8, seed & M32)
+    for off in offsets:
+        a.ld_ind(e.W, e.R7, off)
+        a.alu32(e.MUL, e.R0, C1)
+        a.alu32r(e.XOR, e.R8, e.R0)
+        a.alu32(e.MUL, e.R8, C2)
+        a.mov64r(e.R9, e.R8)
+        a.alu32(e.RSH, e.R9, 15)
+        a.alu32r(e.XOR, e.R8, e.R9)
+    _fmix(a, e.R8, e.R9)
+
+
+def _network_header(a: e.Asm, layout: Layout, snaplen: int) -> None:
+    """R7 = the network header's offset; jumps to v4/v6; other protocols are kept (no flow)."""
+    if layout.kind == "network":
+        a.mov64(e.R7, 0)
+        a.ldx(e.W, e.R0, e.R6, 16)  # __sk_buff.protocol, big-endian in memory
+        a.raw(e.ALU | 0xD0 | 0x08, e.R0, 0, 0, 16)
+    elif layout.kind in ("sll", "sll2"):
+        hdr, proto = (16, 14) if layout.kind == "sll" else (20, 0)
+        a.mov64(e.R7, hdr)
+        a.ld_abs(e.H, proto)
+    else:
+        a.mov64(e.R7, 14)
+        a.ld_abs(e.H, 12)
+        for depth in (1, 2):  # 802.1Q / 802.1ad tags left in the frame
+            a.jmp(e.JEQ, e.R0, 0x8100, f"tag{depth}")
+            a.jmp(e.JNE, e.R0, 0x88A8, "ethertype")
+            a.label(f"tag{depth}")
+            a.mov64(e.R7, 14 + 4 * depth)
+            a.ld_abs(e.H, 12 + 4 * depth)
+        a.label("ethertype")
+    a.jmp(e.JEQ, e.R0, ETH_P_IP, "v4")
+    a.jmp(e.JEQ, e.R0, ETH_P_IPV6, "v6")
+    a.ret(snaplen)  # not IP: no flow, always kept
+
+
+def _flow_hash(a: e.Asm, seed: int) -> None:
+    """From labels v4/v6 (R7 = network header offset) to R8 = the flow hash, at label 'hashed'."""
+    for fam, proto_off, ports, src, dst in (("v4", 9, None, [12], [16]),
+                                            ("v6", 6, 40, [8, 12, 16, 20], [24, 28, 32, 36])):
+        a.label(fam)
+        a.st(e.W, e.FP, S_SPORT, 0)
+        a.st(e.W, e.FP, S_DPORT, 0)
+        a.ld_ind(e.B, e.R7, proto_off)
+        a.stx(e.W, e.FP, S_PROTO, e.R0)
+        a.mov64r(e.R9, e.R7)  # R9 = the transport header's offset
+        if fam == "v4":
+            a.ld_ind(e.H, e.R7, 6)
+            a.raw(e.JMP | e.JSET | e.K, e.R0, 0, f"{fam}hash", 0x3FFF)  # a fragment: no ports
+            a.ld_ind(e.B, e.R7, 0)
+            a.alu32(e.AND, e.R0, 0x0F)
+            a.alu32(e.LSH, e.R0, 2)
+            a.alu64r(e.ADD, e.R9, e.R0)
+        else:
+            a.alu64(e.ADD, e.R9, ports or 40)
+        a.ldx(e.W, e.R0, e.FP, S_PROTO)
+        a.jmp(e.JEQ, e.R0, 6, f"{fam}ports")
+        a.jmp(e.JEQ, e.R0, 17, f"{fam}ports")
+        a.jmp(e.JNE, e.R0, 132, f"{fam}hash")
+        a.label(f"{fam}ports")
+        a.ld_ind(e.H, e.R9, 0)
+        a.stx(e.W, e.FP, S_SPORT, e.R0)
+        a.ld_ind(e.H, e.R9, 2)
+        a.stx(e.W, e.FP, S_DPORT, e.R0)
+        a.label(f"{fam}hash")
+        _endpoint(a, seed, src, S_SPORT)
+        a.stx(e.W, e.FP, S_EA, e.R8)
+        _endpoint(a, seed, dst, S_DPORT)
+        if fam == "v4":
+            a.ja("combine")
+    a.label("combine")
+    a.ldx(e.W, e.R0, e.FP, S_EA)
+    a.alu32r(e.ADD, e.R8, e.R0)
+    a.ldx(e.W, e.R0, e.FP, S_PROTO)
+    a.alu32(e.MUL, e.R0, GOLDEN)
+    a.alu32r(e.XOR, e.R8, e.R0)
+    a.alu32(e.XOR, e.R8, seed2(seed))
+    _fmix(a, e.R8, e.R9)
+
+
+def _decide(a: e.Asm, settings_fd: int, counters_fd: int, flows_fd: int, snaplen: int) -> None:
+    """R8 = flow hash → keep (return snaplen) or drop (0), deciding new flows once."""
+    a.stx(e.W, e.FP, S_KEY, e.R8)
+    a.call(e.KTIME_GET_NS)
+    a.mov64r(e.R9, e.R0)  # R9 = now
+    a.st(e.W, e.FP, S_ZERO, 0)
+    a.ld_map_fd(e.R1, settings_fd)
+    a.mov64r(e.R2, e.FP)
+    a.alu64(e.ADD, e.R2, S_ZERO)
+    a.call(e.MAP_LOOKUP_ELEM)
+    a.jmp(e.JEQ, e.R0, 0, "keep")  # (an array's element 0 always exists)
+    a.mov64r(e.R7, e.R0)  # R7 = settings
+    a.ld_map_fd(e.R1, flows_fd)
+    a.mov64r(e.R2, e.FP)
+    a.alu64(e.ADD, e.R2, S_KEY)
+    a.call(e.MAP_LOOKUP_ELEM)
+    a.jmp(e.JEQ, e.R0, 0, "decide")
+    # a known flow: forgotten if idle past the timeout, else as decided (unless shed)
+    a.ldx(e.DW, e.R1, e.R0, 8)
+    a.mov64r(e.R2, e.R9)
+    a.alu64r(e.SUB, e.R2, e.R1)
+    a.ldx(e.DW, e.R3, e.R7, 24)
+    a.jmpr(e.JGT, e.R2, e.R3, "decide")
+    a.stx(e.DW, e.R0, 8, e.R9)
+    a.ldx(e.W, e.R1, e.R0, 0)
+    a.jmp(e.JNE, e.R1, KEEP, "drop")
+    a.ldx(e.W, e.R2, e.R0, 4)
+    a.ldx(e.DW, e.R3, e.R7, 16)
+    a.jmpr(e.JGE, e.R2, e.R3, "keep")  # decided after the last shed
+    a.ldx(e.DW, e.R3, e.R7, 8)
+    a.jmpr(e.JLT, e.R8, e.R3, "keep")
+    a.st(e.W, e.R0, 0, DROP)  # shed: dropped from now on
+    a.mov64(e.R1, 24)
+    a.ja("count")
+    # a new flow: decide with the threshold in force
+    a.label("decide")
+    a.ldx(e.DW, e.R1, e.R7, 0)
+    a.st(e.W, e.FP, S_VAL, DROP)
+    a.jmpr(e.JGE, e.R8, e.R1, "store")
+    a.st(e.W, e.FP, S_VAL, KEEP)
+    a.label("store")
+    a.ldx(e.DW, e.R1, e.R7, 16)
+    a.stx(e.W, e.FP, S_VAL + 4, e.R1)
+    a.stx(e.DW, e.FP, S_VAL + 8, e.R9)
+    a.ld_map_fd(e.R1, flows_fd)
+    a.mov64r(e.R2, e.FP)
+    a.alu64(e.ADD, e.R2, S_KEY)
+    a.mov64r(e.R3, e.FP)
+    a.alu64(e.ADD, e.R3, S_VAL)
+    a.mov64(e.R4, 0)
+    a.call(e.MAP_UPDATE_ELEM)
+    a.ldx(e.W, e.R0, e.FP, S_VAL)
+    a.mov64(e.R1, 0)
+    a.jmp(e.JEQ, e.R0, KEEP, "count")
+    a.mov64(e.R1, 8)
+    a.ja("count")
+    a.label("drop")
+    a.mov64(e.R1, 16)
+    # counters[R1/8] += 1, then keep (offset 0) or drop
+    a.label("count")
+    a.stx(e.DW, e.FP, S_VAL, e.R1)
+    a.ld_map_fd(e.R1, counters_fd)
+    a.mov64r(e.R2, e.FP)
+    a.alu64(e.ADD, e.R2, S_ZERO)
+    a.call(e.MAP_LOOKUP_ELEM)
+    a.jmp(e.JEQ, e.R0, 0, "out")
+    a.ldx(e.DW, e.R1, e.FP, S_VAL)
+    a.alu64r(e.ADD, e.R0, e.R1)
+    a.mov64(e.R1, 1)
+    a.raw(e.STX | 0xC0 | e.DW, e.R0, e.R1, 0, 0)  # atomic add
+    a.label("out")
+    a.ldx(e.DW, e.R1, e.FP, S_VAL)
+    a.jmp(e.JEQ, e.R1, 0, "keep")
+    a.ret(0)
+    a.label("keep")
+    a.ret(snaplen)
+
+
+def generate(filter_insns: Sequence[Insn], seed: int, layout: Layout, *, settings_fd: int, counters_fd: int,
+             flows_fd: int) -> bytes:
+    """The whole socket filter: the user's classic filter, then the flow hash and the decision."""
+    snaplen = max((k for code, _, _, k in filter_insns if code == 0x06 and k), default=262144)
+    a = e.Asm()
+    a.mov64r(e.R6, e.R1)  # R6 = the sk_buff, as the legacy packet loads want
+    translate(filter_insns, a, "sample")
+    a.label("sample")
+    _network_header(a, layout, snaplen)
+    _flow_hash(a, seed)
+    _decide(a, settings_fd, counters_fd, flows_fd, snaplen)
+    return a.build()
+
+
+@dataclass
+class KernelStats:
+    flows_kept: int = 0
+    flows_dropped: int = 0
+    packets_dropped: int = 0
+    flows_shed: int = 0
+
+
+class KernelFlowTable:
+    """The maps and the loaded program; the controller's rate reaches the kernel through here."""
+
+    def __init__(self, seed: int, rate: float, *, idle_timeout_ns: int = 60_000_000_000,
+                 max_flows: int = DEFAULT_FLOWS) -> None:
+        self.seed = seed
+        self.idle_timeout_ns = idle_timeout_ns
+        self.maps: list[sys_bpf.Map] = []
+        try:
+            self.settings = self._map(sys_bpf.MAP_TYPE_ARRAY, 4, SETTINGS.size, 1, "kstap_settings")
+            self.counters = self._map(sys_bpf.MAP_TYPE_ARRAY, 4, COUNTERS.size, 1, "kstap_counters")
+            self.flows = self._map(sys_bpf.MAP_TYPE_LRU_HASH, 4, FLOW.size, max_flows, "kstap_flows")
+        except BaseException:
+            self.close()
+            raise
+        self.threshold = threshold(rate)
+        self.shed_threshold = FULL
+        self.shed_epoch = 0
+        self._write()
+
+    def _map(self, kind: int, ksize: int, vsize: int, entries: int, name: str) -> sys_bpf.Map:
+        m = sys_bpf.Map.create(kind, ksize, vsize, entries, name)
+        self.maps.append(m)
+        return m
+
+    def _write(self) -> None:
+        self.settings.update(b"\0\0\0\0", SETTINGS.pack(self.threshold, self.shed_threshold, self.shed_epoch,
+                                                        self.idle_timeout_ns))
+
+    def program(self, filter_insns: Sequence[Insn], layout: Layout) -> int:
+        """Load the filter for one socket type; returns the program fd (the caller closes it)."""
+        code = generate(filter_insns, self.seed, layout, settings_fd=self.settings.fd,
+                        counters_fd=self.counters.fd, flows_fd=self.flows.fd)
+        return sys_bpf.load_socket_filter(code, "kstap_flows")
+
+    def attach(self, sock: socket.socket, insns: Sequence[Insn], linktype: int) -> None:
+        """:class:`kstap.filters.bpf.SocketAttacher`: the flow table behind ``insns`` on ``sock``
+        (the socket holds the program; this process keeps only the maps)."""
+        # a SOCK_DGRAM packet socket (cooked capture, e.g. -i any) hands its filter the network
+        # header at offset 0 whatever the link type says the file gets
+        layout = Layout("network") if sock.type == socket.SOCK_DGRAM else Layout.for_linktype(linktype)
+        fd = self.program(insns, layout)
+        try:
+            sys_bpf.attach(sock, fd)
+        finally:
+            os.close(fd)
+
+    def set_rate(self, rate: float) -> None:
+        """New flows from now on are decided against this rate; live ones keep their decision."""
+        self.threshold = threshold(rate)
+        self._write()
+
+    def shed(self, rate: float) -> None:
+        """Emergency: live kept flows with hash ≥ the rate's threshold are dropped at their next packet."""
+        self.threshold = threshold(rate)
+        self.shed_threshold = self.threshold
+        self.shed_epoch += 1
+        self._write()
+
+    def stats(self) -> KernelStats:
+        raw = self.counters.lookup(b"\0\0\0\0")
+        return KernelStats(*COUNTERS.unpack(raw)) if raw else KernelStats()
+
+    def decision(self, flow_hash: int) -> int | None:
+        """KEEP, DROP or None (not in the table): for tests and ``--debug``."""
+        raw = self.flows.lookup(struct.pack("<I", flow_hash))
+        return FLOW.unpack(raw)[0] if raw else None
+
+    def close(self) -> None:
+        for m in self.maps:
+            m.close()
+        self.maps = []
