@@ -42,6 +42,9 @@ class SamplingSettings:
     """Cores; overrides the cgroup CPU quota."""
     idle_timeout: float = 60.0
     """Seconds after which a silent flow is forgotten by the flow table."""
+    flow_table: str = "auto"
+    """Where auto mode decides flows: ``kernel`` (eBPF socket filter with an LRU map; needs CAP_BPF),
+    ``user`` (the classic filter's ceiling and the user-space table), ``auto`` (kernel where it can)."""
 
 
 @dataclass
@@ -140,6 +143,8 @@ class TapSettings:
             raise UsageError("--memory-budget must be positive")
         if smp.cpu_budget is not None and not smp.cpu_budget > 0:
             raise UsageError("--cpu-budget must be positive (cores)")
+        if smp.flow_table not in ("auto", "kernel", "user"):
+            raise UsageError(f"sampling.flow_table must be auto, kernel or user, got {smp.flow_table!r}")
         if not 0 < smp.idle_timeout < math.inf:
             raise UsageError("sampling.idle_timeout must be a positive number of seconds")
 

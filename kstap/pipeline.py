@@ -14,7 +14,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import FrameType
 from typing import Any, Protocol, TextIO
 
@@ -42,6 +42,7 @@ from kstap.model import (
 )
 from kstap.sampling import metadata
 from kstap.sampling.flowhash import FULL, seed_id, splice_threshold
+from kstap.sampling.kernel_table import KernelFlowTable, open_table
 from kstap.sampling.sampler import FlowSampler
 from kstap.sampling.seen import SeenFlows
 from kstap.sinks import pcapng
@@ -203,23 +204,45 @@ def run_tap(settings: TapSettings, reporter: Reporter, stop: StopFlag | None = N
     smp = settings.sampling
     seed = smp.seed if smp.seed is not None else secrets.randbits(32)
     sampler = None
+    kernel: KernelFlowTable | None = None
     if smp.mode != "full" and source is None:  # a given source (remote workers) sampled already
         sampler = FlowSampler(smp.mode, smp.rate, seed, idle_timeout_ns=int(smp.idle_timeout * 1e9))
         if smp.mode == "auto" and governor is None:
             governor = _default_governor(settings)
+        if smp.mode == "auto":
+            kernel = _kernel_table(settings, sampler, reporter)
     with _Signals(stop):
-        if source is None:
-            source, retire_ms, backend, base = _open_source(settings, expression, sampler)
-        else:
-            retire_ms, backend, base = 0, "remote", None
         try:
-            if stop:
-                raise Interrupted("interrupted before capture started")
-            run = _Run(settings, source, backend, reporter, stop, clock, sampler, governor, base, seed)
-            run.sink_factory, run.control = sink_factory, control
-            return run.capture(retire_ms, lines)
+            if source is None:
+                source, retire_ms, backend, base = _open_source(settings, expression, sampler, kernel)
+            else:
+                retire_ms, backend, base = 0, "remote", None
+            try:
+                if stop:
+                    raise Interrupted("interrupted before capture started")
+                run = _Run(settings, source, backend, reporter, stop, clock, sampler, governor, base, seed)
+                run.sink_factory, run.control, run.kernel = sink_factory, control, kernel
+                return run.capture(retire_ms, lines)
+            finally:
+                source.close()
         finally:
-            source.close()
+            if kernel is not None:
+                kernel.close()
+
+
+def _kernel_table(settings: TapSettings, sampler: FlowSampler, reporter: Reporter) -> KernelFlowTable | None:
+    """Auto mode's in-kernel flow table where this capture can have it (else the classic ceiling)."""
+    smp = settings.sampling
+    why_not = ("--read replays a file" if settings.read else
+               f"--workers {settings.workers}" if settings.workers > 1 else
+               f"--capture {settings.capture}" if backends.resolve(settings.capture) != "af_packet" else None)
+    kernel, reason = open_table(smp.flow_table, sampler.seed, sampler.rate,
+                                idle_timeout_ns=int(smp.idle_timeout * 1e9), why_not=why_not)
+    if kernel is None and reason is not None and smp.flow_table == "auto" and not settings.read:
+        reporter.warning(f"flows are decided in user space (classic filter ceiling): {reason}")
+    if kernel is not None:
+        sampler.decided_upstream = True
+    return kernel
 
 
 POLL_MS = 250
@@ -250,8 +273,8 @@ def _default_governor(settings: TapSettings) -> Governor:
     return build_governor(settings.sampling)
 
 
-def _open_source(settings: TapSettings, expression: str,
-                 sampler: FlowSampler | None) -> tuple[_Source, int, str, Program | None]:
+def _open_source(settings: TapSettings, expression: str, sampler: FlowSampler | None,
+                 kernel: KernelFlowTable | None = None) -> tuple[_Source, int, str, Program | None]:
     if settings.read:
         if expression:
             compile_filter(expression, snaplen=settings.snaplen)  # fail early on a bad expression
@@ -261,7 +284,13 @@ def _open_source(settings: TapSettings, expression: str,
     base = compile_filter(expression, snaplen=settings.snaplen)
     backend = backends.resolve(settings.capture)
     program = base
-    if sampler is not None:
+    if kernel is not None:  # the eBPF filter: the expression, then the flow table
+        refused = kernel.refusal(base.insns, base.linktype)
+        if refused is not None:
+            raise KstapError(f"the in-kernel flow table cannot take this filter: {refused}",
+                             hint="set sampling.flow_table = user (KSTAP_SAMPLING_FLOW_TABLE=user)")
+        program = replace(base, attacher=kernel)
+    elif sampler is not None:
         program = _sampled(base, sampler)
     # Writing a file, nobody waits on single packets: hand blocks over every 500 ms (tcpdump waits
     # up to 1 s). Each hand-over costs a wake-up and a pass through Python, which at low kept rates
@@ -312,6 +341,7 @@ class _Run:
         self.alerts: list[Alert] = []
         self.start = clock()
         self.seen: SeenFlows | None = None
+        self.kernel: KernelFlowTable | None = None
         self.watcher: PressureReaderLike | None = None
         self.memory_state = "ok"
         self.oom_seen = -1
@@ -356,7 +386,8 @@ class _Run:
                 settings.output.path not in (None, "-"):
             source.wake_on(self.stop.wakeup_fd())
             woken = True
-        if plain and self.sampler is not None and self.sampler.mode == "percentage" and encode_block_sampled:
+        if plain and self.sampler is not None and encode_block_sampled and (
+                self.sampler.mode == "percentage" or self.kernel is not None):
             # the kernel did the sampling; C comments each flow's first packet (see sampling/seen.py)
             smp = self.sampler
             self.seen = SeenFlows(smp.mode, smp.rate, smp.seed, smp.seed_id,
@@ -488,6 +519,8 @@ class _Run:
         if self.seen is not None:
             if int(elapsed) % 10 == 0:
                 self.seen.expire(time.time_ns())
+            if sampler is not None and self.governor is not None:
+                self._govern(sampler, elapsed)
             self.rate_history.append((elapsed, self.seen_rate()))
         elif sampler is not None:
             sampler.expire(time.time_ns())
@@ -602,12 +635,19 @@ class _Run:
                         f"emergency: rate {old:.3g} -> {state.rate:.3g}, {len(shed)} live flows shed")
         elif not sampler.set_rate(state.rate, state.reason or "pi"):
             return
+        if self.kernel is not None:  # new flows are decided in the kernel against the new rate
+            if state.reason.startswith("emergency") and state.rate < old:
+                self.kernel.shed(sampler.rate)
+            else:
+                self.kernel.set_rate(sampler.rate)
+        if self.seen is not None:
+            self.seen.set_rate(sampler.rate)
         self.reporter.event("rate_change", {"old": old, "new": sampler.rate, "reason": state.reason,
                                             "pressure": state.pressure})
 
     def _update_ceiling(self, sampler: FlowSampler) -> None:
         ceiling = sampler.ceiling()
-        if ceiling == self.ceiling or self.base is None:
+        if ceiling == self.ceiling or self.base is None or self.kernel is not None:
             return
         setter = getattr(self.source, "set_filter", None)
         if setter is not None:
@@ -670,7 +710,12 @@ class _Run:
                 summary.warnings.append("no room left for the statistics block; packets are intact")
             summary.files = list(self.sink.files)
             summary.captured = self.sink.packets_written
-        if self.seen is not None:
+        if self.kernel is not None:  # the kernel decided every flow; what it dropped never came up
+            ks = self.kernel.stats()
+            summary.flows_seen, summary.flows_kept = ks.flows_kept + ks.flows_dropped, ks.flows_kept
+            summary.shed_flows, summary.sampled_out = ks.flows_shed, ks.packets_dropped
+            summary.final_rate = self.seen_rate()
+        elif self.seen is not None:
             summary.flows_seen = summary.flows_kept = self.seen.flows_seen
             summary.final_rate = self.seen_rate()
         elif self.sampler is not None:

@@ -310,6 +310,17 @@ class KernelFlowTable:
         finally:
             os.close(fd)
 
+    def refusal(self, insns: Sequence[Insn], linktype: int) -> str | None:
+        """Why a filter cannot go in front of the table on this link type (None: it can)."""
+        from kstap.filters.cbpf_to_ebpf import Untranslatable
+
+        try:
+            generate(insns, self.seed, Layout.for_linktype(linktype), settings_fd=self.settings.fd,
+                     counters_fd=self.counters.fd, flows_fd=self.flows.fd)
+        except (Untranslatable, ValueError) as exc:
+            return str(exc)
+        return None
+
     def set_rate(self, rate: float) -> None:
         """New flows from now on are decided against this rate; live ones keep their decision."""
         self.threshold = threshold(rate)
@@ -335,3 +346,29 @@ class KernelFlowTable:
         for m in self.maps:
             m.close()
         self.maps = []
+
+
+def open_table(choice: str, seed: int, rate: float, *, idle_timeout_ns: int,
+               why_not: str | None = None) -> tuple[KernelFlowTable | None, str | None]:
+    """The kernel table for a run, or None and why not (then the classic ceiling is the fallback).
+
+    ``choice`` is the ``sampling.flow_table`` setting; ``why_not`` is a reason the caller already
+    knows the capture cannot use it (another backend, several workers). ``kernel`` turns a reason
+    into an error.
+    """
+    from kstap.errors import EnvironmentProblem
+
+    if choice == "user":
+        return None, None
+    reason = why_not or sys_bpf.probe()
+    table = None
+    if reason is None:
+        try:
+            table = KernelFlowTable(seed, rate, idle_timeout_ns=idle_timeout_ns)
+        except OSError as exc:
+            reason = f"cannot create the flow-table maps: {exc.strerror or exc}"
+    if table is None and choice == "kernel":
+        raise EnvironmentProblem(f"the in-kernel flow table is not available: {reason}",
+                                 hint="grant CAP_BPF (or run as root), or set sampling.flow_table = user "
+                                      "(KSTAP_SAMPLING_FLOW_TABLE=user)")
+    return table, reason

@@ -58,6 +58,9 @@ class FlowSampler:
     linktypes: Sequence[int] = (1,)
     flows: dict[KeyTuple, FlowState] = field(default_factory=dict)
     stats: SamplerStats = field(default_factory=SamplerStats)
+    decided_upstream: bool = False
+    """The kernel's flow table already decided (see kernel_table.py): every flow that reaches this
+    table was kept from its first packet, so it is kept here too and only commented."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -87,7 +90,7 @@ class FlowSampler:
             st = flows.get(key)
             if st is None:
                 h = flow_hash(FlowKey(*key), self.seed)
-                st = FlowState(h, h < thresh, self.rate, rec[0])
+                st = FlowState(h, h < thresh or self.decided_upstream, self.rate, rec[0])
                 flows[key] = st
                 stats.flows_seen += 1
                 if st.kept:
@@ -152,7 +155,7 @@ class FlowSampler:
 
     def ceiling(self) -> int:
         """The hash threshold the kernel filter needs: the rate's, raised for live admitted flows."""
-        if self.mode == "full":
+        if self.mode == "full" or self.decided_upstream:
             return FULL
         top = threshold(self.rate)
         if self._shed_grace:
