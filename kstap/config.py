@@ -42,6 +42,10 @@ class SamplingSettings:
     """Cores; overrides the cgroup CPU quota."""
     idle_timeout: float = 60.0
     """Seconds after which a silent flow is forgotten by the flow table."""
+    auto_start: bool = False
+    """auto mode without an explicit --rate: the governor picks the start from the limits it finds
+    (full with none known, :data:`AUTO_START_RATE` under a memory limit, the measured cost under a CPU
+    quota; see kstap.control.governor.start_rate)."""
     flow_table: str = "auto"
     """Where auto mode decides flows: ``kernel`` (eBPF socket filter with an LRU map; needs CAP_BPF),
     ``user`` (the classic filter's ceiling and the user-space table), ``auto`` (kernel where it can)."""
@@ -144,7 +148,8 @@ class TapSettings:
         if smp.cpu_budget is not None and not smp.cpu_budget > 0:
             raise UsageError("--cpu-budget must be positive (cores)")
         if smp.flow_table not in ("auto", "kernel", "user"):
-            raise UsageError(f"sampling.flow_table must be auto, kernel or user, got {smp.flow_table!r}")
+            raise UsageError(f"sampling.flow_table must be auto, kernel or user, got {smp.flow_table!r}",
+                             hint="kernel: the eBPF flow table (CAP_BPF); user: the classic filter's ceiling")
         if not 0 < smp.idle_timeout < math.inf:
             raise UsageError("sampling.idle_timeout must be a positive number of seconds")
 
@@ -194,11 +199,14 @@ the dashboard's warn/critical levels), prod = percentage on the best backend. Fl
 
 
 AUTO_START_RATE = 0.10
-"""auto mode starts here unless --rate says otherwise: starting at full rate is exactly the OOM
-risk auto mode exists to avoid; the controller raises it by at most 0.05/s while pressure allows."""
+"""auto mode starts here under a memory limit (or a CPU quota, until the first tick has measured the
+cost per packet) unless --rate says otherwise: starting at full rate is exactly the OOM risk auto
+mode exists to avoid; the controller raises it by at most 0.05/s while pressure allows."""
 
 
 def settle_auto_start(settings: TapSettings, explicit: set[str]) -> None:
-    """In auto mode without an explicit --rate, start at :data:`AUTO_START_RATE`."""
+    """In auto mode without an explicit --rate, start at :data:`AUTO_START_RATE`; the governor may
+    then start higher where it finds no limit (:attr:`SamplingSettings.auto_start`)."""
     if settings.sampling.mode == "auto" and "sampling.rate" not in explicit:
         settings.sampling.rate = AUTO_START_RATE
+        settings.sampling.auto_start = True

@@ -206,9 +206,9 @@ def run_tap(settings: TapSettings, reporter: Reporter, stop: StopFlag | None = N
     sampler = None
     kernel: KernelFlowTable | None = None
     if smp.mode != "full" and source is None:  # a given source (remote workers) sampled already
-        sampler = FlowSampler(smp.mode, smp.rate, seed, idle_timeout_ns=int(smp.idle_timeout * 1e9))
         if smp.mode == "auto" and governor is None:
-            governor = _default_governor(settings)
+            governor = _default_governor(settings)  # first: it may pick the start rate from the limits
+        sampler = FlowSampler(smp.mode, smp.rate, seed, idle_timeout_ns=int(smp.idle_timeout * 1e9))
         if smp.mode == "auto":
             kernel = _kernel_table(settings, sampler, reporter)
     with _Signals(stop):
@@ -376,8 +376,12 @@ class _Run:
             self.text = TextLines(lines, [i.linktype for i in interfaces])
         if settings.entries:
             self._open_dissection(settings, lines)
-        plain = isinstance(source, AfPacketSource) and source.fast and self.text is None and self.dissect is None
+        encodable = isinstance(source, AfPacketSource) and source.fast and self.text is None
+        plain = encodable and self.dissect is None
         fast = plain and self.sampler is None
+        # --entries: C writes every packet to the file and hands Python only what a dissector takes
+        wanted: list[PacketRecord] | None = [] if encodable and self.dissect is not None and (
+            self.sampler is None or self.kernel is not None or self.sampler.mode == "percentage") else None
         # Only a file is waiting (no stream, pipe or worker reader whose merge needs the time to
         # move on): wait for a block, the next tick, the end of --duration or a stop, whichever
         # comes first, instead of waking every POLL_MS.
@@ -386,7 +390,7 @@ class _Run:
                 settings.output.path not in (None, "-"):
             source.wake_on(self.stop.wakeup_fd())
             woken = True
-        if plain and self.sampler is not None and encode_block_sampled and (
+        if encodable and self.sampler is not None and encode_block_sampled and (
                 self.sampler.mode == "percentage" or self.kernel is not None):
             # the kernel did the sampling; C comments each flow's first packet (see sampling/seen.py)
             smp = self.sampler
@@ -413,13 +417,17 @@ class _Run:
                 if now >= next_tick:
                     self._tick(now)
                     next_tick = now + 1.0
-                if fast or self.seen is not None:
+                if fast or self.seen is not None or wanted is not None:
                     assert isinstance(source, AfPacketSource)
                     wait = next_tick - now
                     if settings.duration is not None:
                         wait = min(wait, self.start + settings.duration - now)
                     wait_ms = max(1, int(wait * 1000) + 1) if woken else POLL_MS
-                    self._deliver_encoded(*source.read_encoded(wait_ms, limit - summary.captured, self.seen))
+                    self._deliver_encoded(*source.read_encoded(wait_ms, limit - summary.captured, self.seen,
+                                                               wanted))
+                    if wanted:
+                        self._dissect(wanted)
+                        wanted.clear()
                     batch = []
                     continue
                 try:
@@ -492,15 +500,18 @@ class _Run:
             self.sink.write(batch, notes)
         if self.text is not None:
             self.text.write(batch)
-        if self.dissect is not None and self.entries is not None:
-            self.dissect.feed(batch, [i.linktype for i in self.source.interfaces])
-            self.entries.flush()
+        self._dissect(batch)
         summary = self.summary
         summary.captured += len(batch)
         per = summary.per_worker
         for rec in batch:
             summary.bytes_captured += rec[1]
             per[rec[5]] = per.get(rec[5], 0) + 1
+
+    def _dissect(self, batch: list[PacketRecord]) -> None:
+        if self.dissect is not None and self.entries is not None:
+            self.dissect.feed(batch, [i.linktype for i in self.source.interfaces])
+            self.entries.flush()
 
     def _deliver_encoded(self, chunks: list[bytes], packets: int, nbytes: int) -> None:
         if self.sink is not None:

@@ -43,6 +43,15 @@ static uint32_t copy_frame(const unsigned char *h, unsigned char *d, uint32_t *o
     return cap;
 }
 
+
+/* --entries: which packets a dissector would take (kstap/dissect/stage.py): TCP segments (any port:
+ * detection reads the payload), UDP to or from port 53, or whose payload passes dns.plausible().
+ * Everything else only goes to the file, so it never becomes a Python object. Non-Ethernet link
+ * types are all "wanted" (the Python stage decides). */
+static int dissect_wants(const unsigned char *f, uint32_t len, int linktype);
+static int append_wanted(PyObject *list, const unsigned char *d, uint32_t cap, uint32_t orig,
+                         unsigned long long ts, unsigned int if_id);
+
 static inline void epb_header(unsigned char *o, uint32_t total, uint32_t if_id, unsigned long long ts,
                               uint32_t cap, uint32_t orig) {
     wr32(o, 6); wr32(o + 4, total); wr32(o + 8, if_id);
@@ -56,8 +65,16 @@ static PyObject *encode_block(PyObject *self, PyObject *args) {
     Py_buffer ring;
     Py_ssize_t boff, bsize, maxp;
     unsigned int if_id;
-    if (!PyArg_ParseTuple(args, "y*nnIn", &ring, &boff, &bsize, &if_id, &maxp))
+    PyObject *wanted = NULL;
+    int linktype = 1;
+    if (!PyArg_ParseTuple(args, "y*nnIn|Oi", &ring, &boff, &bsize, &if_id, &maxp, &wanted, &linktype))
         return NULL;
+    if (wanted == Py_None) wanted = NULL;
+    if (wanted && !PyList_Check(wanted)) {
+        PyBuffer_Release(&ring);
+        PyErr_SetString(PyExc_TypeError, "wanted must be a list");
+        return NULL;
+    }
     if (boff < 0 || bsize < 48 || boff + bsize > ring.len) {
         PyBuffer_Release(&ring);
         PyErr_SetString(PyExc_ValueError, "block outside the ring");
@@ -91,6 +108,11 @@ static PyObject *encode_block(PyObject *self, PyObject *args) {
         uint32_t next = rd32(h), orig;
         unsigned long long ts;
         uint32_t cap = copy_frame(h, o + 28, &orig, &ts);
+        if (wanted && dissect_wants(o + 28, cap, linktype) && append_wanted(wanted, o + 28, cap, orig, ts, if_id) < 0) {
+            Py_DECREF(out);
+            PyBuffer_Release(&ring);
+            return NULL;
+        }
         uint32_t padded = (cap + 3) & ~3u, total = 32 + padded;
         epb_header(o, total, if_id, ts, cap, orig);
         wr32(o + 28 + padded, total);
@@ -229,11 +251,19 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
     unsigned int if_id, seed;
     const char *suffix;
     Py_ssize_t suffix_len;
-    if (!PyArg_ParseTuple(args, "y*nnInw*Is#", &ring, &boff, &bsize, &if_id, &maxp, &table, &seed,
-                          &suffix, &suffix_len))
+    PyObject *wanted = NULL;
+    int linktype = 1;
+    if (!PyArg_ParseTuple(args, "y*nnInw*Is#|Oi", &ring, &boff, &bsize, &if_id, &maxp, &table, &seed,
+                          &suffix, &suffix_len, &wanted, &linktype))
         return NULL;
+    if (wanted == Py_None) wanted = NULL;
     PyObject *result = NULL;
+    unsigned char *out = NULL;
     uint64_t *fps = NULL;
+    if (wanted && !PyList_Check(wanted)) {
+        PyErr_SetString(PyExc_TypeError, "wanted must be a list");
+        goto done;
+    }
     if (boff < 0 || bsize < 48 || boff + bsize > ring.len || table.len < 32 || suffix_len > 200) {
         PyErr_SetString(PyExc_ValueError, "bad ring, table or suffix");
         goto done;
@@ -276,7 +306,7 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
             off += next;
         }
     }
-    unsigned char *out = PyMem_Malloc(out_cap ? out_cap : 1);
+    out = PyMem_Malloc(out_cap ? out_cap : 1);
     if (!out) { PyErr_NoMemory(); goto done; }
     unsigned char *o = out;
     unsigned long long captured = 0;
@@ -290,6 +320,8 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
         unsigned char *d = o + 28;
         uint32_t cap = copy_frame(h, d, &orig, &ts);
         uint32_t padded = (cap + 3) & ~3u;
+        if (wanted && dissect_wants(d, cap, linktype) && append_wanted(wanted, d, cap, orig, ts, if_id) < 0)
+            goto done;
         /* the flow: first packet → comment */
         uint32_t optlen = 0;
         Key k;
@@ -330,13 +362,71 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
         off += next;
     }
     PyObject *bytes = PyBytes_FromStringAndSize((const char *)out, o - out);
-    PyMem_Free(out);
     if (bytes) result = Py_BuildValue("(NIKIi)", bytes, num, captured, new_flows, full);
 done:
+    PyMem_Free(out);
     PyMem_Free(fps);
     PyBuffer_Release(&ring);
     PyBuffer_Release(&table);
     return result;
+}
+
+static int dns_plausible(const unsigned char *p, uint32_t n) {
+    /* kstap/dissect/dns.py plausible(): one question and sane counts */
+    if (n < 17) return 0;
+    uint16_t flags = be16(p + 2), qd = be16(p + 4);
+    int opcode = (flags >> 11) & 0xF;
+    if (qd != 1 || !(opcode == 0 || opcode == 1 || opcode == 2 || opcode == 4 || opcode == 5) || p[12] > 63)
+        return 0;
+    if (!(flags & 0x8000))
+        return p[6] == 0 && p[7] == 0 && p[8] == 0 && p[9] == 0 && be16(p + 10) <= 2;
+    return 1;
+}
+
+static int dissect_wants(const unsigned char *f, uint32_t n, int linktype) {
+    if (linktype != 1) return 1;
+    if (n < 14) return 0;
+    uint32_t off = 14;
+    uint16_t et = be16(f + 12);
+    for (int i = 0; i < 2; i++)
+        if ((et == 0x8100 || et == 0x88A8) && n >= off + 4) { et = be16(f + off + 2); off += 4; }
+    uint32_t l4, end;
+    int proto;
+    if (et == 0x0800) {
+        if (n < off + 20) return 0;
+        uint32_t ihl = (f[off] & 0x0F) * 4u, total = be16(f + off + 2);
+        if ((be16(f + off + 6) & 0x3FFF) || ihl < 20) return 0;  /* fragments are not reassembled */
+        proto = f[off + 9];
+        l4 = off + ihl;
+        end = total >= ihl ? off + total : n;
+    } else if (et == 0x86DD) {
+        if (n < off + 40) return 0;
+        uint32_t plen = be16(f + off + 4);
+        proto = f[off + 6];
+        l4 = off + 40;
+        end = plen ? l4 + plen : n;
+        for (int hops = 0; (proto == 0 || proto == 43 || proto == 60) && hops < 4 && n >= l4 + 2; hops++) {
+            proto = f[l4];
+            l4 += (f[l4 + 1] + 1u) * 8;
+        }
+    } else {
+        return 0;
+    }
+    if (proto == 6) return n >= l4 + 20;
+    if (proto != 17 || n < l4 + 8) return 0;
+    if (be16(f + l4) == 53 || be16(f + l4 + 2) == 53) return 1;
+    if (end > n) end = n;
+    return end > l4 + 8 && dns_plausible(f + l4 + 8, end - l4 - 8);
+}
+
+static int append_wanted(PyObject *list, const unsigned char *d, uint32_t cap, uint32_t orig,
+                         unsigned long long ts, unsigned int if_id) {
+    /* a PacketRecord: (ts_ns, caplen, origlen, data, if_id, worker) */
+    PyObject *rec = Py_BuildValue("(KIIy#Ii)", ts, cap, orig, (const char *)d, (Py_ssize_t)cap, if_id, 0);
+    if (!rec) return -1;
+    int rc = PyList_Append(list, rec);
+    Py_DECREF(rec);
+    return rc;
 }
 
 /* table_compact(old, new, cutoff_ns) -> count: copy the slots seen at or after cutoff */

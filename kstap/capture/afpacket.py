@@ -211,13 +211,15 @@ class AfPacketRing:
         self.stats.delivered += got
         return got
 
-    def read_encoded(self, max_packets: int, limit: int = 64,
-                     seen: SeenFlows | None = None) -> tuple[list[bytes], int, int]:
+    def read_encoded(self, max_packets: int, limit: int = 64, seen: SeenFlows | None = None,
+                     wanted: list[PacketRecord] | None = None) -> tuple[list[bytes], int, int]:
         """Like :meth:`read_blocks` but straight to pcapng EPB bytes (the C fast path).
 
         Returns (EPB chunks, packets, captured bytes). Stops after ``max_packets`` packets; the
         rest of a block cut short that way is discarded (capture is ending). With ``seen``
-        (percentage mode), each flow's first packet gets its ``flow`` comment.
+        (percentage mode, the kernel flow table), each flow's first packet gets its ``flow``
+        comment. With ``wanted`` (--entries), the packets a dissector would take are appended to it
+        as records; the others never become Python objects.
         """
         assert encode_block is not None and (seen is None or encode_block_sampled is not None)
         mm = self.mm
@@ -229,13 +231,14 @@ class AfPacketRing:
             if not status & TP_STATUS_USER:
                 break
             if seen is None:
-                data, n, cap, _last = encode_block(mm, base, self._bsize, self.if_id, max_packets - packets)
+                data, n, cap, _last = encode_block(mm, base, self._bsize, self.if_id, max_packets - packets,
+                                                   wanted, self.linktype)
             else:
                 assert encode_block_sampled is not None
                 seen.ensure_room(num)
                 data, n, cap, fresh, _full = encode_block_sampled(mm, base, self._bsize, self.if_id,
                                                                    max_packets - packets, seen.table, seen.seed,
-                                                                   seen.suffix)
+                                                                   seen.suffix, wanted, self.linktype)
                 seen.flows_seen += fresh
             chunks.append(data)
             packets += n
@@ -335,12 +338,12 @@ class AfPacketSource:
         """Also end a wait when ``fd`` turns readable (the stop flag's pipe); it is never read here."""
         self._poll.register(fd, select.POLLIN)
 
-    def read_encoded(self, timeout_ms: int, max_packets: int,
-                     seen: SeenFlows | None = None) -> tuple[list[bytes], int, int]:
+    def read_encoded(self, timeout_ms: int, max_packets: int, seen: SeenFlows | None = None,
+                     wanted: list[PacketRecord] | None = None) -> tuple[list[bytes], int, int]:
         """Single-ring fast path: EPB bytes of the ready blocks, waiting up to ``timeout_ms``
-        (``seen``: percentage mode's first-packet comments)."""
+        (``seen``: first-packet comments; ``wanted``: what the dissectors take, see the ring's)."""
         ring = self.rings[0]
-        got = ring.read_encoded(max_packets, seen=seen)
+        got = ring.read_encoded(max_packets, seen=seen, wanted=wanted)
         if got[1] or max_packets <= 0:
             return got
         try:
@@ -352,7 +355,7 @@ class AfPacketSource:
                 ring.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == errno.ENETDOWN:
             raise KstapError(f"interface {ring.name!r} went down",
                              hint="the capture stopped; restart it when the link is back")
-        return ring.read_encoded(max_packets, seen=seen)
+        return ring.read_encoded(max_packets, seen=seen, wanted=wanted)
 
     @property
     def fast(self) -> bool:

@@ -96,6 +96,14 @@ class ControllerSettings:
     """Dropped / passed by the filter over one tick at or above which a tick counts in the streak."""
     tick: float = 1.0
     """Nominal seconds between updates; the EWMA weight and the slew limits scale with the real interval."""
+    estimate_start: bool = False
+    """At the first tick that measured CPU under a known quota, jump (past the raise slew limit) to the
+    rate the measured cost per packet puts at the setpoint: rate x setpoint·quota / use, as the CPU a
+    rate costs is about proportional to it. Used when auto mode starts with only a CPU quota known."""
+    stall_ticks: float = 2.5
+    """An update this many nominal ticks after the last one means the loop itself was starved (CFS
+    throttling, a CPU hog): that is CPU pressure at the quota (ratio 1.0) even when no quota is known,
+    so the rate comes down instead of the loop falling further behind."""
 
     def validate(self) -> None:
         """Reject settings the loop cannot run with (ValueError)."""
@@ -138,6 +146,10 @@ class RateController:
         self._last_drops: int | None = None
         self._drop_streak = 0
         self._last_received: int | None = None
+        self._last_throttled: float | None = None
+        self._estimating = self.settings.estimate_start
+        self.stalls = 0
+        """Updates that came late enough to count as a starved loop."""
 
     @property
     def rate(self) -> float:
@@ -153,7 +165,7 @@ class RateController:
         self._last_time = now
         dt = min(max(elapsed, 0.05 * s.tick), 5 * s.tick)  # a late tick must not integrate minutes
 
-        raw = {"memory": memory_ratio(stats), "cpu": cpu_ratio(stats)}
+        raw = {"memory": memory_ratio(stats), "cpu": self._cpu_pressure(stats, elapsed, first)}
         setpoints = {"memory": s.setpoint_memory, "cpu": s.setpoint_cpu}
         previous = dict(self._smoothed)
         weight = 1 - (1 - s.ewma_alpha) ** (dt / s.tick)
@@ -210,6 +222,11 @@ class RateController:
         rate = self._slew(rate_before, target, dt)
         if rate != target and reason == "pi":
             reason = "slew"
+        if self._estimating and not first and stats.cpu_limit and stats.cpu_fraction > 0:
+            self._estimating = False  # one jump, from the first tick with a measured CPU delta
+            estimate = rate_before * s.setpoint_cpu * stats.cpu_limit / stats.cpu_fraction
+            if estimate > rate and not causes:
+                rate, reason = min(s.max_rate, estimate), "estimate"
 
         cooling = now - self._last_emergency < self._cooldown
         if causes and (oom_increase or not cooling):
@@ -236,6 +253,24 @@ class RateController:
         state.p_term, state.i_term, state.d_term = p_term, i_term, d_term
         state.rate, state.reason = rate, reason
         return state
+
+    def _cpu_pressure(self, stats: ResourceStats, elapsed: float, first: bool) -> float | None:
+        """CPU use / quota, raised by throttling and by a starved loop.
+
+        Throttled time over the tick (the cgroup hit its quota in some periods) puts the pressure at
+        least that far above the setpoint; a tick that came :attr:`ControllerSettings.stall_ticks`
+        late counts as use at the quota (1.0), with or without a known quota.
+        """
+        s = self.settings
+        ratio = cpu_ratio(stats)
+        throttled = None if self._last_throttled is None else stats.throttled_seconds - self._last_throttled
+        self._last_throttled = stats.throttled_seconds
+        if ratio is not None and throttled is not None and throttled > 0 and elapsed > 0:
+            ratio = max(ratio, s.setpoint_cpu + s.deadband + min(1.0, throttled / elapsed))
+        if not first and elapsed >= s.stall_ticks * s.tick:
+            self.stalls += 1
+            ratio = max(ratio or 0.0, 1.0)
+        return ratio
 
     def _slew(self, before: float, target: float, dt: float) -> float:
         s = self.settings

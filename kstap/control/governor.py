@@ -31,8 +31,25 @@ def build_governor(sampling: SamplingSettings, *, root: str = "/", pid: int | st
                    settings: ControllerSettings | None = None) -> Governor:
     """The governor for one run: its budgets, its starting and minimum rate."""
     cs = settings or ControllerSettings()
-    cs.initial_rate = sampling.rate
-    cs.min_rate = min(sampling.min_rate, sampling.rate)
     reader = PressureReader(root=root, pid=pid, memory_budget=sampling.memory_budget,
                             cpu_budget=sampling.cpu_budget, clock=clock)
+    if sampling.auto_start:
+        sampling.rate, cs.estimate_start = start_rate(reader.read(), sampling.rate)
+    cs.initial_rate = sampling.rate
+    cs.min_rate = min(sampling.min_rate, sampling.rate)
     return Governor(reader, RateController(cs, clock=clock))
+
+
+def start_rate(limits: ResourceStats, cautious: float) -> tuple[float, bool]:
+    """Auto mode's first rate, and whether the first measured tick should re-estimate it.
+
+    No limit known: full (nothing to protect; the controller only cuts if the loop starves or the
+    ring drops). A memory limit: ``cautious`` (a full start is what OOM-kills a worker, and a flow's
+    memory is only known once it lives). A CPU quota only: ``cautious`` until the first tick has
+    measured the CPU per packet, then the rate that cost puts at the setpoint
+    (:attr:`ControllerSettings.estimate_start`).
+    """
+    if limits.memory_limit is None and limits.cpu_limit is None:
+        return 1.0, False
+    return cautious, limits.memory_limit is None
+

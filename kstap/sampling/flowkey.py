@@ -106,3 +106,26 @@ def key_tuple(frame: bytes, linktype: int = 1) -> KeyTuple | None:
     if (src, sport) <= (dst, dport):
         return (proto, src, sport, dst, dport)
     return (proto, dst, dport, src, sport)
+
+
+def opens_tcp(frame: bytes, linktype: int = 1) -> bool:
+    """True for a TCP segment with SYN set and ACK clear: the first packet of a connection."""
+    off = 0
+    if linktype == 1:
+        off = 14
+        etype = struct.unpack_from("!H", frame, 12)[0] if len(frame) >= 14 else 0
+        for _ in range(2):
+            if etype in VLAN_TPIDS and len(frame) >= off + 4:
+                etype = struct.unpack_from("!H", frame, off + 2)[0]
+                off += 4
+    elif linktype == 101 and frame:
+        etype = ETH_IPV4 if frame[0] >> 4 == 4 else ETH_IPV6 if frame[0] >> 4 == 6 else 0
+    else:
+        return False
+    if etype == ETH_IPV4 and len(frame) >= off + 20 and frame[off + 9] == 6:
+        l4 = off + (frame[off] & 0x0F) * 4
+    elif etype == ETH_IPV6 and len(frame) >= off + 40 and frame[off + 6] == 6:
+        l4 = off + 40
+    else:
+        return False
+    return len(frame) >= l4 + 14 and frame[l4 + 13] & 0x12 == 0x02

@@ -9,13 +9,14 @@ emergency shed cuts live flows, highest hashes first, and it marks each one in t
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from kstap.model import PacketRecord
 from kstap.sampling import metadata
 from kstap.sampling.flowhash import FULL, flow_hash, seed_id, threshold
-from kstap.sampling.flowkey import FlowKey, KeyTuple, key_tuple
+from kstap.sampling.flowkey import FlowKey, KeyTuple, key_tuple, opens_tcp
 
 MODES = ("full", "percentage", "auto")
 
@@ -43,6 +44,9 @@ class SamplerStats:
     """Packets the kernel let through (under the ceiling) that the flow table dropped."""
     shed_flows: int = 0
     expired: int = 0
+    refused_midway: int = 0
+    """Flows first seen in a hash range the ceiling opened recently that were not provably new (a TCP
+    segment other than a SYN, any UDP): dropped for their life, the fallback's price for whole flows."""
 
 
 @dataclass
@@ -71,6 +75,10 @@ class FlowSampler:
         self._pending_rate_note: tuple[float, str] | None = None
         self._previous_rate = self.rate
         self._shed_grace = False
+        self._ceiling = threshold(self.rate)
+        self._young: list[tuple[int, int, int]] = []
+        """(low, high, until_ns): hash ranges the kernel ceiling opened less than an idle timeout ago.
+        A flow first seen there may have started while the kernel still held it back."""
 
     # -- per batch ---------------------------------------------------------------------------------
     def admit(self, records: Sequence[PacketRecord]) -> tuple[list[PacketRecord], dict[int, str]]:
@@ -91,6 +99,9 @@ class FlowSampler:
             if st is None:
                 h = flow_hash(FlowKey(*key), self.seed)
                 st = FlowState(h, h < thresh or self.decided_upstream, self.rate, rec[0])
+                if st.kept and self._young and self._midway(h, rec):
+                    st.kept = False
+                    stats.refused_midway += 1
                 flows[key] = st
                 stats.flows_seen += 1
                 if st.kept:
@@ -113,6 +124,15 @@ class FlowSampler:
         stats.packets_kept += len(kept)
         stats.flows_tracked = len(flows)
         return kept, notes
+
+    def _midway(self, h: int, rec: PacketRecord) -> bool:
+        """The fallback's rule: in a young range only a TCP SYN proves a flow starts here."""
+        now = rec[0]
+        self._young = [r for r in self._young if r[2] > now]
+        if not any(lo <= h < hi for lo, hi, _ in self._young):
+            return False
+        ifid = rec[4]
+        return not opens_tcp(rec[3], self.linktypes[ifid] if ifid < len(self.linktypes) else 1)
 
     # -- control -----------------------------------------------------------------------------------
     def set_rate(self, rate: float, reason: str) -> bool:
@@ -153,15 +173,25 @@ class FlowSampler:
         self.stats.flows_tracked = len(self.flows)
         return len(stale)
 
-    def ceiling(self) -> int:
-        """The hash threshold the kernel filter needs: the rate's, raised for live admitted flows."""
+    def ceiling(self, now_ns: int | None = None) -> int:
+        """The hash threshold the kernel filter needs: the rate's, raised for live admitted flows.
+
+        A rise opens a hash range whose live flows the kernel held back until now: for an idle
+        timeout, flows first seen there are admitted only when provably new (see :meth:`_midway`).
+        """
         if self.mode == "full" or self.decided_upstream:
             return FULL
         top = threshold(self.rate)
         if self._shed_grace:
             self._shed_grace = False
-            return max([top] + [st.hash + 1 for st in self.flows.values() if st.kept])
-        for st in self.flows.values():
-            if st.kept and not st.shed_pending and st.hash >= top:
-                top = st.hash + 1
-        return min(top, FULL)
+            top = max([top] + [st.hash + 1 for st in self.flows.values() if st.kept])
+        else:
+            for st in self.flows.values():
+                if st.kept and not st.shed_pending and st.hash >= top:
+                    top = st.hash + 1
+        top = min(top, FULL)
+        if top > self._ceiling:
+            now = time.time_ns() if now_ns is None else now_ns
+            self._young.append((self._ceiling, top, now + self.idle_timeout_ns))
+        self._ceiling = top
+        return top

@@ -71,6 +71,7 @@ SAMPLING_CONFLICTS: list[tuple[dict[str, Any], str, bool]] = [
     ({"cpu_budget": math.nan}, "--cpu-budget must be positive", False),
     ({"idle_timeout": math.nan}, "sampling.idle_timeout must be a positive number of seconds", False),
     ({"idle_timeout": -1.0}, "sampling.idle_timeout must be a positive number of seconds", False),
+    ({"flow_table": "gpu"}, "sampling.flow_table must be auto, kernel or user", True),
 ]
 
 

@@ -377,3 +377,54 @@ def test_a_cpu_and_drops_halving_is_held_two_seconds_a_memory_one_four() -> None
         clock2.advance(1.0)
         reasons.append(m.update(stats(memory=memory)).reason.split(":")[0])
     assert reasons == ["pi", "emergency", "hold", "hold", "hold", "emergency"]
+
+
+# -- a CPU limit seen through throttling, a starved loop, and a measured start ----------------------
+
+def test_throttling_is_pressure_even_when_the_mean_use_looks_low() -> None:
+    """CFS throttles a bursty loop at a mean use well under the quota: the throttled time counts."""
+    clock = FakeClock()
+    c = controller(clock, initial_rate=0.5)
+    throttled = 0.0
+    for _ in range(6):
+        clock.advance(1.0)
+        s = stats(cpu=0.3)
+        s.throttled_seconds = throttled
+        state = c.update(s)
+        throttled += 0.2  # throttled a fifth of every second
+    assert state.rate < 0.5 and state.resource == "cpu"
+
+
+def test_a_starved_loop_cuts_the_rate_with_no_limit_known() -> None:
+    clock = FakeClock()
+    c = controller(clock, initial_rate=1.0)
+    clock.advance(1.0)
+    assert c.update(stats()).reason == "no-limit"
+    clock.advance(4.0)  # the tick came four ticks late: the loop did not get the CPU
+    state = c.update(stats())
+    assert state.rate < 1.0 and c.stalls == 1 and state.resource == "cpu"
+
+
+def test_a_cpu_quota_start_jumps_to_the_measured_estimate() -> None:
+    clock = FakeClock()
+    c = controller(clock, initial_rate=0.1, estimate_start=True)
+    clock.advance(1.0)
+    c.update(stats(cpu=0.05))  # the first read has no delta to compare with
+    clock.advance(1.0)
+    state = c.update(stats(cpu=0.05))  # 5 % of the quota at rate 0.1: 0.8 / 0.05 = 16x → 1.0
+    assert state.reason == "estimate" and state.rate == 1.0
+    clock2 = FakeClock()
+    c2 = controller(clock2, initial_rate=0.1, estimate_start=True)
+    clock2.advance(1.0)
+    before = c2.update(stats(cpu=0.4)).rate
+    clock2.advance(1.0)
+    state = c2.update(stats(cpu=0.4))  # the rate in force, x 0.8 / 0.4
+    assert state.reason == "estimate" and state.rate == pytest.approx(before * 2)
+
+
+def test_the_start_rate_follows_the_limits_found() -> None:
+    from kstap.control.governor import start_rate
+
+    assert start_rate(ResourceStats(), 0.1) == (1.0, False)
+    assert start_rate(ResourceStats(memory_limit=1 << 30), 0.1) == (0.1, False)
+    assert start_rate(ResourceStats(cpu_limit=0.5), 0.1) == (0.1, True)

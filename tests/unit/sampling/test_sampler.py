@@ -87,3 +87,29 @@ def test_full_mode_keeps_everything() -> None:
     arp = bytes(dpkt.ethernet.Ethernet(type=0x0806, data=b"\0" * 28))
     kept, _ = s.admit([udp(1), (0, len(arp), len(arp), arp, 0, 0)])
     assert len(kept) == 2
+
+
+def tcp(sport: int, flags: int, ts: int) -> PacketRecord:
+    seg = dpkt.tcp.TCP(sport=sport, dport=80, flags=flags, data=b"")
+    raw = bytes(dpkt.ethernet.Ethernet(type=0x800, data=dpkt.ip.IP(src=b"\x0a\0\0\x01", dst=b"\x0a\0\0\x02", p=6,
+                                                                      data=seg)))
+    return (ts, len(raw), len(raw), raw, 0, 0)
+
+
+def test_a_raised_ceiling_admits_only_provably_new_flows_in_the_opened_range() -> None:
+    """The classic-filter fallback: flows the kernel held back must not come in mid-way."""
+    s = FlowSampler("auto", 0.1, SEED, idle_timeout_ns=10_000)
+    low = s.ceiling(now_ns=0)
+    s.set_rate(0.9, "pi")
+    assert s.ceiling(now_ns=100) > low  # the range [low, high) opens at t=100 for 10 µs
+    opened = [p for p in range(3000, 3400) if low <= hash_of(udp(p)) < threshold(0.9)]
+    midway_udp = [udp(p, ts=200) for p in opened[:50]]
+    kept, _ = s.admit(midway_udp)
+    assert kept == [] and s.stats.refused_midway == 50
+    assert s.admit([udp(p, ts=20_000) for p in opened[:50]])[0] == []  # still live: dropped for its life
+    ports = [p for p in range(5000, 5400) if low <= hash_of(tcp(p, 0x02, 0)) < threshold(0.9)]
+    syn, mid = ports[:20], ports[20:40]
+    kept, _ = s.admit([tcp(p, 0x02, 300) for p in syn] + [tcp(p, 0x10, 300) for p in mid])
+    assert {r[3] for r in kept} == {tcp(p, 0x02, 300)[3] for p in syn}
+    fresh = [udp(p, ts=20_000) for p in opened[50:]]  # the range is old now: new UDP flows are new
+    assert len(s.admit(fresh)[0]) == len(fresh)
