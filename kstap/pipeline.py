@@ -648,7 +648,10 @@ class _Run:
             return
         if self.kernel is not None:  # new flows are decided in the kernel against the new rate
             if state.reason.startswith("emergency") and state.rate < old:
+                since = time.time_ns()  # before the maps change: the packet the kernel lets through is later
                 self.kernel.shed(sampler.rate)
+                if self.seen is not None:
+                    self.seen.shed(sampler.rate, since)
             else:
                 self.kernel.set_rate(sampler.rate)
         if self.seen is not None:

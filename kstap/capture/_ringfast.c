@@ -225,14 +225,16 @@ static uint64_t fingerprint(const Key *k) {
     return h ? h : 1;
 }
 
-/* 1 when the flow was not in the table (now inserted), 0 when seen; -1 when the table is full */
-static int table_touch(uint64_t *t, uint64_t fp, uint64_t now) {
+/* 1 when the flow was not in the table (now inserted), 0 when seen; -1 when the table is full.
+ * *before gets the last-seen time the slot had (0 for a new flow). */
+static int table_touch_was(uint64_t *t, uint64_t fp, uint64_t now, uint64_t *before) {
     uint64_t cap = t[1];
     uint64_t mask = cap - 1;
     uint64_t i = fp & mask;
+    *before = 0;
     for (uint64_t probes = 0; probes < cap; probes++) {
         uint64_t *slot = t + 2 * (1 + i);
-        if (slot[0] == fp) { slot[1] = now; return 0; }
+        if (slot[0] == fp) { *before = slot[1]; slot[1] = now; return 0; }
         if (slot[0] == 0) {
             if ((t[0] + 1) * 4 > cap * 3) return -1;
             slot[0] = fp; slot[1] = now; t[0]++;
@@ -243,8 +245,17 @@ static int table_touch(uint64_t *t, uint64_t fp, uint64_t now) {
     return -1;
 }
 
-/* encode_block_sampled(ring, boff, bsize, if_id, maxp, table, seed, suffix)
- *   -> (epb_bytes, packets, captured_bytes, new_flows, table_full) */
+static int table_touch(uint64_t *t, uint64_t fp, uint64_t now) {
+    uint64_t before;
+    return table_touch_was(t, fp, now, &before);
+}
+
+/* encode_block_sampled(ring, boff, bsize, if_id, maxp, table, seed, suffix
+ *                      [, wanted, linktype, shed_threshold, shed_ns, shed_suffix])
+ *   -> (epb_bytes, packets, captured_bytes, new_flows, table_full, shed_marked)
+ * After an emergency shed in the kernel flow table (kstap/sampling/kernel_table.py) the kernel lets
+ * exactly one more packet of each shed flow through: the first packet at or after shed_ns of a flow
+ * this table last saw before shed_ns whose hash is >= shed_threshold. It gets the "shed" comment. */
 static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
     Py_buffer ring, table;
     Py_ssize_t boff, bsize, maxp;
@@ -253,8 +264,12 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
     Py_ssize_t suffix_len;
     PyObject *wanted = NULL;
     int linktype = 1;
-    if (!PyArg_ParseTuple(args, "y*nnInw*Is#|Oi", &ring, &boff, &bsize, &if_id, &maxp, &table, &seed,
-                          &suffix, &suffix_len, &wanted, &linktype))
+    unsigned long long shed_threshold = 1ull << 32, shed_ns = 0;
+    const char *shed_suffix = "";
+    Py_ssize_t shed_suffix_len = 0;
+    if (!PyArg_ParseTuple(args, "y*nnInw*Is#|OiKKs#", &ring, &boff, &bsize, &if_id, &maxp, &table, &seed,
+                          &suffix, &suffix_len, &wanted, &linktype, &shed_threshold, &shed_ns, &shed_suffix,
+                          &shed_suffix_len))
         return NULL;
     if (wanted == Py_None) wanted = NULL;
     PyObject *result = NULL;
@@ -264,7 +279,8 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_TypeError, "wanted must be a list");
         goto done;
     }
-    if (boff < 0 || bsize < 48 || boff + bsize > ring.len || table.len < 32 || suffix_len > 200) {
+    if (boff < 0 || bsize < 48 || boff + bsize > ring.len || table.len < 32 || suffix_len > 200 ||
+        shed_suffix_len > 200) {
         PyErr_SetString(PyExc_ValueError, "bad ring, table or suffix");
         goto done;
     }
@@ -277,7 +293,8 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
     uint32_t num = rd32(blk + 12), first = rd32(blk + 16);
     if (maxp >= 0 && (Py_ssize_t)num > maxp) num = (uint32_t)maxp;
     /* one comment option: 4-byte header + "kstap: flow id=XXXXXXXX " (24) + suffix, padded, + endofopt */
-    Py_ssize_t note_max = 4 + ((24 + suffix_len + 3) & ~3) + 4;
+    Py_ssize_t longest = suffix_len > shed_suffix_len ? suffix_len : shed_suffix_len;
+    Py_ssize_t note_max = 4 + ((24 + longest + 3) & ~3) + 4;
     Py_ssize_t out_cap = 0, off = first;
     fps = PyMem_Malloc(num ? (size_t)num * sizeof(uint64_t) : 1);
     if (!fps) { PyErr_NoMemory(); goto done; }
@@ -310,7 +327,7 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
     if (!out) { PyErr_NoMemory(); goto done; }
     unsigned char *o = out;
     unsigned long long captured = 0;
-    unsigned int new_flows = 0;
+    unsigned int new_flows = 0, shed_marked = 0;
     int full = 0;
     off = first;
     for (uint32_t i = 0; i < num; i++) {
@@ -328,20 +345,30 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
         uint64_t fp = fps[i];
         if (!fp && parse_key(d, cap, &k)) fp = fingerprint(&k);
         if (fp) {
-            int fresh = table_touch(t, fp, ts);
+            uint64_t before;
+            int fresh = table_touch_was(t, fp, ts, &before);
             if (fresh < 0) full = 1;
-            if (fresh == 1 && fps[i]) parse_key(d, cap, &k);  /* the key, for the comment's flow hash */
-            if (fresh == 1) {
+            /* a flow seen before the shed, back after it: the one packet the kernel lets through? */
+            int maybe_shed = fresh == 0 && shed_threshold < (1ull << 32) && ts >= shed_ns && before < shed_ns;
+            int shed = 0;
+            uint32_t fh = 0;
+            if (fresh == 1 || maybe_shed) {
+                if (fps[i]) parse_key(d, cap, &k);  /* the key, for the comment's flow hash */
+                fh = flow_hash(&k, seed);
+                shed = maybe_shed && fh >= shed_threshold;
+            }
+            if (fresh == 1 || shed) {
                 /* "kstap: flow id=%08x <suffix>", without snprintf (one per new flow adds up) */
-                static const char prefix[] = "kstap: flow id=", hex[] = "0123456789abcdef";
+                static const char prefix[] = "kstap: flow id=", shed_prefix[] = "kstap: shed id=",
+                                  hex[] = "0123456789abcdef";
                 char note[256];
-                uint32_t fh = flow_hash(&k, seed);
                 int n = (int)sizeof prefix - 1;
-                memcpy(note, prefix, n);
+                memcpy(note, shed ? shed_prefix : prefix, n);
                 for (int sh = 28; sh >= 0; sh -= 4) note[n++] = hex[(fh >> sh) & 0xf];
                 note[n++] = ' ';
-                memcpy(note + n, suffix, suffix_len);  /* suffix_len <= 200: checked on entry */
-                n += (int)suffix_len;
+                /* suffix lengths <= 200: checked on entry */
+                memcpy(note + n, shed ? shed_suffix : suffix, shed ? shed_suffix_len : suffix_len);
+                n += (int)(shed ? shed_suffix_len : suffix_len);
                 if (4 + ((n + 3) & ~3) + 4 <= note_max) {
                     unsigned char *p = d + padded;
                     p[0] = 1; p[1] = 0; p[2] = (unsigned char)(n & 0xff); p[3] = (unsigned char)(n >> 8);
@@ -350,7 +377,7 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
                     memset(p + 4 + n, 0, npad - n);
                     memset(p + 4 + npad, 0, 4); /* opt_endofopt */
                     optlen = 4 + npad + 4;
-                    new_flows++;
+                    if (shed) shed_marked++; else new_flows++;
                 }
             }
         }
@@ -362,7 +389,7 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
         off += next;
     }
     PyObject *bytes = PyBytes_FromStringAndSize((const char *)out, o - out);
-    if (bytes) result = Py_BuildValue("(NIKIi)", bytes, num, captured, new_flows, full);
+    if (bytes) result = Py_BuildValue("(NIKIiI)", bytes, num, captured, new_flows, full, shed_marked);
 done:
     PyMem_Free(out);
     PyMem_Free(fps);

@@ -236,10 +236,11 @@ class AfPacketRing:
             else:
                 assert encode_block_sampled is not None
                 seen.ensure_room(num)
-                data, n, cap, fresh, _full = encode_block_sampled(mm, base, self._bsize, self.if_id,
-                                                                   max_packets - packets, seen.table, seen.seed,
-                                                                   seen.suffix, wanted, self.linktype)
+                data, n, cap, fresh, _full, shed = encode_block_sampled(
+                    mm, base, self._bsize, self.if_id, max_packets - packets, seen.table, seen.seed, seen.suffix,
+                    wanted, self.linktype, seen.shed_threshold, seen.shed_ns, seen.shed_suffix)
                 seen.flows_seen += fresh
+                seen.flows_shed += shed
             chunks.append(data)
             packets += n
             nbytes += cap

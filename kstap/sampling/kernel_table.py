@@ -194,8 +194,12 @@ def _decide(a: e.Asm, settings_fd: int, counters_fd: int, flows_fd: int, snaplen
     a.jmpr(e.JGE, e.R2, e.R3, "keep")  # decided after the last shed
     a.ldx(e.DW, e.R3, e.R7, 8)
     a.jmpr(e.JLT, e.R8, e.R3, "keep")
-    a.st(e.W, e.R0, 0, DROP)  # shed: dropped from now on
+    # shed: dropped from now on; this last packet goes through, for user space to mark it
+    a.st(e.W, e.R0, 0, DROP)
     a.mov64(e.R1, 24)
+    a.stx(e.DW, e.FP, S_VAL, e.R1)
+    a.mov64(e.R1, 0)
+    a.stx(e.DW, e.FP, S_VAL + 8, e.R1)  # verdict: keep
     a.ja("count")
     # a new flow: decide with the threshold in force
     a.label("decide")
@@ -216,14 +220,18 @@ def _decide(a: e.Asm, settings_fd: int, counters_fd: int, flows_fd: int, snaplen
     a.call(e.MAP_UPDATE_ELEM)
     a.ldx(e.W, e.R0, e.FP, S_VAL)
     a.mov64(e.R1, 0)
+    a.stx(e.DW, e.FP, S_VAL, e.R1)  # counter 0 (flows kept), verdict keep
+    a.stx(e.DW, e.FP, S_VAL + 8, e.R1)
     a.jmp(e.JEQ, e.R0, KEEP, "count")
-    a.mov64(e.R1, 8)
-    a.ja("count")
+    a.mov64(e.R1, 8)  # counter 1 (flows dropped), verdict drop
+    a.ja("verdict_drop")
     a.label("drop")
-    a.mov64(e.R1, 16)
-    # counters[R1/8] += 1, then keep (offset 0) or drop
-    a.label("count")
+    a.mov64(e.R1, 16)  # counter 2 (packets dropped), verdict drop
+    a.label("verdict_drop")
     a.stx(e.DW, e.FP, S_VAL, e.R1)
+    a.stx(e.DW, e.FP, S_VAL + 8, e.R1)
+    # counters[fp+S_VAL / 8] += 1, then keep (verdict 0) or drop
+    a.label("count")
     a.ld_map_fd(e.R1, counters_fd)
     a.mov64r(e.R2, e.FP)
     a.alu64(e.ADD, e.R2, S_ZERO)
@@ -234,7 +242,7 @@ def _decide(a: e.Asm, settings_fd: int, counters_fd: int, flows_fd: int, snaplen
     a.mov64(e.R1, 1)
     a.raw(e.STX | 0xC0 | e.DW, e.R0, e.R1, 0, 0)  # atomic add
     a.label("out")
-    a.ldx(e.DW, e.R1, e.FP, S_VAL)
+    a.ldx(e.DW, e.R1, e.FP, S_VAL + 8)
     a.jmp(e.JEQ, e.R1, 0, "keep")
     a.ret(0)
     a.label("keep")
@@ -327,7 +335,8 @@ class KernelFlowTable:
         self._write()
 
     def shed(self, rate: float) -> None:
-        """Emergency: live kept flows with hash ≥ the rate's threshold are dropped at their next packet."""
+        """Emergency: live kept flows with hash ≥ the rate's threshold stop at their next packet, which
+        still goes through (user space marks it, see ``encode_block_sampled``)."""
         self.threshold = threshold(rate)
         self.shed_threshold = self.threshold
         self.shed_epoch += 1

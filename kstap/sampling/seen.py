@@ -11,6 +11,7 @@ from __future__ import annotations
 import struct
 
 from kstap.sampling import metadata
+from kstap.sampling.flowhash import FULL, threshold
 
 _HEADER = struct.Struct("<QQ")
 
@@ -26,11 +27,21 @@ class SeenFlows:
         self.idle_timeout_ns = idle_timeout_ns
         self.table = self._new(capacity)
         self.flows_seen = 0
+        self.flows_shed = 0
+        self.shed_threshold, self.shed_ns, self.shed_suffix = FULL, 0, b""
 
     def set_rate(self, rate: float) -> None:
         """New flows' comments name this rate (a live rate change in percentage mode)."""
         note = metadata.flow_note("X", self.mode, rate, self.seed_id)
         self.suffix = note.split("id=X ", 1)[1].encode()
+
+    def shed(self, rate: float, since_ns: int) -> None:
+        """The kernel flow table shed flows at or above ``rate`` at ``since_ns``: mark the one packet
+        of each it still lets through (the first at or after that time of a flow seen before it)."""
+        self.shed_threshold = threshold(rate)
+        self.shed_ns = since_ns
+        self.shed_suffix = metadata.shed_note("X", rate, "emergency").split("id=X ", 1)[1].encode()
+        self.set_rate(rate)
 
     @staticmethod
     def _new(capacity: int) -> bytearray:

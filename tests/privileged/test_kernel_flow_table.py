@@ -112,9 +112,11 @@ def test_decisions_hold_for_the_flow_life_across_rises_cuts_and_a_shed() -> None
         assert all(bpf_syscall.test_run(fd, raw) for raw, _ in fresh)  # new flows: the new rate
         table.set_rate(0.05)  # a cut: every live kept flow goes on
         assert all(bpf_syscall.test_run(fd, raw) for raw, _ in fresh)
-        table.shed(0.1)  # an emergency: kept flows at or above the new threshold stop at once
+        table.shed(0.1)  # an emergency: kept flows at or above the new threshold stop, after one last packet
+        assert all(bpf_syscall.test_run(fd, raw) for raw, _ in fresh)  # the one to carry the mark
         after = {h: bpf_syscall.test_run(fd, raw) != 0 for raw, h in fresh}
         assert after == {h: h < table.threshold for _, h in fresh}
+        assert table.stats().flows_shed == sum(not kept for kept in after.values())
         assert all(table.decision(h) == DROP for h, kept in after.items() if not kept)
         stats = table.stats()
         assert stats.flows_kept == sum(first.values()) + len(fresh)
