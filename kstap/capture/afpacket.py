@@ -344,7 +344,10 @@ class AfPacketSource:
         """Single-ring fast path: EPB bytes of the ready blocks, waiting up to ``timeout_ms``
         (``seen``: first-packet comments; ``wanted``: what the dissectors take, see the ring's)."""
         ring = self.rings[0]
-        got = ring.read_encoded(max_packets, seen=seen, wanted=wanted)
+        # with ``wanted`` each block's packets exist twice until the dissectors have run (EPB bytes
+        # and records): a few blocks per call keep that transient memory small
+        blocks = 64 if wanted is None else 2
+        got = ring.read_encoded(max_packets, blocks, seen=seen, wanted=wanted)
         if got[1] or max_packets <= 0:
             return got
         try:
@@ -356,7 +359,7 @@ class AfPacketSource:
                 ring.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == errno.ENETDOWN:
             raise KstapError(f"interface {ring.name!r} went down",
                              hint="the capture stopped; restart it when the link is back")
-        return ring.read_encoded(max_packets, seen=seen, wanted=wanted)
+        return ring.read_encoded(max_packets, blocks, seen=seen, wanted=wanted)
 
     @property
     def fast(self) -> bool:

@@ -119,10 +119,20 @@ class WorkerSpec:
     """Adds NET_ADMIN for promiscuous mode, and runs the worker as UID 0 (see the module docstring)."""
     entries: bool = False
     """Run dissection on the workers (``--entries on``)."""
+    kernel_flow_table: bool = True
+    """Auto mode decides flows in the kernel (an eBPF socket filter with BPF maps): adds BPF to the
+    worker's capabilities in auto mode, which, like NET_ADMIN, no file capability can carry, so the
+    worker then runs as UID 0 (still only NET_RAW and BPF). False keeps auto mode on the classic
+    filter's fallback, non-root with NET_RAW only."""
     extra_labels: dict[str, str] = field(default_factory=dict)
 
     def labels(self) -> dict[str, str]:
         return {**MANAGED_BY, RUN_LABEL: self.run_id, **self.extra_labels}
+
+    @property
+    def uses_bpf(self) -> bool:
+        """True when the workers load the in-kernel flow table (auto mode, not turned off)."""
+        return self.mode == "auto" and self.kernel_flow_table
 
     @property
     def name(self) -> str:
@@ -199,13 +209,15 @@ def worker_args(spec: WorkerSpec) -> list[str]:
 def _user(spec: WorkerSpec) -> Obj:
     """Non-root (NET_RAW from the image's file capability); root only for --promiscuous, whose
     NET_ADMIN no file capability carries (a file capability the bounding set lacks makes exec fail)."""
-    if spec.promiscuous:
+    if spec.promiscuous or spec.uses_bpf:
         return {"runAsNonRoot": False, "runAsUser": 0, "runAsGroup": 0}
     return {"runAsNonRoot": True, "runAsUser": WORKER_UID, "runAsGroup": WORKER_UID}
 
 
 def security_context(spec: WorkerSpec) -> Obj:
     caps = ["NET_RAW", "NET_ADMIN"] if spec.promiscuous else ["NET_RAW"]
+    if spec.uses_bpf:
+        caps.append("BPF")  # the in-kernel flow table's maps and socket filter (docs/security.md)
     return {"privileged": False, "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
             **_user(spec), "capabilities": {"drop": ["ALL"], "add": caps},
             "seccompProfile": {"type": "RuntimeDefault"}}

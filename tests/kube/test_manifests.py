@@ -116,6 +116,17 @@ def test_security_context_is_least_privilege() -> None:
     assert psc["privileged"] is False and psc["allowPrivilegeEscalation"] is False
 
 
+def test_bpf_is_added_only_when_auto_mode_loads_the_kernel_flow_table() -> None:
+    def caps(**kw: object) -> tuple[list[str], int]:
+        sc = mf.daemonset(spec(**kw))["spec"]["template"]["spec"]["containers"][0]["securityContext"]
+        return sc["capabilities"]["add"], sc["runAsUser"]
+
+    assert caps(mode="full") == (["NET_RAW"], 65534)
+    assert caps(mode="percentage") == (["NET_RAW"], 65534)
+    assert caps(mode="auto") == (["NET_RAW", "BPF"], 0)  # no file capability carries BPF: UID 0
+    assert caps(mode="auto", kernel_flow_table=False) == (["NET_RAW"], 65534)
+
+
 def test_resources_tolerations_and_token() -> None:
     s = spec(memory_budget=768 << 20, cpu_budget=0.25)
     pod = mf.daemonset(s)["spec"]["template"]["spec"]

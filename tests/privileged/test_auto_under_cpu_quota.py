@@ -1,7 +1,8 @@
 """Auto mode under a real CPU quota: drops stop after settling, while full mode keeps dropping.
 
 kstap runs in a cgroup v1 cpu cgroup with a quota of QUOTA cores and dissects what it keeps
-(--entries), which costs microseconds per packet in Python. The traffic is a steady UDP blast from
+(--entries), which costs microseconds per packet in Python. The traffic is a steady UDP blast to port 53
+(so every datagram goes to the DNS dissector; C hands Python nothing else) from
 many source ports (C sender, pinned to the other core) — more than QUOTA cores can dissect.
 """
 
@@ -71,7 +72,7 @@ def run(mode: str, sender: str, tmp: Path) -> list[dict[str, object]]:
         first = json.loads(tap.stdout.readline())
         assert first["event"] == "start"
         blast = lab.spawn(lab.client, ["taskset", "-c", "1", sender, lab.client_ip, lab.server_ip, str(RATE),
-                                       str(SECONDS - 1), "20000", "64", "9999"], stdout=subprocess.DEVNULL)
+                                       str(SECONDS - 1), "20000", "64", "53"], stdout=subprocess.DEVNULL)
         out, err = tap.communicate(timeout=120)
         blast.wait(timeout=30)
         assert tap.returncode == 0, err
