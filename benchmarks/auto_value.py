@@ -222,7 +222,8 @@ def settling(rates: list[tuple[float, float]], band: float = 0.05) -> float:
 AUTO_RISING = ["--mode", "auto", "--rate", "0.1", "--seed", "7"]
 
 
-def part_flows(lab: Lab, sender: list[str], rounds: int, workdir: str, args: argparse.Namespace) -> dict[str, list[Result]]:
+def part_flows(lab: Lab, sender: list[str], rounds: int, workdir: str, args: argparse.Namespace
+               ) -> dict[str, list[Result]]:
     out: dict[str, list[Result]] = {"auto (rising from 0.1)": [], "auto, user-space table": []}
     for _ in range(rounds):
         out["auto (rising from 0.1)"].append(capture(lab, sender, "kstap", AUTO_RISING, rate=args.pps,
@@ -242,7 +243,8 @@ COST = {"tcpdump -w": ("tcpdump", []), "full": ("kstap", ["--mode", "full"]),
         "full + --entries": ("kstap", ["--mode", "full", "--entries", os.devnull])}
 
 
-def part_cost(lab: Lab, sender: list[str], rounds: int, workdir: str, args: argparse.Namespace) -> dict[str, list[Result]]:
+def part_cost(lab: Lab, sender: list[str], rounds: int, workdir: str, args: argparse.Namespace
+               ) -> dict[str, list[Result]]:
     out: dict[str, list[Result]] = {k: [] for k in COST}
     for _ in range(rounds):
         for name, (tool, extra) in COST.items():
@@ -251,7 +253,8 @@ def part_cost(lab: Lab, sender: list[str], rounds: int, workdir: str, args: argp
     return out
 
 
-def part_quota(lab: Lab, sender: list[str], rounds: int, workdir: str, args: argparse.Namespace) -> dict[str, list[Result]]:
+def part_quota(lab: Lab, sender: list[str], rounds: int, workdir: str, args: argparse.Namespace
+               ) -> dict[str, list[Result]]:
     tools = {"tcpdump": ("tcpdump", []), "kstap full": ("kstap", ["--mode", "full"]),
              "kstap auto": ("kstap", ["--mode", "auto", "--seed", "7"])}
     out: dict[str, list[Result]] = {k: [] for k in tools}
@@ -290,7 +293,7 @@ def render(results: dict[str, dict[str, list[Result]]], args: argparse.Namespace
                   "| | " + " | ".join(rs) + " |", "|---|" + "---:|" * len(rs),
                   "| µs / offered packet | " + " | ".join(f"{med([r.us_per_offered for r in v]):.3f}"
                                                        for v in rs.values()) + " |",
-                  "| × full | " + " | ".join(f"{med([r.us_per_offered for r in v]) / full:.2f}" for v in rs.values())
+                  "| x full | " + " | ".join(f"{med([r.us_per_offered for r in v]) / full:.2f}" for v in rs.values())
                   + " |", ""]
     if "quota" in results:
         rs = results["quota"]

@@ -26,11 +26,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import dpkt  # noqa: E402
+import dpkt
 
-from kstap.sampling.flowhash import flow_hash, threshold  # noqa: E402
-from kstap.sampling.flowkey import flow_key  # noqa: E402
-from kstap.sampling.sampler import FlowSampler  # noqa: E402
+from kstap.sampling.flowhash import flow_hash, threshold
+from kstap.sampling.flowkey import flow_key
+from kstap.sampling.sampler import FlowSampler
 
 SEED = 7
 
