@@ -9,7 +9,7 @@ APT_PACKAGES := libpcap0.8 libpcap-dev tshark tcpdump iproute2 tmux util-linux
 PYTEST_ARGS ?=
 FUZZ_SECONDS ?= 60
 
-.PHONY: help deps system-deps venv demo test unit lint type bench bench-dashboard docs golden sample clean fuzz soak
+.PHONY: help deps system-deps venv demo test unit lint type bench bench-auto bench-dashboard docs golden sample clean fuzz soak
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -52,6 +52,9 @@ type: venv ## mypy --strict on the package
 
 bench: deps ## kstap vs tcpdump vs dumpcap on veth traffic → docs/benchmarks.md
 	$(PY) benchmarks/capture_cpu.py --out docs/benchmarks.md
+
+bench-auto: deps ## auto mode's value test: whole flows, cost per packet, a CPU quota (tcpdump/full/auto) → docs/benchmarks.md
+	nice -n 10 $(PY) benchmarks/auto_value.py --rounds 3 --out docs/benchmarks.md
 
 bench-dashboard: venv ## dashboard CPU at 1 Hz vs none, kstap --help time → docs/benchmarks-dashboard.md
 	$(PY) benchmarks/dashboard_cpu.py --out docs/benchmarks-dashboard.md

@@ -10,7 +10,7 @@ flows   20,000 UDP flows x 120 packets, round-robin (benchmarks/udp_blast.c); ks
 cost    200 kpps over 5,000 flows: CPU (user+sys) per offered packet of tcpdump -w, kstap full,
         percentage 10 %, auto at rate 1.0, and full + --entries (UDP to the discard port: nothing
         for a dissector).
-quota   the traffic of ``flows``, with the capture process in a cgroup v1 CPU quota (2 ms per 100 ms
+quota   the traffic of ``flows``, with the capture process in a cgroup v1 CPU quota (1.5 ms per 100 ms
         unless --quota-us says otherwise) so that tcpdump drops >= 30 %: complete flows and CPU of
         tcpdump, kstap full and kstap auto; auto's settling time and mean rate from its --json events.
 
@@ -139,20 +139,21 @@ def cpu_quota(quota_us: int | None, period_us: int = 100_000) -> Iterator[Path |
 
 # -- one capture -----------------------------------------------------------------------------------
 
-def tool_argv(tool: str, lab: Lab, path: str, extra: Sequence[str]) -> list[str]:
+def tool_argv(tool: str, lab: Lab, path: str, extra: Sequence[str], buffer_mib: int = 32) -> list[str]:
     if tool == "tcpdump":
         return ["nsenter", f"--net=/run/netns/{lab.server}", "tcpdump", "-i", lab.server_if, "-w", path,
-                "-B", str(32 * 1024), "udp"]
+                "-B", str(buffer_mib * 1024), "udp"]
     return [sys.executable, "-m", "kstap", "tap", "--netns", lab.server, "-i", lab.server_if, "-w", path,
-            "-B", "32", "-f", "udp", "--no-dashboard", "--json", *extra]
+            "-B", str(buffer_mib), "-f", "udp", "--no-dashboard", "--json", *extra]
 
 
 def capture(lab: Lab, sender: list[str], tool: str, extra: Sequence[str], *, rate: int, seconds: float,
-            flows: int, workdir: str, cgroup: Path | None = None, tail_s: float = 1.5) -> Result:
+            flows: int, workdir: str, cgroup: Path | None = None, tail_s: float = 1.5,
+            buffer_mib: int = 32) -> Result:
     path = os.path.join(workdir, f"{tool}.{'pcap' if tool == 'tcpdump' else 'pcapng'}")
     err = os.path.join(workdir, "err.txt")
     out = os.path.join(workdir, "out.txt")
-    argv = ["taskset", "-c", "0", *tool_argv(tool, lab, path, extra)]
+    argv = ["taskset", "-c", "0", *tool_argv(tool, lab, path, extra, buffer_mib)]
     if cgroup is not None:  # join the cgroup before exec, so every thread is in it from the start
         argv = ["sh", "-c", f'echo $$ > {cgroup}/cgroup.procs && exec "$@"', "sh", *argv]
     env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -161,7 +162,7 @@ def capture(lab: Lab, sender: list[str], tool: str, extra: Sequence[str], *, rat
     cc._children.append(p)
     res = Result(tool)
     try:
-        deadline = time.monotonic() + 40
+        deadline = time.monotonic() + 120  # under a small quota, Python's start-up alone takes a while
         ready = "listening on"
         while ready not in Path(err).read_text(errors="replace") and '"event":"start"' not in \
                 Path(out).read_text(errors="replace"):
@@ -262,7 +263,8 @@ def part_quota(lab: Lab, sender: list[str], rounds: int, workdir: str, args: arg
         for name, (tool, extra) in tools.items():
             with cpu_quota(args.quota_us) as cg:
                 out[name].append(capture(lab, sender, tool, extra, rate=args.quota_pps, seconds=args.quota_seconds,
-                                         flows=args.flows, workdir=workdir, cgroup=cg, tail_s=3.0))
+                                         flows=args.flows, workdir=workdir, cgroup=cg, tail_s=3.0,
+                                         buffer_mib=args.quota_buffer))
     return out
 
 
@@ -298,7 +300,8 @@ def render(results: dict[str, dict[str, list[Result]]], args: argparse.Namespace
     if "quota" in results:
         rs = results["quota"]
         lines += [f"### Under a CPU quota ({args.quota_us / 1000:g} ms per 100 ms)",
-                  f"{args.flows:,} UDP flows, {args.quota_pps:,} pps for {args.quota_seconds:g} s.", "",
+                  f"{args.flows:,} UDP flows, {args.quota_pps:,} pps for {args.quota_seconds:g} s; every tool "
+                  f"with a {args.quota_buffer} MiB ring (tcpdump's default).", "",
                   "| | kernel drops / sent | flows in file | complete flows | complete / all flows "
                   "| complete / flows in file | CPU s | settling s | mean rate |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -324,9 +327,12 @@ def main() -> int:
     ap.add_argument("--pps", type=int, default=600_000)
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--cost-seconds", type=float, default=5.0)
-    ap.add_argument("--quota-us", type=int, default=2000)
-    ap.add_argument("--quota-pps", type=int, default=200_000)
-    ap.add_argument("--quota-seconds", type=float, default=12.0)
+    ap.add_argument("--quota-us", type=int, default=1500,
+                    help="CPU quota per 100 ms period; 1.5 ms makes tcpdump drop >= 30 %% here")
+    ap.add_argument("--quota-pps", type=int, default=600_000)
+    ap.add_argument("--quota-seconds", type=float, default=6.0)
+    ap.add_argument("--quota-buffer", type=int, default=2, help="ring MiB of every tool in the quota part "
+                    "(tcpdump's default -B is 2 MiB)")
     ap.add_argument("--out", help="update this Markdown file (the section after the auto-value marker)")
     ap.add_argument("--json", help="also write the raw results here")
     args = ap.parse_args()

@@ -19,7 +19,7 @@ _HEADER = struct.Struct("<QQ")
 class SeenFlows:
     """The C fast path's flow table plus the text that follows ``id=…`` in each flow comment."""
 
-    def __init__(self, mode: str, rate: float, seed: int, seed_id: str, *, capacity: int = 1 << 16,
+    def __init__(self, mode: str, rate: float, seed: int, seed_id: str, *, capacity: int = 1 << 12,
                  idle_timeout_ns: int = 60_000_000_000) -> None:
         self.seed = seed
         self.mode, self.seed_id = mode, seed_id
