@@ -299,7 +299,6 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
     Py_ssize_t out_cap = 0, off = first;
     fps = PyMem_Malloc(num ? (size_t)num * sizeof(uint64_t) : 1);
     if (!fps) { PyErr_NoMemory(); goto done; }
-    int prefetch = 1;  /* measured: even with a table in L2, fetching slots in a first pass pays */
     for (uint32_t i = 0; i < num; i++) {
         if (off < 0 || off + 48 > bsize) { PyErr_SetString(PyExc_ValueError, "corrupt TPACKET_V3 block"); goto done; }
         const unsigned char *h = blk + off;
@@ -307,7 +306,7 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
         uint16_t mac = rd16(h + 24);
         if (off + mac + (Py_ssize_t)snap > bsize) { PyErr_SetString(PyExc_ValueError, "corrupt TPACKET_V3 block"); goto done; }
         fps[i] = 0;
-        if (prefetch) {
+        {
             /* Fetch this flow's slot now: the second pass then finds it in cache (a random slot
              * per packet otherwise costs a memory access each; skipping this pass for small tables
              * measured slower too: 0.16 -> 0.25-0.33 us per packet at rate 1). A VLAN tag the
