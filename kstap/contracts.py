@@ -37,13 +37,16 @@ from kstap.vocabulary import AlertLevel, Cause, Mode
 __all__ = [
     "AlertLevel",
     "AlertRaised",
+    "BlockSink",
     "BlockSource",
     "Cause",
     "CommentSource",
     "ControlRequest",
+    "EntrySource",
     "Event",
     "FilterSource",
     "FiniteSource",
+    "FirstPacketNotes",
     "Governor",
     "LiveControl",
     "Mode",
@@ -83,6 +86,9 @@ class SourceCapabilities:
     """Carries packet comments written upstream (see :class:`CommentSource`)."""
     worker_stats: bool = False
     """Knows its workers' figures itself (see :class:`WorkerStatsSource`)."""
+    dissected_upstream: bool = False
+    """Its flows were dissected upstream (remote workers with ``--entries``): the loop does not
+    dissect them again, it writes the entries the source brings (see :class:`EntrySource`)."""
 
 
 class Source(Protocol):
@@ -106,10 +112,23 @@ class BlockSource(Source, Protocol):
     """``encoded_blocks``: one ring whose ready blocks the C encoder turns into EPB bytes."""
 
     def read_encoded(self, timeout_ms: int, max_packets: int,
-                     seen: Any = None) -> tuple[list[bytes], int, int]:
+                     seen: FirstPacketNotes | None = None) -> tuple[list[bytes], int, int]:
         """(EPB chunks, packets, bytes); ``seen``: percentage mode's first-packet table."""
     def wake_on(self, fd: int) -> None:
         """Also end a wait when ``fd`` turns readable (the stop flag's pipe)."""
+
+
+class FirstPacketNotes(Protocol):
+    """``sampled_blocks``: the table the C encoder keeps of flows it has commented
+    (:class:`kstap.capture.flowtable.FirstPacketTable`)."""
+
+    table: bytearray
+    seed: int
+    suffix: bytes
+    """What follows ``id=HASH `` in a first-packet comment."""
+    flows_seen: int
+
+    def ensure_room(self, incoming: int) -> None: ...
 
 
 class FiniteSource(Source, Protocol):
@@ -129,9 +148,20 @@ class FilterSource(Source, Protocol):
 
 
 class CommentSource(Source, Protocol):
-    """``packet_comments``: comments for (a slice of) what the last read returned, by index."""
+    """``packet_comments``: packet comments written upstream come with the records."""
 
-    def comments_for(self, records: Sequence[PacketRecord]) -> dict[int, str]: ...
+    @property
+    def last_comments(self) -> dict[int, str]:
+        """Comments of the records the last :meth:`read` or :meth:`drain` returned, keyed by their
+        index in that list. Whoever cuts or filters the list re-keys them (see
+        :func:`kstap.pipeline.loop.kept`)."""
+
+
+class EntrySource(Source, Protocol):
+    """``dissected_upstream``: entries (NDJSON objects) that came with the packets."""
+
+    def take_entries(self) -> list[dict[str, Any]]:
+        """The entries received since the last call, oldest first."""
 
 
 class WorkerStatsSource(Source, Protocol):
@@ -148,6 +178,9 @@ class SinkCapabilities:
     patient: bool = False
     """Only a file waits for the packets (no pipe, stream or worker reader whose merge needs the
     time to move on): the loop may sleep until a block, the next tick or a stop."""
+    encoded_blocks: bool = False
+    """Takes pcapng EPBs as the C encoder made them (:class:`BlockSink`); without it the loop
+    hands it records."""
 
 
 class Sink(Protocol):
@@ -162,10 +195,15 @@ class Sink(Protocol):
     def capabilities(self) -> SinkCapabilities: ...
 
     def write(self, records: Sequence[PacketRecord], comments: Mapping[int, str] | None = None) -> None: ...
-    def write_encoded(self, chunks: list[bytes], packets: int, if_id: int = 0) -> None: ...
     def ensure_interfaces(self, interfaces: Sequence[Interface]) -> None: ...
     def tick(self) -> None: ...
     def close(self) -> bool: ...
+
+
+class BlockSink(Sink, Protocol):
+    """``encoded_blocks``: writes EPB bytes from the C encoder as they are."""
+
+    def write_encoded(self, chunks: list[bytes], packets: int, if_id: int = 0) -> None: ...
 
 
 SinkFactory = Callable[[list[Interface], str, Callable[[], list[Any]]], Sink]

@@ -119,7 +119,7 @@ def snapshot_fields(s: StatsSnapshot) -> dict[str, object]:
             "p_term": _num(c.p_term), "i_term": _num(c.i_term), "d_term": _num(c.d_term),
             "rate": _num(c.rate), "reason": c.reason},
         "resources": None if r is None else {
-            "memory_bytes": r.memory_bytes, "memory_limit": r.memory_limit, "cpu_cores": _num(r.cpu_fraction),
+            "memory_bytes": r.memory_bytes, "memory_limit": r.memory_limit, "cpu_cores": _num(r.cpu_cores),
             "cpu_limit": _num(r.cpu_limit), "throttled_periods": r.throttled_periods, "oom_events": r.oom_events,
             "psi_memory_some": _num(r.psi_memory_some), "psi_memory_full": _num(r.psi_memory_full),
             "source": r.source},

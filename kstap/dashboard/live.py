@@ -126,6 +126,7 @@ class LiveDashboard:
                  keyboard: bool = True, wall: Callable[[], float] = time.time) -> None:
         self.stop = stop
         self.wall = wall
+        self._started = wall()
         self.console = console if console is not None else terminal_console(sys.stdout)
         self.stdin = stdin if stdin is not None else sys.stdin
         self.warn, self.critical = warn, critical
@@ -156,13 +157,16 @@ class LiveDashboard:
 
     def event(self, kind: str, data: dict[str, object]) -> None:
         if kind == "alert":
-            t = data.get("time")
-            self._add_alert(Alert(time=float(t) if isinstance(t, int | float) else self.wall(),
+            self._add_alert(Alert(time=self._elapsed(),
                                   level=AlertLevel.parse(data.get("level")), kind=str(data.get("kind", "alert")),
                                   message=str(data.get("message", ""))))
 
     def warning(self, message: str) -> None:
-        self._add_alert(Alert(time=self.wall(), level=AlertLevel.WARN, kind="warning", message=message))
+        self._add_alert(Alert(time=self._elapsed(), level=AlertLevel.WARN, kind="warning", message=message))
+
+    def _elapsed(self) -> float:
+        """Seconds since this view started (alerts that come as events are stamped on arrival)."""
+        return self.wall() - self._started
 
     # -- showing it --------------------------------------------------------------------------------------
     def start(self) -> None:

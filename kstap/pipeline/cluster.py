@@ -74,7 +74,7 @@ def run_session(kube: Any, selection: Any, options: KubeTapOptions, settings: Ta
             spec.image = options.worker_image
         pods = deploy.deploy(kube, spec, timeout=options.ready_timeout)
         source = RemoteSource([endpoint(kube, spec, pod) for _, pod in sorted(pods.items())],
-                              on_event=reporter.event)
+                              on_event=reporter.event, entries=spec.entries)
         filters = found.filters(settings.bpf_filter)
         for node, nf in filters.items():
             source.set_filter(nf.expression, node=node)

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from kstap import pipeline
-from kstap.capture.savefile import CaptureReader
 from kstap.config import OutputSettings, TapSettings
 from kstap.demo.lab import Lab
+from kstap.formats.savefile import CaptureReader
 from kstap.model import CaptureSummary, ControllerState, Interface, ResourceStats, StatsSnapshot
 from kstap.sampling import metadata
 from kstap.sampling.flowhash import flow_hash, threshold

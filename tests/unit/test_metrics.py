@@ -88,7 +88,7 @@ def test_before_the_first_snapshot_and_without_resources() -> None:
 
 
 def test_pressure_without_a_controller_is_the_larger_share() -> None:
-    s = StatsSnapshot(resources=ResourceStats(memory_bytes=300, memory_limit=1000, cpu_fraction=1.5, cpu_limit=2.0))
+    s = StatsSnapshot(resources=ResourceStats(memory_bytes=300, memory_limit=1000, cpu_cores=1.5, cpu_limit=2.0))
     with MetricsServer(0) as server:
         server.update(s)
         assert scrape(server)["kstap_pressure"][()] == pytest.approx(0.75)
