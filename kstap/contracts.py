@@ -8,7 +8,8 @@ an ``isinstance`` check in the capture loop:
   workers); the loop reads the flags and then uses the matching narrower protocol;
 - a :class:`Sink` declares its :class:`SinkCapabilities` (whether anyone waits on its packets);
 - what happens during a run reaches whoever runs it as typed events (:class:`RateChanged`,
-  :class:`AlertRaised`) through a :class:`Reporter`;
+  :class:`AlertRaised`) through a :class:`Reporter`; their wire form (the worker protocol, NDJSON)
+  is made by ``wire()`` and read back by :func:`parse_event`;
 - the closed vocabularies (:class:`Mode`, :class:`AlertLevel`, :class:`Cause`) are StrEnums.
 
 This module sits just above :mod:`kstap.model` and :mod:`kstap.vocabulary`: every stage may
@@ -31,6 +32,7 @@ from kstap.model import (
     SourceStats,
     StatsSnapshot,
     WorkerStats,
+    cause_of,
 )
 from kstap.vocabulary import AlertLevel, Cause, Mode
 
@@ -59,7 +61,8 @@ __all__ = [
     "Source",
     "SourceCapabilities",
     "WorkerStatsSource",
-    "publish",
+    "parse_event",
+    "relay",
 ]
 
 
@@ -213,19 +216,27 @@ SinkFactory = Callable[[list[Interface], str, Callable[[], list[Any]]], Sink]
 # -- events ------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RateChanged:
-    """The sampling rate moved (the controller, a control request)."""
+    """The sampling rate moved (the controller, a control request; or a worker's, relayed)."""
 
     KIND: ClassVar[str] = "rate_change"
     old: float
     new: float
     cause: Cause
-    reason: str
+    reason: str = ""
     """The controller's text (or the cause's value when there is no more to say)."""
     pressure: float | None = None
+    worker: int | None = None
+    """The remote worker whose rate it is (a cluster run), else None (this process's)."""
+    node: str | None = None
 
     def wire(self) -> dict[str, object]:
-        """The event's fields as JSON, NDJSON and the worker protocol carry them."""
-        return {"old": self.old, "new": self.new, "reason": self.reason, "pressure": self.pressure}
+        """The fields as the worker protocol carries them (and the NDJSON ``rate_change`` event)."""
+        out: dict[str, object] = {"old": self.old, "new": self.new, "reason": self.reason, "pressure": self.pressure}
+        if self.worker is not None:
+            out["worker"] = self.worker
+        if self.node is not None:
+            out["node"] = self.node
+        return out
 
 
 @dataclass(frozen=True)
@@ -233,14 +244,44 @@ class AlertRaised:
     """A threshold was crossed or something happened worth a line in the alerts panel."""
 
     KIND: ClassVar[str] = "alert"
-    alert: Alert
+    level: AlertLevel
+    kind: str
+    """What it is about: 'memory', 'drops', 'oom', 'shed', 'worker-lost', …"""
+    message: str
+
+    @classmethod
+    def of(cls, alert: Alert) -> AlertRaised:
+        return cls(alert.level, alert.kind, alert.message)
 
     def wire(self) -> dict[str, object]:
-        a = self.alert
-        return {"level": a.level.value, "kind": a.kind, "message": a.message}
+        return {"level": self.level.value, "kind": self.kind, "message": self.message}
 
 
 Event = RateChanged | AlertRaised
+
+
+def parse_event(kind: str, data: Mapping[str, object]) -> Event | None:
+    """An event in its wire form (a worker's stream, a relayed callback) as a typed event; None for
+    a kind that is not an event or fields that make no sense (an unknown alert level is WARN)."""
+    if kind == RateChanged.KIND:
+        old, new = _number(data.get("old")), _number(data.get("new"))
+        if old is None or new is None:
+            return None
+        reason = str(data.get("reason") or "")
+        worker, node = data.get("worker"), data.get("node")
+        return RateChanged(old, new, cause_of(reason), reason, _number(data.get("pressure")),
+                           worker if isinstance(worker, int) and not isinstance(worker, bool) else None,
+                           str(node) if node is not None else None)
+    if kind == AlertRaised.KIND:
+        return AlertRaised(AlertLevel.parse(data.get("level")), str(data.get("kind") or "alert"),
+                           str(data.get("message") or ""))
+    return None
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
 
 
 class Reporter(Protocol):
@@ -252,17 +293,22 @@ class Reporter(Protocol):
     def progress(self, snapshot: StatsSnapshot) -> None:
         """About once a second while capturing."""
 
-    def event(self, kind: str, data: dict[str, object]) -> None:
-        """An :class:`Event` in its wire form (``kind`` is its ``KIND``): the same shape the worker
-        protocol carries, so a worker's events and a local run's reach a reporter alike."""
+    def event(self, event: Event) -> None:
+        """Something happened: a :class:`RateChanged` or an :class:`AlertRaised`."""
 
     def warning(self, message: str) -> None:
         """A problem that does not stop the capture."""
 
 
-def publish(reporter: Reporter, event: Event) -> None:
-    """Hand a typed event to a reporter (the one place events take their wire form)."""
-    reporter.event(event.KIND, event.wire())
+def relay(reporter: Reporter) -> Callable[[str, dict[str, object]], None]:
+    """A wire-form event callback (``RemoteSource(on_event=...)``) that hands typed events to ``reporter``."""
+
+    def on_event(kind: str, data: dict[str, object]) -> None:
+        event = parse_event(kind, data)
+        if event is not None:
+            reporter.event(event)
+
+    return on_event
 
 
 # -- steering ----------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from kstap import __version__
+from kstap.contracts import AlertRaised, Event
 from kstap.model import CaptureSummary, Interface, StatsSnapshot
 
 
@@ -209,9 +210,9 @@ class MetricsServer:
     def progress(self, snapshot: StatsSnapshot) -> None:
         self.update(snapshot)
 
-    def event(self, kind: str, data: dict[str, object]) -> None:
-        if kind == "alert":
-            self.count_alert(str(data.get("level", "warn")), str(data.get("kind", "alert")))
+    def event(self, event: Event) -> None:
+        if isinstance(event, AlertRaised):
+            self.count_alert(event.level.value, event.kind)
 
     def warning(self, message: str) -> None:
         self.count_alert("warn", "warning")

@@ -24,6 +24,7 @@ from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.text import Text
 
+from kstap.contracts import AlertRaised, Event
 from kstap.dashboard.view import render
 from kstap.model import Alert, Interface, StatsSnapshot
 from kstap.vocabulary import AlertLevel
@@ -155,11 +156,9 @@ class LiveDashboard:
         with self._lock:
             self.snapshot = self._with_history(snapshot)
 
-    def event(self, kind: str, data: dict[str, object]) -> None:
-        if kind == "alert":
-            self._add_alert(Alert(time=self._elapsed(),
-                                  level=AlertLevel.parse(data.get("level")), kind=str(data.get("kind", "alert")),
-                                  message=str(data.get("message", ""))))
+    def event(self, event: Event) -> None:
+        if isinstance(event, AlertRaised):
+            self._add_alert(Alert(time=self._elapsed(), level=event.level, kind=event.kind, message=event.message))
 
     def warning(self, message: str) -> None:
         self._add_alert(Alert(time=self._elapsed(), level=AlertLevel.WARN, kind="warning", message=message))

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from kstap.config import SamplingSettings
-from kstap.contracts import AlertRaised, PressureReaderLike, Reporter, publish
+from kstap.contracts import AlertRaised, PressureReaderLike, Reporter
 from kstap.model import Alert, ResourceStats
 from kstap.vocabulary import AlertLevel
 
@@ -79,4 +79,4 @@ class ResourceWatch:
     def alert(self, level: AlertLevel, kind: str, message: str) -> None:
         alert = Alert(self.clock() - self.started, level, kind, message)
         self.alerts.append(alert)
-        publish(self.reporter, AlertRaised(alert))
+        self.reporter.event(AlertRaised.of(alert))

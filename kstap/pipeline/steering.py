@@ -15,7 +15,7 @@ from kstap.capture import netns
 from kstap.capture.flowtable import FirstPacketTable
 from kstap.capture.pcap_live import compile_for_live, needs_live_compile
 from kstap.config import TapSettings
-from kstap.contracts import FilterSource, Governor, LiveControl, RateChanged, Reporter, Source, publish
+from kstap.contracts import FilterSource, Governor, LiveControl, RateChanged, Reporter, Source
 from kstap.errors import KstapError
 from kstap.filters.bpf import Program, compile_filter, final_expression
 from kstap.model import CaptureSummary, ControllerState
@@ -122,7 +122,7 @@ class Steering:
             return
         if self.seen is not None:  # the C path writes first-packet comments itself: the new rate from now on
             self.seen.suffix = flow_note_suffix(sampler.mode, sampler.rate, sampler.seed_id)
-        publish(self.reporter, RateChanged(old, sampler.rate, Cause.CONTROL, Cause.CONTROL.value))
+        self.reporter.event(RateChanged(old, sampler.rate, Cause.CONTROL, Cause.CONTROL.value))
         self._update_ceiling(sampler)
 
     def _govern(self, sampler: FlowSampler, elapsed: float, summary: CaptureSummary) -> None:
@@ -138,7 +138,7 @@ class Steering:
                              f"emergency: rate {old:.3g} -> {state.rate:.3g}, {len(shed)} live flows shed")
         elif not sampler.set_rate(state.rate, state.reason or Cause.PI.value):
             return
-        publish(self.reporter, RateChanged(old, sampler.rate, state.cause or Cause.PI, state.reason, state.pressure))
+        self.reporter.event(RateChanged(old, sampler.rate, state.cause or Cause.PI, state.reason, state.pressure))
 
     def _update_ceiling(self, sampler: FlowSampler) -> None:
         ceiling = sampler.ceiling()

@@ -21,6 +21,7 @@ import pytest
 
 from kstap import pipeline
 from kstap.config import OutputSettings, TapSettings
+from kstap.contracts import Event
 from kstap.demo.lab import Lab
 from kstap.formats.savefile import CaptureReader
 from kstap.model import CaptureSummary, ControllerState, Interface, ResourceStats, StatsSnapshot
@@ -97,7 +98,7 @@ class Quiet:
         self.listening_at.set()
 
     def progress(self, snapshot: StatsSnapshot) -> None: ...
-    def event(self, kind: str, data: dict[str, object]) -> None: ...
+    def event(self, event: Event) -> None: ...
     def warning(self, message: str) -> None: ...
 
 

@@ -9,7 +9,6 @@ client would have dissected itself.
 from __future__ import annotations
 
 import json
-import socket
 import struct
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 import dpkt
 
 from kstap.config import TapSettings
+from kstap.contracts import Event
 from kstap.model import Interface, PacketRecord, StatsSnapshot
 from kstap.pipeline import StopFlag
 from kstap.pipeline.assembly import run_remote
@@ -27,34 +27,27 @@ T0 = 1_700_000_000_000_000_000
 MS = 1_000_000
 
 
-def dns_frames(name: str, qid: int) -> list[bytes]:
-    def frame(src: str, dst: str, sport: int, dport: int, payload: bytes) -> bytes:
-        udp = dpkt.udp.UDP(sport=sport, dport=dport, data=payload)
-        udp.ulen = len(udp)
-        ip = dpkt.ip.IP(src=socket.inet_aton(src), dst=socket.inet_aton(dst), p=17, ttl=64, data=udp)
-        ip.len = len(ip)
-        return bytes(dpkt.ethernet.Ethernet(src=b"\x02" * 6, dst=b"\x04" * 6, type=0x0800, data=bytes(ip)))
-
+def dns_frames(udp: Any, name: str, qid: int) -> list[bytes]:
     query = dpkt.dns.DNS(id=qid, qd=[dpkt.dns.DNS.Q(name=name, type=1)])
     answer = dpkt.dns.DNS(id=qid, qd=[dpkt.dns.DNS.Q(name=name, type=1)], ns=[], ar=[])
     answer.qr = 1
     answer.an = [dpkt.dns.DNS.RR(name=name, type=1, cls=1, ttl=60, rlen=4, ip=struct.pack("!I", 0x0A000063))]
-    return [frame("10.0.0.1", "10.0.0.53", 40000, 53, bytes(query)),
-            frame("10.0.0.53", "10.0.0.1", 53, 40000, bytes(answer))]
+    return [udp("10.0.0.1", "10.0.0.53", 40000, 53, bytes(query)),
+            udp("10.0.0.53", "10.0.0.1", 53, 40000, bytes(answer))]
 
 
 class Quiet:
     def listening(self, interfaces: list[Interface], backend: str, workers: int) -> None: ...
     def progress(self, snapshot: StatsSnapshot) -> None: ...
-    def event(self, kind: str, data: dict[str, object]) -> None: ...
+    def event(self, event: Event) -> None: ...
     def warning(self, message: str) -> None: ...
 
 
 def test_the_workers_entries_are_written_once_and_the_merged_stream_is_not_dissected_again(
-        fake_worker: Any, tmp_path: Path) -> None:
+        fake_worker: Any, tmp_path: Path, frames: Any) -> None:
     w = fake_worker("node-a")
     records: list[PacketRecord] = [(T0 + i * MS, len(f), len(f), f, 0, 0)
-                                   for i, f in enumerate(dns_frames("api.example", 7))]
+                                   for i, f in enumerate(dns_frames(frames.udp, "api.example", 7))]
     entry = {"schema": 1, "time": T0 / 1e9, "flow_id": "0badf00d", "protocol": "dns",
              "client": "10.0.0.1:40000", "server": "10.0.0.53:53", "query_name": "api.example",
              "query_type": "A", "rcode": "NOERROR", "answers": 1, "latency_ms": 1.0}

@@ -7,6 +7,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from kstap.contracts import AlertLevel, AlertRaised
 from kstap.dashboard import samples
 from kstap.metrics import MetricsServer, MonotonicCounter
 from kstap.model import CaptureSummary, ResourceStats, StatsSnapshot
@@ -42,11 +43,11 @@ def test_two_scrapes_show_counters_increasing() -> None:
     with MetricsServer(0) as server:
         assert server.host == "127.0.0.1" and server.port > 0
         server.progress(_snap(1))
-        server.event("alert", {"level": "warn", "kind": "memory", "message": "memory at 71%"})
+        server.event(AlertRaised(AlertLevel.WARN, "memory", "memory at 71%"))
         first = scrape(server)
         server.progress(_snap(3))
-        server.event("alert", {"level": "warn", "kind": "memory", "message": "memory at 75%"})
-        server.event("alert", {"level": "critical", "kind": "shed", "message": "shed"})
+        server.event(AlertRaised(AlertLevel.WARN, "memory", "memory at 75%"))
+        server.event(AlertRaised(AlertLevel.CRITICAL, "shed", "shed"))
         server.warning("interface down")
         second = scrape(server)
     for name in COUNTERS:

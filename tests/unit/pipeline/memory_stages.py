@@ -3,9 +3,8 @@ that keeps what it was handed, each declaring its capabilities like the real one
 
 from __future__ import annotations
 
-import socket
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,31 +16,27 @@ from kstap.model import Interface, PacketRecord, SourceStats
 T0 = 1_700_000_000_000_000_000
 
 
-def udp_frame(src: str, dst: str, sport: int, dport: int, payload: bytes) -> bytes:
-    udp = dpkt.udp.UDP(sport=sport, dport=dport, data=payload)
-    udp.ulen = len(udp)
-    ip = dpkt.ip.IP(src=socket.inet_aton(src), dst=socket.inet_aton(dst), p=17, ttl=64, data=udp)
-    ip.len = len(ip)
-    return bytes(dpkt.ethernet.Ethernet(src=b"\x02" * 6, dst=b"\x04" * 6, type=0x0800, data=bytes(ip)))
+UdpFrame = Callable[..., bytes]
+"""The ``frames`` fixture's ``udp(src, dst, sport, dport, payload)`` (tests/conftest.py)."""
 
 
-def dns_exchange(name: str, qid: int, at_ns: int, client_port: int = 40000) -> list[PacketRecord]:
+def dns_exchange(udp: UdpFrame, name: str, qid: int, at_ns: int, client_port: int = 40000) -> list[PacketRecord]:
     """A DNS query and its answer (one A record) as captured records, 1 ms apart."""
     query = bytes(dpkt.dns.DNS(id=qid, qd=[dpkt.dns.DNS.Q(name=name, type=1)]))
     answer = dpkt.dns.DNS(id=qid, qd=[dpkt.dns.DNS.Q(name=name, type=1)], ns=[], ar=[])
     answer.qr = 1
     answer.an = [dpkt.dns.DNS.RR(name=name, type=1, cls=1, ttl=60, rlen=4, ip=struct.pack("!I", 0x0A000063))]
-    frames = [udp_frame("10.0.0.1", "10.0.0.53", client_port, 53, query),
-              udp_frame("10.0.0.53", "10.0.0.1", 53, client_port, bytes(answer))]
+    frames = [udp("10.0.0.1", "10.0.0.53", client_port, 53, query),
+              udp("10.0.0.53", "10.0.0.1", 53, client_port, bytes(answer))]
     return [(at_ns + i * 1_000_000, len(f), len(f), f, 0, 0) for i, f in enumerate(frames)]
 
 
-def udp_flows(n: int, at_ns: int, packets_per_flow: int = 3) -> list[PacketRecord]:
+def udp_flows(udp: UdpFrame, n: int, at_ns: int, packets_per_flow: int = 3) -> list[PacketRecord]:
     """``n`` UDP flows (distinct client ports), each ``packets_per_flow`` packets, interleaved."""
     out: list[PacketRecord] = []
     for p in range(packets_per_flow):
         for i in range(n):
-            f = udp_frame("10.0.1.1", "10.0.1.2", 20000 + i, 9, b"x" * 20)
+            f = udp("10.0.1.1", "10.0.1.2", 20000 + i, 9, b"x" * 20)
             out.append((at_ns + (p * n + i) * 1000, len(f), len(f), f, 0, 0))
     return out
 

@@ -13,7 +13,7 @@ from typing import Any
 from memory_stages import T0, MemorySink, MemorySource, dns_exchange, udp_flows
 
 from kstap.config import TapSettings
-from kstap.contracts import SourceCapabilities
+from kstap.contracts import Event, SourceCapabilities
 from kstap.model import CaptureSummary, Interface, StatsSnapshot
 from kstap.pipeline import StopFlag, run_tap
 from kstap.pipeline.loop import kept
@@ -27,7 +27,7 @@ class Recorder:
     def __init__(self) -> None:
         self.listened: list[str] = []
         self.snapshots: list[StatsSnapshot] = []
-        self.events: list[tuple[str, dict[str, object]]] = []
+        self.events: list[Event] = []
         self.warnings: list[str] = []
 
     def listening(self, interfaces: list[Interface], backend: str, workers: int) -> None:
@@ -36,8 +36,8 @@ class Recorder:
     def progress(self, snapshot: StatsSnapshot) -> None:
         self.snapshots.append(snapshot)
 
-    def event(self, kind: str, data: dict[str, object]) -> None:
-        self.events.append((kind, data))
+    def event(self, event: Event) -> None:
+        self.events.append(event)
 
     def warning(self, message: str) -> None:
         self.warnings.append(message)
@@ -59,8 +59,8 @@ def run(source: MemorySource, **settings: Any) -> tuple[CaptureSummary, list[Mem
     return summary, sinks, reporter
 
 
-def test_records_and_their_upstream_comments_reach_the_sink_and_the_count_cuts_both() -> None:
-    recs = udp_flows(4, T0)  # 12 records
+def test_records_and_their_upstream_comments_reach_the_sink_and_the_count_cuts_both(frames: Any) -> None:
+    recs = udp_flows(frames.udp, 4, T0)  # 12 records
     src = MemorySource([recs[:5], recs[5:]], REMOTE, comments=[{0: "first", 4: "fifth"}, {0: "sixth", 3: "ninth"}])
     summary, [sink], rec = run(src, count=8)
     assert summary.stopped_by == "count" and summary.captured == 8
@@ -69,14 +69,14 @@ def test_records_and_their_upstream_comments_reach_the_sink_and_the_count_cuts_b
     assert rec.listened == ["memory"] and sink.closed and src.closed
 
 
-def test_a_source_that_sampled_upstream_is_not_sampled_again() -> None:
-    recs = udp_flows(40, T0)
+def test_a_source_that_sampled_upstream_is_not_sampled_again(frames: Any) -> None:
+    recs = udp_flows(frames.udp, 40, T0)
     summary, [sink], _ = run(MemorySource([recs], REMOTE), count=len(recs), mode="percentage", rate=0.25)
     assert summary.sampled_out == 0 and sink.records == recs and sink.notes == {}
 
 
-def test_a_source_that_did_not_sample_is_sampled_here_whole_flows_with_first_packet_comments() -> None:
-    recs = udp_flows(40, T0)
+def test_a_source_that_did_not_sample_is_sampled_here_whole_flows_with_first_packet_comments(frames: Any) -> None:
+    recs = udp_flows(frames.udp, 40, T0)
     summary, [sink], _ = run(MemorySource([recs], FILE), mode="percentage", rate=0.25)
     assert summary.stopped_by == "end" and 0 < len(sink.records) < len(recs)
     assert summary.sampled_out == len(recs) - len(sink.records)
@@ -86,16 +86,16 @@ def test_a_source_that_did_not_sample_is_sampled_here_whole_flows_with_first_pac
     assert len(notes) == len(flows) and all(metadata.parse(n) is not None for n in notes)
 
 
-def test_a_finite_source_ends_the_run_and_what_passed_is_what_was_processed() -> None:
-    recs = udp_flows(3, T0)
+def test_a_finite_source_ends_the_run_and_what_passed_is_what_was_processed(frames: Any) -> None:
+    recs = udp_flows(frames.udp, 3, T0)
     summary, [sink], _ = run(MemorySource([recs[:4], recs[4:]], FILE))
     assert summary.stopped_by == "end" and summary.captured == len(recs) == len(sink.records)
     assert summary.received == len(recs) and summary.dropped == 0
 
 
 def test_entries_dissected_upstream_are_written_once_and_the_packets_are_not_dissected_again(
-        tmp_path: Path) -> None:
-    packets = dns_exchange("api.example", 7, T0)
+        tmp_path: Path, frames: Any) -> None:
+    packets = dns_exchange(frames.udp, "api.example", 7, T0)
     worker_entry = {"schema": 1, "time": 1.0, "flow_id": "ab", "protocol": "dns", "client": "10.0.0.1:40000",
                     "server": "10.0.0.53:53", "query_name": "api.example", "node": "node-a"}
     caps = SourceCapabilities(sampled_upstream=True, dissected_upstream=True)
@@ -110,8 +110,8 @@ def test_entries_dissected_upstream_are_written_once_and_the_packets_are_not_dis
     assert entry["protocol"] == "dns" and entry["query_name"] == "api.example" and summary.entries == 1
 
 
-def test_snapshots_count_per_worker_and_carry_the_rate() -> None:
-    recs = udp_flows(2, T0)
+def test_snapshots_count_per_worker_and_carry_the_rate(frames: Any) -> None:
+    recs = udp_flows(frames.udp, 2, T0)
     clock = iter(float(t) for t in range(100))
     src = MemorySource([recs[:2], [], recs[2:]], REMOTE)
     tap = TapSettings(interfaces=["mem0"], count=len(recs))
@@ -121,8 +121,8 @@ def test_snapshots_count_per_worker_and_carry_the_rate() -> None:
     assert reporter.snapshots[-1].workers[0].captured > 0
 
 
-def test_kept_moves_comments_with_their_records() -> None:
-    recs = udp_flows(1, T0, packets_per_flow=4)
+def test_kept_moves_comments_with_their_records(frames: Any) -> None:
+    recs = udp_flows(frames.udp, 1, T0, packets_per_flow=4)
     left, notes = kept(recs, {0: "a", 2: "c", 3: "d"}, lambda r: r[0] != recs[1][0])
     assert left == [recs[0], recs[2], recs[3]] and notes == {0: "a", 1: "c", 2: "d"}
     assert kept(recs, None, lambda r: True) == (recs, None)
