@@ -224,9 +224,9 @@ class RateController:
         rate = self._slew(rate_before, target, dt)
         if rate != target and cause is Cause.PI:
             cause = Cause.SLEW
-        if self._estimating and not first and stats.cpu_limit and stats.cpu_fraction > 0:
+        if self._estimating and not first and stats.cpu_limit and stats.cpu_cores > 0:
             self._estimating = False  # one jump, from the first tick with a measured CPU delta
-            estimate = rate_before * s.setpoint_cpu * stats.cpu_limit / stats.cpu_fraction
+            estimate = rate_before * s.setpoint_cpu * stats.cpu_limit / stats.cpu_cores
             if estimate > rate and not causes:
                 rate, cause = min(s.max_rate, estimate), Cause.ESTIMATE
 

@@ -13,18 +13,19 @@ from dataclasses import replace
 from typing import cast
 
 from kstap.capture import netns
+from kstap.capture.flowtable import FirstPacketTable
 from kstap.capture.pcap_live import compile_for_live, needs_live_compile
 from kstap.config import TapSettings
-from kstap.contracts import FilterSource, Governor, LiveControl, RateChanged, Reporter, Source, publish
+from kstap.contracts import FilterSource, Governor, LiveControl, RateChanged, Reporter, Source
 from kstap.errors import KstapError
 from kstap.filters.bpf import Program, compile_filter, final_expression
 from kstap.model import CaptureSummary, ControllerState
 from kstap.pipeline.resources import ResourceWatch
-from kstap.sampling.flowhash import FULL, splice_threshold
+from kstap.sampling.flowhash import FULL, splice_threshold, threshold
 from kstap.sampling.flowkey import KeyTuple
 from kstap.sampling.kernel_table import KernelFlowTable
+from kstap.sampling.metadata import flow_note_suffix, shed_note_suffix
 from kstap.sampling.sampler import FlowSampler
-from kstap.sampling.seen import SeenFlows
 from kstap.vocabulary import AlertLevel, Cause, Mode
 
 
@@ -52,7 +53,7 @@ class Steering:
         self.kernel = kernel
         """Auto mode's in-kernel flow table: it decides flows; the rate reaches it as a map update."""
         self.ceiling = sampler.ceiling() if sampler else FULL
-        self.seen: SeenFlows | None = None
+        self.seen: FirstPacketTable | None = None
         """Percentage mode on the C fast path: the kernel samples, C comments first packets."""
         self.controller: ControllerState | None = None
         self.rate_history: list[tuple[float, float]] = []
@@ -68,7 +69,8 @@ class Steering:
         the kernel decided)."""
         smp = self.sampler
         assert smp is not None
-        self.seen = SeenFlows(smp.mode, smp.rate, smp.seed, smp.seed_id, idle_timeout_ns=smp.idle_timeout_ns)
+        self.seen = FirstPacketTable(smp.seed, flow_note_suffix(smp.mode, smp.rate, smp.seed_id),
+                                     idle_timeout_ns=smp.idle_timeout_ns)
 
     def tick(self, elapsed: float, summary: CaptureSummary) -> None:
         """Once a second, after :meth:`apply_control` and the counters: flow expiry, the controller,
@@ -128,8 +130,8 @@ class Steering:
         if not sampler.set_rate(rate, Cause.CONTROL.value):
             return
         if self.seen is not None:  # the C path writes first-packet comments itself: the new rate from now on
-            self.seen.set_rate(sampler.rate)
-        publish(self.reporter, RateChanged(old, sampler.rate, Cause.CONTROL, Cause.CONTROL.value))
+            self.seen.suffix = flow_note_suffix(sampler.mode, sampler.rate, sampler.seed_id)
+        self.reporter.event(RateChanged(old, sampler.rate, Cause.CONTROL, Cause.CONTROL.value))
         self._update_ceiling(sampler)
 
     def _govern(self, sampler: FlowSampler, elapsed: float, summary: CaptureSummary) -> None:
@@ -150,12 +152,12 @@ class Steering:
                 since = time.time_ns()  # before the maps change: the packet the kernel lets through is later
                 self.kernel.shed(sampler.rate)
                 if self.seen is not None:
-                    self.seen.shed(sampler.rate, since)
+                    self.seen.shed(threshold(sampler.rate), since, shed_note_suffix(sampler.rate))
             else:
                 self.kernel.set_rate(sampler.rate)
         if self.seen is not None:
-            self.seen.set_rate(sampler.rate)
-        publish(self.reporter, RateChanged(old, sampler.rate, state.cause or Cause.PI, state.reason, state.pressure))
+            self.seen.suffix = flow_note_suffix(sampler.mode, sampler.rate, sampler.seed_id)
+        self.reporter.event(RateChanged(old, sampler.rate, state.cause or Cause.PI, state.reason, state.pressure))
 
     def _update_ceiling(self, sampler: FlowSampler) -> None:
         ceiling = sampler.ceiling()

@@ -28,7 +28,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from kstap.capture import bpf_syscall as sys_bpf
+from kstap.filters import bpf_syscall as sys_bpf
 from kstap.filters import ebpf_asm as e
 from kstap.filters.cbpf_to_ebpf import translate
 from kstap.sampling.flowhash import C1, C2, F1, F2, FULL, GOLDEN, M32, seed2, threshold

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from kstap import pipeline
-from kstap.capture import bpf_syscall
 from kstap.config import OutputSettings, TapSettings
 from kstap.demo.lab import Lab
+from kstap.filters import bpf_syscall
 from tests.privileged.test_sessions_across_rate_changes import SERVER, Quiet, Scripted
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")

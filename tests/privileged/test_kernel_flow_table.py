@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kstap.capture import bpf_syscall
+from kstap.filters import bpf_syscall
 from kstap.filters.bpf import Program, compile_filter
 from kstap.sampling.flowhash import flow_hash
 from kstap.sampling.flowkey import flow_key
