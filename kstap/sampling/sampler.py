@@ -176,8 +176,10 @@ class FlowSampler:
     def ceiling(self, now_ns: int | None = None) -> int:
         """The hash threshold the kernel filter needs: the rate's, raised for live admitted flows.
 
-        A rise opens a hash range whose live flows the kernel held back until now: for an idle
-        timeout, flows first seen there are admitted only when provably new (see :meth:`_midway`).
+        In auto mode a rise opens a hash range whose live flows the kernel held back until now: for
+        an idle timeout, flows first seen there are admitted only when provably new (see
+        :meth:`_midway`). A live rate change in percentage mode (a control request) admits every new
+        flow at once, as asked.
         """
         if self.mode == "full" or self.decided_upstream:
             return FULL
@@ -190,7 +192,7 @@ class FlowSampler:
                 if st.kept and not st.shed_pending and st.hash >= top:
                     top = st.hash + 1
         top = min(top, FULL)
-        if top > self._ceiling:
+        if top > self._ceiling and self.mode == "auto":  # percentage: a rise is the user's explicit request
             now = time.time_ns() if now_ns is None else now_ns
             self._young.append((self._ceiling, top, now + self.idle_timeout_ns))
         self._ceiling = top
