@@ -193,7 +193,26 @@ AUTO_START_RATE = 0.10
 risk auto mode exists to avoid; the controller raises it by at most 0.05/s while pressure allows."""
 
 
-def settle_auto_start(settings: TapSettings, explicit: set[str]) -> None:
-    """In auto mode without an explicit --rate, start at :data:`AUTO_START_RATE`."""
-    if settings.sampling.mode == "auto" and "sampling.rate" not in explicit:
-        settings.sampling.rate = AUTO_START_RATE
+def settle_auto_start(settings: TapSettings, explicit: set[str], chosen: set[str] | None = None) -> None:
+    """Settle what the sampling flags imply, before :meth:`TapSettings.validate`.
+
+    ``explicit`` holds the dotted keys set by anything but the defaults (profile, file, env, flags);
+    ``chosen`` those the user set (not a ``--profile``), default ``explicit``.
+
+    - ``--rate`` below 1 without ``--mode``: percentage mode (tcpdump-like: a rate given is a rate used;
+      before, it was silently ignored in the default full mode).
+    - auto mode without ``--rate`` starts at :data:`AUTO_START_RATE`, or at ``--min-rate`` when that is higher.
+    - an auto start below ``--min-rate``, or ``--min-rate`` outside auto mode, is a usage error.
+    """
+    smp = settings.sampling
+    if "sampling.mode" not in explicit and "sampling.rate" in explicit and smp.mode == "full" and smp.rate < 1.0:
+        smp.mode = "percentage"
+    if smp.mode == "auto" and "sampling.rate" not in explicit:
+        smp.rate = max(AUTO_START_RATE, smp.min_rate)
+    if smp.mode == "auto" and smp.rate < smp.min_rate:
+        raise UsageError(f"--rate {smp.rate:.3g} is below --min-rate {smp.min_rate:.3g}",
+                         hint="auto mode starts at --rate and never goes below --min-rate: raise --rate")
+    if smp.mode != "auto" and "sampling.min_rate" in (explicit if chosen is None else chosen):
+        raise UsageError(f"--min-rate only applies to --mode auto (the mode is {smp.mode})",
+                         hint="add --mode auto, or drop --min-rate")
+

@@ -55,3 +55,20 @@ class Interrupted(KstapError):
     """SIGINT/SIGTERM arrived before capture started (exit 130)."""
 
     code = ExitCode.INTERRUPTED
+
+
+class OutputFailed(KstapError):
+    """An output (``--entries``, a ``-w`` file, the metrics port) failed while capturing (exit 1).
+
+    The message names the output; the capture file was closed with its statistics block first.
+    """
+
+    code = ExitCode.RUNTIME
+
+
+class OutputClosed(Exception):
+    """The reader of an output on a pipe went away (broken pipe): stop quietly, like tcpdump."""
+
+    def __init__(self, output: str = "-w -") -> None:
+        super().__init__(output)
+        self.output = output

@@ -68,7 +68,7 @@ def demo(
                            output=OutputSettings(path=write), entries=entries or None)
     settings.sampling.mode = mode
     settings.sampling.rate = parse_rate(rate) if rate is not None else 1.0
-    settle_auto_start(settings, {"sampling.rate"} if rate is not None else set())
+    settle_auto_start(settings, {"sampling.mode"} | ({"sampling.rate"} if rate is not None else set()))
     settings.sampling.memory_budget = parse_size(memory_budget)
     settings.validate()  # usage errors before any namespace exists
     from kstap.cli import outputs

@@ -12,14 +12,14 @@ from typing import TextIO
 
 import typer
 
-from kstap.errors import ExitCode, KstapError, UsageError
+from kstap.errors import ExitCode, KstapError, OutputClosed, OutputFailed, UsageError
 from kstap.model import PacketRecord
 
 BATCH = 1024
 
 
 def dissect(
-    file: str = typer.Argument(..., help="A pcap or pcapng file."),
+    file: str = typer.Argument(..., help="A pcap or pcapng file; - reads standard input."),
     entries: str = typer.Option("-", "--entries", help="NDJSON entries to FILE, or '-' for stdout."),
     seed: int = typer.Option(0, "--seed", help="The capture's sampling seed (entries' flow ids use it)."),
     dissect_memory: float = typer.Option(64.0, "--dissect-memory", help="Memory cap of the stage, MiB."),
@@ -30,13 +30,15 @@ def dissect(
         raise UsageError("--dissect-memory must be positive (MiB)")
     if not idle_timeout > 0:
         raise UsageError("--idle-timeout must be positive (seconds)")
-    if not os.path.exists(file):
-        raise UsageError(f"cannot read {file!r}: no such file", hint="give the path of a pcap or pcapng file")
+    if file != "-" and not os.path.exists(file):
+        raise UsageError(f"cannot read {file!r}: no such file",
+                         hint="give the path of a pcap or pcapng file, or - for standard input")
     if os.path.isdir(file):
         raise UsageError(f"{file!r} is a directory", hint="give the path of a pcap or pcapng file")
-    from kstap.sinks.files import check_writable
+    from kstap.sinks.files import check_not_input, check_writable
 
-    check_writable(entries)
+    check_not_input(file, {"--entries": entries})
+    check_writable(entries, "--entries")
     run_dissect(file, entries, seed=seed, memory_cap=int(dissect_memory * (1 << 20)), idle_timeout=idle_timeout)
     return int(ExitCode.OK)
 
@@ -56,8 +58,10 @@ def run_dissect(path: str, entries: str, *, seed: int, memory_cap: int, idle_tim
     packets = 0
     batch: list[PacketRecord] = []
     reader: CaptureReader | None = None
+    from kstap.capture.replay import open_capture
+
     try:
-        with open(path, "rb") as f:
+        with open_capture(path, "kstap dissect") as f:
             try:
                 reader = CaptureReader(f, path)
                 for rec, _info in reader:
@@ -73,9 +77,15 @@ def run_dissect(path: str, entries: str, *, seed: int, memory_cap: int, idle_tim
             if batch and reader is not None:
                 stage.feed(batch, [i.linktype for i in reader.interfaces])
         stage.close()
+        writer.close()
+    except OutputClosed:  # the reader of the entries left (| head): stop quietly, as tcpdump does
+        writer.close()
+        return
+    except OutputFailed:
+        writer.close()
+        raise
     except OSError as exc:
         failure = f"cannot read {path!r}: {exc.strerror}"
-    finally:
         writer.close()
     for line in summary_lines(stage, packets, writer.count, entries):
         print(line, file=report)

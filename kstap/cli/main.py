@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -22,6 +23,16 @@ def _click_exceptions() -> Any:
         return importlib.import_module("typer._click.exceptions")
     except ImportError:  # pragma: no cover - depends on the installed typer
         return importlib.import_module("click.exceptions")
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's last flush cannot fail on a closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -66,7 +77,8 @@ def run(argv: list[str]) -> int:
     except KeyboardInterrupt:
         print("kstap: interrupted", file=sys.stderr)
         return int(ExitCode.INTERRUPTED)
-    except BrokenPipeError:
+    except BrokenPipeError:  # our reader left (| head): nothing more to say, as tcpdump
+        _quiet_stdout()
         return int(ExitCode.OK)
     except Exception as exc:  # the last line of defence: one line, not a traceback
         if debug:

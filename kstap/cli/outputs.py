@@ -371,6 +371,32 @@ def smoke_check(summary: CaptureSummary, *, max_drop: float | None = None,
     return failure
 
 
+# -- output paths, checked before anything is opened ---------------------------------------------------------
+PCAP_SUFFIXES = (".pcap", ".cap", ".dmp")
+"""Names that promise classic pcap (libpcap's savefile format), which kstap does not write."""
+
+
+def check_output_paths(settings: Any) -> None:
+    """Usage errors (exit 2) for outputs that cannot work, before capture starts.
+
+    - an output that would overwrite the ``--read`` file (also through -C/-G ring names) or another output;
+    - ``-w x.pcap``: kstap writes pcapng, and a pcapng file named .pcap misleads tools that trust the name;
+    - an ``--entries`` file that cannot be created (missing folder, read-only file system, no permission).
+    """
+    from kstap.sinks.files import check_not_input, check_writable
+
+    out = settings.output
+    check_not_input(settings.read, {"-w": out.path, "--entries": settings.entries},
+                    rotating=bool(out.rotate_mb or out.rotate_seconds))
+    if out.path and out.path != "-" and Path(out.path).suffix.lower() in PCAP_SUFFIXES:
+        stem = Path(out.path).with_suffix(".pcapng")
+        raise UsageError(f"-w {out.path!r}: kstap writes pcapng, not classic pcap",
+                         hint=f"name it {str(stem)!r} (tcpdump -r, tshark and Wireshark read pcapng); for pcap, "
+                              f"convert afterwards: editcap -F pcap {stem} {out.path}")
+    if settings.entries and settings.entries != "-":
+        check_writable(settings.entries, "--entries")
+
+
 # -- choosing -------------------------------------------------------------------------------------------------
 def choose_reporter(*, stop: StopFlag | None = None, json_output: bool = False, output_path: str | None = None,
                     dashboard: bool | None = None, progress: bool = False, quiet: bool = False,

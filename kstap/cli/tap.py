@@ -68,7 +68,8 @@ def tap(
             parsed[key] = parse(raw)
     resolved = config_cmd.resolve_tap_settings(ctx, config=config, set_items=set_items, flags=parsed)
     settings = resolved.settings
-    settle_auto_start(settings, {k for k, origin in resolved.origins.items() if origin != "default"})
+    settle_auto_start(settings, {k for k, origin in resolved.origins.items() if origin != "default"},
+                      {k for k, origin in resolved.origins.items() if not origin.startswith(("default", "profile"))})
     outputs.check_smoke_args(settings.max_drop, expect_packets)
     from kstap.cli.kube_tap import KubeTapOptions
     from kstap.cli.kube_tap import run as run_kube
@@ -81,6 +82,7 @@ def tap(
                              hint="-i captures a local interface; -n/-A capture pods on the cluster")
         settings.interfaces = ["(cluster)"]  # satisfies validate(): the workers pick their interfaces
     settings.validate()
+    outputs.check_output_paths(settings)
     stop = pipeline.StopFlag()
     if kube.dry_run:
         run_kube(kube, settings, None, stop)

@@ -117,7 +117,7 @@ def worker(
     if not 0 <= linger <= 300:
         raise UsageError("--linger must be between 0 and 300 seconds")
     sampling = SamplingSettings(mode=mode)
-    explicit = set()
+    explicit = {"sampling.mode"}  # the worker runs the mode it is given (the CLI always passes it)
     if rate is not None:
         sampling.rate = parse_rate(rate)
         explicit.add("sampling.rate")
@@ -130,6 +130,7 @@ def worker(
         sampling.seed = read_seed(seed_file)
     if min_rate is not None:
         sampling.min_rate = parse_rate(min_rate)
+        explicit.add("sampling.min_rate")
     if memory_budget is not None:
         sampling.memory_budget = parse_size(memory_budget)
     sampling.cpu_budget = cpu_budget
