@@ -214,7 +214,7 @@ def run_tap(settings: TapSettings, reporter: Reporter, stop: StopFlag | None = N
             retire_ms, backend, base = 0, "remote", None
         try:
             if stop:
-                raise Interrupted("interrupted before capture started")
+                raise Interrupted("interrupted before capture started", hint="nothing was written")
             run = _Run(settings, source, backend, reporter, stop, clock, sampler, governor, base, seed)
             run.sink_factory, run.control = sink_factory, control
             return run.capture(retire_ms, lines)
@@ -527,7 +527,8 @@ class _Run:
     def _swap_filter(self, expression: str) -> None:
         setter = getattr(self.source, "set_filter", None)
         if self.base is None or setter is None:
-            raise KstapError("this capture backend cannot change its filter while running")
+            raise KstapError("this capture backend cannot change its filter while running",
+                             hint="restart the capture with the new --bpf-filter")
         settings = self.settings
         base = compile_filter(final_expression(expression), snaplen=settings.snaplen)
         if needs_live_compile(base.expression):
@@ -542,7 +543,8 @@ class _Run:
     def _set_rate(self, rate: float) -> None:
         sampler = self.sampler
         if sampler is None or sampler.mode != "percentage":
-            raise KstapError("the rate can be changed live only in percentage mode")
+            raise KstapError("the rate can be changed live only in percentage mode",
+                             hint="start the capture with --mode percentage")
         old = sampler.rate
         if not sampler.set_rate(rate, "control"):
             return

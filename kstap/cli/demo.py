@@ -61,7 +61,7 @@ def demo(
     from kstap import pipeline
 
     if duration <= 0:
-        raise UsageError("--duration must be positive (seconds)")
+        raise UsageError("--duration must be positive (seconds)", hint="e.g. --duration 10")
     if udp_pps < 0:
         raise UsageError("--udp-pps cannot be negative", hint="--udp-pps 0 turns the flood off")
     settings = TapSettings(interfaces=["(lab veth)"], duration=duration, workers=workers,
@@ -151,7 +151,8 @@ def _lab(stop: StopFlag) -> Iterator[Lab]:
         lab.__enter__()
     except EnvironmentProblem:
         if stop:
-            raise Interrupted("interrupted while building the demo network") from None
+            raise Interrupted("interrupted while building the demo network",
+                              hint="the demo network was removed; nothing was written") from None
         raise
     try:
         yield lab
@@ -168,7 +169,8 @@ def _wait_ready(server: subprocess.Popen[bytes], stop: StopFlag) -> None:
         while not stop:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise KstapError(f"the demo server did not start within {READY_TIMEOUT:.0f} s")
+                raise KstapError(f"the demo server did not start within {READY_TIMEOUT:.0f} s",
+                                 hint="the machine may be very busy; rerun with --debug to see the server's output")
             if sel.select(min(left, 0.1)):
                 line = server.stdout.readline()
                 if line.strip() == b"READY":
@@ -176,7 +178,7 @@ def _wait_ready(server: subprocess.Popen[bytes], stop: StopFlag) -> None:
                 if not line:
                     raise KstapError(f"the demo server exited early (status {server.wait()})",
                                      hint="its error is printed above; rerun with --debug")
-    raise Interrupted("interrupted before capture started")
+    raise Interrupted("interrupted before capture started", hint="nothing was written")
 
 
 class _Client:
@@ -192,7 +194,8 @@ class _Client:
             self.proc = self.lab.python(self.lab.client, TRAFFIC, "client", *self.args,
                                         stdout=subprocess.PIPE, start_new_session=True)
         except OSError as exc:
-            self.error = KstapError(f"could not start the demo client: {exc}")
+            self.error = KstapError(f"could not start the demo client: {exc}",
+                                    hint="kstap demo needs root and the ip command (iproute2)")
             self.stop.set()
 
     def finish(self) -> dict[str, int] | None:

@@ -27,9 +27,9 @@ def dissect(
 ) -> int:
     """Turn a capture into API calls: HTTP/1.x, HTTP/2, gRPC and DNS entries as NDJSON."""
     if not dissect_memory > 0:
-        raise UsageError("--dissect-memory must be positive (MiB)")
+        raise UsageError("--dissect-memory must be positive (MiB)", hint="the default is 64 (MiB)")
     if not idle_timeout > 0:
-        raise UsageError("--idle-timeout must be positive (seconds)")
+        raise UsageError("--idle-timeout must be positive (seconds)", hint="the default is 60 (seconds)")
     if file != "-" and not os.path.exists(file):
         raise UsageError(f"cannot read {file!r}: no such file",
                          hint="give the path of a pcap or pcapng file, or - for standard input")

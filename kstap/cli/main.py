@@ -10,11 +10,13 @@ from typing import Any
 
 from kstap.errors import ExitCode, KstapError
 
+FALLBACK_HINT = "rerun with --debug for details; 'kstap COMMAND --help' lists the options"
+"""For an error raised without a hint (tests/unit/test_error_hints.py keeps those out of kstap/)."""
+
 
 def _print_error(message: str, hint: str | None) -> None:
     print(f"kstap: error: {message}", file=sys.stderr)
-    if hint:
-        print(f"hint: {hint}", file=sys.stderr)
+    print(f"hint: {hint or FALLBACK_HINT}", file=sys.stderr)
 
 
 def _click_exceptions() -> Any:

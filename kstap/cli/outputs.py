@@ -344,7 +344,7 @@ def check_smoke_args(max_drop: float | None, expect_packets: int | None) -> None
         raise UsageError(f"--max-drop must be a ratio between 0 and 1, got {max_drop}",
                          hint="e.g. --max-drop 0.01 fails the run when more than 1% of packets were dropped")
     if expect_packets is not None and expect_packets < 0:
-        raise UsageError("--expect-packets cannot be negative")
+        raise UsageError("--expect-packets cannot be negative", hint="e.g. --expect-packets 100")
 
 
 def smoke_check(summary: CaptureSummary, *, max_drop: float | None = None,

@@ -88,7 +88,8 @@ def compile_filter(
     pcap = libpcap.lib()
     handle = pcap.pcap_open_dead(LINKTYPE_TO_DLT.get(linktype, linktype), snaplen)
     if not handle:
-        raise UsageError(f"libpcap cannot open a handle for link type {linktype}")
+        raise UsageError(f"libpcap cannot open a handle for link type {linktype}",
+                         hint="this libpcap does not know that link type; kstap filter -f EXPR uses Ethernet")
     try:
         prog = libpcap.BpfProgram()
         rc = pcap.pcap_compile(

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from kstap.errors import KstapError, OutputClosed, UsageError
+from kstap.errors import KstapError, OutputClosed, OutputFailed, UsageError
 from kstap.model import Interface, PacketRecord
 from kstap.private_file import check_target, open_private
 from kstap.sinks import pcapng
@@ -217,7 +217,8 @@ class PcapngFiles:
             raise OutputClosed() from exc
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or self._fd == 1:
-                raise KstapError(f"writing {self.files[-1]!r} failed: {exc.strerror}") from exc
+                raise OutputFailed(f"-w {self.files[-1]!r}: cannot write: {describe_os_error(exc)}",
+                                   hint="check the -w file system; the capture stopped there") from exc
             self._truncate(start)
             raise DiskFull(
                 f"disk full: stopped writing {self.files[-1]!r}",
