@@ -42,7 +42,37 @@ def main(argv: Sequence[str] | None = None) -> None:
     sys.exit(run(list(sys.argv[1:] if argv is None else argv)))
 
 
-def run(argv: list[str]) -> int:
+KUBECTL_PROG = "kubectl kstap"
+"""How kstap is named when kubectl runs it as the plugin ``kubectl-kstap`` (its help and hints say so)."""
+
+
+def kubectl_main() -> None:
+    """``kubectl-kstap`` on PATH makes ``kubectl kstap …`` work (kubectl's plugin mechanism)."""
+    sys.exit(run(sys.argv[1:], prog=KUBECTL_PROG))
+
+
+def kubectl_complete_main() -> None:
+    """``kubectl_complete-kstap ARGS… INCOMPLETE``: kubectl (≥ 1.26) asks plugins for completions this way.
+
+    It prints one candidate per line, then cobra's directive line ``:4`` (no file completion).
+    """
+    args = sys.argv[1:]
+    words, incomplete = args[:-1], (args[-1] if args else "")
+    values: list[str] = []
+    try:
+        from kstap.cli.app import build_app
+
+        bash: Any = importlib.import_module("typer._completion_classes").BashComplete  # any concrete ShellComplete
+        completer = bash(build_app(), {}, KUBECTL_PROG, "_KSTAP_COMPLETE")
+        values = [str(item.value) for item in completer.get_completions(words, incomplete)]
+    except Exception:  # a completion never prints a traceback into the shell
+        values = []
+    for value in values:
+        print(value)
+    print(":4")
+
+
+def run(argv: list[str], prog: str = "kstap") -> int:
     debug = "--debug" in argv
     args = [a for a in argv if a != "--debug"]
     import typer
@@ -53,7 +83,7 @@ def run(argv: list[str]) -> int:
     no_args = getattr(cx, "NoArgsIsHelpError", None) or getattr(cx, "NoArgsIsHelp", cx.UsageError)
     command = build_app()
     try:
-        rv = command.main(args=args, prog_name="kstap", standalone_mode=False)
+        rv = command.main(args=args, prog_name=prog, complete_var="_KSTAP_COMPLETE", standalone_mode=False)
     except KstapError as exc:
         if debug:
             raise
@@ -65,7 +95,7 @@ def run(argv: list[str]) -> int:
             print(help_text)
         return int(ExitCode.USAGE)
     except cx.UsageError as exc:
-        cmd = exc.ctx.command_path if exc.ctx else "kstap"
+        cmd = exc.ctx.command_path if exc.ctx else prog
         _print_error(exc.format_message(), f"see '{cmd} --help'")
         return int(ExitCode.USAGE)
     except (typer.Abort, getattr(cx, "Abort", typer.Abort)):
