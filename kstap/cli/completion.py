@@ -83,7 +83,8 @@ def pods(ctx: Any, incomplete: str) -> list[str]:
 
     def listing(kube: Any) -> dict[str, Any]:
         if params.get("all_namespaces"):
-            return kube.call(Op("list", "pods"), kube.core.list_pod_for_all_namespaces)
+            body: dict[str, Any] = kube.call(Op("list", "pods"), kube.core.list_pod_for_all_namespaces)
+            return body
         items: list[Any] = []
         for ns in chosen or [kube.namespace]:
             items += kube.call(Op("list", "pods", ns), kube.core.list_namespaced_pod, ns).get("items") or []
