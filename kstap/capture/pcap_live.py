@@ -11,6 +11,7 @@ import select
 import time
 
 from kstap.capture import interfaces
+from kstap.contracts import SourceCapabilities
 from kstap.errors import EnvironmentProblem, KstapError, UsageError
 from kstap.filters import libpcap
 from kstap.filters.bpf import Program
@@ -21,6 +22,8 @@ LIBPCAP_HINT = "check the interface name (ip link) and that kstap runs as root o
 
 class PcapLiveSource:
     """One pcap handle per interface; read() takes what is ready on each."""
+
+    capabilities = SourceCapabilities()
 
     def __init__(self, names: list[str], expression: str, *, snaplen: int, buffer_bytes: int,
                  timeout_ms: int = 100) -> None:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from kstap.contracts import SinkCapabilities
 from kstap.errors import KstapError, OutputClosed, OutputFailed, UsageError
 from kstap.model import Interface, PacketRecord
 from kstap.private_file import check_target, open_private
@@ -164,6 +165,8 @@ class PcapngFiles:
         self.files: list[str] = []
         self.packets_written = 0
         self.bytes_written = 0
+        self.capabilities = SinkCapabilities(patient=path != "-")
+        """Only a file waits (not a pipe on stdout): the loop may sleep until a block is ready."""
         self._open_next()
 
     # -- file handling -------------------------------------------------------------------------
@@ -217,7 +220,7 @@ class PcapngFiles:
             raise OutputClosed() from exc
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or self._fd == 1:
-                raise OutputFailed(f"-w {self.files[-1]!r}: cannot write: {describe_os_error(exc)}",
+                raise OutputFailed(f"-w: writing {self.files[-1]!r} failed: {describe_os_error(exc)}",
                                    hint="check the -w file system; the capture stopped there") from exc
             self._truncate(start)
             raise DiskFull(
