@@ -75,13 +75,15 @@ class EntryWriter:
             raise self.failed from None
 
     def _write_file(self, data: bytes) -> None:
-        view = memoryview(data)
+        written = 0
         try:
-            while view:
-                view = view[os.write(self._fd, view):]
+            while written < len(data):
+                written += os.write(self._fd, memoryview(data)[written:])
         except OSError:
-            with contextlib.suppress(OSError):  # no half line on disk: back to the last whole one
-                os.ftruncate(self._fd, self._good)
+            whole = data.rfind(b"\n", 0, written) + 1  # keep the lines that fit, no half line
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._good + whole)
+            self._good += whole
             raise
         self._good += len(data)
 

@@ -6,6 +6,7 @@ them what they can do through their declared capabilities, never what class they
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from kstap.config import TapSettings
 from kstap.contracts import BlockSource, CommentSource, FiniteSource, Reporter, Sink, Source
 from kstap.dissect.entries import EntryWriter
 from kstap.dissect.stage import DissectStage
-from kstap.errors import KstapError, WorkerFailure
+from kstap.errors import KstapError, OutputFailed, WorkerFailure
 from kstap.model import CaptureSummary, Interface, PacketRecord, StatsSnapshot
 from kstap.pipeline.resources import ResourceWatch
 from kstap.pipeline.snapshots import snapshot
@@ -81,6 +82,8 @@ class Capture:
         self.consumers = Consumers()
         self.start = clock()
         self.worker_losses: list[str] = []
+        self.late_error: KstapError | None = None
+        """An output that failed while the capture was being closed (e.g. the entries' last flush)."""
         self.steering.on_shed = self._shed
 
     # -- the loop ------------------------------------------------------------------------------------
@@ -243,8 +246,13 @@ class Capture:
         fill_counts(summary, self.source)
         c = self.consumers
         if c.dissect is not None and c.entries is not None:
-            c.dissect.close()
-            c.entries.close()
+            try:  # entries failing at the end must not keep the capture file from its statistics block
+                c.dissect.close()
+                c.entries.close()
+            except KstapError as exc:
+                self.late_error = exc
+            except OutputClosed:
+                pass
             stats = c.dissect.stats()
             summary.entries = stats.entries
             summary.dissect_evictions = dict(stats.evictions)
@@ -279,14 +287,29 @@ class Capture:
                                   hint="the packets in a lost worker's ring were lost; everything delivered is "
                                        "in the file")
         if error is None:
+            error = self.late_error
+        if error is None:
             return summary
         if isinstance(error, DiskFull):
             saved = summary.files[-1] if summary.files else "?"
+            on_disk = _bytes_on_disk(summary.files)
+            where = saved if len(summary.files) <= 1 else f"{len(summary.files)} files, the newest {saved}"
             error = DiskFull(f"disk full: capture stopped after {summary.captured} packets "
-                             f"({self.sink.bytes_written if self.sink else 0} bytes saved in {saved})",
-                             hint=error.hint)
+                             f"({on_disk if on_disk is not None else 0} bytes saved in {where})", hint=error.hint)
+        elif isinstance(error, OutputFailed) and summary.files and summary.files != ["-"]:
+            closed = ", ".join(summary.files[-1:])
+            error = OutputFailed(error.message, hint=f"{error.hint}; the capture stopped and {closed} was closed "
+                                                     "cleanly, with its statistics block")
         error.summary = summary
         raise error
+
+
+def _bytes_on_disk(files: list[str]) -> int | None:
+    """What the capture files still on disk hold (a -W ring deleted the older ones)."""
+    try:
+        return sum(os.path.getsize(f) for f in files if f != "-" and os.path.exists(f))
+    except OSError:
+        return None
 
 
 def fill_counts(summary: CaptureSummary, source: Source) -> None:
