@@ -73,6 +73,14 @@ def kubectl_complete_main() -> None:
 
 
 def run(argv: list[str], prog: str = "kstap") -> int:
+    try:
+        return _run(argv, prog)
+    except KeyboardInterrupt:  # Ctrl-C while the CLI itself is still loading (its first ~0.1 s)
+        print("kstap: interrupted", file=sys.stderr)
+        return int(ExitCode.INTERRUPTED)
+
+
+def _run(argv: list[str], prog: str) -> int:
     debug = "--debug" in argv
     args = [a for a in argv if a != "--debug"]
     import typer

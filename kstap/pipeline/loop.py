@@ -101,6 +101,7 @@ class Capture:
             return summary
         if steering.governor is None and not caps.finite:
             self.watch.read(0.0)  # the reader's imports and first read now, not in the capture's first second
+        self.stop.capturing = True  # from here a signal stops the loop, which closes the files
         self.reporter.listening(interfaces, self.stages.backend, settings.workers)
         self.start = self.clock()
         next_tick = self.start + 1.0
