@@ -40,6 +40,8 @@ COUNTERS: dict[str, str] = {
     "kstap_packets_received": "Packets the kernel capture filter accepted (tcpdump's 'received by filter').",
     "kstap_packets_dropped": "Packets the kernel dropped because the capture ring was full.",
     "kstap_packets_sampled_out": "Packets of flows the sampler did not keep (not written, not dissected).",
+    "kstap_packets_left_out": "Packets on the captured interfaces the kernel filter did not pass (BPF expression "
+                              "and sampling threshold; from the interface counters).",
     "kstap_packets_captured": "Packets written to the output (or counted, without an output file).",
     "kstap_bytes_captured": "Bytes of captured packets (as captured, after the snapshot length).",
     "kstap_cpu_throttled_periods": "CFS periods in which the capture's cgroup was throttled.",
@@ -104,7 +106,8 @@ def _gauges(s: StatsSnapshot) -> Iterator[Metric]:
     yield _gauge("kstap_flows_tracked", "Flows in the sampler's flow table.", s.flows_tracked)
     yield _gauge("kstap_dissect_memory_bytes", "Memory held by protocol dissection (reassembly buffers).",
                  s.dissect_memory)
-    yield _gauge("kstap_packets_per_second", "Captured packets per second since the start.", s.packets_per_second)
+    yield _gauge("kstap_packets_per_second", "Captured packets per second over the last 5 seconds.",
+                 s.packets_per_second)
     workers = GaugeMetricFamily("kstap_workers", "Capture workers by state.", labels=["state"])
     workers.add_metric(["up"], sum(w.alive for w in s.workers))
     workers.add_metric(["lost"], sum(not w.alive for w in s.workers))
@@ -187,6 +190,7 @@ class MetricsServer:
             "kstap_packets_received": s.received,
             "kstap_packets_dropped": s.dropped,
             "kstap_packets_sampled_out": s.sampled_out,
+            "kstap_packets_left_out": s.left_out,
             "kstap_packets_captured": s.captured,
             "kstap_bytes_captured": s.bytes_captured,
             "kstap_cpu_throttled_periods": r.throttled_periods if r is not None else None,
