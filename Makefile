@@ -5,7 +5,7 @@ SHELL := bash
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := libpcap0.8 libpcap-dev tshark tcpdump iproute2 tmux util-linux
+APT_PACKAGES := libpcap0.8 libpcap-dev tshark tcpdump iproute2 tmux util-linux prometheus chromium fonts-dejavu-core
 PYTEST_ARGS ?=
 FUZZ_SECONDS ?= 60
 

@@ -10,7 +10,7 @@ The registry is private to the server (no process or platform collectors, no glo
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +20,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from kstap import __version__
-from kstap.model import CaptureSummary, Interface, StatsSnapshot
+from kstap.model import CaptureSummary, Interface, StatsSnapshot, WorkerStats
 
 
 @dataclass
@@ -112,6 +112,27 @@ def _gauges(s: StatsSnapshot) -> Iterator[Metric]:
     workers.add_metric(["up"], sum(w.alive for w in s.workers))
     workers.add_metric(["lost"], sum(not w.alive for w in s.workers))
     yield workers
+    yield from _per_worker(s)
+
+
+PER_WORKER: dict[str, tuple[str, Callable[[WorkerStats], float]]] = {
+    "kstap_worker_up": ("1 while the worker (a local process or a node's pod) is alive.", lambda w: float(w.alive)),
+    "kstap_worker_sampling_rate": ("The worker's sampling rate.", lambda w: w.rate),
+    "kstap_worker_captured_packets": ("Packets the worker captured this run (restarts count again from 0).",
+                                      lambda w: w.captured),
+    "kstap_worker_received_packets": ("Packets the worker's kernel filter accepted this run.", lambda w: w.received),
+    "kstap_worker_dropped_packets": ("Packets the worker's kernel ring dropped this run.", lambda w: w.dropped),
+    "kstap_worker_restarts": ("Times the worker was restarted.", lambda w: w.restarts),
+}
+"""Per-worker gauges, labelled ``worker`` and ``node`` (a node's row in examples/grafana-dashboard.json)."""
+
+
+def _per_worker(s: StatsSnapshot) -> Iterator[Metric]:
+    for name, (text, value) in PER_WORKER.items():
+        family = GaugeMetricFamily(name, text, labels=["worker", "node"])
+        for w in s.workers:
+            family.add_metric([str(w.worker), w.node or "local"], float(value(w)))
+        yield family
 
 
 def _pressure(s: StatsSnapshot) -> float | None:
