@@ -41,6 +41,8 @@ def build_app() -> Any:
     app.command("dissect")(dissect_cmd.dissect)
     from kstap.cli import stats_cmd
     app.command("stats")(stats_cmd.stats)
+    from kstap.cli import report_cmd
+    app.command("report")(report_cmd.report)
     from kstap.cli import tune_cmd
     app.command("tune")(tune_cmd.tune)
     from kstap.cli import config_cmd
