@@ -19,8 +19,8 @@ METAVARS = {
     "metrics_port": "PORT", "max_drop": "RATIO", "expect_packets": "COUNT", "config": "FILE",
     "set_items": "KEY=VALUE", "output": "FILE", "listen": "HOST:PORT", "token_file": "FILE", "token_env": "VAR",
     "seed_file": "FILE", "node": "NODE", "backlog": "MIB", "linger": "SECS", "udp_pps": "PPS", "port": "PORT",
-    "start": "RATE", "title": "TITLE", "tolerance": "RATE", "max_steps": "N", "idle_timeout": "SECS", "run_id": "RUN_ID",
-    "expression": "EXPR", "file": "FILE", "pod_regex": "POD_REGEX",
+    "start": "RATE", "title": "TITLE", "tolerance": "RATE", "max_steps": "N", "idle_timeout": "SECS",
+    "run_id": "RUN_ID", "expression": "EXPR", "file": "FILE", "pod_regex": "POD_REGEX",
 }
 """Option (parameter) name → its metavar; kubectl's and tcpdump's words where they have one."""
 

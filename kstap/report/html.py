@@ -218,6 +218,7 @@ def render(data: ReportData, *, title: str | None = None) -> str:
 {endpoints}
 <h2>Top servers</h2>
 {servers}
-<footer>kstap {_esc(__version__)} · {_esc(s.path)} · self-contained: no scripts, nothing loaded from the network</footer>
+<footer>kstap {_esc(__version__)} · {_esc(s.path)} · self-contained: no scripts, nothing loaded from the
+network</footer>
 </body></html>
 """
