@@ -37,6 +37,7 @@ deps: system-deps venv
 
 demo: deps ## run kstap's main job on its built-in demo network (needs root)
 	$(PY) -m kstap demo
+	@echo 'kstap is in $(VENV)/bin; for the README quick tour: export PATH="$$PWD/$(VENV)/bin:$$PATH"'
 
 test: deps lint type ## the whole suite: lint, types, unit, CLI, privileged (root) tests
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -79,6 +79,9 @@ def demo(
     with text:
         with _signals_only_stop(stop), _lab(stop) as lab:
             _say(f"demo: namespaces {lab.client} ({lab.client_ip}) <-veth-> {lab.server} ({lab.server_ip})")
+            explained = rate_explanation(settings)
+            if explained:
+                _say(explained)
             summary, counts = _run(lab, settings, udp_pps, text, stop)
         text.summary(summary)
     if counts:
@@ -89,6 +92,17 @@ def demo(
     if write != "-":
         _say(f"demo: look inside with: tshark -r {shlex.quote(write)} -Y 'http.request || dns'")
     return int(ExitCode.OK)
+
+
+def rate_explanation(settings: TapSettings) -> str | None:
+    """Why the demo's rate starts where it does and moves (auto mode), in one line; None otherwise."""
+    smp = settings.sampling
+    if smp.mode != "auto":
+        return None
+    budget = f"{smp.memory_budget >> 20} MiB" if smp.memory_budget else "its cgroup's limit"
+    return (f"demo: auto mode starts at {smp.rate:.0%} of flows (starting at 100% is the memory risk auto mode "
+            f"avoids) and raises the rate step by step while memory stays under {budget}; "
+            f"watch it climb")
 
 
 def _run(lab: Lab, settings: TapSettings, udp_pps: int, text: CliReporter,
