@@ -114,6 +114,15 @@ def test_entries_on_dev_full_names_entries_and_closes_the_capture(capture: Path,
         assert reader.statistics, "the capture file ends with its Interface Statistics Block"
 
 
+@pytest.mark.parametrize("reader", ["true", "head -c 0"])
+def test_dissect_into_a_pipe_closed_early_is_quiet(capture: Path, reader: str) -> None:
+    cmd = f"{sys.executable} -m kstap dissect {capture} | {reader}"
+    r = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], cwd=ROOT, env=_env(), capture_output=True,
+                       text=True, timeout=60, check=False)
+    assert r.returncode == 0, r.stderr
+    assert "Broken pipe" not in r.stderr and "cannot read" not in r.stderr and "error" not in r.stderr
+
+
 def test_dissect_into_a_closed_pipe_is_quiet(capture: Path) -> None:
     cmd = f"{sys.executable} -m kstap dissect {capture} | head -1"
     r = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], cwd=ROOT, env=_env(), capture_output=True,
