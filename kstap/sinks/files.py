@@ -12,6 +12,7 @@ import contextlib
 import errno
 import os
 import re
+import stat
 import struct
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -110,12 +111,13 @@ def check_not_input(read: str | None, outputs: Mapping[str, str | None], *, rota
 
 
 def _same_file(a: str, b: str) -> bool:
+    """Whether ``a`` and ``b`` are one file that writing would clobber (a device such as /dev/null is not)."""
     try:
         if os.path.exists(a) and os.path.exists(b):
-            return os.path.samefile(a, b)
+            return os.path.samefile(a, b) and stat.S_ISREG(os.stat(a).st_mode)
     except OSError:
         pass
-    return os.path.realpath(a) == os.path.realpath(b)
+    return os.path.realpath(a) == os.path.realpath(b) and not os.path.exists(a)
 
 
 def _in_ring(read: str, path: str) -> bool:

@@ -69,6 +69,11 @@ def test_entries_and_w_on_one_file_are_refused(cli, capture: Path, tmp_path: Pat
     assert not out.exists()
 
 
+def test_two_outputs_on_dev_null_are_fine(cli, capture: Path) -> None:
+    res = cli("tap", "--read", str(capture), "-w", "/dev/null", "--entries", "/dev/null")
+    assert res.code == 0, res.err
+
+
 def test_dissect_entries_on_its_input_is_refused(cli, capture: Path) -> None:
     before = _digest(capture)
     res = cli("dissect", str(capture), "--entries", str(capture))

@@ -55,3 +55,11 @@ def test_packets_per_second_is_recent_and_falls_to_zero_when_traffic_stops() -> 
         rates.append(Capture._recent_rate(fake, float(second)))  # type: ignore[arg-type]
     assert rates[9] == pytest.approx(1000)
     assert rates[10 + int(RATE_WINDOW)] == 0.0  # the average since the start would still say 500+
+
+
+@pytest.mark.parametrize("width", range(40, 161, 8))
+def test_no_panel_title_is_cut(width: int) -> None:
+    for name in samples.ALL:
+        for line in _frame(name, width, 10_000):
+            if line.lstrip().startswith("╭"):
+                assert "…" not in line and line.rstrip().endswith("╮"), (name, width, line)
