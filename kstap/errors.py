@@ -5,6 +5,7 @@ Only :mod:`kstap.cli.main` turns these into process exit codes; stages raise the
 
 from __future__ import annotations
 
+import errno
 from enum import IntEnum
 
 
@@ -72,3 +73,10 @@ class OutputClosed(Exception):
     def __init__(self, output: str = "-w -") -> None:
         super().__init__(output)
         self.output = output
+
+
+def describe_os_error(exc: OSError) -> str:
+    """``exc``'s reason as a person would say it: EROFS is "read-only file system", not "permission denied"."""
+    if exc.errno == errno.EROFS:
+        return "read-only file system"
+    return exc.strerror or str(exc)

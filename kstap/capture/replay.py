@@ -8,10 +8,10 @@ import time
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
-from kstap.capture.savefile import CaptureFormatError, CaptureReader
 from kstap.contracts import SourceCapabilities
 from kstap.errors import KstapError, UsageError
 from kstap.filters.bpf import Program, compile_filter
+from kstap.formats.savefile import CaptureFormatError, CaptureReader
 from kstap.model import Interface, PacketRecord, SourceStats
 
 BATCH = 512

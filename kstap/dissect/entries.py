@@ -13,10 +13,11 @@ import errno
 import json
 import os
 import sys
+from collections.abc import Mapping
 from typing import TextIO
 
 from kstap.dissect.api import Entry
-from kstap.errors import OutputClosed, OutputFailed
+from kstap.errors import OutputClosed, OutputFailed, describe_os_error
 from kstap.private_file import open_private
 
 
@@ -43,15 +44,17 @@ class EntryWriter:
         self._dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
     def _failure(self, exc: OSError) -> OutputFailed:
-        from kstap.sinks.files import describe_os_error
-
         full = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
         return OutputFailed(f"{self.option} {self.target!r}: cannot write: {describe_os_error(exc)}",
                             hint=f"free space, or write the entries elsewhere ({self.option} FILE)"
                             if full else f"check the {self.option} path")
 
     def write(self, entry: Entry) -> None:
-        self._lines.append(self._dumps(entry.to_json()))
+        self.write_json(entry.to_json())
+
+    def write_json(self, obj: Mapping[str, object]) -> None:
+        """An entry already in its NDJSON form (a worker's, from the stream)."""
+        self._lines.append(self._dumps(obj))
         self.count += 1
 
     def flush(self) -> None:

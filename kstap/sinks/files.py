@@ -19,10 +19,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from kstap.contracts import SinkCapabilities
-from kstap.errors import KstapError, OutputClosed, OutputFailed, UsageError
+from kstap.errors import KstapError, OutputClosed, OutputFailed, UsageError, describe_os_error
+from kstap.formats import pcapng
 from kstap.model import Interface, PacketRecord
 from kstap.private_file import check_target, open_private
-from kstap.sinks import pcapng
 
 __all__ = ["DiskFull", "OutputClosed", "PcapngFiles", "check_not_input", "check_writable", "rotated_name"]
 
@@ -71,13 +71,6 @@ def _read_only(directory: Path) -> bool:
         return bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
     except OSError:
         return False
-
-
-def describe_os_error(exc: OSError) -> str:
-    """``exc``'s reason as a person would say it: EROFS is "read-only file system", not "permission denied"."""
-    if exc.errno == errno.EROFS:
-        return "read-only file system"
-    return exc.strerror or str(exc)
 
 
 def ring_pattern(path: str) -> re.Pattern[str]:
@@ -167,8 +160,9 @@ class PcapngFiles:
         self.files: list[str] = []
         self.packets_written = 0
         self.bytes_written = 0
-        self.capabilities = SinkCapabilities(patient=path != "-")
-        """Only a file waits (not a pipe on stdout): the loop may sleep until a block is ready."""
+        self.capabilities = SinkCapabilities(patient=path != "-", encoded_blocks=True)
+        """Only a file waits (not a pipe on stdout): the loop may sleep until a block is ready.
+        EPBs the C encoder made are written as they are."""
         self._open_next()
 
     # -- file handling -------------------------------------------------------------------------

@@ -111,7 +111,7 @@ def test_entries_on_dev_full_names_entries_and_closes_the_capture(capture: Path,
     assert "hint: " in err
     info = wireshark.run("tshark", "-r", str(out), "-q", "-z", "io,stat,0")
     assert info.returncode == 0, info.stderr
-    from kstap.capture.savefile import CaptureReader
+    from kstap.formats.savefile import CaptureReader
 
     with out.open("rb") as fh:
         reader = CaptureReader(fh, str(out))

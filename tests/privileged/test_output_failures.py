@@ -81,7 +81,7 @@ def test_entries_on_a_full_disk_close_the_capture_and_keep_whole_lines(
         text = entries.read_text()
         assert len(text) > 1000 and text.endswith("\n"), "the lines that fit are kept, whole"
         assert all(json.loads(line)["protocol"] for line in text.splitlines())
-    from kstap.capture.savefile import CaptureReader
+    from kstap.formats.savefile import CaptureReader
 
     with out.open("rb") as fh:
         reader = CaptureReader(fh, str(out))
