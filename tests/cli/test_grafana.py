@@ -23,9 +23,11 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from kstap.contracts import AlertRaised
 from kstap.dashboard import samples
 from kstap.metrics import MetricsServer
 from kstap.model import CaptureSummary
+from kstap.vocabulary import AlertLevel
 from tests.conftest import ROOT
 
 DASHBOARD = ROOT / "examples" / "grafana-dashboard.json"
@@ -40,7 +42,7 @@ def served_metrics() -> set[str]:
         snap = samples.ALL["several_workers"]()
         snap.left_out = 10
         server.progress(snap)
-        server.event("alert", {"level": "warn", "kind": "drops", "message": "x"})
+        server.event(AlertRaised(AlertLevel.WARN, "drops", "x"))
         server.summary(CaptureSummary(captured=1, received=2))
         text = urllib.request.urlopen(server.url, timeout=10).read().decode()
     return {sample.name for family in text_string_to_metric_families(text) for sample in family.samples}
