@@ -10,7 +10,8 @@
 Frames are decoded by a minimal parser (Ethernet, up to two VLAN tags, Linux cooked v1/v2, raw IP,
 BSD loopback; IPv4 without fragments, IPv6 with hop-by-hop/routing/destination headers skipped; TCP,
 UDP): dpkt builds a full object tree per packet and is ~10x slower for this (``benchmarks/
-dissect_parsers.py``). dpkt decodes DNS messages.
+dissect_parsers.py``). DNS messages are read by :mod:`kstap.dissect.dns` (header, first
+question, counts; every record skipped by its length).
 
 **Memory** is accounted as: a fixed cost per tracked connection (:data:`FLOW_COST`, from
 ``sys.getsizeof`` of its objects, checked against tracemalloc by a test) + bytes buffered ahead in
