@@ -48,6 +48,22 @@ class Statistics:
     delivered: int | None = None
 
 
+def isb_counter(value: bytes, endian: str, by_kstap: bool = False) -> int:
+    """An ISB counter option's value: a plain uint64 in the section's byte order (pcapng spec).
+
+    Back-compatibility: kstap once wrote counters high 32 bits first (two uint32s, as timestamps are
+    written), so its count n < 2^32 reads as n × 2^32. In a section kstap wrote (``by_kstap``: its
+    shb_userappl starts with "kstap "), a value whose low 32 bits are zero and high ones are not is
+    taken for that old layout. A file kstap writes now is misread only with a count that is an exact
+    multiple of 2^32; an old file only with a count of 2^32 or more. Other tools' files are read as
+    the spec says, always.
+    """
+    (n,) = struct.unpack(endian + "Q", value)
+    if by_kstap and n > 0xFFFFFFFF and not n & 0xFFFFFFFF:
+        return n >> 32
+    return n
+
+
 @dataclass
 class _Iface:
     info: Interface
@@ -64,6 +80,8 @@ class CaptureReader:
         self.interfaces: list[Interface] = []
         self.statistics: list[Statistics] = []
         self.shb_comments: list[str] = []
+        self.application = ""
+        """The section's shb_userappl (which tool wrote it)."""
         self.packets = 0
         self._ifaces: list[_Iface] = []
         head = stream.read(4)
@@ -189,8 +207,9 @@ class CaptureReader:
             pos += 4 + length + (-length % 4)
 
     def _section(self, body: bytes, endian: str) -> None:
-        self.shb_comments = [v.decode(errors="replace") for c, v in self._options(body[16:], endian)
-                             if c == pcapng.OPT_COMMENT]
+        options = list(self._options(body[16:], endian))
+        self.shb_comments = [v.decode(errors="replace") for c, v in options if c == pcapng.OPT_COMMENT]
+        self.application = next((v.decode(errors="replace") for c, v in options if c == pcapng.SHB_USERAPPL), "")
 
     def _idb(self, body: bytes, endian: str) -> None:
         linktype, _, snaplen = struct.unpack_from(endian + "HHI", body)
@@ -267,8 +286,8 @@ class CaptureReader:
         names = {pcapng.ISB_IFRECV: "received", pcapng.ISB_IFDROP: "dropped",
                  pcapng.ISB_FILTERACCEPT: "filter_accept", pcapng.ISB_OSDROP: "os_drop",
                  pcapng.ISB_USRDELIV: "delivered"}
+        by_kstap = self.application.startswith("kstap ")
         for code, value in self._options(body[12:], endian):
             if code in names and len(value) == 8:
-                hi, lo = struct.unpack(endian + "II", value)
-                setattr(st, names[code], (hi << 32) | lo)
+                setattr(st, names[code], isb_counter(value, endian, by_kstap))
         self.statistics.append(st)
