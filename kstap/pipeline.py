@@ -14,7 +14,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import FrameType
 from typing import Any, Protocol, TextIO
 
@@ -434,14 +434,23 @@ class _Run:
         run = metadata.run_note(smp.mode, self.sampler.rate if self.sampler else 1.0, seed_id(self.seed),
                                 settings.bpf_filter)
         if self.sink_factory is not None:
-            return self.sink_factory(interfaces, f"{run}; backend={self.backend}", lambda: _counters(self.source))
+            return self.sink_factory(interfaces, f"{run}; backend={self.backend}", self._isb_counters)
         return PcapngFiles(
-            out.path or "-", interfaces, counters=lambda: _counters(self.source),
+            out.path or "-", interfaces, counters=self._isb_counters,
             rotate_bytes=int(out.rotate_mb * 1_000_000) if out.rotate_mb else None,
             rotate_seconds=out.rotate_seconds, ring_files=out.ring_files,
             with_queue=settings.workers > 1,
             comment=f"{run}; backend={self.backend}",
         )
+
+    def _isb_counters(self) -> list[pcapng.InterfaceCounters]:
+        """The interfaces' counters for a file's statistics blocks; the first one's comment carries the
+        rate changes no packet has carried yet (so a file's rate timeline ends with the last change)."""
+        counters = _counters(self.source)
+        notes = self.sampler.unwritten_rate_notes() if self.sampler is not None else []
+        if counters and notes:
+            counters[0] = replace(counters[0], comment="\n".join(notes))
+        return counters
 
     def _deliver(self, batch: list[PacketRecord], limit: int) -> None:
         notes: dict[int, str] | None = None

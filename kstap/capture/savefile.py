@@ -46,6 +46,9 @@ class Statistics:
     filter_accept: int | None = None
     os_drop: int | None = None
     delivered: int | None = None
+    time_ns: int = 0
+    """The block's timestamp (when the counts were taken), epoch ns."""
+    comments: list[str] = field(default_factory=list)
 
 
 def isb_counter(value: bytes, endian: str, by_kstap: bool = False) -> int:
@@ -281,8 +284,9 @@ class CaptureReader:
         return (ts, caplen, origlen, body[20 : 20 + caplen], if_id, 0), None
 
     def _isb(self, body: bytes, endian: str) -> None:
-        (if_id,) = struct.unpack_from(endian + "I", body)
-        st = Statistics(if_id)
+        if_id, hi, lo = struct.unpack_from(endian + "III", body)
+        iface = self._ifaces[if_id] if if_id < len(self._ifaces) else _Iface(Interface(""))
+        st = Statistics(if_id, time_ns=((hi << 32) | lo) * iface.ts_mul // iface.ts_div)
         names = {pcapng.ISB_IFRECV: "received", pcapng.ISB_IFDROP: "dropped",
                  pcapng.ISB_FILTERACCEPT: "filter_accept", pcapng.ISB_OSDROP: "os_drop",
                  pcapng.ISB_USRDELIV: "delivered"}
@@ -290,4 +294,6 @@ class CaptureReader:
         for code, value in self._options(body[12:], endian):
             if code in names and len(value) == 8:
                 setattr(st, names[code], isb_counter(value, endian, by_kstap))
+            elif code == pcapng.OPT_COMMENT:
+                st.comments.append(value.decode(errors="replace"))
         self.statistics.append(st)

@@ -148,6 +148,8 @@ class InterfaceCounters:
     received: int
     dropped: int
     delivered: int
+    comment: str = ""
+    """The ISB's comment (kstap writes rate changes no packet carried, see Sampler.unwritten_rate_notes)."""
 
 
 def _u64(code: int, value: int) -> bytes:
