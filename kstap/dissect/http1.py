@@ -143,15 +143,19 @@ class _Head:
         if b"\r\ntransfer-encoding:" in low:
             te = _values(low, b"\r\ntransfer-encoding:")
             self.chunked = te[-1].endswith(b"chunked")
-        host = low.find(b"\r\nhost:")
-        if host >= 0:
-            start = host + 7
-            self.host: bytes | None = head[start : low.find(b"\r\n", start)].strip()
-        else:
-            self.host = None
+        self.host = _host(head, low)
         self.upgrade: bytes | None = None
         if b"\r\nupgrade:" in low:
             self.upgrade = _values(low, b"\r\nupgrade:")[0]
+
+
+def _host(head: bytes, low: bytes) -> bytes | None:
+    """The Host header's value (``low`` is ``head`` lower-cased)."""
+    host = low.find(b"\r\nhost:")
+    if host < 0:
+        return None
+    start = host + 7
+    return head[start : low.find(b"\r\n", start)].strip()
 
 
 def _values(low: bytes, name: bytes) -> list[bytes]:
@@ -373,7 +377,12 @@ class Http1Parser:
         ex.resynced = self._resynced
         self._pending.append(ex)  # before its framing is judged: a refused request still gets its entry
         head = _crlf(head)
-        h = _Head(head)
+        try:
+            h = _Head(head)
+        except ParserError:  # refused for its framing: its entry still names the host
+            host = _host(head, head.lower())
+            ex.authority = _text(host) if host is not None else None
+            raise
         if h.host is not None:
             ex.authority = _text(h.host)
         if h.upgrade is not None and b"h2c" in h.upgrade:

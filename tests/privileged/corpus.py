@@ -156,3 +156,38 @@ def _wait_answers(lab: Lab, ip: str, name: str, rtype: str, p: subprocess.Popen[
             return
         time.sleep(0.3)
     raise AssertionError(f"no answer for {name} {rtype} from {ip}")
+
+
+# -- HTTP/1 ----------------------------------------------------------------------------------------
+
+STATUSES = (200, 201, 202, 203, 206, 207, 208, 226, 250, 299)
+"""``/item/N`` answers STATUSES[N % 10]: a response paired with the wrong request shows."""
+
+HTTP1_SERVER = r'''
+import sys, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+STATUSES = %r
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive
+    disable_nagle_algorithm = True  # head and body go as they are written: two segments, no Nagle wait
+    def log_message(self, *args):
+        pass
+    def _answer(self, status, body):
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def do_GET(self):
+        n = int(self.path.rsplit("/", 1)[1]) if self.path.startswith("/item/") else 0
+        self._answer(STATUSES[n %% 10], b"item %%d\n" %% n)
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))  # int("005") == 5
+        self._answer(200, b"got " + body + b"\n")
+server = ThreadingHTTPServer((sys.argv[1], int(sys.argv[2])), Handler)
+server.timeout = 0.5
+deadline = time.monotonic() + float(sys.argv[3])
+print("READY", flush=True)
+while time.monotonic() < deadline:
+    server.handle_request()
+''' % (STATUSES,)

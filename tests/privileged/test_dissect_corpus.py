@@ -19,9 +19,10 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
-from corpus import TSIG_NAME, TSIG_SECRET, start_knot, start_unbound
+from corpus import HTTP1_SERVER, STATUSES, TSIG_NAME, TSIG_SECRET, start_knot, start_unbound
 
 from kstap.dissect.dns import qtype_name, rcode_name
 
@@ -112,3 +113,112 @@ def test_dns_of_every_record_type_agrees_with_tshark(harness, kstap_proc, wiresh
     served = {int(t) for row in wireshark.fields(path, "dns.resp.type") for cell in row for t in cell.split(",") if t}
     missing = {name for name, code in LISTED.items() if code not in served}
     assert not missing, f"record types never served: {missing}"
+
+
+# -- HTTP/1 ----------------------------------------------------------------------------------------
+
+HTTP_PORT = 8080
+
+BARE_LF_CLIENT = r'''
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+# a client whose lines end in a bare LF (RFC 9112 section 2.2 lets the server accept it; this one does)
+for head in (b"GET /item/3 HTTP/1.1\nHost: lf.test\n\n", b"GET /item/4 HTTP/1.1\r\nHost: mixed.test\n\r\n",
+             b"POST /lf HTTP/1.1\nHost: lf.test\nContent-Length: 4\n\nbody"):
+    s.sendall(head)
+    got = b""
+    while b"\r\n\r\n" not in got:
+        got += s.recv(4096)
+    top, _, body = got.partition(b"\r\n\r\n")
+    length = int(top.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+    while len(body) < length:
+        body += s.recv(4096)
+    print(top.split(b" ", 2)[1].decode(), flush=True)
+s.close()
+'''
+
+
+def http_server(harness, lifetime: float = 60) -> None:  # type: ignore[no-untyped-def]
+    lab = harness.lab
+    p = lab.spawn(lab.server, [sys.executable, "-c", HTTP1_SERVER, lab.server_ip, str(HTTP_PORT), str(lifetime)],
+                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout is not None and p.stdout.readline().strip() == b"READY"
+
+
+def item(path: str) -> int:
+    return int(path.rsplit("/", 1)[1])
+
+
+def test_http1_lost_segment_in_1000_keep_alive_transactions(harness, kstap_proc, wireshark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Must show 3: one response head lost in the middle of 1,000 keep-alive exchanges costs one entry."""
+    lab = harness.lab
+    http_server(harness)
+    path = tmp_path / "keepalive.pcap"
+    cap = harness.tcpdump(path, f"tcp port {HTTP_PORT}", "-B", "16384")
+    r = run_in(lab.client, "curl", "-s", "--rate", "400/s", "-w", "CODE %{http_code} %{num_connects}\\n",
+               f"http://{lab.server_ip}:{HTTP_PORT}/item/[1-1000]", timeout=120)
+    codes = [line.split()[1:] for line in r.stdout.splitlines() if line.startswith("CODE ")]
+    assert len(codes) == 1000 and sum(int(c) for _, c in codes) == 1, r.stderr  # one connection, kept alive
+    harness.settle(path, minimum=4000)
+    assert cap.stop() == 0
+    assert "\n0 packets dropped by kernel" in cap.stderr, cap.stderr  # the one lost segment is ours
+
+    whole = dissect(kstap_proc, path)
+    assert len(whole) == 1000 and all("error" not in e and "resynced" not in e for e in whole)
+    assert all(e["status"] == STATUSES[item(e["path"]) % 10] for e in whole)
+    t_resp = messages(wireshark.fields(path, "http.response_for.uri", "http.response.code", display_filter="http.response"))
+    assert Counter((item(u), int(c)) for u, c in t_resp) == Counter((item(e["path"]), e["status"]) for e in whole)
+
+    # drop one response head from the middle (editcap removes the frame; no byte is forged)
+    heads = [int(n) for (n,) in wireshark.fields(path, "frame.number", display_filter=(
+        f'tcp.srcport == {HTTP_PORT} && tcp.payload[0:9] == "HTTP/1.1 "'))]
+    victim = heads[len(heads) // 2]
+    cut = tmp_path / "keepalive-lost.pcap"
+    assert wireshark.run("editcap", str(path), str(cut), str(victim)).returncode == 0
+
+    entries = dissect(kstap_proc, cut)
+    assert len(entries) >= 990
+    gap = [i for i, e in enumerate(entries) if e.get("error") == "gap"]
+    assert len(gap) == 1, [e for e in entries if "error" in e]
+    lost = gap[0]
+    assert 400 < lost < 600
+    assert not any("resynced" in e for e in entries[:lost])
+    after = entries[lost + 1 :]
+    assert after and all(e.get("resynced") is True and "error" not in e for e in after)  # marked
+    assert all(e["status"] == STATUSES[item(e["path"]) % 10] for e in entries if "error" not in e)  # paired right
+    # tshark on the same damaged file: every exchange it pairs, kstap pairs the same way
+    t_cut = messages(wireshark.fields(cut, "http.response_for.uri", "http.response.code", display_filter="http.response"))
+    assert Counter((item(u), int(c)) for u, c in t_cut) == Counter(
+        (item(e["path"]), e["status"]) for e in entries if "error" not in e)
+
+
+def test_http1_bare_lf_leading_zeros_and_refused_framing(harness, kstap_proc, wireshark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    lab = harness.lab
+    http_server(harness)
+    path = tmp_path / "framing.pcap"
+    cap = harness.tcpdump(path, f"tcp port {HTTP_PORT}")
+    url = f"http://{lab.server_ip}:{HTTP_PORT}"
+    r = run_in(lab.client, sys.executable, "-c", BARE_LF_CLIENT, lab.server_ip, str(HTTP_PORT))
+    assert r.stdout.split() == ["203", "206", "200"], r.stderr
+    r = run_in(lab.client, "curl", "-s", "-H", "Content-Length: 0005", "--data-binary", "hello", f"{url}/zeros")
+    assert r.stdout == "got hello\n", r.stderr
+    # conflicting Content-Length: this server reads the first; kstap refuses the request, but reports it
+    r = run_in(lab.client, "curl", "-s", "-m", "5", "-H", "Content-Length: 5", "-H", "Content-Length: 6",
+               "--data-binary", "hello", f"{url}/conflict")
+    assert r.stdout == "got hello\n", r.stderr
+    harness.settle(path, minimum=20)
+    assert cap.stop() == 0
+
+    entries = dissect(kstap_proc, path)
+    got = sorted((e["path"], e.get("status"), e.get("error"), e.get("authority")) for e in entries)
+    assert got == [("/conflict", None, "malformed", lab.server_ip + f":{HTTP_PORT}"),
+                   ("/item/3", 203, None, "lf.test"), ("/item/4", 206, None, "mixed.test"),
+                   ("/lf", 200, None, "lf.test"), ("/zeros", 200, None, lab.server_ip + f":{HTTP_PORT}")]
+    # tshark reads the same requests and answers; the conflicting one it cannot frame either (it takes the
+    # last Content-Length and waits for a byte that never comes): it shows only a PDU never reassembled
+    t_req = messages(wireshark.fields(path, "http.request.method", "http.request.uri", display_filter="http.request"))
+    assert Counter(u for _, u in t_req) == Counter(e["path"] for e in entries if "error" not in e)
+    assert wireshark.fields(path, "http.request.method", display_filter='frame contains "POST /conflict"') == [[""]]
+    t_resp = messages(wireshark.fields(path, "http.response_for.uri", "http.response.code", display_filter="http.response"))
+    assert {(urlsplit(u).path, int(c)) for u, c in t_resp if u} == {
+        (e["path"], e["status"]) for e in entries if "error" not in e}
