@@ -191,3 +191,31 @@ print("READY", flush=True)
 while time.monotonic() < deadline:
     server.handle_request()
 ''' % (STATUSES,)
+
+
+# -- HTTP/2 ----------------------------------------------------------------------------------------
+
+BIG = 300_000
+"""Bytes of hypercorn's answer: sent as one DATA frame to a client that allows frames that large."""
+
+H2_APP = r'''
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    while (await receive()).get("more_body"):
+        pass
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": b"D" * %d})
+''' % BIG
+
+
+def wait_http(lab: Lab, url: str, *curl_args: str) -> None:
+    """Poll ``url`` with curl from the server namespace until it answers (before any capture starts)."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        r = subprocess.run(["ip", "netns", "exec", lab.server, "curl", "-s", "-o", "/dev/null", "-m", "2",
+                            "-w", "%{http_code}", *curl_args, url], capture_output=True, text=True, timeout=10)
+        if r.stdout.strip() == "200":
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"{url} never answered")

@@ -22,7 +22,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from corpus import HTTP1_SERVER, STATUSES, TSIG_NAME, TSIG_SECRET, start_knot, start_unbound
+from corpus import BIG, H2_APP, HTTP1_SERVER, STATUSES, TSIG_NAME, TSIG_SECRET, start_knot, start_unbound, wait_http
 
 from kstap.dissect.dns import qtype_name, rcode_name
 
@@ -222,3 +222,65 @@ def test_http1_bare_lf_leading_zeros_and_refused_framing(harness, kstap_proc, wi
     t_resp = messages(wireshark.fields(path, "http.response_for.uri", "http.response.code", display_filter="http.response"))
     assert {(urlsplit(u).path, int(c)) for u, c in t_resp if u} == {
         (e["path"], e["status"]) for e in entries if "error" not in e}
+
+
+# -- HTTP/2 ----------------------------------------------------------------------------------------
+
+H2_PORT, NGHTTPD_PORT = 8443, 8444
+
+
+def h2_frames(wireshark, path: Path) -> list[tuple[int, int]]:  # type: ignore[no-untyped-def]
+    """(type, length) of every HTTP/2 frame tshark reads."""
+    r = wireshark.run("tshark", "-n", "-r", str(path), "-d", f"tcp.port=={H2_PORT},http2", "-d",
+                      f"tcp.port=={NGHTTPD_PORT},http2", "-T", "fields", "-e", "http2.type", "-e", "http2.length")
+    assert r.returncode == 0, r.stderr
+    out = []
+    for line in r.stdout.splitlines():
+        types, _, lengths = line.partition("\t")
+        if types:
+            out += [(int(t), int(n)) for t, n in zip(types.split(","), lengths.split(","), strict=True)]
+    return out
+
+
+def test_http2_large_frames_from_real_peers(harness, kstap_proc, wireshark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    lab = harness.lab
+    (tmp_path / "h2app.py").write_text(H2_APP)
+    lab.spawn(lab.server, [sys.executable, "-m", "hypercorn", "--bind", f"{lab.server_ip}:{H2_PORT}", "h2app:app"],
+              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    docroot = tmp_path / "www"
+    docroot.mkdir()
+    (docroot / "file").write_bytes(b"N" * 100_000)
+    lab.spawn(lab.server, ["nghttpd", "--no-tls", "-a", lab.server_ip, "-d", str(docroot), str(NGHTTPD_PORT)],
+              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_http(lab, f"http://{lab.server_ip}:{H2_PORT}/", "--http2-prior-knowledge")
+    wait_http(lab, f"http://{lab.server_ip}:{NGHTTPD_PORT}/file", "--http2-prior-knowledge")
+    path = tmp_path / "h2.pcap"
+    cap = harness.tcpdump(path, f"tcp port {H2_PORT} or tcp port {NGHTTPD_PORT}", "-B", "16384")
+    # nghttp2's client announces SETTINGS_MAX_FRAME_SIZE 1 MiB (-f) and large windows: hypercorn answers
+    # each request with one 300 kB DATA frame, legal after that SETTINGS
+    r = run_in(lab.client, "h2load", "-n", "4", "-c", "1", "-m", "1", "-f", "1M", "-w", "24", "-W", "24",
+               f"http://{lab.server_ip}:{H2_PORT}/big")
+    assert "4 succeeded" in r.stdout, r.stdout + r.stderr
+    r = run_in(lab.client, "nghttp", "-n", "-w", "20", f"http://{lab.server_ip}:{NGHTTPD_PORT}/file",
+               f"http://{lab.server_ip}:{NGHTTPD_PORT}/file?again", f"http://{lab.server_ip}:{NGHTTPD_PORT}/nosuch")
+    assert r.returncode == 0, r.stderr
+    harness.settle(path, minimum=30)
+    assert cap.stop() == 0
+    assert "\n0 packets dropped by kernel" in cap.stderr, cap.stderr
+
+    frames = h2_frames(wireshark, path)
+    assert sum(1 for t, n in frames if t == 0 and n > 16384) >= 4  # tshark sees the large DATA frames
+    entries = dissect(kstap_proc, path)
+    assert all(e["protocol"] == "http/2" and "error" not in e for e in entries), entries
+    big = [e for e in entries if e["server"].endswith(f":{H2_PORT}")]
+    assert [(e["path"], e["status"]) for e in big] == [("/big", 200)] * 4
+    assert all(e["response_bytes"] >= BIG for e in big)
+    small = sorted((e["path"], e["status"]) for e in entries if e["server"].endswith(f":{NGHTTPD_PORT}"))
+    assert small == [("/file", 200), ("/file?again", 200), ("/nosuch", 404)]
+    # tshark: the same streams, paths and statuses
+    r = wireshark.run("tshark", "-n", "-r", str(path), "-d", f"tcp.port=={H2_PORT},http2", "-d",
+                      f"tcp.port=={NGHTTPD_PORT},http2", "-Y", "http2.headers.status", "-T", "fields",
+                      "-e", "tcp.srcport", "-e", "http2.headers.status")
+    t_status = Counter((int(port), int(status)) for port, statuses in (line.split("\t") for line in r.stdout.splitlines())
+                       for status in statuses.split(","))
+    assert t_status == Counter((int(e["server"].rsplit(":", 1)[1]), e["status"]) for e in entries)
