@@ -55,13 +55,13 @@ def isb_counter(value: bytes, endian: str, by_kstap: bool = False) -> int:
     """An ISB counter option's value: a plain uint64 in the section's byte order (pcapng spec).
 
     Back-compatibility: kstap once wrote counters high 32 bits first (two uint32s, as timestamps are
-    written), so its count n < 2^32 reads as n × 2^32. In a section kstap wrote (``by_kstap``: its
+    written), so its count n < 2^32 reads as n * 2^32. In a section kstap wrote (``by_kstap``: its
     shb_userappl starts with "kstap "), a value whose low 32 bits are zero and high ones are not is
     taken for that old layout. A file kstap writes now is misread only with a count that is an exact
     multiple of 2^32; an old file only with a count of 2^32 or more. Other tools' files are read as
     the spec says, always.
     """
-    (n,) = struct.unpack(endian + "Q", value)
+    n: int = struct.unpack(endian + "Q", value)[0]
     if by_kstap and n > 0xFFFFFFFF and not n & 0xFFFFFFFF:
         return n >> 32
     return n

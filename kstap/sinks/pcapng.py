@@ -156,7 +156,7 @@ def _u64(code: int, value: int) -> bytes:
     """A counter option: a plain uint64 in the section's byte order (the spec's isb_ifrecv, …).
 
     Older kstap files have them high 32 bits first, as for timestamps (other readers see such a count
-    n as n × 2^32); :func:`kstap.capture.savefile.isb_counter` still reads those right."""
+    n as n * 2^32); :func:`kstap.capture.savefile.isb_counter` still reads those right."""
     return option(code, struct.pack("<Q", value & 0xFFFFFFFFFFFFFFFF))
 
 

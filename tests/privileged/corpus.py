@@ -166,7 +166,7 @@ STATUSES = (200, 201, 202, 203, 206, 207, 208, 226, 250, 299)
 HTTP1_SERVER = r'''
 import sys, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-STATUSES = %r
+STATUSES = __STATUSES__
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive
     disable_nagle_algorithm = True  # head and body go as they are written: two segments, no Nagle wait
@@ -179,8 +179,11 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
     def do_GET(self):
+        if self.path.startswith("/blob/"):  # /blob/SIZE: SIZE bytes of body
+            self._answer(200, b"b" * int(self.path.rsplit("/", 1)[1].split("?")[0]))
+            return
         n = int(self.path.rsplit("/", 1)[1]) if self.path.startswith("/item/") else 0
-        self._answer(STATUSES[n %% 10], b"item %%d\n" %% n)
+        self._answer(STATUSES[n % 10], b"item %d\n" % n)
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))  # int("005") == 5
         self._answer(200, b"got " + body + b"\n")
@@ -190,7 +193,7 @@ deadline = time.monotonic() + float(sys.argv[3])
 print("READY", flush=True)
 while time.monotonic() < deadline:
     server.handle_request()
-''' % (STATUSES,)
+'''.replace("__STATUSES__", repr(STATUSES))
 
 
 # -- HTTP/2 ----------------------------------------------------------------------------------------
@@ -205,8 +208,8 @@ async def app(scope, receive, send):
     while (await receive()).get("more_body"):
         pass
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
-    await send({"type": "http.response.body", "body": b"D" * %d})
-''' % BIG
+    await send({"type": "http.response.body", "body": b"D" * __BIG__})
+'''.replace("__BIG__", str(BIG))
 
 
 def wait_http(lab: Lab, url: str, *curl_args: str) -> None:

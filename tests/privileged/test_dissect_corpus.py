@@ -100,7 +100,8 @@ def test_dns_of_every_record_type_agrees_with_tshark(harness, kstap_proc, wiresh
         n = max(len(c) for c in cells)
         for name, t, rc, an, prereq in zip(*[c if c != [""] else [""] * n for c in cells], strict=True):
             # an UPDATE's header counts are zones, prerequisites, updates: ANCOUNT is the prerequisites
-            tshark[(name, qtype_name(int(t)), rcode_name(int(rc)), int(an or prereq), "tcp" if proto == "6" else "udp")] += 1
+            transport = "tcp" if proto == "6" else "udp"
+            tshark[(name, qtype_name(int(t)), rcode_name(int(rc)), int(an or prereq), transport)] += 1
     ours = Counter((e["query_name"], e["query_type"], e["rcode"], e["answers"], e["transport"]) for e in entries)
     assert ours == tshark  # every transaction: name, type, rcode and answer count as tshark reads them
     assert all("error" not in e for e in entries), [e for e in entries if "error" in e]
@@ -145,6 +146,12 @@ def http_server(harness, lifetime: float = 60) -> None:  # type: ignore[no-untyp
     assert p.stdout is not None and p.stdout.readline().strip() == b"READY"
 
 
+def responses(wireshark, path: Path) -> list[tuple[str, ...]]:  # type: ignore[no-untyped-def]
+    """(the URI it answers, status) of every HTTP response tshark reads."""
+    return messages(wireshark.fields(path, "http.response_for.uri", "http.response.code",
+                                     display_filter="http.response"))
+
+
 def item(path: str) -> int:
     return int(path.rsplit("/", 1)[1])
 
@@ -166,7 +173,7 @@ def test_http1_lost_segment_in_1000_keep_alive_transactions(harness, kstap_proc,
     whole = dissect(kstap_proc, path)
     assert len(whole) == 1000 and all("error" not in e and "resynced" not in e for e in whole)
     assert all(e["status"] == STATUSES[item(e["path"]) % 10] for e in whole)
-    t_resp = messages(wireshark.fields(path, "http.response_for.uri", "http.response.code", display_filter="http.response"))
+    t_resp = responses(wireshark, path)
     assert Counter((item(u), int(c)) for u, c in t_resp) == Counter((item(e["path"]), e["status"]) for e in whole)
 
     # drop one response head from the middle (editcap removes the frame; no byte is forged)
@@ -187,7 +194,7 @@ def test_http1_lost_segment_in_1000_keep_alive_transactions(harness, kstap_proc,
     assert after and all(e.get("resynced") is True and "error" not in e for e in after)  # marked
     assert all(e["status"] == STATUSES[item(e["path"]) % 10] for e in entries if "error" not in e)  # paired right
     # tshark on the same damaged file: every exchange it pairs, kstap pairs the same way
-    t_cut = messages(wireshark.fields(cut, "http.response_for.uri", "http.response.code", display_filter="http.response"))
+    t_cut = responses(wireshark, cut)
     assert Counter((item(u), int(c)) for u, c in t_cut) == Counter(
         (item(e["path"]), e["status"]) for e in entries if "error" not in e)
 
@@ -219,7 +226,7 @@ def test_http1_bare_lf_leading_zeros_and_refused_framing(harness, kstap_proc, wi
     t_req = messages(wireshark.fields(path, "http.request.method", "http.request.uri", display_filter="http.request"))
     assert Counter(u for _, u in t_req) == Counter(e["path"] for e in entries if "error" not in e)
     assert wireshark.fields(path, "http.request.method", display_filter='frame contains "POST /conflict"') == [[""]]
-    t_resp = messages(wireshark.fields(path, "http.response_for.uri", "http.response.code", display_filter="http.response"))
+    t_resp = responses(wireshark, path)
     assert {(urlsplit(u).path, int(c)) for u, c in t_resp if u} == {
         (e["path"], e["status"]) for e in entries if "error" not in e}
 
@@ -281,6 +288,6 @@ def test_http2_large_frames_from_real_peers(harness, kstap_proc, wireshark, tmp_
     r = wireshark.run("tshark", "-n", "-r", str(path), "-d", f"tcp.port=={H2_PORT},http2", "-d",
                       f"tcp.port=={NGHTTPD_PORT},http2", "-Y", "http2.headers.status", "-T", "fields",
                       "-e", "tcp.srcport", "-e", "http2.headers.status")
-    t_status = Counter((int(port), int(status)) for port, statuses in (line.split("\t") for line in r.stdout.splitlines())
-                       for status in statuses.split(","))
+    rows = (line.split("\t") for line in r.stdout.splitlines())
+    t_status = Counter((int(port), int(status)) for port, statuses in rows for status in statuses.split(","))
     assert t_status == Counter((int(e["server"].rsplit(":", 1)[1]), e["status"]) for e in entries)

@@ -1,4 +1,5 @@
-"""DNS: decoding (header, first question, records skipped by length), UDP pairing by (flow, id), TCP framing, and hostile messages."""
+"""DNS: decoding (header, first question, records skipped by length), UDP pairing by (flow, id), TCP
+framing, and hostile messages."""
 
 from __future__ import annotations
 

@@ -105,7 +105,7 @@ def test_lost_response_head_resynchronises_on_the_next_status_line() -> None:
         c.send(b"GET /%d HTTP/1.1\r\nHost: h\r\n\r\n" % i)
         c.reply(b"HTTP/1.1 %d OK\r\nContent-Length: 1500\r\n\r\n" % (200 + i) + b"HTTP/1.1 " * 166 + b"xxxxxx", mss=500)
     recs = c.fin().records
-    victim = [i for i, r in enumerate(recs) if b"HTTP/1.1 201 OK" in r[3]][0]
+    victim = next(i for i, r in enumerate(recs) if b"HTTP/1.1 201 OK" in r[3])
     entries = make_run().feed(recs[:victim] + recs[victim + 1 :]).close()
     # the rest of 201's body starts with "HTTP/1.1 " but not with a status line: never taken for one
     assert [(e.path, e.status, e.error, e.resynced) for e in entries] == [
@@ -118,7 +118,7 @@ def test_gap_with_pipelined_requests_gives_up_without_mispairing() -> None:
     for i in range(3):
         c.reply(b"HTTP/1.1 %d OK\r\nContent-Length: 4\r\n\r\nbody" % (200 + i))
     recs = c.fin().records
-    victim = [i for i, r in enumerate(recs) if b"HTTP/1.1 200 OK" in r[3]][0]
+    victim = next(i for i, r in enumerate(recs) if b"HTTP/1.1 200 OK" in r[3])
     entries = make_run().feed(recs[:victim] + recs[victim + 1 :]).close()
     assert [(e.path, e.status, e.error) for e in entries] == [(f"/{i}", None, "gap") for i in range(3)]
 
