@@ -162,7 +162,7 @@ def test_http1_lost_segment_in_1000_keep_alive_transactions(harness, kstap_proc,
     http_server(harness)
     path = tmp_path / "keepalive.pcap"
     cap = harness.tcpdump(path, f"tcp port {HTTP_PORT}", "-B", "16384")
-    r = run_in(lab.client, "curl", "-s", "--rate", "400/s", "-w", "CODE %{http_code} %{num_connects}\\n",
+    r = run_in(lab.client, "curl", "-s", "--rate", "300/s", "-w", "CODE %{http_code} %{num_connects}\\n",
                f"http://{lab.server_ip}:{HTTP_PORT}/item/[1-1000]", timeout=120)
     codes = [line.split()[1:] for line in r.stdout.splitlines() if line.startswith("CODE ")]
     assert len(codes) == 1000 and sum(int(c) for _, c in codes) == 1, r.stderr  # one connection, kept alive
