@@ -246,7 +246,7 @@ class Http1Parser:
         elif d.state == TUNNEL:
             pass
         elif d.state == RESYNC:
-            pass  # still looking for a start line: more missing bytes change nothing
+            d.buf = b""  # still looking for a start line; a start held so far no longer joins what follows
         elif self._can_resync(direction):
             self._lose(direction, ts_ns)
         else:

@@ -261,3 +261,17 @@ def test_a_gap_between_sequential_exchanges_resynchronises() -> None:
     assert [(e.path, e.status, e.error, e.resynced) for e in out] == [
         ("/a", 200, None, None), ("/b", None, "gap", None), ("/c", 200, None, True), (None, 204, "gap", None),
         ("/d", 200, None, True)]
+
+
+def test_resync_tries_only_segment_starts() -> None:
+    p = parser()
+    out = p.feed(0, GET, 1) + p.feed(1, OK, 2) + p.feed(0, GET, 3)
+    out += p.gap(1, 100, 4)
+    out += p.feed(1, b"body that quotes HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 5)  # mid-segment: no
+    out += p.feed(1, b"HTT", 6)  # a start line cut by the segment is held...
+    out += p.gap(1, 50, 7)  # ...and dropped when bytes go missing after it
+    out += p.feed(1, b"P/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 8)
+    out += p.feed(0, GET, 9) + p.feed(1, b"HT", 10)
+    out += p.feed(1, b"TP/1.1 201 Created\r\nContent-Length: 5\r\n\r\nhello", 11)
+    assert [(e.status, e.error, e.resynced) for e in out + p.close(12)] == [
+        (200, None, None), (None, "gap", None), (201, None, True)]
