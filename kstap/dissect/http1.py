@@ -59,7 +59,7 @@ def _text(raw: bytes) -> str:
 
 
 def _head_end(data: bytes, pos: int) -> int:
-    """The position after the empty line that ends the head starting at ``pos`` (-1: not there yet).
+    """The position after the empty line that ends the head, looked for from ``pos`` (-1: not there yet).
 
     ``\n\r\n`` finds both CRLF CRLF and a bare LF followed by CRLF; ``\n\n`` (bare LFs) is looked for
     only before that, so the common case costs one extra bounded scan.
@@ -343,11 +343,13 @@ class Http1Parser:
         while pos < n:
             st = d.state
             if st == HEAD:
-                if d.buf:
+                scan = 0
+                if d.buf:  # a head begun earlier: its end can only be in (or just before) the new bytes
+                    scan = len(d.buf) - 3
                     data, pos, n, d.buf = d.buf + data[pos:], 0, len(d.buf) + n - pos, b""
                 while data.startswith(b"\r\n", pos) or data.startswith(b"\n", pos):
                     pos += 2 if data[pos] == 13 else 1
-                end = _head_end(data, pos)
+                end = _head_end(data, max(pos, scan))
                 if end < 0:
                     self._keep(d, data, pos)
                     return
@@ -421,9 +423,11 @@ class Http1Parser:
         while pos < n:
             st = d.state
             if st == HEAD:
+                scan = 0
                 if d.buf:
+                    scan = len(d.buf) - 3
                     data, pos, n, d.buf = d.buf + data[pos:], 0, len(d.buf) + n - pos, b""
-                end = _head_end(data, pos)
+                end = _head_end(data, max(pos, scan))
                 if end < 0:
                     self._keep(d, data, pos)
                     return
