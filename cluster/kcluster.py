@@ -392,9 +392,9 @@ def build_images() -> dict[str, Path]:
         bud(worker, ROOT / "Dockerfile", ROOT, f"BASE_IMAGE={PYTHON_IMAGE}")
         stamp.write_text(key)
         (out / "worker.tar").unlink(missing_ok=True)
+    buildah("rm", "--all", capture=True)  # working containers a failed build left (and their mounts)
     archives = {}
-    for name, fname in ((PAUSE_IMAGE, "pause"), (TESTAPP_IMAGE, "testapp"), (worker, "worker"),
-                        (BASE_IMAGE, "base")):
+    for name, fname in ((PAUSE_IMAGE, "pause"), (TESTAPP_IMAGE, "testapp"), (worker, "worker")):
         tar = out / f"{fname}.tar"
         if not tar.exists():
             buildah("push", "--quiet", name, f"docker-archive:{tar}:{name}")
@@ -458,6 +458,10 @@ def containerd_config(name: str) -> Path:
           sandbox_image = "{PAUSE_IMAGE}"
           netns_mounts_under_state_dir = true
           disable_apparmor = true
+          # this machine's root lacks CAP_SYS_RESOURCE, so runc cannot lower a pod's oom_score_adj below
+          # containerd's own ("nsexec: failed to update /proc/self/oom_score_adj: Permission denied");
+          # with this, containerd clamps the kubelet's -998 for sandboxes to what it may set
+          restrict_oom_score_adj = true
           stream_server_address = "127.0.0.1"
           [plugins."io.containerd.grpc.v1.cri".cni]
             bin_dir = "/usr/lib/cni"
@@ -526,7 +530,7 @@ def wait(what: str, check: object, timeout: float) -> None:
         try:
             if check():  # type: ignore[operator]
                 return
-        except Exception:  # noqa: BLE001 (keep polling until the deadline)
+        except (Exception, SystemExit):  # noqa: BLE001 (sh() fails with SystemExit: keep polling until the deadline)
             pass
         time.sleep(0.5)
     raise SystemExit(f"kcluster: {what} not ready after {timeout:.0f} s (logs: {VAR}/logs/)")
@@ -593,6 +597,9 @@ def up() -> None:
         f"--advertise-address={CP_IP}", "--bind-address=0.0.0.0", "--secure-port=6443",
         f"--service-cluster-ip-range={SERVICE_CIDR}", "--authorization-mode=Node,RBAC",
         "--enable-admission-plugins=NodeRestriction", "--allow-privileged=true",
+        # reach kubelets by their address: a node name would be looked up in the host's DNS (from inside
+        # the control plane's namespace, where it is unreachable anyway)
+        "--kubelet-preferred-address-types=InternalIP",
         f"--client-ca-file={p}/ca.crt", f"--tls-cert-file={p}/apiserver.crt",
         f"--tls-private-key-file={p}/apiserver.key",
         f"--kubelet-client-certificate={p}/apiserver-kubelet-client.crt",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -181,9 +182,13 @@ def tap(args: list[str], during: Callable[[], None] | None = None, duration: flo
                     during()
         proc.wait(timeout=timeout)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        if proc.poll() is None:  # the test failed mid-run: stop kstap as a user would, so it cleans up
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
     err = proc.stderr.read() if proc.stderr else ""
     return TapRun(proc.returncode, "", err, pcap, entries, events, time.monotonic() - t0)
 
