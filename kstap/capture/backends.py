@@ -3,27 +3,17 @@
 from __future__ import annotations
 
 import os
-from typing import Protocol
 
 from kstap.capture import interfaces, netns
 from kstap.capture.afpacket import AfPacketRing, AfPacketSource, RingConfig
 from kstap.capture.fanout import FanoutSource
 from kstap.capture.pcap_live import PcapLiveSource, compile_for_live, needs_live_compile
+from kstap.contracts import Source
 from kstap.errors import EnvironmentProblem
 from kstap.filters import libpcap
 from kstap.filters.bpf import Program
-from kstap.model import Interface, PacketRecord, SourceStats
 
 PF_RING_PROC = "/proc/net/pf_ring"
-
-
-class LiveSource(Protocol):
-    interfaces: list[Interface]
-
-    def read(self, timeout_ms: int) -> list[PacketRecord]: ...
-    def drain(self, retire_ms: int) -> list[PacketRecord]: ...
-    def stats(self) -> list[SourceStats]: ...
-    def close(self) -> None: ...
 
 
 def pf_ring_problem() -> str | None:
@@ -49,7 +39,7 @@ class _AfPacketSingle(AfPacketSource):
 
 
 def open_live(backend: str, names: list[str], program: Program, *, workers: int, buffer_mib: int,
-              ns: str | None, retire_ms: int = 20, restart_workers: bool = False) -> tuple[LiveSource, int]:
+              ns: str | None, retire_ms: int = 20, restart_workers: bool = False) -> tuple[Source, int]:
     """Open ``names`` with ``backend``; returns the source and its block-retire time (ms).
 
     ``restart_workers``: with ``workers > 1``, replace a lost capture worker (see
