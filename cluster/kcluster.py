@@ -550,8 +550,15 @@ def up() -> None:
     build_binaries()
     archives = build_images()
     if healthy():
-        for name in NODES:  # the worker image follows the source tree
+        state = load_state()
+        key = (CACHE / "images" / "worker.key").read_text()
+        stale = state.get("worker_key") != key
+        for name in NODES:  # the worker image follows the source tree: a rebuilt one is imported again
             import_images(name, archives, only_missing=True)
+            if stale:
+                import_images(name, {worker_image_name(): archives[worker_image_name()]}, only_missing=False)
+        state["worker_key"] = key
+        save_state(state)
         log(f"the cluster is up already ({time.monotonic() - t0:.1f} s); KUBECONFIG={KUBECONFIG}")
         return
     down(quiet=True)
@@ -625,7 +632,7 @@ def up() -> None:
         f"--authorization-kubeconfig={p}/scheduler.kubeconfig",
         "--leader-elect=false", "--bind-address=127.0.0.1", "--v=1"], CP, "cp", mnt)
     save_state(state)
-    for name, (ns, addr, _cidr, _gw) in NODES.items():
+    for name, (ns, _addr, _cidr, _gw) in NODES.items():
         (RUN / name).mkdir(parents=True, exist_ok=True)
         make_cgroup(name)
         pids[f"{name}-containerd"] = spawn(f"{name}-containerd", ["containerd", "--config", containerd_config(name)],
@@ -649,6 +656,7 @@ def up() -> None:
 
     wait("the nodes", nodes_ready, 120)
     wait("the default service account", lambda: kubectl("get", "serviceaccount", "default", "-n", "default"), 60)
+    state["worker_key"] = (CACHE / "images" / "worker.key").read_text()
     state["up_seconds"] = round(time.monotonic() - t1, 1)
     save_state(state)
     log(f"up in {time.monotonic() - t0:.0f} s (cluster start {state['up_seconds']} s); KUBECONFIG={KUBECONFIG}")

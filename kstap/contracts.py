@@ -83,6 +83,8 @@ class SourceCapabilities:
     """Carries packet comments written upstream (see :class:`CommentSource`)."""
     worker_stats: bool = False
     """Knows its workers' figures itself (see :class:`WorkerStatsSource`)."""
+    vantage_points: bool = False
+    """Knows which nodes saw each flow, for the entries (see :class:`VantageSource`)."""
 
 
 class Source(Protocol):
@@ -132,6 +134,12 @@ class CommentSource(Source, Protocol):
     """``packet_comments``: comments for (a slice of) what the last read returned, by index."""
 
     def comments_for(self, records: Sequence[PacketRecord]) -> dict[int, str]: ...
+
+
+class VantageSource(Source, Protocol):
+    """``vantage_points``: the nodes whose workers saw the flow between two ``ip:port`` ends."""
+
+    def nodes_of(self, client: str, server: str) -> list[str]: ...
 
 
 class WorkerStatsSource(Source, Protocol):

@@ -16,12 +16,12 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable
-from typing import TextIO
+from typing import TextIO, cast
 
 from kstap.capture import backends
 from kstap.capture.replay import ReplaySource
 from kstap.config import TapSettings
-from kstap.contracts import Governor, LiveControl, Reporter, Sink, SinkFactory, Source
+from kstap.contracts import Governor, LiveControl, Reporter, Sink, SinkFactory, Source, VantageSource
 from kstap.dissect.api import Entry
 from kstap.dissect.entries import EntryWriter
 from kstap.dissect.stage import DEFAULT_IDLE_TIMEOUT, DissectStage, default_flow_cap
@@ -86,8 +86,9 @@ def run_tap(settings: TapSettings, reporter: Reporter, stop: StopFlag | None = N
                 source=source, backend=backend, steering=steering, watch=watch, retire_ms=retire_ms,
                 open_sink=lambda interfaces: open_sink(settings, interfaces, opened, backend, sampler, seed,
                                                        sink_factory),
-                open_consumers=lambda interfaces, has_sink: open_consumers(settings, interfaces, has_sink,
-                                                                           lines, seed))
+                open_consumers=lambda interfaces, has_sink: open_consumers(
+                    settings, interfaces, has_sink, lines, seed,
+                    cast(VantageSource, opened).nodes_of if opened.capabilities.vantage_points else None))
             return Capture(settings, stages, reporter, stop, clock).run()
         finally:
             source.close()
@@ -160,8 +161,10 @@ def open_sink(settings: TapSettings, interfaces: list[Interface], source: Source
 
 
 def open_consumers(settings: TapSettings, interfaces: list[Interface], has_sink: bool, lines: TextIO | None,
-                   seed: int) -> Consumers:
-    """Packet lines (tcpdump's default without -w) and the dissector with its entries (--entries)."""
+                   seed: int, nodes_of: Callable[[str, str], list[str]] | None = None) -> Consumers:
+    """Packet lines (tcpdump's default without -w) and the dissector with its entries (--entries).
+
+    ``nodes_of`` (a cluster's merged source): each entry names the nodes that saw its flow."""
     consumers = Consumers()
     if lines is not None and not has_sink and settings.entries != "-":
         consumers.text = TextLines(lines, [i.linktype for i in interfaces])
@@ -171,6 +174,8 @@ def open_consumers(settings: TapSettings, interfaces: list[Interface], has_sink:
         endpoints = consumers.endpoints
 
         def emit(entry: Entry) -> None:
+            if nodes_of is not None:
+                entry.nodes = nodes_of(entry.client, entry.server) or None
             writer.write(entry)
             endpoints[endpoint_label(entry)] += 1
 

@@ -69,12 +69,16 @@ def run_session(kube: Any, selection: Any, options: KubeTapOptions, settings: Ta
                              # one seed for every node, or a cross-node flow is kept on one end only
                              seed=smp.seed if smp.seed is not None else secrets.randbits(32),
                              memory_budget=smp.memory_budget or (512 << 20), cpu_budget=smp.cpu_budget or 1.0,
-                             entries=bool(settings.entries), interfaces=list(options.interfaces) or ["any"])
+                             # the CLI dissects the merged packets itself; entries made on the nodes too would
+                             # cost the workers CPU and the API server bandwidth for nothing
+                             entries=False, interfaces=list(options.interfaces) or ["any"])
         if options.worker_image:
             spec.image = options.worker_image
         pods = deploy.deploy(kube, spec, timeout=options.ready_timeout)
+        # -i any on a node sees a pod's packet on its veth, the bridge and the uplink: one interface per
+        # node, each packet once per node (both ends of a cross-node flow stay: two vantage points)
         source = RemoteSource([endpoint(kube, spec, pod) for _, pod in sorted(pods.items())],
-                              on_event=reporter.event)
+                              on_event=reporter.event, fold_nodes="any" in spec.interfaces)
         filters = found.filters(settings.bpf_filter)
         for node, nf in filters.items():
             source.set_filter(nf.expression, node=node)

@@ -40,6 +40,7 @@ from kstap.filters.bpf import Program
 from kstap.model import Interface, PacketRecord, SourceStats, WorkerStats
 from kstap.remote import protocol
 from kstap.remote.transport import DirectTransport, Response, Transport, TransportError
+from kstap.remote.vantage import NodeFold
 
 EventCallback = Callable[[str, dict[str, object]], None]
 EntryCallback = Callable[[str, dict[str, Any]], None]
@@ -70,6 +71,8 @@ class _Worker:
     run: str | None = None
     node: str = ""
     iface_map: list[int] = field(default_factory=list)
+    linktypes: list[int] = field(default_factory=list)
+    """The link type of each of the worker's interfaces (its HELLO)."""
     watermark: int = 0
     moved_at: float = 0.0
     """Monotonic time the watermark last advanced (or the worker attached)."""
@@ -140,7 +143,8 @@ class _Inbox:
 class RemoteSource:
     """Many workers' streams as one source for the pipeline (see the module docstring)."""
 
-    capabilities = SourceCapabilities(sampled_upstream=True, packet_comments=True, worker_stats=True)
+    capabilities = SourceCapabilities(sampled_upstream=True, packet_comments=True, worker_stats=True,
+                                      vantage_points=True)
     """The workers sampled (and dissect, when asked) on their nodes; their packet comments come
     along; each worker's figures are known here. Its :meth:`set_filter` is per node (the
     cluster session's), not a kernel filter the loop could swap."""
@@ -149,7 +153,7 @@ class RemoteSource:
                  grace: float = 3.0, max_hold: float = 3.0, read_timeout: float = 10.0,
                  backoff: tuple[float, float] = (0.2, 5.0), queue_bytes: int = 64 << 20,
                  on_event: EventCallback | None = None, on_entry: EntryCallback | None = None,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 fold_nodes: bool = False, monotonic: Callable[[], float] = time.monotonic) -> None:
         if not endpoints:
             raise WorkerFailure("no workers to read from")
         names = [e.name for e in endpoints]
@@ -167,6 +171,9 @@ class RemoteSource:
         self.on_event = on_event
         self.on_entry = on_entry
         self._monotonic = monotonic
+        self.fold = NodeFold() if fold_nodes else None
+        """With ``fold_nodes`` (node workers capturing ``-i any``): one interface per node and link type,
+        a packet's copies inside one node folded into one (:mod:`kstap.remote.vantage`)."""
         self._iface_ids: dict[tuple[int, str], int] = {}
         self._base: dict[int, SourceStats] = {}
         self._pending: list[tuple[int, int, PacketRecord, str | None]] = []
@@ -510,6 +517,7 @@ class RemoteSource:
         w.down_since = None
         w.error = ""
         w.moved_at = self._monotonic()
+        w.linktypes = [i.linktype for i in hello.interfaces]
         w.iface_map = w.iface_map[: len(hello.interfaces)]
         for local, iface in enumerate(hello.interfaces):
             if local >= len(w.iface_map):
@@ -517,15 +525,21 @@ class RemoteSource:
 
     def _interface_id(self, w: _Worker, iface: Interface) -> int:
         """The merged id of a worker's interface (by name: stable across restarts); new ones are appended."""
-        key = (w.index, iface.name)
+        name = w.endpoint.name
+        if self.fold is not None:  # one per node and link type: NODE/any (NODE/any-LT for a second type)
+            key = (w.index, f"\0{iface.linktype}")
+            label = f"any-{iface.linktype}" if any(k[0] == w.index for k in self._iface_ids) else "any"
+        else:
+            key, label = (w.index, iface.name), iface.name
         known = self._iface_ids.get(key)
         if known is not None:
             return known
         gid = len(self.interfaces)
         self._iface_ids[key] = gid
-        name = w.endpoint.name
-        self.interfaces.append(Interface(f"{name}/{iface.name}", iface.linktype, iface.snaplen, iface.filter,
-                                         description=f"{iface.name} on node {name}"))
+        what = f"every interface of node {name} (copies inside the node folded)" if self.fold is not None else \
+            f"{iface.name} on node {name}"
+        self.interfaces.append(Interface(f"{name}/{label}", iface.linktype, iface.snaplen, iface.filter,
+                                         description=what))
         return gid
 
     def _on_batch(self, w: _Worker, batch: protocol.Batch) -> None:
@@ -539,12 +553,17 @@ class RemoteSource:
         push, order, upto = heapq.heappush, self._order, self._released_upto
         pending = self._pending
         late = 0
+        fold, node, linktypes = self.fold, w.endpoint.name, w.linktypes
+        kept = 0
         for i, (ts, caplen, origlen, data, ifid, _) in enumerate(records):
+            if fold is not None and not fold.admit(index, node, ts, data, linktypes[ifid], ifid):
+                continue
+            kept += 1
             if ts < upto:
                 late += 1
             push(pending, (ts, next(order), (ts, caplen, origlen, data, mapping[ifid], index), comments.get(i)))
         w.late += late
-        w.captured += len(records)
+        w.captured += kept
         w.session_packets += len(records)
 
     def _on_event(self, w: _Worker, event: protocol.Event) -> None:
@@ -615,6 +634,10 @@ class RemoteSource:
         self.last_comments = notes
         self._notes_by_id = {id(out[i]): note for i, note in notes.items()}
         return out
+
+    def nodes_of(self, client: str, server: str) -> list[str]:
+        """The nodes whose workers saw the flow between two ``ip:port`` ends ([] without folding)."""
+        return self.fold.nodes_of(client, server) if self.fold is not None else []
 
     def comments_for(self, records: Sequence[PacketRecord]) -> dict[int, str]:
         """Packet comments for ``records``, a slice or filtered copy of what the last read/drain returned.
