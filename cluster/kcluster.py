@@ -589,6 +589,9 @@ def up() -> None:
     KUBECONFIG.write_text(kubeconfig(p, "admin", f"https://127.0.0.1:{RELAY_PORT}"))
     KUBECONFIG.chmod(0o600)
     inside = f"https://{CP_IP}:6443"
+    # for a CLI inside the control plane's namespace, where the nodes are routable (the direct data path)
+    KUBECONFIG.with_name("kubeconfig-cp").write_text(kubeconfig(p, "admin", inside))
+    KUBECONFIG.with_name("kubeconfig-cp").chmod(0o600)
     for user in ("controller-manager", "scheduler", *NODES):
         (p / f"{user}.kubeconfig").write_text(kubeconfig(p, user, inside))
 
@@ -679,6 +682,7 @@ def down(quiet: bool = False) -> None:
         if child.name != "buildah":
             shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink()
     KUBECONFIG.unlink(missing_ok=True)
+    KUBECONFIG.with_name("kubeconfig-cp").unlink(missing_ok=True)
     if not quiet:
         left = cgroup_pids()
         log("down" + (f" (still running: {sorted(left)})" if left else ""))

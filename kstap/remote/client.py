@@ -47,6 +47,31 @@ EntryCallback = Callable[[str, dict[str, Any]], None]
 NEVER = protocol.MAX_TS
 
 
+class Meter:
+    """A token bucket shared by the readers of the API-server streams: reading slower than the workers send
+    leaves the rest in their backlogs (and, past those, a GAP), so the API server proxies at most
+    ``rate`` bytes/s of capture, with bursts up to one second's worth."""
+
+    def __init__(self, rate: float, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self._monotonic = monotonic
+        self._tokens = rate
+        self._at = monotonic()
+        self._lock = threading.Lock()
+        self.waited = 0.0
+        """Seconds readers spent waiting for the budget (the dashboard's hint that it binds)."""
+
+    def take(self, n: int, stop: threading.Event) -> None:
+        with self._lock:
+            now = self._monotonic()
+            self._tokens = min(self.rate, self._tokens + (now - self._at) * self.rate) - n
+            self._at = now
+            wait = -self._tokens / self.rate if self._tokens < 0 else 0.0
+        if wait > 0:
+            self.waited += wait
+            stop.wait(wait)
+
+
 @dataclass(frozen=True)
 class WorkerEndpoint:
     """One worker to read from: its node name, where it is, its token, how to reach it."""
@@ -57,6 +82,8 @@ class WorkerEndpoint:
     """``http://host:port`` for :class:`~kstap.remote.transport.DirectTransport` (when no transport)."""
     token: str = field(default="", repr=False)
     transport: Transport | None = None
+    metered: bool = False
+    """Its stream goes through the API server and counts against the source's ``api_budget``."""
 
     def resolved(self) -> Transport:
         return self.transport if self.transport is not None else DirectTransport(self.base_url)
@@ -153,7 +180,8 @@ class RemoteSource:
                  grace: float = 3.0, max_hold: float = 3.0, read_timeout: float = 10.0,
                  backoff: tuple[float, float] = (0.2, 5.0), queue_bytes: int = 64 << 20,
                  on_event: EventCallback | None = None, on_entry: EntryCallback | None = None,
-                 fold_nodes: bool = False, monotonic: Callable[[], float] = time.monotonic) -> None:
+                 fold_nodes: bool = False, api_budget: float | None = None,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         if not endpoints:
             raise WorkerFailure("no workers to read from")
         names = [e.name for e in endpoints]
@@ -171,6 +199,8 @@ class RemoteSource:
         self.on_event = on_event
         self.on_entry = on_entry
         self._monotonic = monotonic
+        self.meter = Meter(api_budget) if api_budget else None
+        """Shared by the metered (API-server) streams: at most ``api_budget`` bytes/s together."""
         self.fold = NodeFold() if fold_nodes else None
         """With ``fold_nodes`` (node workers capturing ``-i any``): one interface per node and link type,
         a packet's copies inside one node folded into one (:mod:`kstap.remote.vantage`)."""
@@ -392,10 +422,13 @@ class RemoteSource:
     def _follow(self, w: _Worker, resp: Response, at: _Cursor) -> None:
         """Decode one open stream into the inbox, moving ``at`` past every frame passed on."""
         decoder = protocol.StreamDecoder()
+        meter = self.meter if w.endpoint.metered else None
         while not self._closing.is_set():
             data = resp.read1(1 << 16)
             if not data:
                 return
+            if meter is not None:
+                meter.take(len(data), self._closing)
             for frame in decoder.feed(data):
                 body = frame.body
                 if isinstance(body, protocol.Hello):
