@@ -46,9 +46,11 @@ class KubeTapOptions:
     ready_timeout: float = 120.0
     keep_workers: bool = False
     interfaces: list[str] = field(default_factory=list)
-    data_path: str = "auto"
-    """How the CLI reaches the workers: ``direct`` (the worker's address: the node's, hostNetwork),
-    ``proxy`` (the API server's pod proxy) or ``auto`` (direct when it answers, else the proxy)."""
+    data_path: str = "proxy"
+    """How the CLI reaches the workers: ``proxy`` (the API server's pod proxy), ``direct`` (the worker's
+    address: the node's, hostNetwork) or ``auto`` (direct when a kstap worker answers there, else the proxy).
+    Not ``auto`` by default: probing a node address from a laptop sends it wherever the default route goes
+    (a VPN, a proxy that answers anything)."""
     api_budget: float | None = DEFAULT_API_BUDGET
     """Bytes/s all workers' streams together may take through the API server (None: unbounded)."""
 
@@ -140,14 +142,21 @@ def endpoint(kube: Any, spec: Any, pod: Any, data_path: str = "proxy") -> Any:
 
 
 def reachable(ip: str, port: int, timeout: float = 1.0) -> bool:
-    """Whether a TCP connection to ip:port opens within ``timeout`` (the direct path's probe)."""
-    import socket
+    """Whether a kstap worker answers its ``/healthz`` at ip:port within ``timeout`` (the auto path's probe:
+    an open port alone could be a proxy on the way that answers anything)."""
+    import http.client
+    import json
 
+    conn = http.client.HTTPConnection(ip, port, timeout=timeout)
     try:
-        with socket.create_connection((ip, port), timeout=timeout):
-            return True
-    except OSError:
+        conn.request("GET", "/healthz")
+        resp = conn.getresponse()
+        body = json.loads(resp.read(4096) or b"{}")
+        return resp.status in (200, 503) and isinstance(body, dict) and "state" in body
+    except (OSError, ValueError, http.client.HTTPException):
         return False
+    finally:
+        conn.close()
 
 
 class Churn:

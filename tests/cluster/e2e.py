@@ -159,6 +159,7 @@ def tap(args: list[str], during: Callable[[], None] | None = None, duration: flo
     """``kstap tap ARGS -w F --entries E --json --duration D`` as a subprocess, ``during`` run once the capture
     has started (the workers are Ready and every node's filter is applied)."""
     tmp = tmp or Path(tempfile.mkdtemp(prefix="kstap-e2e."))
+    tmp.mkdir(parents=True, exist_ok=True)
     pcap, entries = tmp / "f.pcapng", tmp / "e.ndjson"
     cmd = [sys.executable, "-m", "kstap", "tap", *args, "-w", str(pcap), "--entries", str(entries), "--json",
            "--duration", str(duration)]
