@@ -9,8 +9,21 @@ import sys
 import threading
 from pathlib import Path
 
-from e2e import (APP_NS, NODES, ROOT, Apps, app_pods, ensure_pods, http_requests, kget, kstap_env, kubectl, pod, tap,
-                 wait_for)
+from e2e import (
+    APP_NS,
+    NODES,
+    ROOT,
+    Apps,
+    app_pods,
+    ensure_pods,
+    http_requests,
+    kget,
+    kstap_env,
+    kubectl,
+    pod,
+    tap,
+    wait_for,
+)
 
 NET_RAW = 1 << 13
 
@@ -81,7 +94,8 @@ def test_pod_churn_during_a_run(apps: Apps, tmp_path: Path) -> None:
         kinds = [e.get("kind") for e in run.events if e.get("event") == "alert"]
         assert "worker-restarted" not in kinds and "worker-lost" not in kinds, run.events
         entries = [e for e in run.entry_list() if (e.get("path") or "").endswith(f"{tag}-late")]
-        assert len(entries) == 1 and sorted(entries[0]["nodes"]) == NODES, (entries, run.err, [(e.get("kind"), e.get("message")) for e in run.events if e.get("event") == "alert"])
+        alerts = [(e.get("kind"), e.get("message")) for e in run.events if e.get("event") == "alert"]
+        assert len(entries) == 1 and sorted(entries[0]["nodes"]) == NODES, (entries, run.err, alerts)
     finally:
         kubectl("delete", "pod", "-n", APP_NS, name, "--wait=false", check=False)
         apps.pods.update(ensure_pods(APP_NS, [p for p in app_pods() if p["metadata"]["name"] == "http-2"]))
