@@ -11,14 +11,13 @@ from __future__ import annotations
 import secrets
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from kstap.config import TapSettings
-from kstap.contracts import AlertRaised, Reporter, publish
+from kstap.contracts import AlertRaised, Reporter, relay
 from kstap.errors import KstapError
-from kstap.model import Alert, CaptureSummary
+from kstap.model import CaptureSummary
 from kstap.pipeline.stopping import StopFlag
 from kstap.vocabulary import AlertLevel
 
@@ -81,16 +80,14 @@ def run_session(kube: Any, selection: Any, options: KubeTapOptions, settings: Ta
                              # one seed for every node, or a cross-node flow is kept on one end only
                              seed=smp.seed if smp.seed is not None else secrets.randbits(32),
                              memory_budget=smp.memory_budget or (512 << 20), cpu_budget=smp.cpu_budget or 1.0,
-                             # the CLI dissects the merged packets itself; entries made on the nodes too would
-                             # cost the workers CPU and the API server bandwidth for nothing
-                             entries=False, interfaces=list(options.interfaces) or ["any"])
+                             entries=bool(settings.entries), interfaces=list(options.interfaces) or ["any"])
         if options.worker_image:
             spec.image = options.worker_image
         pods = deploy.deploy(kube, spec, timeout=options.ready_timeout)
         # -i any on a node sees a pod's packet on its veth, the bridge and the uplink: one interface per
         # node, each packet once per node (both ends of a cross-node flow stay: two vantage points)
         source = RemoteSource([endpoint(kube, spec, pod, options.data_path) for _, pod in sorted(pods.items())],
-                              on_event=reporter.event, fold_nodes="any" in spec.interfaces,
+                              on_event=relay(reporter), entries=spec.entries, fold_nodes="any" in spec.interfaces,
                               api_budget=options.api_budget)
         if any(w.endpoint.metered for w in source.workers):
             budget = "unbounded" if options.api_budget is None else f"at most {options.api_budget / 1e6:g} MB/s"
@@ -270,7 +267,7 @@ class Churn:
         self._info("worker-added", f"targets on node {node}: worker {pod.namespace}/{pod.name} added to the capture")
 
     def _info(self, kind: str, message: str) -> None:
-        publish(self.reporter, AlertRaised(Alert(time.time(), AlertLevel.INFO, kind, message)))
+        self.reporter.event(AlertRaised(AlertLevel.INFO, kind, message))
 
 
 def _watch(watcher: Any, reporter: Any) -> None:

@@ -16,18 +16,21 @@ as the merged file must keep) and a same-node flow once.
 - a copy counts only within :data:`WINDOW_NS` of the first (a bridge hands a frame on in microseconds);
 - interfaces of one link type share one merged interface, ``NODE/any``.
 
-It also remembers, per flow (the unordered pair of ``ip:port`` ends, as entries name them), the nodes
-whose workers saw it, so an entry of a flow seen on two nodes says both (:meth:`nodes_of`).
+:class:`EntryMerge` does the same for the workers' entries: a request between pods on two nodes is
+dissected on both, and the two entries become one that names both ``nodes``.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any
 
 WINDOW_NS = 200_000_000
 """Copies of one packet inside a node arrive within microseconds; 200 ms leaves room for a busy node."""
-MAX_FLOWS = 65536
-"""Flows whose nodes are remembered (least recently seen forgotten first)."""
+ENTRY_HOLD = 2.0
+"""Seconds an entry waits for its twin from another node before it is written alone."""
+ENTRY_WINDOW = 1.0
+"""Two nodes' entries of one exchange start within this many seconds of each other (each at its first packet)."""
 
 
 def _network(data: bytes, linktype: int) -> int:
@@ -52,69 +55,38 @@ def _network(data: bytes, linktype: int) -> int:
     return -1
 
 
-def fingerprint(data: bytes, linktype: int) -> tuple[bytes, tuple[str, str] | None] | None:
-    """(the packet's bytes from the IP header, hop fields masked; its two ``ip:port`` ends or None),
-    or None for what is not IP."""
+def fingerprint(data: bytes, linktype: int) -> bytes | None:
+    """The packet's bytes from the IP header on, with what a hop rewrites masked; None for what is not IP."""
     off = _network(data, linktype)
     if off < 0 or len(data) < off + 20:
         return None
     version = data[off] >> 4
     if version == 4:
-        ihl = (data[off] & 0x0F) * 4
         body = bytearray(data[off:])
         body[8] = 0  # TTL
         body[10] = body[11] = 0  # header checksum
-        proto = data[off + 9]
-        src = ".".join(str(b) for b in data[off + 12:off + 16])
-        dst = ".".join(str(b) for b in data[off + 16:off + 20])
-        l4 = off + ihl
-        frag = ((data[off + 6] & 0x1F) << 8) | data[off + 7]
     elif version == 6 and len(data) >= off + 40:
-        import ipaddress
-
         body = bytearray(data[off:])
         body[7] = 0  # hop limit
-        proto = data[off + 6]
-        src = f"[{ipaddress.IPv6Address(bytes(data[off + 8:off + 24]))}]"
-        dst = f"[{ipaddress.IPv6Address(bytes(data[off + 24:off + 40]))}]"
-        l4, frag = off + 40, 0
     else:
         return None
-    ends = None
-    if proto in (6, 17, 132) and not frag and len(data) >= l4 + 4:
-        sport = (data[l4] << 8) | data[l4 + 1]
-        dport = (data[l4 + 2] << 8) | data[l4 + 3]
-        ends = (f"{src}:{sport}", f"{dst}:{dport}")
-    return bytes(body), ends
+    return bytes(body)
 
 
 class NodeFold:
     """Per-node duplicate folding and flow → nodes bookkeeping for the merge (see the module docstring)."""
 
-    def __init__(self, window_ns: int = WINDOW_NS, max_flows: int = MAX_FLOWS) -> None:
+    def __init__(self, window_ns: int = WINDOW_NS) -> None:
         self.window_ns = window_ns
-        self.max_flows = max_flows
         self._recent: dict[int, OrderedDict[tuple[int, int, int], tuple[int, int]]] = {}
-        self._flows: OrderedDict[frozenset[str], set[str]] = OrderedDict()
         self.folded = 0
         """Copies dropped so far (the same packet on a second interface of one node)."""
 
-    def admit(self, node_index: int, node: str, ts: int, data: bytes, linktype: int, local_if: int) -> bool:
+    def admit(self, node_index: int, ts: int, data: bytes, linktype: int, local_if: int) -> bool:
         """True to keep this packet; False for a copy of one the node's worker already gave."""
-        fp = fingerprint(data, linktype)
-        if fp is None:
+        body = fingerprint(data, linktype)
+        if body is None:
             return True
-        body, ends = fp
-        if ends is not None:
-            key = frozenset(ends)
-            seen = self._flows.get(key)
-            if seen is None:
-                seen = self._flows[key] = set()
-                if len(self._flows) > self.max_flows:
-                    self._flows.popitem(last=False)
-            else:
-                self._flows.move_to_end(key)
-            seen.add(node)
         recent = self._recent.setdefault(node_index, OrderedDict())
         while recent:  # forget what is older than the window
             first = next(iter(recent.values()))
@@ -129,6 +101,50 @@ class NodeFold:
         recent[k] = (ts, local_if)
         return True
 
-    def nodes_of(self, client: str, server: str) -> list[str]:
-        """The nodes whose workers saw the flow between ``client`` and ``server`` (``ip:port`` each)."""
-        return sorted(self._flows.get(frozenset((client, server)), ()))
+
+_KEY_FIELDS = ("protocol", "client", "server", "method", "path", "authority", "status", "query_name", "query_type",
+               "rcode", "transport")
+
+
+class EntryMerge:
+    """The workers' entries, with a cross-node exchange's two entries made one (see the module docstring).
+
+    An entry is held :data:`ENTRY_HOLD` seconds for an entry of the same exchange (same protocol, ends,
+    request and answer) from *another* node starting within :data:`ENTRY_WINDOW`; then it is written with
+    ``nodes``: every node that saw it. Two identical requests seen by one node stay two entries.
+    """
+
+    def __init__(self, hold: float = ENTRY_HOLD, window: float = ENTRY_WINDOW) -> None:
+        self.hold, self.window = hold, window
+        self._pending: list[tuple[float, dict[str, Any], set[str]]] = []
+        self._by_key: dict[tuple[Any, ...], list[tuple[float, dict[str, Any], set[str]]]] = {}
+        self.merged = 0
+        """Entries folded into their twin from another node."""
+
+    def add(self, node: str, item: dict[str, Any], now: float) -> None:
+        key = tuple(item.get(f) for f in _KEY_FIELDS)
+        t = float(item.get("time") or 0.0)
+        for held in self._by_key.get(key, ()):
+            if node not in held[2] and abs(float(held[1].get("time") or 0.0) - t) <= self.window:
+                held[2].add(node)
+                if t < float(held[1].get("time") or 0.0):  # the exchange began at the earlier first packet
+                    held[1]["time"] = t
+                self.merged += 1
+                return
+        entry = (now + self.hold, dict(item), {node})
+        self._pending.append(entry)
+        self._by_key.setdefault(key, []).append(entry)
+
+    def ready(self, now: float, final: bool = False) -> list[dict[str, Any]]:
+        """Entries whose hold is over (all of them with ``final``), oldest first, each with ``nodes``."""
+        out: list[dict[str, Any]] = []
+        while self._pending and (final or self._pending[0][0] <= now):
+            due, item, nodes = self._pending.pop(0)
+            key = tuple(item.get(f) for f in _KEY_FIELDS)
+            same = self._by_key.get(key, [])
+            same[:] = [e for e in same if e[1] is not item]
+            if not same:
+                self._by_key.pop(key, None)
+            item["nodes"] = sorted(nodes)
+            out.append(item)
+        return out

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from kstap.capture.savefile import CaptureReader
 from kstap.demo.lab import Lab
+from kstap.formats.savefile import CaptureReader
 from kstap.sampling.flowhash import flow_hash, threshold
 from kstap.sampling.flowkey import FlowKey, flow_key
 
