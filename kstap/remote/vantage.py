@@ -139,7 +139,7 @@ class EntryMerge:
         """Entries whose hold is over (all of them with ``final``), oldest first, each with ``nodes``."""
         out: list[dict[str, Any]] = []
         while self._pending and (final or self._pending[0][0] <= now):
-            due, item, nodes = self._pending.pop(0)
+            _due, item, nodes = self._pending.pop(0)
             key = tuple(item.get(f) for f in _KEY_FIELDS)
             same = self._by_key.get(key, [])
             same[:] = [e for e in same if e[1] is not item]
