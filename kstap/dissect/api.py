@@ -55,9 +55,6 @@ class Entry:
     """"udp" or "tcp" for DNS."""
     error: str | None = None
     """Why the exchange is incomplete: "gap", "malformed", "evicted", "no-response", …"""
-    nodes: list[str] | None = None
-    """On a cluster: the nodes whose workers saw the exchange (both ends' for one between two nodes; it is
-    still one entry). None for a local capture."""
 
     def to_json(self) -> dict[str, object]:
         """The NDJSON object: None fields dropped, ``"schema": 1`` added."""
