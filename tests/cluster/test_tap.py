@@ -89,8 +89,9 @@ def test_tap_all_namespaces_regex_sampled(apps: Apps, tmp_path: Path, mode: str)
     run = tap(args, during=traffic, duration=25, tmp=tmp_path)
     assert run.code == 0, run.err
     assert interface_names(run.pcap) == [f"{n}/any" for n in NODES]
-    summary = [e for e in run.events if e.get("event") == "summary"]
-    assert summary and summary[-1]["mode"] == mode, summary
+    start = [e for e in run.events if e.get("event") == "start"]
+    assert start and start[0]["mode"] == mode, start
+    assert any(e.get("event") == "summary" for e in run.events)
     uris = tshark("-r", str(run.pcap), "-Y", "http.request", "-T", "fields", "-e", "http.request.uri").split()
     names = tshark("-r", str(run.pcap), "-Y", "dns", "-T", "fields", "-e", "dns.qry.name").split()
     assert not any("-other." in n for n in names), names  # h2c-1 -> dns-2: neither end is a target
