@@ -546,7 +546,6 @@ def test_two_nodes_one_merged_file_one_seed_keeps_cross_node_flows_on_both_or_ne
     info = wireshark.capinfos(out)
     assert "Number of interfaces in file: 2" in info, info
     per = cap.per_interface()
-    lab = nodes.lab
     names = {"node-a/any", "node-b/any"}  # -i any: one interface per node (its interfaces' copies folded)
     assert set(per) == names, set(per)
     times = [t for _, t, _ in cap.rows]
