@@ -14,7 +14,8 @@ APT_PACKAGES := libpcap0.8 libpcap-dev tshark tcpdump iproute2 tmux util-linux p
 PYTEST_ARGS ?=
 FUZZ_SECONDS ?= 60
 
-.PHONY: help deps system-deps venv demo test unit lint type bench bench-dissect bench-dashboard docs golden sample clean fuzz soak
+.PHONY: help deps system-deps venv demo test unit lint type bench bench-dissect bench-dashboard docs golden sample clean fuzz soak \
+        cluster-deps cluster cluster-down e2e
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -84,6 +85,28 @@ golden: venv ## regenerate the dashboard's golden frames (tests/golden/dashboard
 
 sample: deps ## regenerate examples/sample.pcapng from the demo network
 	$(PY) examples/make_sample.py
+
+# -- the real Kubernetes cluster of tests/cluster/ (docs/kubernetes.md, "The test cluster"); root, not part of test
+CLUSTER_APT_PACKAGES := containerd runc containernetworking-plugins buildah debootstrap etcd-server etcd-client \
+                        gcc libc6-dev openssl util-linux iproute2
+E2E_ARGS ?=
+
+cluster-deps: system-deps
+	@missing=""; for p in $(CLUSTER_APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+cluster: cluster-deps venv ## a real local cluster (2 kubelets, containerd, runc, CNI) → .cluster/kubeconfig
+	$(PY) cluster/kcluster.py up
+
+cluster-down: ## stop the cluster, remove its processes, namespaces, mounts, cgroups and veths
+	python3 cluster/kcluster.py down
+
+e2e: deps ## tests/cluster/ against the running cluster (make cluster first)
+	KSTAP_E2E=1 KUBECONFIG=$(CURDIR)/.cluster/kubeconfig $(PY) -m pytest tests/cluster $(E2E_ARGS)
 
 clean: ## remove the venv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
