@@ -289,6 +289,8 @@ class AfPacketSource:
             self._poll.register(r.fileno(), select.POLLIN | select.POLLERR)
             self._by_fd[r.fileno()] = r
         self._merge: TimeOrderedMerge[PacketRecord] = TimeOrderedMerge(_ts)
+        self.gone: list[str] = []
+        """Interfaces that went away during the capture (while others remained: see :meth:`read`)."""
         self._lag_ns = (max((r._ring.retire_ms for r in rings), default=20) + 30) * 1_000_000
 
     def read(self, timeout_ms: int) -> list[PacketRecord]:
@@ -325,8 +327,15 @@ class AfPacketSource:
             if ev & select.POLLERR:
                 err = ring.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if err == errno.ENETDOWN:
-                    raise KstapError(f"interface {ring.name!r} went down",
-                                     hint="the capture stopped; restart it when the link is back")
+                    live = [r for r in self.rings if r.fileno() in self._by_fd and r is not ring]
+                    if not live:
+                        raise KstapError(f"interface {ring.name!r} went down",
+                                         hint="the capture stopped; restart it when the link is back")
+                    # one of several (a node worker's -i any): a pod's veth goes with its pod; the others
+                    # go on. What its ring holds is still read; its counters stay in the statistics.
+                    self._poll.unregister(fd)
+                    del self._by_fd[fd]
+                    self.gone.append(ring.name)
             ring.read_blocks(out)
         return out
 

@@ -153,13 +153,20 @@ class InterfaceCounters:
     received: int
     dropped: int
     delivered: int
+    comment: str = ""
+    """The ISB's comment (kstap writes rate changes no packet carried, see Sampler.unwritten_rate_notes)."""
 
 
 def _u64(code: int, value: int) -> bytes:
-    return option(code, struct.pack("<II", (value >> 32) & 0xFFFFFFFF, value & 0xFFFFFFFF))
+    """A counter option: a plain uint64 in the section's byte order (the spec's isb_ifrecv, …).
+
+    Older kstap files have them high 32 bits first, as for timestamps (other readers see such a count
+    n as n * 2^32); :func:`kstap.formats.savefile.isb_counter` still reads those right."""
+    return option(code, struct.pack("<Q", value & 0xFFFFFFFFFFFFFFFF))
 
 
 def _ts64(code: int, ts_ns: int) -> bytes:
+    """A timestamp option: high 32 bits first, then low (isb_starttime/isb_endtime, like EPB times)."""
     return option(code, struct.pack("<II", ts_ns >> 32, ts_ns & 0xFFFFFFFF))
 
 

@@ -177,7 +177,13 @@ def open_sink(settings: TapSettings, interfaces: list[Interface], source: Source
     run = metadata.run_note(smp.mode, sampler.rate if sampler else 1.0, seed_id(seed), settings.bpf_filter)
 
     def counters() -> list[pcapng.InterfaceCounters]:
-        return [pcapng.InterfaceCounters(0, 0, s.received, s.dropped, s.delivered) for s in source.stats()]
+        """The interfaces' counters for a file's statistics blocks; the first one's comment carries the
+        rate changes no packet has carried yet (so a file's rate timeline ends with the last change)."""
+        out = [pcapng.InterfaceCounters(0, 0, s.received, s.dropped, s.delivered) for s in source.stats()]
+        notes = sampler.unwritten_rate_notes() if sampler is not None else []
+        if out and notes:
+            out[0] = replace(out[0], comment="\n".join(notes))
+        return out
 
     if sink_factory is not None:
         return sink_factory(interfaces, f"{run}; backend={backend}", counters)

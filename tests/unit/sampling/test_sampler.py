@@ -113,3 +113,20 @@ def test_a_raised_ceiling_admits_only_provably_new_flows_in_the_opened_range() -
     assert {r[3] for r in kept} == {tcp(p, 0x02, 300)[3] for p in syn}
     fresh = [udp(p, ts=20_000) for p in opened[50:]]  # the range is old now: new UDP flows are new
     assert len(s.admit(fresh)[0]) == len(fresh)
+
+
+def test_every_rate_change_is_written_even_several_between_packets() -> None:
+    s = FlowSampler("auto", 1.0, SEED)
+    s.admit([udp(2000, ts=1)])
+    s.set_rate(0.5, "pi")
+    s.set_rate(0.25, "emergency")
+    assert s.unwritten_rate_notes() == ["kstap: rate id=- rate=0.5 previous=1 reason=pi",
+                                        "kstap: rate id=- rate=0.25 previous=0.5 reason=emergency"]
+    kept, notes = s.admit([udp(2000, ts=2)])
+    assert len(kept) == 1
+    lines = notes[0].splitlines()
+    assert [(n.rate(), n.fields["previous"], n.fields["reason"]) for n in map(metadata.parse, lines)  # type: ignore[union-attr]
+            ] == [(0.5, "1", "pi"), (0.25, "0.5", "emergency")]
+    assert s.unwritten_rate_notes() == []
+    s.set_rate(0.5, "pi")  # no packet follows: the file's statistics block carries it
+    assert len(s.unwritten_rate_notes()) == 1
