@@ -269,9 +269,11 @@ class Harness:
     def tcpdump(self, out: str | Path, expression: str, *extra: str, iface: str | None = None,
                 ns: str | None = None) -> Proc:
         """``ip netns exec NS tcpdump -i IF -w OUT EXPR``, packet-buffered and without the
-        libpcap block timeout (immediate mode), so stopping it never loses a pending block."""
+        libpcap block timeout (immediate mode), so stopping it never loses a pending block. In immediate
+        mode libpcap gives each frame a snaplen-sized slot, so its default 2 MiB buffer holds a handful of
+        packets and a CPU-starved tcpdump dropped the reference's packets on a loaded machine: 64 MiB."""
         argv = ["ip", "netns", "exec", ns or self.lab.server, "tcpdump", "-i", iface or self.lab.server_if,
-                "-w", str(out), "-U", "--immediate-mode", "-Z", "root", *extra]
+                "-w", str(out), "-U", "--immediate-mode", "-B", "65536", "-Z", "root", *extra]
         if expression:
             argv.append(expression)
         p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
