@@ -58,7 +58,7 @@ def network(frame: bytes, linktype: int = LINKTYPE_ETHERNET, *, tunnels: bool = 
     With ``tunnels`` (the default), VXLAN and Geneve are followed to the inner packet.
     """
     etype, off = outer(frame, linktype)
-    if tunnels and (etype == ETH_IPV4 or etype == ETH_IPV6):
+    if tunnels and (etype in (ETH_IPV4, ETH_IPV6)):
         for _ in range(MAX_TUNNELS):
             inner = _tunnel(frame, etype, off)
             if inner is None:
@@ -82,7 +82,7 @@ def outer(frame: bytes, linktype: int) -> Located:
         return _vlans(frame, (frame[14] << 8) | frame[15], SLL_HEADER)
     if linktype in RAW_LINKTYPES:
         return _ip_version(frame, 0), 0
-    if linktype == LINKTYPE_NULL or linktype == LINKTYPE_LOOP:
+    if linktype in (LINKTYPE_NULL, LINKTYPE_LOOP):
         if n < 4:
             return 0, 0
         fam = int.from_bytes(frame[:4], "big" if linktype == LINKTYPE_LOOP else "little")

@@ -9,9 +9,9 @@
 
 Link layers and tunnels (Ethernet + VLAN/QinQ, Linux cooked v1/v2, raw IP, BSD loopback, NFLOG,
 VXLAN/Geneve inner frames) are located by :mod:`kstap.linklayer`, the one frame decoder the flow
-key uses too; from there a minimal parser reads IPv4 without fragments, IPv6 with hop-by-hop/routing/destination headers skipped; TCP,
-UDP): dpkt builds a full object tree per packet and is ~10x slower for this (``benchmarks/
-dissect_parsers.py``). dpkt decodes DNS messages.
+key uses too; from there a minimal parser reads IPv4 without fragments, IPv6 with
+hop-by-hop/routing/destination headers skipped, TCP and UDP: dpkt builds a full object tree per
+packet and is ~10x slower for this (``benchmarks/dissect_parsers.py``). dpkt decodes DNS messages.
 
 **Memory** is accounted as: a fixed cost per tracked connection (:data:`FLOW_COST`, from
 ``sys.getsizeof`` of its objects, checked against tracemalloc by a test) + bytes buffered ahead in
