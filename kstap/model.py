@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 # One captured packet: (timestamp in ns since the epoch, captured length, original length,
 # bytes, interface id, worker id). A tuple, not a dataclass: the capture loop builds millions.
@@ -22,6 +23,27 @@ class Interface:
     description: str = ""
 
 
+class LinkChange(StrEnum):
+    """What happened to an interface during a capture."""
+
+    APPEARED = "appeared"
+    VANISHED = "vanished"
+    RENAMED = "renamed"
+
+
+@dataclass(frozen=True)
+class InterfaceEvent:
+    """An interface appeared or vanished while capturing (a pod's veth, a tunnel device)."""
+
+    time_ns: int
+    change: LinkChange
+    name: str
+    ifindex: int
+
+    def describe(self) -> str:
+        return f"interface {self.name} (index {self.ifindex}) {self.change}"
+
+
 @dataclass
 class SourceStats:
     """Counters of one capture source (one socket or one file), tcpdump's three numbers."""
@@ -32,11 +54,14 @@ class SourceStats:
     """Packets the kernel dropped because the ring was full ("dropped by kernel")."""
     delivered: int = 0
     """Packets handed to user space (after the loopback duplicate rule)."""
+    duplicates: int = 0
+    """Copies of one packet seen on another interface of the node and removed (``-i any``)."""
 
     def add(self, other: SourceStats) -> None:
         self.received += other.received
         self.dropped += other.dropped
         self.delivered += other.delivered
+        self.duplicates += other.duplicates
 
 
 @dataclass

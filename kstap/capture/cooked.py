@@ -1,0 +1,269 @@
+"""``-i any`` as libpcap does it: one cooked AF_PACKET socket bound to every interface.
+
+One SOCK_DGRAM packet socket with ifindex 0 receives from every interface of the namespace,
+present and future, so a pod's veth that appears after the start is captured at once and one
+that vanishes ends nothing. The kernel hands over each packet from its network header with a
+``sockaddr_ll`` (interface index, ARPHRD type, packet type, source address); kstap writes it as
+**LINKTYPE_LINUX_SLL2** (``tcpdump -i any -y LINUX_SLL2``): one IDB for the whole capture and the
+interface index and direction in every packet (docs/capture.md says why not one IDB per
+interface). Frames of every link type (Ethernet veths, tun and WireGuard devices, loopback) fit in
+it, so an odd device never stops the start.
+
+The filter is compiled for LINUX_SLL2 and rewritten for the socket
+(:func:`kstap.filters.bpf.for_cooked_socket`); the sampling tail reads the cooked packet
+(``sampling_tail(cooked=True)``). Outgoing copies on the loopback device are rejected in the
+kernel, as libpcap drops them in user space. The copies one packet leaves on several interfaces
+(sender veth, bridge, receiver veth) are removed by :mod:`kstap.capture.dedup`; interfaces that
+come and go are reported by :mod:`kstap.capture.linkwatch`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import mmap
+import select
+import socket
+import struct
+import time
+
+from kstap.capture.afpacket import (
+    _BLOCK_HDR,
+    _PKT_HDR,
+    _STATS,
+    _U32,
+    _VLAN,
+    ETH_P_ALL,
+    PACKET_RX_RING,
+    PACKET_STATISTICS,
+    PACKET_VERSION,
+    SO_ATTACH_FILTER,
+    SOL_PACKET,
+    TP_STATUS_KERNEL,
+    TP_STATUS_USER,
+    TP_STATUS_VLAN_TPID_VALID,
+    TP_STATUS_VLAN_VALID,
+    TPACKET_V3,
+    RingConfig,
+)
+from kstap.capture.dedup import DEFAULT_WINDOW_NS, Dedup, digest
+from kstap.capture.linkwatch import LinkWatch
+from kstap.errors import EnvironmentProblem, UsageError
+from kstap.filters.bpf import (
+    LINKTYPE_LINUX_SLL2,
+    PACKET_OUTGOING,
+    SKF_AD_IFINDEX,
+    SKF_AD_OFF,
+    SKF_AD_PKTTYPE,
+    Program,
+)
+from kstap.model import Interface, InterfaceEvent, PacketRecord, SourceStats
+
+TPACKET3_HDRLEN = 48
+"""TPACKET_ALIGN(sizeof(struct tpacket3_hdr)): the sockaddr_ll follows the header there."""
+LOOPBACK_IFINDEX = 1
+"""The loopback device is always index 1 in its namespace (net/core/dev.c registers it first)."""
+_LL = struct.Struct("=HHiHBB8s")  # sockaddr_ll: family, protocol (network order), ifindex, hatype, pkttype, halen, addr
+_SLL2 = struct.Struct("!HHIHBB8s")  # protocol, reserved, ifindex, hatype, pkttype, halen, addr
+_TAG = struct.Struct("!HH")
+SLL2_LEN = _SLL2.size
+
+
+class _SockaddrLL(ctypes.Structure):
+    _fields_ = [("family", ctypes.c_ushort), ("protocol", ctypes.c_ushort), ("ifindex", ctypes.c_int),
+                ("hatype", ctypes.c_ushort), ("pkttype", ctypes.c_ubyte), ("halen", ctypes.c_ubyte),
+                ("addr", ctypes.c_ubyte * 8)]
+
+
+def _bind_all(sock: socket.socket) -> None:
+    """bind() to ifindex 0 (every interface) for ETH_P_ALL; Python's bind wants a name."""
+    addr = _SockaddrLL(socket.AF_PACKET, socket.htons(ETH_P_ALL), 0)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.bind(sock.fileno(), ctypes.byref(addr), ctypes.sizeof(addr)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"bind(any): {errno.errorcode.get(err, err)}")
+
+
+def _no_loopback_outgoing(program: Program) -> Program:
+    """Reject what the host sends on ``lo`` (it arrives there again as incoming)."""
+    head = (
+        (0x30, 0, 0, (SKF_AD_OFF + SKF_AD_PKTTYPE) & 0xFFFFFFFF),  # ldb [pkttype]
+        (0x15, 0, 3, PACKET_OUTGOING),  # outgoing? else into the program
+        (0x20, 0, 0, (SKF_AD_OFF + SKF_AD_IFINDEX) & 0xFFFFFFFF),  # ld [ifindex]
+        (0x15, 0, 1, LOOPBACK_IFINDEX),
+        (0x06, 0, 0, 0),
+    )
+    return program.with_insns(head + program.insns)
+
+
+class CookedSource:
+    """The one socket of ``-i any``, its ring, its dedup and its interface watch."""
+
+    fast = False
+    """No C block encoder for cooked packets: each record is built here (SLL2 header + payload)."""
+
+    def __init__(self, program: Program, *, ring: RingConfig = RingConfig(),
+                 dedup_window_ns: int = DEFAULT_WINDOW_NS) -> None:
+        if program.linktype != LINKTYPE_LINUX_SLL2 or not program.cooked:
+            raise ValueError("CookedSource needs a program rewritten by for_cooked_socket()")
+        try:
+            self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0)
+        except PermissionError:
+            raise EnvironmentProblem(
+                "capturing needs the CAP_NET_RAW capability",
+                hint="run as root, or grant it: sudo setcap cap_net_raw,cap_net_admin=eip <python>",
+            ) from None
+        self._ring = ring
+        self._stats = SourceStats()
+        self.dedup = Dedup(dedup_window_ns) if dedup_window_ns > 0 else None
+        self.events: list[InterfaceEvent] = []
+        self.links: LinkWatch | None = None
+        try:
+            self._setup(program)
+            self.links = LinkWatch()
+        except BaseException:
+            self.close()
+            raise
+        self._poll = select.poll()
+        self._poll.register(self.sock.fileno(), select.POLLIN | select.POLLERR)
+        self._poll.register(self.links.fileno(), select.POLLIN)
+        self.interfaces = [Interface("any", LINKTYPE_LINUX_SLL2, program.snaplen, program.expression,
+                                     "every interface, Linux cooked v2 (the ifindex is in each packet)")]
+
+    def _setup(self, program: Program) -> None:
+        s = self.sock
+        s.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V3)
+        self.set_filter(program)  # before the bind: no unfiltered packet can slip in
+        r = self._ring
+        req = struct.pack("IIIIIII", r.block_bytes, r.blocks, 2048, r.block_bytes // 2048 * r.blocks,
+                          r.retire_ms, 0, 0)
+        try:
+            s.setsockopt(SOL_PACKET, PACKET_RX_RING, req)
+        except OSError as exc:
+            raise EnvironmentProblem(f"cannot allocate a {r.buffer_bytes >> 20} MiB capture ring: "
+                                     f"{exc.strerror}", hint="use a smaller --buffer-size") from exc
+        self.mm = mmap.mmap(s.fileno(), r.block_bytes * r.blocks, mmap.MAP_SHARED,
+                            mmap.PROT_READ | mmap.PROT_WRITE)
+        _bind_all(s)
+        self._block = 0
+        self._nblocks = r.blocks
+        self._bsize = r.block_bytes
+
+    def set_filter(self, program: Program) -> None:
+        """Attach (or atomically replace) the kernel filter (a cooked-socket program)."""
+        prog = _no_loopback_outgoing(program)
+        fprog, keep = prog.sock_fprog()
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+        except OSError as exc:
+            raise UsageError(f"the kernel refused the {len(prog.insns)}-instruction filter: {exc.strerror}",
+                             hint="simplify the filter, or raise net.core.optmem_max") from None
+        del keep
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def wake_on(self, fd: int) -> None:
+        """Also end a wait when ``fd`` turns readable (the stop flag's pipe)."""
+        self._poll.register(fd, select.POLLIN)
+
+    # -- reading ---------------------------------------------------------------------------------
+    def read(self, timeout_ms: int) -> list[PacketRecord]:
+        """The packets of every ready block (copies removed); waits up to ``timeout_ms`` for one."""
+        out: list[PacketRecord] = []
+        self._read_blocks(out)
+        if out:
+            self._watch()
+            return out
+        try:
+            events = self._poll.poll(timeout_ms)
+        except InterruptedError:
+            return out
+        for fd, _ev in events:
+            if self.links is not None and fd == self.links.fileno():
+                self._watch()
+        self._read_blocks(out)
+        return out
+
+    def _watch(self) -> None:
+        if self.links is not None:
+            self.events.extend(self.links.changes())
+
+    def take_events(self) -> list[InterfaceEvent]:
+        """Interfaces that appeared or vanished since the last call."""
+        self._watch()
+        out, self.events = self.events, []
+        return out
+
+    def _read_blocks(self, out: list[PacketRecord], limit: int = 64) -> int:
+        mm = self.mm
+        got = blocks = 0
+        unpack_block = _BLOCK_HDR.unpack_from
+        unpack_pkt = _PKT_HDR.unpack_from
+        unpack_ll = _LL.unpack_from
+        sll2 = _SLL2.pack
+        dedup = self.dedup
+        append = out.append
+        before = len(out)
+        while blocks < limit:
+            base = self._block * self._bsize
+            status, num, first = unpack_block(mm, base + 8)
+            if not status & TP_STATUS_USER:
+                break
+            off = base + first
+            for _ in range(num):
+                nxt, sec, nsec, snap, length, st, mac = unpack_pkt(mm, off)
+                _fam, proto, ifindex, hatype, pkttype, halen, addr = unpack_ll(mm, off + TPACKET3_HDRLEN)
+                proto = ((proto & 0xFF) << 8) | (proto >> 8)
+                payload = mm[off + mac : off + mac + snap]
+                ts = sec * 1_000_000_000 + nsec
+                off += nxt
+                got += 1
+                if dedup is not None and dedup.copy(digest(proto, payload, length), ifindex, ts):
+                    continue
+                if st & TP_STATUS_VLAN_VALID:
+                    tci, tpid = _VLAN.unpack_from(mm, off - nxt + 28)
+                    if not st & TP_STATUS_VLAN_TPID_VALID:
+                        tpid = 0x8100
+                    data = sll2(tpid, 0, ifindex, hatype, pkttype, halen, addr) + _TAG.pack(tci & 0xFFFF, proto) \
+                        + payload
+                    append((ts, snap + SLL2_LEN + 4, length + SLL2_LEN + 4, data, 0, 0))
+                else:
+                    append((ts, snap + SLL2_LEN, length + SLL2_LEN,
+                            sll2(proto, 0, ifindex, hatype, pkttype, halen, addr) + payload, 0, 0))
+            _U32.pack_into(mm, base + 8, TP_STATUS_KERNEL)
+            self._block = (self._block + 1) % self._nblocks
+            blocks += 1
+        self._stats.delivered += len(out) - before
+        return got
+
+    def drain(self, retire_ms: int) -> list[PacketRecord]:
+        """At stop: wait for the partly filled block to be retired and take what it holds."""
+        deadline = time.monotonic() + (retire_ms + 30) / 1000
+        out: list[PacketRecord] = []
+        while time.monotonic() < deadline:
+            out.extend(self.read(max(1, int((deadline - time.monotonic()) * 1000))))
+        return out
+
+    # -- counters --------------------------------------------------------------------------------
+    def stats(self) -> list[SourceStats]:
+        """Kernel counters (they reset on every read) folded in, plus the copies removed."""
+        with contextlib.suppress(OSError):
+            raw = self.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, _STATS.size)
+            packets, drops, _ = _STATS.unpack(raw)
+            self._stats.received += packets
+            self._stats.dropped += drops
+        self._stats.duplicates = self.dedup.removed if self.dedup is not None else 0
+        return [self._stats]
+
+    def interface_name(self, ifindex: int) -> str:
+        return self.links.name(ifindex) if self.links is not None else f"if{ifindex}"
+
+    def close(self) -> None:
+        if self.links is not None:
+            self.links.close()
+        with contextlib.suppress(AttributeError, BufferError):
+            self.mm.close()
+        with contextlib.suppress(OSError):
+            self.sock.close()
