@@ -88,6 +88,10 @@ class CaptureSummary:
     entries: int = 0
     """Request/response entries written by dissection (--entries)."""
     dissect_evictions: dict[str, int] = field(default_factory=dict)
+    duplicates: int = 0
+    """Copies of packets already seen on another interface, removed (``-i any`` dedup)."""
+    interface_changes: list[str] = field(default_factory=list)
+    """Interfaces that appeared or vanished during the capture, in order ("interface X (index N) appeared")."""
 
 
 @dataclass
@@ -193,6 +197,8 @@ class StatsSnapshot:
     bytes_captured: int = 0
     received: int = 0
     dropped: int = 0
+    duplicates: int = 0
+    """Copies removed by ``-i any`` dedup so far."""
     sampled_out: int = 0
     rate: float = 1.0
     packets_per_second: float = 0.0

@@ -6,6 +6,7 @@ supplies, so no stage writes to the terminal.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import os
 import secrets
@@ -28,7 +29,7 @@ from kstap.dissect.api import Entry
 from kstap.dissect.entries import EntryWriter
 from kstap.dissect.stage import DEFAULT_IDLE_TIMEOUT, DissectStage, default_flow_cap
 from kstap.errors import Interrupted, KstapError, WorkerFailure
-from kstap.filters.bpf import Program, compile_filter, final_expression
+from kstap.filters.bpf import LINKTYPE_LINUX_SLL2, Program, compile_filter, final_expression, for_cooked_socket
 from kstap.model import (
     Alert,
     CaptureSummary,
@@ -258,8 +259,8 @@ def _open_source(settings: TapSettings, expression: str,
         replay = ReplaySource(settings.read, expression, snaplen=settings.snaplen, realtime=settings.realtime)
         adapter: _Source = _ReplayAdapter(replay)
         return adapter, 0, "file", None
-    base = compile_filter(expression, snaplen=settings.snaplen)
     backend = backends.resolve(settings.capture)
+    base = _compile_live(expression, settings, backend)
     program = base
     if sampler is not None:
         program = _sampled(base, sampler)
@@ -272,13 +273,21 @@ def _open_source(settings: TapSettings, expression: str,
     to_file = settings.output.path not in (None, "-") and settings.entries is None
     live, retire = backends.open_live(backend, settings.interfaces, program, workers=settings.workers,
                                       buffer_mib=settings.buffer_mib, ns=settings.netns,
-                                      retire_ms=FILE_RETIRE_MS if to_file else 20, restart_workers=True)
+                                      retire_ms=FILE_RETIRE_MS if to_file else 20, restart_workers=True,
+                                      dedup_window_ns=int(settings.dedup_window_ms * 1e6))
     return live, retire, backend, base
 
 
+def _compile_live(expression: str, settings: TapSettings, backend: str) -> Program:
+    """The filter for a live source: for LINUX_SLL2, rewritten for the cooked socket, with ``-i any``."""
+    if backends.cooked(settings.interfaces, backend):
+        return for_cooked_socket(compile_filter(expression, linktype=LINKTYPE_LINUX_SLL2, snaplen=settings.snaplen))
+    return compile_filter(expression, snaplen=settings.snaplen)
+
+
 def _sampled(base: Program, sampler: FlowSampler) -> Program:
-    spliced = splice_threshold(base.insns, sampler.seed, sampler.ceiling())
-    return Program(base.expression, base.linktype, base.snaplen, spliced.insns)
+    spliced = splice_threshold(base.insns, sampler.seed, sampler.ceiling(), cooked=base.cooked)
+    return base.with_insns(spliced.insns)
 
 
 class _Run:
@@ -320,6 +329,8 @@ class _Run:
         self.entries: EntryWriter | None = None
         self.endpoints: Counter[str] = Counter()
         self.worker_losses: list[str] = []
+        self.link_notes: list[tuple[int, str]] = []
+        """Interface changes not yet written as a packet comment."""
 
     # -- the loop ------------------------------------------------------------------------------------
     def capture(self, retire_ms: int, lines: TextIO | None) -> CaptureSummary:
@@ -388,7 +399,10 @@ class _Run:
                     if settings.duration is not None:
                         wait = min(wait, self.start + settings.duration - now)
                     wait_ms = max(1, int(wait * 1000) + 1) if woken else POLL_MS
-                    self._deliver_encoded(*source.read_encoded(wait_ms, limit - summary.captured, self.seen))
+                    try:
+                        self._deliver_encoded(*source.read_encoded(wait_ms, limit - summary.captured, self.seen))
+                    finally:
+                        self._link_changes()
                     batch = []
                     continue
                 try:
@@ -397,6 +411,8 @@ class _Run:
                     batch = []
                     self._worker_lost(lost)
                     continue
+                finally:
+                    self._link_changes()
                 if self.sink is not None and not batch:
                     self.sink.tick()
             if summary.stopped_by in ("signal", "duration") and not replay:
@@ -434,14 +450,42 @@ class _Run:
         run = metadata.run_note(smp.mode, self.sampler.rate if self.sampler else 1.0, seed_id(self.seed),
                                 settings.bpf_filter)
         if self.sink_factory is not None:
-            return self.sink_factory(interfaces, f"{run}; backend={self.backend}", lambda: _counters(self.source))
+            return self.sink_factory(interfaces, f"{run}; backend={self.backend}", self._counters)
         return PcapngFiles(
-            out.path or "-", interfaces, counters=lambda: _counters(self.source),
+            out.path or "-", interfaces, counters=self._counters,
             rotate_bytes=int(out.rotate_mb * 1_000_000) if out.rotate_mb else None,
             rotate_seconds=out.rotate_seconds, ring_files=out.ring_files,
             with_queue=settings.workers > 1,
             comment=f"{run}; backend={self.backend}",
         )
+
+    def _link_changes(self) -> None:
+        """Interfaces that appeared or vanished: an alert (dashboard, NDJSON, worker stream) and a
+        comment on the next packet written. The capture goes on."""
+        take = getattr(self.source, "take_events", None)
+        if take is None:
+            return
+        for event in take():
+            text = event.describe()
+            self.link_notes.append((event.time_ns, f"kstap: {text}"))
+            self.summary.interface_changes.append(text)
+            self._alert("info", "interface", text)
+
+    def _place_link_notes(self, batch: list[PacketRecord], notes: dict[int, str] | None) -> dict[int, str]:
+        """Each interface change as a comment on the first packet stamped at or after it."""
+        out = dict(notes or {})
+        left: list[tuple[int, str]] = []
+        placed: dict[int, list[str]] = {}
+        for when, text in self.link_notes:
+            i = bisect.bisect_left(batch, when, key=lambda r: r[0])
+            if i == len(batch):
+                left.append((when, text))
+            else:
+                placed.setdefault(i, []).append(text)
+        for i, texts in placed.items():
+            out[i] = "; ".join(texts + ([out[i]] if i in out else []))
+        self.link_notes = left
+        return out
 
     def _deliver(self, batch: list[PacketRecord], limit: int) -> None:
         notes: dict[int, str] | None = None
@@ -456,6 +500,8 @@ class _Run:
             comments_for = getattr(self.source, "comments_for", None)  # remote workers' packet comments
             if comments_for is not None:
                 notes = comments_for(batch)
+        if self.link_notes:
+            notes = self._place_link_notes(batch, notes)
         if self.sink is not None:
             self.sink.ensure_interfaces(self.source.interfaces)  # a replayed file may describe more
             self.sink.write(batch, notes)
@@ -529,8 +575,8 @@ class _Run:
         if self.base is None or setter is None:
             raise KstapError("this capture backend cannot change its filter while running")
         settings = self.settings
-        base = compile_filter(final_expression(expression), snaplen=settings.snaplen)
-        if needs_live_compile(base.expression):
+        base = _compile_live(final_expression(expression), settings, self.backend)
+        if needs_live_compile(base.expression) and not base.cooked:
             with netns.entered(settings.netns):
                 base = compile_for_live(settings.interfaces[0], base.expression, settings.snaplen)
         sampler = self.sampler
@@ -614,6 +660,12 @@ class _Run:
             setter(_sampled(self.base, sampler))
         self.ceiling = ceiling
 
+    def _counters(self) -> list[pcapng.InterfaceCounters]:
+        changes = self.summary.interface_changes
+        return [pcapng.InterfaceCounters(0, 0, s.received, s.dropped, s.delivered,
+                                         _isb_note(s, changes if i == 0 else []))
+                for i, s in enumerate(self.source.stats())]
+
     def _worker_lost(self, lost: WorkerLost) -> None:
         """A fanout worker died or hung: alert, carry on with the others (and its replacement, if
         one was started), and end the run with exit 4 so scripts know the capture has a hole."""
@@ -639,6 +691,7 @@ class _Run:
             bytes_captured=s.bytes_captured,
             received=s.received,
             dropped=s.dropped,
+            duplicates=s.duplicates,
             sampled_out=s.sampled_out,
             rate=sampler.rate if sampler else 1.0,
             packets_per_second=s.captured / elapsed if elapsed > 0 else 0.0,
@@ -709,11 +762,20 @@ def _fill_counts(summary: CaptureSummary, source: _Source) -> None:
     stats = source.stats()
     summary.received = sum(s.received for s in stats)
     summary.dropped = sum(s.dropped for s in stats)
+    summary.duplicates = sum(s.duplicates for s in stats)
     summary.per_interface = {i.name: s for i, s in zip(source.interfaces, stats, strict=False)}
 
 
-def _counters(source: _Source) -> list[pcapng.InterfaceCounters]:
-    return [pcapng.InterfaceCounters(0, 0, s.received, s.dropped, s.delivered) for s in source.stats()]
+def _isb_note(stats: SourceStats, changes: list[str]) -> str:
+    """The ISB comment: what dedup removed and which interfaces came and went (``-i any``)."""
+    parts = []
+    if stats.duplicates:
+        parts.append(f"kstap: {stats.duplicates} duplicate copies removed (the same packet seen on another "
+                     "interface of the node)")
+    if changes:
+        parts.append("kstap: " + "; ".join(changes[-50:]) + (f" (+{len(changes) - 50} earlier)" if len(changes) > 50
+                                                           else ""))
+    return "\n".join(parts)
 
 
 def _endpoint_label(entry: Entry) -> str:

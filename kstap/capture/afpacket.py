@@ -25,7 +25,7 @@ from typing import Any
 from kstap.capture import interfaces
 from kstap.errors import EnvironmentProblem, KstapError, UsageError
 from kstap.filters.bpf import Program
-from kstap.model import Interface, PacketRecord, SourceStats
+from kstap.model import Interface, InterfaceEvent, LinkChange, PacketRecord, SourceStats
 from kstap.sampling.seen import SeenFlows
 
 SOL_PACKET = 263
@@ -98,7 +98,9 @@ class AfPacketRing:
         ring: RingConfig = RingConfig(),
         fanout_group: int | None = None,
     ) -> None:
-        interfaces.require(name)
+        self.ifindex = interfaces.require(name)
+        self.gone = False
+        """The interface went away (deleted, or its namespace was): nothing more will arrive."""
         self.name = name
         self.if_id = if_id
         self.worker = worker
@@ -282,6 +284,8 @@ class AfPacketSource:
             self._by_fd[r.fileno()] = r
         self._pending: list[PacketRecord] = []
         self._lag_ns = (max((r._ring.retire_ms for r in rings), default=20) + 30) * 1_000_000
+        self.events: list[InterfaceEvent] = []
+        self._ended: KstapError | None = None
 
     def read(self, timeout_ms: int) -> list[PacketRecord]:
         """Packets of all ready blocks; waits up to ``timeout_ms`` when none is ready.
@@ -290,11 +294,15 @@ class AfPacketSource:
         are held until no ring can still deliver an older one (its block-retire time has passed)
         and released in time order: the same watermark merge the fanout workers use.
         """
+        if self._ended is not None and not self._pending:
+            raise self._ended
         if len(self.rings) == 1:
             return self._read_raw(timeout_ms)
         watermark = time.time_ns() - self._lag_ns
         pending = self._pending
         pending.extend(self._read_raw(timeout_ms))
+        if self._ended is not None:  # nothing older can come: release everything
+            watermark = 2**63
         if not pending:
             return []
         pending.sort(key=_ts)
@@ -305,8 +313,9 @@ class AfPacketSource:
     def _read_raw(self, timeout_ms: int) -> list[PacketRecord]:
         out: list[PacketRecord] = []
         for r in self.rings:
-            r.read_blocks(out)
-        if out:
+            if not r.gone:
+                r.read_blocks(out)
+        if out or self._ended is not None:
             return out
         try:
             events = self._poll.poll(timeout_ms)
@@ -323,9 +332,33 @@ class AfPacketSource:
             if ev & select.POLLERR:
                 err = ring.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if err == errno.ENETDOWN:
-                    raise KstapError(f"interface {ring.name!r} went down",
-                                     hint="the capture stopped; restart it when the link is back")
+                    self._lose(ring, out)
+                    continue
             ring.read_blocks(out)
+        return out
+
+    def _lose(self, ring: AfPacketRing, out: list[PacketRecord]) -> None:
+        """``ring``'s interface went away: take every packet its ring still holds (the partly
+        filled block is handed over by its retire timer), note it, and poll it no more. When it
+        was the last one, the next read raises (after every packet read was returned)."""
+        deadline = time.monotonic() + (ring._ring.retire_ms + 30) / 1000
+        while time.monotonic() < deadline:
+            ring.read_blocks(out)
+            time.sleep(0.005)
+        ring.read_blocks(out)
+        ring.gone = True
+        with contextlib.suppress(KeyError, ValueError):
+            self._poll.unregister(ring.fileno())
+        self.events.append(InterfaceEvent(time.time_ns(), LinkChange.VANISHED, ring.name, ring.ifindex))
+        if all(r.gone for r in self.rings):
+            how = "went down" if ring.name in interfaces.available() else "went away"
+            self._ended = KstapError(f"interface {ring.name!r} {how} during the capture",
+                                     hint="every packet read before it went is in the output; "
+                                          "restart when it is back, or capture with -i any")
+
+    def take_events(self) -> list[InterfaceEvent]:
+        """Named interfaces that went away since the last call."""
+        out, self.events = self.events, []
         return out
 
     def wake_on(self, fd: int) -> None:
@@ -337,6 +370,8 @@ class AfPacketSource:
         """Single-ring fast path: EPB bytes of the ready blocks, waiting up to ``timeout_ms``
         (``seen``: percentage mode's first-packet comments)."""
         ring = self.rings[0]
+        if self._ended is not None:
+            raise self._ended
         got = ring.read_encoded(max_packets, seen=seen)
         if got[1] or max_packets <= 0:
             return got
@@ -344,11 +379,13 @@ class AfPacketSource:
             events = self._poll.poll(timeout_ms)
         except InterruptedError:
             return got
-        # As in read(): a downed link shows as POLLERR, which poll reports until SO_ERROR is read.
+        # As in read(): a vanished link shows as POLLERR, which poll reports until SO_ERROR is read.
         if any(ev & select.POLLERR for _, ev in events) and \
                 ring.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == errno.ENETDOWN:
-            raise KstapError(f"interface {ring.name!r} went down",
-                             hint="the capture stopped; restart it when the link is back")
+            time.sleep((ring._ring.retire_ms + 30) / 1000)  # its last block is retired by the timer
+            got = ring.read_encoded(max_packets, seen=seen)
+            self._lose(ring, [])
+            return got
         return ring.read_encoded(max_packets, seen=seen)
 
     @property

@@ -58,6 +58,11 @@ class TextReporter:
         if s.flows_seen:
             self._say(f"kstap: sampling kept {s.flows_kept} of {s.flows_seen} flows (final rate {s.final_rate:.3g}"
                       f"{f', {s.shed_flows} shed' if s.shed_flows else ''})")
+        if s.duplicates:
+            self._say(f"kstap: {s.duplicates} duplicate copies removed (the same packet seen on another interface)")
+        if s.interface_changes:
+            self._say(f"kstap: {len(s.interface_changes)} interface change(s) during the capture: "
+                      + "; ".join(s.interface_changes[-5:]))
         if s.entries or s.dissect_evictions:
             evicted = ", ".join(f"{k} {v}" for k, v in sorted(s.dissect_evictions.items()) if v)
             self._say(f"kstap: {s.entries} entries dissected" + (f" (evictions: {evicted})" if evicted else ""))

@@ -283,7 +283,7 @@ class PcapngFiles:
         for if_id, c in enumerate(counters[: len(self.interfaces)]):
             fixed = pcapng.InterfaceCounters(self._start_ns, time.time_ns(), c.received, c.dropped,
                                              self._delivered[if_id])
-            blocks.append(pcapng.interface_statistics(if_id, fixed))
+            blocks.append(pcapng.interface_statistics(if_id, fixed, comment=c.comment))
         return b"".join(blocks)
 
     def _finish_file(self) -> None:

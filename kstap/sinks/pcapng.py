@@ -148,6 +148,8 @@ class InterfaceCounters:
     received: int
     dropped: int
     delivered: int
+    comment: str = ""
+    """An ``opt_comment`` for the ISB (what ``-i any`` dedup removed, interfaces that came and went)."""
 
 
 def _u64(code: int, value: int) -> bytes:
