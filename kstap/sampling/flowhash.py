@@ -178,6 +178,10 @@ def sampling_tail(seed: int, thresh: int, snaplen: int, *, cooked: bool = False)
     packet from its network header on and the ethertype comes from the skb's protocol.
     """
     a = _Asm()
+    # The kernel's checker wants every scratch slot written before any read on every path, and
+    # it lets a path run on past a ret: give the tunnel slots a value up front.
+    a.op(ST, M_L4)
+    a.op(ST, M_INNER)
     # find the network header past up to two VLAN tags; X = its offset, kept in M_IPOFF
     base = 0 if cooked else 14
     a.op(LDX_IMM, base)

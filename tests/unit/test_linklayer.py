@@ -3,6 +3,8 @@ kernel's sampling tail keys VXLAN/Geneve traffic by the inner header exactly as 
 
 from __future__ import annotations
 
+import os
+import socket
 import struct
 
 import dpkt
@@ -11,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kstap import linklayer
-from kstap.filters.bpf import Program, compile_filter
-from kstap.sampling.flowhash import flow_hash, splice
+from kstap.filters.bpf import Program, compile_filter, for_cooked_socket
+from kstap.sampling.flowhash import flow_hash, splice, splice_threshold
 from kstap.sampling.flowkey import flow_key
 
 
@@ -124,3 +126,16 @@ def test_bpf_tail_keys_tunnels_by_the_inner_header(raw: bytes, seed: int, rate: 
     inner = flow_key(raw)
     assert inner is not None and flow_key(outer) == inner
     assert prog.matches(outer, len(outer)) == (flow_hash(inner, seed) < thresh)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a packet socket needs CAP_NET_RAW")
+@pytest.mark.parametrize("cooked", [False, True])
+def test_the_kernel_accepts_the_sampling_tail(cooked: bool) -> None:
+    """The kernel's checker is stricter than libpcap's interpreter (every scratch slot written first
+    on every path, a ret not ending one): attach both forms to a real socket."""
+    base = for_cooked_socket(compile_filter("udp", linktype=276)) if cooked else compile_filter("udp")
+    prog = base.with_insns(splice_threshold(base.insns, 0x1234, 1 << 30, cooked=cooked).insns)
+    with socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM if cooked else socket.SOCK_RAW, 0) as s:
+        fprog, keep = prog.sock_fprog()
+        s.setsockopt(socket.SOL_SOCKET, 26, fprog)  # SO_ATTACH_FILTER; raises EINVAL if refused
+        del keep
