@@ -103,7 +103,8 @@ sys.exit(code)
 source is closed) under cProfile; set-up and teardown are not profiled (the whole run if the hooks are gone)."""
 WAITS = ("select.poll", "time.sleep", "select.select", "select.epoll")
 """Calls that block rather than compute; cProfile's clock is wall time, so they are listed apart."""
-FINGERPRINTED = ("kstap/capture/afpacket.py", "kstap/pipeline.py", "kstap/sinks/files.py", "kstap/sinks/pcapng.py")
+FINGERPRINTED = ("kstap/capture/afpacket.py", "kstap/pipeline/loop.py", "kstap/sinks/files.py",
+                 "kstap/sinks/pcapng.py")
 GOAL_VS_TCPDUMP = 3.0
 GOAL_VS_DUMPCAP = 0.7
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from kstap.vocabulary import AlertLevel, Cause
+
 # One captured packet: (timestamp in ns since the epoch, captured length, original length,
 # bytes, interface id, worker id). A tuple, not a dataclass: the capture loop builds millions.
 PacketRecord = tuple[int, int, int, bytes, int, int]
@@ -124,12 +126,31 @@ class ControllerState:
     d_term: float = 0.0
     rate: float = 1.0
     reason: str = ""
-    """Why the rate is what it is this tick: 'pi', 'deadband', 'clamp', 'slew', 'no-limit',
-    'hold' (after an emergency), or 'emergency: <cause>'."""
+    """Why the rate is what it is this tick, for people: 'pi', 'deadband', 'clamp', 'slew', 'no-limit',
+    'hold' (after an emergency), 'hold: kernel drops', or 'emergency: <what crossed its line>'."""
+    cause: Cause | None = None
+    """The same decision as a value: what the pipeline acts on (only :attr:`Cause.EMERGENCY`
+    sheds live flows). The controller always sets it; a state built without one (a scripted
+    governor) takes it from :attr:`reason` once, here."""
     resource: str = ""
     """Which resource is binding: 'memory', 'cpu', or '' when neither has a limit."""
     measured: float = 0.0
     """This tick's raw (unsmoothed) pressure of the binding resource."""
+
+    def __post_init__(self) -> None:
+        if self.cause is None:
+            self.cause = cause_of(self.reason)
+
+
+def cause_of(reason: str) -> Cause:
+    """The :class:`Cause` a controller reason text names (its part before ':'); unknown text is PI."""
+    head = reason.split(":", 1)[0].strip()
+    if reason.startswith(Cause.HOLD_DROPS.value):
+        return Cause.HOLD_DROPS
+    try:
+        return Cause(head)
+    except ValueError:
+        return Cause.PI
 
 
 @dataclass
@@ -176,8 +197,8 @@ class Alert:
     """A threshold crossing or event worth a line in the alerts panel."""
 
     time: float
-    level: str
-    """'warn' or 'critical' or 'info'."""
+    level: AlertLevel
+    """An :class:`AlertLevel` ('warn', 'critical' or 'info')."""
     kind: str
     """e.g. 'memory', 'drops', 'oom', 'shed', 'worker-lost', 'worker-restarted'."""
     message: str

@@ -1,7 +1,7 @@
 """The worker: the capture pipeline on one node, published over HTTP instead of written to a file.
 
 ``kstap worker`` (and the DaemonSet pod that runs it) builds a :class:`Worker`: it binds the API
-(:mod:`kstap.remote.server`), runs :func:`kstap.pipeline.run_tap` with a
+(:mod:`kstap.remote.server`), runs :func:`kstap.pipeline.assembly.run_worker` with a
 :class:`~kstap.remote.hub.StreamSink` in place of the pcapng file (capture, sampling and, with
 ``--entries on``, dissection all happen here), and publishes packets, packet comments, interface
 counters, stats snapshots, alerts and entries to every stream reader. Rate and filter changes
@@ -20,11 +20,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO, cast
 
-from kstap import pipeline
 from kstap.config import OutputSettings, TapSettings
+from kstap.contracts import AlertRaised, RateChanged
 from kstap.errors import KstapError, UsageError
 from kstap.filters.bpf import compile_filter, final_expression
 from kstap.model import CaptureSummary, Interface, StatsSnapshot
+from kstap.pipeline.assembly import run_worker
+from kstap.pipeline.stopping import StopFlag
 from kstap.remote import protocol
 from kstap.remote.hub import (
     DEFAULT_BACKLOG,
@@ -94,8 +96,8 @@ class Worker:
     def address(self) -> tuple[str, int]:
         return self.api.address
 
-    def run(self, stop: pipeline.StopFlag | None = None) -> CaptureSummary:
-        stop = stop if stop is not None else pipeline.StopFlag()
+    def run(self, stop: StopFlag | None = None) -> CaptureSummary:
+        stop = stop if stop is not None else StopFlag()
         self.api.start()
         host, port = self.address
         shown = f"[{host}]" if ":" in host else host
@@ -106,7 +108,7 @@ class Worker:
         lines = EntryLines(self.hub) if self.settings.entries else None
         reporter = WorkerReporter(self)
         try:
-            summary = run_pipeline(tap, reporter, stop, cast("TextIO | None", lines), self.open_sink, self.control)
+            summary = run_worker(tap, reporter, stop, cast("TextIO | None", lines), self.open_sink, self.control)
         except KstapError as exc:
             got = exc.summary if isinstance(exc.summary, CaptureSummary) else CaptureSummary()
             self.hub.end("error", summary_json(got), error=exc.message)
@@ -154,7 +156,7 @@ class Worker:
 
 
 class WorkerReporter:
-    """The pipeline's :class:`~kstap.pipeline.Reporter` on a worker: everything goes to the stream."""
+    """The pipeline's :class:`~kstap.contracts.Reporter` on a worker: everything goes to the stream."""
 
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
@@ -176,9 +178,9 @@ class WorkerReporter:
     def event(self, kind: str, data: dict[str, object]) -> None:
         if kind in protocol.EVENT_KINDS:
             self.worker.hub.publish_event(kind, data)
-        if kind == "alert":
+        if kind == AlertRaised.KIND:
             self.worker.log(f"{data.get('level')}: {data.get('message')}")
-        elif kind == "rate_change":
+        elif kind == RateChanged.KIND:
             self.worker.log(f"rate {data.get('old')} -> {data.get('new')} ({data.get('reason')})")
 
     def warning(self, message: str) -> None:
@@ -191,10 +193,3 @@ def summary_json(s: CaptureSummary) -> dict[str, Any]:
             "dropped": s.dropped, "sampled_out": s.sampled_out, "flows_seen": s.flows_seen,
             "flows_kept": s.flows_kept, "shed_flows": s.shed_flows, "final_rate": s.final_rate,
             "entries": s.entries, "stopped_by": s.stopped_by}
-
-
-# -- running the pipeline --------------------------------------------------------------------------------
-def run_pipeline(settings: TapSettings, reporter: pipeline.Reporter, stop: pipeline.StopFlag,
-                 lines: TextIO | None, sink_factory: SinkFactory, control: ControlInbox) -> CaptureSummary:
-    """``pipeline.run_tap`` with a streaming sink and live control."""
-    return pipeline.run_tap(settings, reporter, stop, lines=lines, sink_factory=sink_factory, control=control)

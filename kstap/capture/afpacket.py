@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kstap.capture import interfaces
+from kstap.contracts import SourceCapabilities
 from kstap.errors import EnvironmentProblem, KstapError, UsageError
 from kstap.filters.bpf import Program
 from kstap.model import Interface, InterfaceEvent, LinkChange, PacketRecord, SourceStats
@@ -392,6 +393,12 @@ class AfPacketSource:
     def fast(self) -> bool:
         """True when the C encoder can serve this source (one ring)."""
         return encode_block is not None and len(self.rings) == 1
+
+    @property
+    def capabilities(self) -> SourceCapabilities:
+        fast = self.fast
+        return SourceCapabilities(encoded_blocks=fast, sampled_blocks=fast and encode_block_sampled is not None,
+                                  live_filter=True, interface_events=True)
 
     def set_filter(self, program: Program) -> None:
         for r in self.rings:

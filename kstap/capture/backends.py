@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from typing import Protocol
 
 from kstap.capture import interfaces, netns
 from kstap.capture.afpacket import AfPacketRing, AfPacketSource, RingConfig
@@ -11,21 +10,12 @@ from kstap.capture.cooked import CookedSource
 from kstap.capture.dedup import DEFAULT_WINDOW_NS
 from kstap.capture.fanout import FanoutSource
 from kstap.capture.pcap_live import PcapLiveSource, compile_for_live, needs_live_compile
+from kstap.contracts import Source
 from kstap.errors import EnvironmentProblem, UsageError
 from kstap.filters import libpcap
 from kstap.filters.bpf import Program
-from kstap.model import Interface, PacketRecord, SourceStats
 
 PF_RING_PROC = "/proc/net/pf_ring"
-
-
-class LiveSource(Protocol):
-    interfaces: list[Interface]
-
-    def read(self, timeout_ms: int) -> list[PacketRecord]: ...
-    def drain(self, retire_ms: int) -> list[PacketRecord]: ...
-    def stats(self) -> list[SourceStats]: ...
-    def close(self) -> None: ...
 
 
 def pf_ring_problem() -> str | None:
@@ -57,7 +47,7 @@ class _AfPacketSingle(AfPacketSource):
 
 def open_live(backend: str, names: list[str], program: Program, *, workers: int, buffer_mib: int,
               ns: str | None, retire_ms: int = 20, restart_workers: bool = False,
-              dedup_window_ns: int = DEFAULT_WINDOW_NS) -> tuple[LiveSource, int]:
+              dedup_window_ns: int = DEFAULT_WINDOW_NS) -> tuple[Source, int]:
     """Open ``names`` with ``backend``; returns the source and its block-retire time (ms).
 
     ``any`` on af_packet is one cooked socket (:mod:`kstap.capture.cooked`; ``program`` must be

@@ -49,6 +49,7 @@ from kstap.capture.afpacket import (
 )
 from kstap.capture.dedup import DEFAULT_WINDOW_NS, Dedup, digest
 from kstap.capture.linkwatch import LinkWatch
+from kstap.contracts import SourceCapabilities
 from kstap.errors import EnvironmentProblem, UsageError
 from kstap.filters.bpf import (
     LINKTYPE_LINUX_SLL2,
@@ -100,8 +101,8 @@ def _no_loopback_outgoing(program: Program) -> Program:
 class CookedSource:
     """The one socket of ``-i any``, its ring, its dedup and its interface watch."""
 
-    fast = False
-    """No C block encoder for cooked packets: each record is built here (SLL2 header + payload)."""
+    capabilities = SourceCapabilities(live_filter=True, interface_events=True)
+    """No C block encoder for cooked packets (each record is built here: SLL2 header + payload)."""
 
     def __init__(self, program: Program, *, ring: RingConfig = RingConfig(),
                  dedup_window_ns: int = DEFAULT_WINDOW_NS) -> None:

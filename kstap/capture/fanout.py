@@ -33,6 +33,7 @@ from multiprocessing.connection import Connection, wait
 
 from kstap.capture import netns
 from kstap.capture.afpacket import AfPacketRing, AfPacketSource, RingConfig
+from kstap.contracts import SourceCapabilities
 from kstap.errors import KstapError, WorkerFailure
 from kstap.filters.bpf import Program
 from kstap.model import Interface, PacketRecord, SourceStats
@@ -322,6 +323,8 @@ class FanoutSource:
             self._watermarks[w] = 2**63
         out.extend(self._release())
         return out
+
+    capabilities = SourceCapabilities(live_filter=True)
 
     def set_filter(self, program: Program) -> None:
         """Swap every worker's kernel filter (applied within one poll interval, ~100 ms)."""

@@ -11,6 +11,7 @@ import select
 import time
 
 from kstap.capture import interfaces
+from kstap.contracts import SourceCapabilities
 from kstap.errors import EnvironmentProblem, KstapError, UsageError
 from kstap.filters import libpcap
 from kstap.filters.bpf import Program
@@ -19,6 +20,8 @@ from kstap.model import Interface, PacketRecord, SourceStats
 
 class PcapLiveSource:
     """One pcap handle per interface; read() takes what is ready on each."""
+
+    capabilities = SourceCapabilities()
 
     def __init__(self, names: list[str], expression: str, *, snaplen: int, buffer_bytes: int,
                  timeout_ms: int = 100) -> None:

@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from kstap.capture.savefile import CaptureFormatError, CaptureReader
+from kstap.contracts import SourceCapabilities
 from kstap.errors import KstapError, UsageError
 from kstap.filters.bpf import Program, compile_filter
 from kstap.model import Interface, PacketRecord, SourceStats
@@ -17,6 +18,8 @@ PACE_SLACK = 1e-6
 
 class ReplaySource:
     """Reads a capture file in batches; applies the BPF filter in user space (libpcap's)."""
+
+    capabilities = SourceCapabilities(finite=True)
 
     def __init__(
         self,
@@ -120,6 +123,10 @@ class ReplaySource:
             self._sleep(min(due - now, 1.0))
             return due - self._clock() <= PACE_SLACK
         return True
+
+    def drain(self, retire_ms: int) -> list[PacketRecord]:
+        """Nothing is in flight in a file."""
+        return []
 
     def stats(self) -> list[SourceStats]:
         per = [SourceStats() for _ in self.reader.interfaces] or [SourceStats()]

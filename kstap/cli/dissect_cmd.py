@@ -1,7 +1,7 @@
 """``kstap dissect FILE``: run the dissection stage offline over a pcap/pcapng file.
 
-The loop here is the offline twin of what ``kstap tap --entries`` wires in :mod:`kstap.pipeline`:
-file → batches of records → :class:`~kstap.dissect.stage.DissectStage` → NDJSON.
+The stages are put together in :func:`kstap.pipeline.assembly.run_dissect` (the offline twin of
+``kstap tap --entries``): file → batches of records → :class:`~kstap.dissect.stage.DissectStage` → NDJSON.
 """
 
 from __future__ import annotations
@@ -13,9 +13,6 @@ from typing import TextIO
 import typer
 
 from kstap.errors import ExitCode, KstapError, UsageError
-from kstap.model import PacketRecord
-
-BATCH = 1024
 
 
 def dissect(
@@ -44,41 +41,12 @@ def dissect(
 def run_dissect(path: str, entries: str, *, seed: int, memory_cap: int, idle_timeout: float,
                 report: TextIO | None = None) -> None:
     """Dissect ``path`` into ``entries``; a damaged file keeps what was read and raises (exit 1)."""
-    from kstap.capture.savefile import CaptureFormatError, CaptureReader
-    from kstap.dissect.entries import EntryWriter
-    from kstap.dissect.stage import DissectStage, default_flow_cap
+    from kstap.pipeline.assembly import run_dissect as dissect_file
 
-    report = report or sys.stderr
-    writer = EntryWriter(entries)
-    stage = DissectStage(seed=seed, memory_cap=memory_cap, flow_cap=default_flow_cap(memory_cap),
-                         idle_timeout=idle_timeout, emit=writer.write)
-    failure: str | None = None
-    packets = 0
-    batch: list[PacketRecord] = []
-    reader: CaptureReader | None = None
-    try:
-        with open(path, "rb") as f:
-            try:
-                reader = CaptureReader(f, path)
-                for rec, _info in reader:
-                    batch.append(rec)
-                    if len(batch) >= BATCH:
-                        stage.feed(batch, [i.linktype for i in reader.interfaces])
-                        writer.flush()
-                        batch = []
-                packets = reader.packets
-            except CaptureFormatError as exc:
-                failure = str(exc)
-                packets = exc.packets_ok
-            if batch and reader is not None:
-                stage.feed(batch, [i.linktype for i in reader.interfaces])
-        stage.close()
-    except OSError as exc:
-        failure = f"cannot read {path!r}: {exc.strerror}"
-    finally:
-        writer.close()
-    for line in summary_lines(stage, packets, writer.count, entries):
-        print(line, file=report)
+    stage, packets, written, failure = dissect_file(path, entries, seed=seed, memory_cap=memory_cap,
+                                                    idle_timeout=idle_timeout)
+    for line in summary_lines(stage, packets, written, entries):
+        print(line, file=report or sys.stderr)
     if failure is not None:
         raise KstapError(failure, hint=f"the {packets} packets before the damage were dissected")
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from kstap.control.pressure import cpu_ratio, memory_ratio
 from kstap.model import ControllerState, ResourceStats
+from kstap.vocabulary import Cause
 
 
 @dataclass
@@ -173,6 +174,7 @@ class RateController:
         if s.drop_ticks and self._drop_streak >= s.drop_ticks and not any(c.startswith("cpu") for c in causes):
             causes.append(f"kernel drops {self._drop_streak} ticks in a row ({new_drops} of {passed} this tick)")
         rate_before = self._rate
+        detail = ""
         u_before = math.log(rate_before)
         state = ControllerState(setpoint=s.setpoint_memory)
 
@@ -188,7 +190,7 @@ class RateController:
             if first:
                 self._integral = u_before - p_term - d_term  # bumpless start at initial_rate
             if abs(headroom) < s.deadband:
-                i_term, u_raw, reason = u_before - p_term - d_term, u_before, "deadband"
+                i_term, u_raw, cause = u_before - p_term - d_term, u_before, Cause.DEADBAND
             else:
                 i_term = self._integral + s.ki * headroom * dt
                 # conditional integration: integrate only up to the limit the headroom pushes towards
@@ -198,43 +200,44 @@ class RateController:
                 elif headroom < 0 and i_term < bottom:
                     i_term = min(self._integral, bottom)
                 u_raw = p_term + i_term + d_term
-                reason = "pi"
+                cause = Cause.PI
             target = math.exp(u_raw)
         else:
             p_term = i_term = d_term = 0.0
-            u_raw, target, reason = math.log(s.max_rate), s.max_rate, "no-limit"
+            u_raw, target, cause = math.log(s.max_rate), s.max_rate, Cause.NO_LIMIT
 
         if target >= s.max_rate * (1 - 1e-9) or target <= s.min_rate * (1 + 1e-9):
             target = min(max(target, s.min_rate), s.max_rate)
-            reason = "clamp" if reason == "pi" else reason
+            cause = Cause.CLAMP if cause is Cause.PI else cause
         rate = self._slew(rate_before, target, dt)
-        if rate != target and reason == "pi":
-            reason = "slew"
+        if rate != target and cause is Cause.PI:
+            cause = Cause.SLEW
 
         cooling = now - self._last_emergency < self._cooldown
         if causes and (oom_increase or not cooling):
             rate = max(s.min_rate, rate_before / 2)
-            reason = "emergency: " + ", ".join(causes)
+            cause, detail = Cause.EMERGENCY, ", ".join(causes)
             self._last_emergency = now
             cpu_only = all(c.startswith(("cpu", "kernel drops")) for c in causes)
             self._cooldown = s.drop_cooldown if cpu_only else s.emergency_cooldown
             self._drop_streak = 0  # the halving and shed need a tick or two to show: count afresh
         elif cooling and rate != rate_before:
-            rate, reason = rate_before, "hold"
+            rate, cause = rate_before, Cause.HOLD
         elif new_drops and s.drop_ticks and rate > rate_before:
-            rate, reason = rate_before, "hold: kernel drops"
+            rate, cause = rate_before, Cause.HOLD_DROPS
 
         # back-calculation: the integrator tracks the rate actually applied, so clamps, the raise slew
         # limit, holds and halvings never wind it up (and a release does not overshoot). A cut held back
         # by the cut slew limit keeps its integral, so the cut goes on next tick.
         u_applied = math.log(rate)
-        cut_by_slew = reason == "slew" and rate < rate_before
+        cut_by_slew = cause is Cause.SLEW and rate < rate_before
         if abs(u_applied - u_raw) > 1e-12 and not cut_by_slew:
             i_term = u_applied - p_term - d_term
         self._integral = i_term
         self._rate = rate
         state.p_term, state.i_term, state.d_term = p_term, i_term, d_term
-        state.rate, state.reason = rate, reason
+        state.rate, state.cause = rate, cause
+        state.reason = f"{cause.value}: {detail}" if detail else cause.value
         return state
 
     def _slew(self, before: float, target: float, dt: float) -> float:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from kstap.model import ControllerState, ResourceStats
+from kstap.vocabulary import Cause
 
 MIB = 1 << 20
 
@@ -230,7 +231,7 @@ def step_response(trace: Sequence[Tick], start: int, end: int, setpoint: float, 
     return StepResponse(
         settling_time=None if settled_at is None else window[settled_at].time - window[0].time,
         overshoot=overshoot, peak=peak, crossings=crossings, mean_rate=sum(rates) / len(rates) if rates else 0.0,
-        ooms=ooms, emergencies=sum(1 for t in window if t.state.reason.startswith("emergency")),
+        ooms=ooms, emergencies=sum(1 for t in window if t.state.cause is Cause.EMERGENCY),
         samples=values,
     )
 

@@ -26,6 +26,7 @@ from rich.text import Text
 
 from kstap.dashboard.view import render
 from kstap.model import Alert, Interface, StatsSnapshot
+from kstap.vocabulary import AlertLevel
 
 if TYPE_CHECKING:
     from kstap.pipeline import StopFlag
@@ -157,11 +158,11 @@ class LiveDashboard:
         if kind == "alert":
             t = data.get("time")
             self._add_alert(Alert(time=float(t) if isinstance(t, int | float) else self.wall(),
-                                  level=str(data.get("level", "warn")), kind=str(data.get("kind", "alert")),
+                                  level=AlertLevel.parse(data.get("level")), kind=str(data.get("kind", "alert")),
                                   message=str(data.get("message", ""))))
 
     def warning(self, message: str) -> None:
-        self._add_alert(Alert(time=self.wall(), level="warn", kind="warning", message=message))
+        self._add_alert(Alert(time=self.wall(), level=AlertLevel.WARN, kind="warning", message=message))
 
     # -- showing it --------------------------------------------------------------------------------------
     def start(self) -> None:

@@ -6,6 +6,7 @@ Every function is deterministic: same arguments, same snapshot.
 from __future__ import annotations
 
 from kstap.model import Alert, ControllerState, ResourceStats, StatsSnapshot, WorkerStats
+from kstap.vocabulary import AlertLevel
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -56,7 +57,7 @@ def auto_falling(elapsed: float = 90.0) -> StatsSnapshot:
         resources=ResourceStats(memory_bytes=740 * MIB, memory_limit=1 * GIB, cpu_fraction=0.82, cpu_limit=1.0,
                                 throttled_periods=37, psi_memory_some=1.25, psi_memory_full=0.0,
                                 source="cgroup v2 /kubepods/pod1"),
-        alerts=[Alert(time=41.0, level="warn", kind="memory", message="memory at 71% of the 1.0 GiB limit")],
+        alerts=[Alert(time=41.0, level=AlertLevel.WARN, kind="memory", message="memory at 71% of the 1.0 GiB limit")],
         rate_history=history,
         memory_history=[(float(t), min(0.74, 0.30 + t * 0.012)) for t in range(n + 1)],
     )
@@ -71,15 +72,16 @@ def memory_level(fraction: float, *, oom: int = 0) -> StatsSnapshot:
     s.resources.memory_bytes = int(limit * fraction)
     s.resources.oom_events = oom
     s.memory_history = [(float(t), min(fraction, 0.4 + t * 0.02)) for t in range(61)]
-    s.alerts = [Alert(time=16.0, level="warn", kind="memory", message="memory at 70% of the 2.0 GiB limit")]
+    s.alerts = [Alert(time=16.0, level=AlertLevel.WARN, kind="memory", message="memory at 70% of the 2.0 GiB limit")]
     if fraction >= 0.9:
         assert s.controller is not None
         s.controller.reason = "emergency"
         s.controller.pressure = fraction
         s.alerts = [*s.alerts,
-                    Alert(time=55.0, level="critical", kind="memory",
+                    Alert(time=55.0, level=AlertLevel.CRITICAL, kind="memory",
                           message=f"memory at {fraction:.0%} of the limit: emergency halving"),
-                    Alert(time=55.2, level="critical", kind="shed", message="shed 412 flows (highest hash first)")]
+                    Alert(time=55.2, level=AlertLevel.CRITICAL, kind="shed",
+                          message="shed 412 flows (highest hash first)")]
     return s
 
 
@@ -113,8 +115,9 @@ def lost_worker() -> StatsSnapshot:
     s = several_workers(3, elapsed=45.0)
     s.workers[1].alive = False
     s.workers[2].restarts = 1
-    s.alerts = [Alert(time=30.5, level="info", kind="worker-restarted", message="worker 2 on node-c restarted"),
-                Alert(time=38.0, level="critical", kind="worker-lost",
+    s.alerts = [Alert(time=30.5, level=AlertLevel.INFO, kind="worker-restarted",
+                      message="worker 2 on node-c restarted"),
+                Alert(time=38.0, level=AlertLevel.CRITICAL, kind="worker-lost",
                       message="worker 1 on node-b stopped answering; its packets are missing from 38 s on")]
     return s
 

@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from kstap.contracts import SourceCapabilities
 from kstap.errors import WorkerFailure
 from kstap.filters.bpf import Program
 from kstap.model import Interface, PacketRecord, SourceStats, WorkerStats
@@ -138,6 +139,11 @@ class _Inbox:
 
 class RemoteSource:
     """Many workers' streams as one source for the pipeline (see the module docstring)."""
+
+    capabilities = SourceCapabilities(sampled_upstream=True, packet_comments=True, worker_stats=True)
+    """The workers sampled (and dissect, when asked) on their nodes; their packet comments come
+    along; each worker's figures are known here. Its :meth:`set_filter` is per node (the
+    cluster session's), not a kernel filter the loop could swap."""
 
     def __init__(self, endpoints: Sequence[WorkerEndpoint], *, connect_timeout: float = 10.0,
                  grace: float = 3.0, max_hold: float = 3.0, read_timeout: float = 10.0,

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from kstap.contracts import SinkCapabilities
 from kstap.model import Interface, PacketRecord, SourceStats, StatsSnapshot
 from kstap.remote import protocol
 from kstap.sinks import pcapng
@@ -260,6 +261,8 @@ class StreamSink:
         self.files: list[str] = []
         self.packets_written = 0
         self.bytes_written = 0
+        self.capabilities = SinkCapabilities(patient=False)
+        """Stream readers merge on the watermark: the loop must keep the time moving."""
         self._counters = counters
         self._lag = lag_ms * 1_000_000
         self._clock = clock

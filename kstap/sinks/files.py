@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from kstap.contracts import SinkCapabilities
 from kstap.errors import KstapError, UsageError
 from kstap.model import Interface, PacketRecord
 from kstap.private_file import check_target, open_private
@@ -101,6 +102,8 @@ class PcapngFiles:
         self.files: list[str] = []
         self.packets_written = 0
         self.bytes_written = 0
+        self.capabilities = SinkCapabilities(patient=path != "-")
+        """Only a file waits (not a pipe on stdout): the loop may sleep until a block is ready."""
         self._open_next()
 
     # -- file handling -------------------------------------------------------------------------

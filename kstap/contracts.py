@@ -1,0 +1,263 @@
+"""The declared contracts between the stages and the one module that wires them (:mod:`kstap.pipeline`).
+
+A stage says what it can do through these interfaces, never through which keyword was passed or
+an ``isinstance`` check in the capture loop:
+
+- a :class:`Source` declares its :class:`SourceCapabilities` (already sampled upstream, finite,
+  yields encoded blocks, swaps its kernel filter live, carries packet comments, knows its
+  workers); the loop reads the flags and then uses the matching narrower protocol;
+- a :class:`Sink` declares its :class:`SinkCapabilities` (whether anyone waits on its packets);
+- what happens during a run reaches whoever runs it as typed events (:class:`RateChanged`,
+  :class:`AlertRaised`) through a :class:`Reporter`;
+- the closed vocabularies (:class:`Mode`, :class:`AlertLevel`, :class:`Cause`) are StrEnums.
+
+This module sits just above :mod:`kstap.model` and :mod:`kstap.vocabulary`: every stage may
+import it, it imports no stage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+from kstap.filters.bpf import Program
+from kstap.model import (
+    Alert,
+    ControllerState,
+    Interface,
+    InterfaceEvent,
+    PacketRecord,
+    ResourceStats,
+    SourceStats,
+    StatsSnapshot,
+    WorkerStats,
+)
+from kstap.vocabulary import AlertLevel, Cause, Mode
+
+__all__ = [
+    "AlertLevel",
+    "AlertRaised",
+    "BlockSource",
+    "Cause",
+    "CommentSource",
+    "ControlRequest",
+    "Event",
+    "FilterSource",
+    "FiniteSource",
+    "Governor",
+    "LinkEventSource",
+    "LiveControl",
+    "Mode",
+    "PressureReaderLike",
+    "RateChanged",
+    "Reporter",
+    "Sink",
+    "SinkCapabilities",
+    "SinkFactory",
+    "Source",
+    "SourceCapabilities",
+    "WorkerStatsSource",
+    "publish",
+]
+
+
+# -- sources -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SourceCapabilities:
+    """What a :class:`Source` can do beyond ``read``/``drain``/``stats``/``close``."""
+
+    sampled_upstream: bool = False
+    """Its flows were sampled before they got here (remote workers): no sampler, no governor here."""
+    finite: bool = False
+    """A file: read once before the sink opens (its header names the interfaces), ends by itself
+    (:attr:`FiniteSource.exhausted`), has no kernel counters, no resources worth watching, and no
+    wall clock for idle eviction (see :class:`FiniteSource`)."""
+    encoded_blocks: bool = False
+    """Hands over whole pcapng-encoded blocks (the C fast path, see :class:`BlockSource`)."""
+    sampled_blocks: bool = False
+    """Its block encoder also comments each flow's first packet when the kernel did the sampling
+    (percentage mode), given a first-packet table."""
+    live_filter: bool = False
+    """Swaps its kernel filter while running (a new rate ceiling or ``POST /v1/control``; see
+    :class:`FilterSource`)."""
+    packet_comments: bool = False
+    """Carries packet comments written upstream (see :class:`CommentSource`)."""
+    worker_stats: bool = False
+    """Knows its workers' figures itself (see :class:`WorkerStatsSource`)."""
+    interface_events: bool = False
+    """Reports interfaces that appear and vanish while it captures (see :class:`LinkEventSource`)."""
+
+
+class Source(Protocol):
+    """Where packets come from: a socket, a fanout of worker processes, a file, remote workers."""
+
+    @property
+    def capabilities(self) -> SourceCapabilities: ...
+    @property
+    def interfaces(self) -> list[Interface]: ...
+
+    def read(self, timeout_ms: int) -> list[PacketRecord]:
+        """Packets in time order, waiting up to ``timeout_ms`` when none is ready."""
+    def drain(self, retire_ms: int) -> list[PacketRecord]:
+        """At a stop: what is still in flight (partly filled blocks, a merge's hold)."""
+    def stats(self) -> list[SourceStats]:
+        """Counters parallel to :attr:`interfaces`."""
+    def close(self) -> None: ...
+
+
+class BlockSource(Source, Protocol):
+    """``encoded_blocks``: one ring whose ready blocks the C encoder turns into EPB bytes."""
+
+    def read_encoded(self, timeout_ms: int, max_packets: int,
+                     seen: Any = None) -> tuple[list[bytes], int, int]:
+        """(EPB chunks, packets, bytes); ``seen``: percentage mode's first-packet table."""
+    def wake_on(self, fd: int) -> None:
+        """Also end a wait when ``fd`` turns readable (the stop flag's pipe)."""
+
+
+class FiniteSource(Source, Protocol):
+    """``finite``: a capture file."""
+
+    @property
+    def exhausted(self) -> bool: ...
+    @property
+    def error(self) -> Any:
+        """The damage that ended the read early (a ``CaptureFormatError`` with ``packets_ok``), or None."""
+
+
+class FilterSource(Source, Protocol):
+    """``live_filter``: the kernel filter can be swapped atomically while capturing."""
+
+    def set_filter(self, program: Program) -> None: ...
+
+
+class CommentSource(Source, Protocol):
+    """``packet_comments``: comments for (a slice of) what the last read returned, by index."""
+
+    def comments_for(self, records: Sequence[PacketRecord]) -> dict[int, str]: ...
+
+
+class LinkEventSource(Source, Protocol):
+    """``interface_events``: interfaces that appeared or vanished since the last call (pod veths
+    on ``-i any``, a named interface that went away)."""
+
+    def take_events(self) -> list[InterfaceEvent]: ...
+
+
+class WorkerStatsSource(Source, Protocol):
+    """``worker_stats``: per-worker figures for the dashboard."""
+
+    def worker_stats(self) -> list[WorkerStats]: ...
+
+
+# -- sinks -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SinkCapabilities:
+    """What a :class:`Sink` tells the loop about who reads what it writes."""
+
+    patient: bool = False
+    """Only a file waits for the packets (no pipe, stream or worker reader whose merge needs the
+    time to move on): the loop may sleep until a block, the next tick or a stop."""
+
+
+class Sink(Protocol):
+    """Where kept packets go: :class:`kstap.sinks.files.PcapngFiles`, or a worker's
+    :class:`kstap.remote.hub.StreamSink`."""
+
+    files: list[str]
+    packets_written: int
+    bytes_written: int
+
+    @property
+    def capabilities(self) -> SinkCapabilities: ...
+
+    def write(self, records: Sequence[PacketRecord], comments: Mapping[int, str] | None = None) -> None: ...
+    def write_encoded(self, chunks: list[bytes], packets: int, if_id: int = 0) -> None: ...
+    def ensure_interfaces(self, interfaces: Sequence[Interface]) -> None: ...
+    def tick(self) -> None: ...
+    def close(self) -> bool: ...
+
+
+SinkFactory = Callable[[list[Interface], str, Callable[[], list[Any]]], Sink]
+"""(interfaces, SHB comment, interface counters) → the sink, instead of the -w file (a worker's stream)."""
+
+
+# -- events ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RateChanged:
+    """The sampling rate moved (the controller, a control request)."""
+
+    KIND: ClassVar[str] = "rate_change"
+    old: float
+    new: float
+    cause: Cause
+    reason: str
+    """The controller's text (or the cause's value when there is no more to say)."""
+    pressure: float | None = None
+
+    def wire(self) -> dict[str, object]:
+        """The event's fields as JSON, NDJSON and the worker protocol carry them."""
+        return {"old": self.old, "new": self.new, "reason": self.reason, "pressure": self.pressure}
+
+
+@dataclass(frozen=True)
+class AlertRaised:
+    """A threshold was crossed or something happened worth a line in the alerts panel."""
+
+    KIND: ClassVar[str] = "alert"
+    alert: Alert
+
+    def wire(self) -> dict[str, object]:
+        a = self.alert
+        return {"level": a.level.value, "kind": a.kind, "message": a.message}
+
+
+Event = RateChanged | AlertRaised
+
+
+class Reporter(Protocol):
+    """What the pipeline tells whoever runs it. The CLI renders it; tests record it."""
+
+    def listening(self, interfaces: list[Interface], backend: str, workers: int) -> None:
+        """Capture is armed: every later packet will be seen."""
+
+    def progress(self, snapshot: StatsSnapshot) -> None:
+        """About once a second while capturing."""
+
+    def event(self, kind: str, data: dict[str, object]) -> None:
+        """An :class:`Event` in its wire form (``kind`` is its ``KIND``): the same shape the worker
+        protocol carries, so a worker's events and a local run's reach a reporter alike."""
+
+    def warning(self, message: str) -> None:
+        """A problem that does not stop the capture."""
+
+
+def publish(reporter: Reporter, event: Event) -> None:
+    """Hand a typed event to a reporter (the one place events take their wire form)."""
+    reporter.event(event.KIND, event.wire())
+
+
+# -- steering ----------------------------------------------------------------------------------------
+class ControlRequest(Protocol):
+    @property
+    def rate(self) -> float | None: ...
+    @property
+    def filter(self) -> str | None: ...
+
+
+class LiveControl(Protocol):
+    """Rate/filter requests from outside the loop (a worker's API), applied once a tick."""
+
+    def take(self) -> ControlRequest | None: ...
+    def done(self, request: Any, error: str | None = None) -> None: ...
+
+
+class PressureReaderLike(Protocol):
+    def read(self) -> ResourceStats: ...
+
+
+class Governor(Protocol):
+    """Auto mode's rate source: reads pressure and runs the controller once per call (~1 Hz)."""
+
+    def update(self, kernel_drops: int = 0, kernel_received: int = 0) -> tuple[ResourceStats, ControllerState]: ...

@@ -1,0 +1,250 @@
+"""Assembly: the one place where stages are put together.
+
+- :func:`run_tap`: a local capture (``kstap tap -i``, ``--read``, the demo), and the base of the others;
+- :func:`run_worker`: a node's worker (:mod:`kstap.worker`): the capture into a stream sink, with live control;
+- :func:`run_remote`: the cluster session's capture: remote workers merged as one source
+  (:mod:`kstap.pipeline.cluster` deploys them and follows the churn);
+- :func:`run_dissect`: ``kstap dissect FILE``, a capture file through the dissector alone.
+
+Each builds the stages (source, sampler, governor, sink, consumers), declares nothing about them
+that they do not declare themselves (:mod:`kstap.contracts`), and hands them to the loop
+(:mod:`kstap.pipeline.loop`).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from typing import TextIO
+
+from kstap.capture import backends
+from kstap.capture.replay import ReplaySource
+from kstap.config import TapSettings
+from kstap.contracts import Governor, LiveControl, Reporter, Sink, SinkFactory, Source
+from kstap.dissect.api import Entry
+from kstap.dissect.entries import EntryWriter
+from kstap.dissect.stage import DEFAULT_IDLE_TIMEOUT, DissectStage, default_flow_cap
+from kstap.errors import Interrupted
+from kstap.filters.bpf import Program, compile_filter, final_expression
+from kstap.model import CaptureSummary, Interface, PacketRecord, SourceStats
+from kstap.pipeline.loop import Capture, Consumers, Stages
+from kstap.pipeline.resources import ResourceWatch
+from kstap.pipeline.steering import Steering, compile_live, sampled
+from kstap.pipeline.stopping import Signals, StopFlag
+from kstap.sampling import metadata
+from kstap.sampling.flowhash import seed_id
+from kstap.sampling.sampler import FlowSampler
+from kstap.sinks import pcapng
+from kstap.sinks.files import PcapngFiles, check_writable
+from kstap.sinks.text import TextLines
+from kstap.vocabulary import Mode
+
+FILE_RETIRE_MS = 500
+"""Block retire timeout when only a file waits for the packets (see :func:`open_source`)."""
+DISSECT_BATCH = 1024
+"""Records per dissector call in :func:`run_dissect`."""
+
+
+def run_tap(settings: TapSettings, reporter: Reporter, stop: StopFlag | None = None,
+            clock: Callable[[], float] = time.monotonic, lines: TextIO | None = None,
+            governor: Governor | None = None, sink_factory: SinkFactory | None = None,
+            control: LiveControl | None = None, source: Source | None = None,
+            backend: str = "remote") -> CaptureSummary:
+    """Run one capture to its end; returns the summary. Raises KstapError subclasses.
+
+    Without an output file, packets are described one per line on ``lines`` (tcpdump's default),
+    or only counted when ``lines`` is None. In auto mode ``governor`` moves the sampling rate
+    (built from the settings when not given). ``source``: an already open source (named
+    ``backend``) instead of the one the settings describe; what it can do, it declares.
+    """
+    settings.validate()
+    stop = stop if stop is not None else StopFlag()
+    expression = final_expression(settings.bpf_filter)
+    out = settings.output
+    if out.path:
+        check_writable(out.path)
+    smp = settings.sampling
+    seed = smp.seed if smp.seed is not None else secrets.randbits(32)
+    sampler = None
+    if smp.mode != Mode.FULL and (source is None or not source.capabilities.sampled_upstream):
+        sampler = FlowSampler(smp.mode, smp.rate, seed, idle_timeout_ns=int(smp.idle_timeout * 1e9))
+        if smp.mode == Mode.AUTO and governor is None:
+            governor = default_governor(settings)
+    with Signals(stop):
+        base: Program | None = None
+        retire_ms = 0
+        if source is None:
+            source, retire_ms, backend, base = open_source(settings, expression, sampler)
+        try:
+            if stop:
+                raise Interrupted("interrupted before capture started")
+            watch = ResourceWatch(smp, reporter)
+            steering = Steering(settings, source, reporter, watch, sampler, governor, base, control)
+            opened = source
+            changes: list[str] = []
+            stages = Stages(
+                source=source, backend=backend, steering=steering, watch=watch, retire_ms=retire_ms,
+                interface_changes=changes,
+                open_sink=lambda interfaces: open_sink(settings, interfaces, opened, backend, sampler, seed,
+                                                       sink_factory, changes),
+                open_consumers=lambda interfaces, has_sink: open_consumers(settings, interfaces, has_sink,
+                                                                           lines, seed))
+            return Capture(settings, stages, reporter, stop, clock).run()
+        finally:
+            source.close()
+
+
+def run_worker(settings: TapSettings, reporter: Reporter, stop: StopFlag, lines: TextIO | None,
+               sink_factory: SinkFactory, control: LiveControl) -> CaptureSummary:
+    """A node's worker: the capture into a streaming sink, with rate/filter control from its API."""
+    return run_tap(settings, reporter, stop, lines=lines, sink_factory=sink_factory, control=control)
+
+
+def run_remote(settings: TapSettings, reporter: Reporter, stop: StopFlag, source: Source) -> CaptureSummary:
+    """The cluster session's capture: the workers' merged streams through the same loop (they
+    sampled, and dissect when asked, themselves: see their source's capabilities)."""
+    return run_tap(settings, reporter, stop, source=source, backend="remote")
+
+
+def default_governor(settings: TapSettings) -> Governor:
+    from kstap.control.governor import build_governor
+
+    return build_governor(settings.sampling)
+
+
+def open_source(settings: TapSettings, expression: str,
+                sampler: FlowSampler | None) -> tuple[Source, int, str, Program | None]:
+    """The source the settings describe: (source, block-retire ms, backend name, filter without sampling)."""
+    if settings.read:
+        if expression:
+            compile_filter(expression, snaplen=settings.snaplen)  # fail early on a bad expression
+        replay = ReplaySource(settings.read, expression, snaplen=settings.snaplen, realtime=settings.realtime)
+        return replay, 0, "file", None
+    base = compile_live(expression, settings)
+    backend = backends.resolve(settings.capture)
+    program = base
+    if sampler is not None:
+        program = sampled(base, sampler)
+    # Writing a file, nobody waits on single packets: hand blocks over every 500 ms (tcpdump waits
+    # up to 1 s). Each hand-over costs a wake-up and a pass through Python, which at low kept rates
+    # is most of the CPU: 20 -> 100 ms measured 0.41 -> 0.28 us/packet at 20k pps, and 100 -> 250
+    # -> 1000 ms took rate-0.1 sampling at 100k pps from 0.31x to 0.24x to 0.18x the CPU of full
+    # capture (docs/benchmarks.md). The cost: up to that long to flush at a stop. Live consumers
+    # (-w -, packet lines, entries) keep 20 ms.
+    to_file = settings.output.path not in (None, "-") and settings.entries is None
+    live, retire = backends.open_live(backend, settings.interfaces, program, workers=settings.workers,
+                                      buffer_mib=settings.buffer_mib, ns=settings.netns,
+                                      retire_ms=FILE_RETIRE_MS if to_file else 20, restart_workers=True,
+                                      dedup_window_ns=int(settings.dedup_window_ms * 1e6))
+    return live, retire, backend, base
+
+
+def open_sink(settings: TapSettings, interfaces: list[Interface], source: Source, backend: str,
+              sampler: FlowSampler | None, seed: int, sink_factory: SinkFactory | None,
+              changes: list[str]) -> Sink | None:
+    """The -w file(s), the sink a worker streams into, or None (packet lines or counting only).
+    ``changes``: the interface changes so far (the loop appends), for the statistics block's comment."""
+    out, smp = settings.output, settings.sampling
+    if not out.path and sink_factory is None:
+        return None
+    run = metadata.run_note(smp.mode, sampler.rate if sampler else 1.0, seed_id(seed), settings.bpf_filter)
+
+    def counters() -> list[pcapng.InterfaceCounters]:
+        return [pcapng.InterfaceCounters(0, 0, s.received, s.dropped, s.delivered,
+                                         isb_note(s, changes if i == 0 else []))
+                for i, s in enumerate(source.stats())]
+
+    if sink_factory is not None:
+        return sink_factory(interfaces, f"{run}; backend={backend}", counters)
+    return PcapngFiles(
+        out.path or "-", interfaces, counters=counters,
+        rotate_bytes=int(out.rotate_mb * 1_000_000) if out.rotate_mb else None,
+        rotate_seconds=out.rotate_seconds, ring_files=out.ring_files,
+        with_queue=settings.workers > 1,
+        comment=f"{run}; backend={backend}",
+    )
+
+
+def isb_note(stats: SourceStats, changes: list[str]) -> str:
+    """The ISB comment: what ``-i any`` dedup removed and which interfaces came and went."""
+    parts = []
+    if stats.duplicates:
+        parts.append(f"kstap: {stats.duplicates} duplicate copies removed (the same packet seen on another "
+                     "interface of the node)")
+    if changes:
+        more = f" (+{len(changes) - 50} earlier)" if len(changes) > 50 else ""
+        parts.append("kstap: " + "; ".join(changes[-50:]) + more)
+    return "\n".join(parts)
+
+
+def open_consumers(settings: TapSettings, interfaces: list[Interface], has_sink: bool, lines: TextIO | None,
+                   seed: int) -> Consumers:
+    """Packet lines (tcpdump's default without -w) and the dissector with its entries (--entries)."""
+    consumers = Consumers()
+    if lines is not None and not has_sink and settings.entries != "-":
+        consumers.text = TextLines(lines, [i.linktype for i in interfaces])
+    if settings.entries:
+        cap = settings.dissect_memory_mib << 20
+        writer = EntryWriter(settings.entries or "-", stdout=lines)
+        endpoints = consumers.endpoints
+
+        def emit(entry: Entry) -> None:
+            writer.write(entry)
+            endpoints[endpoint_label(entry)] += 1
+
+        consumers.entries = writer
+        consumers.dissect = DissectStage(seed=seed, memory_cap=cap, flow_cap=default_flow_cap(cap),
+                                         idle_timeout=DEFAULT_IDLE_TIMEOUT, emit=emit)
+    return consumers
+
+
+def endpoint_label(entry: Entry) -> str:
+    """How the dashboard names an L7 endpoint: 'GET /api' @ server, or a DNS name."""
+    if entry.protocol == "dns":
+        return f"dns {entry.query_name or '?'}"
+    target = entry.path or "/"
+    if "?" in target:
+        target = target.split("?", 1)[0]
+    return f"{entry.method or '?'} {target} @ {entry.authority or entry.server}"
+
+
+def run_dissect(path: str, entries: str, *, seed: int, memory_cap: int, idle_timeout: float
+                ) -> tuple[DissectStage, int, int, str | None]:
+    """Dissect the capture file ``path`` into ``entries`` (NDJSON).
+
+    Returns (the stage, for its statistics; packets read; entries written; the damage that ended
+    the read early, or None). A damaged file keeps what was read before the damage.
+    """
+    from kstap.capture.savefile import CaptureFormatError, CaptureReader
+
+    writer = EntryWriter(entries)
+    stage = DissectStage(seed=seed, memory_cap=memory_cap, flow_cap=default_flow_cap(memory_cap),
+                         idle_timeout=idle_timeout, emit=writer.write)
+    failure: str | None = None
+    packets = 0
+    batch: list[PacketRecord] = []
+    reader: CaptureReader | None = None
+    try:
+        with open(path, "rb") as f:
+            try:
+                reader = CaptureReader(f, path)
+                for rec, _info in reader:
+                    batch.append(rec)
+                    if len(batch) >= DISSECT_BATCH:
+                        stage.feed(batch, [i.linktype for i in reader.interfaces])
+                        writer.flush()
+                        batch = []
+                packets = reader.packets
+            except CaptureFormatError as exc:
+                failure = str(exc)
+                packets = exc.packets_ok
+            if batch and reader is not None:
+                stage.feed(batch, [i.linktype for i in reader.interfaces])
+        stage.close()
+    except OSError as exc:
+        failure = f"cannot read {path!r}: {exc.strerror}"
+    finally:
+        writer.close()
+    return stage, packets, writer.count, failure
+
