@@ -86,6 +86,41 @@ class RingConfig:
         return max(2, self.buffer_bytes // self.block_bytes)
 
 
+def map_ring(sock: socket.socket, r: RingConfig) -> mmap.mmap:
+    """Give ``sock`` a TPACKET_V3 receive ring of geometry ``r`` and map it."""
+    req = struct.pack("IIIIIII", r.block_bytes, r.blocks, 2048, r.block_bytes // 2048 * r.blocks, r.retire_ms, 0, 0)
+    try:
+        sock.setsockopt(SOL_PACKET, PACKET_RX_RING, req)
+    except OSError as exc:
+        raise EnvironmentProblem(f"cannot allocate a {r.buffer_bytes >> 20} MiB capture ring: "
+                                 f"{exc.strerror}", hint="use a smaller --buffer-size") from exc
+    return mmap.mmap(sock.fileno(), r.block_bytes * r.blocks, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+
+
+def attach_filter(sock: socket.socket, prog: Program) -> None:
+    """Attach (or atomically replace) ``sock``'s classic BPF filter; a usage error if the kernel refuses it."""
+    fprog, keep = prog.sock_fprog()
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+    except OSError as exc:  # ENOMEM: the program is above net.core.optmem_max once translated
+        raise UsageError(f"the kernel refused the {len(prog.insns)}-instruction filter: {exc.strerror}",
+                         hint="simplify the filter (e.g. 'net 10.0.0.0/16' instead of many hosts), "
+                              "or raise net.core.optmem_max") from None
+    del keep
+
+
+def fold_counters(sock: socket.socket, stats: SourceStats) -> SourceStats:
+    """Add the kernel's PACKET_STATISTICS (which reset on every read) to ``stats``."""
+    try:
+        raw = sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, _STATS.size)
+    except OSError:
+        return stats
+    packets, drops, _ = _STATS.unpack(raw)
+    stats.received += packets
+    stats.dropped += drops
+    return stats
+
+
 class AfPacketRing:
     """One AF_PACKET socket on one interface with its TPACKET_V3 ring."""
 
@@ -137,15 +172,7 @@ class AfPacketRing:
         self._loopback = interfaces.is_loopback(hatype)
         self.set_filter(program)
         r = self._ring
-        req = struct.pack("IIIIIII", r.block_bytes, r.blocks, 2048, r.block_bytes // 2048 * r.blocks,
-                          r.retire_ms, 0, 0)
-        try:
-            s.setsockopt(SOL_PACKET, PACKET_RX_RING, req)
-        except OSError as exc:
-            raise EnvironmentProblem(f"cannot allocate a {r.buffer_bytes >> 20} MiB capture ring: "
-                                     f"{exc.strerror}", hint="use a smaller --buffer-size") from exc
-        self.mm = mmap.mmap(s.fileno(), r.block_bytes * r.blocks, mmap.MAP_SHARED,
-                            mmap.PROT_READ | mmap.PROT_WRITE)
+        self.mm = map_ring(s, r)
         s.bind((self.name, ETH_P_ALL))
         if fanout_group is not None:
             # No PACKET_FANOUT_FLAG_DEFRAG: it makes the kernel reassemble IP fragments before the
@@ -160,16 +187,7 @@ class AfPacketRing:
 
     def set_filter(self, program: Program) -> None:
         """Attach (or atomically replace) the kernel filter; loopback drops outgoing copies."""
-        s = self.sock
-        prog = program.without_outgoing() if self._loopback else program
-        fprog, keep = prog.sock_fprog()
-        try:
-            s.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
-        except OSError as exc:  # ENOMEM: the program is above net.core.optmem_max once translated
-            raise UsageError(f"the kernel refused the {len(prog.insns)}-instruction filter: {exc.strerror}",
-                             hint="simplify the filter (e.g. 'net 10.0.0.0/16' instead of many hosts), "
-                                  "or raise net.core.optmem_max") from None
-        del keep
+        attach_filter(self.sock, program.without_outgoing() if self._loopback else program)
 
     def interface(self, program: Program) -> Interface:
         return Interface(self.name, self.linktype, program.snaplen, program.expression)
@@ -248,14 +266,7 @@ class AfPacketRing:
 
     def update_stats(self) -> SourceStats:
         """Fold the kernel's counters (which reset on every read) into ``self.stats``."""
-        try:
-            raw = self.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, _STATS.size)
-        except OSError:
-            return self.stats
-        packets, drops, _ = _STATS.unpack(raw)
-        self.stats.received += packets
-        self.stats.dropped += drops
-        return self.stats
+        return fold_counters(self.sock, self.stats)
 
     def close(self) -> None:
         self.update_stats()

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import mmap
 import select
 import socket
 import struct
@@ -31,14 +30,10 @@ import time
 from kstap.capture.afpacket import (
     _BLOCK_HDR,
     _PKT_HDR,
-    _STATS,
     _U32,
     _VLAN,
     ETH_P_ALL,
-    PACKET_RX_RING,
-    PACKET_STATISTICS,
     PACKET_VERSION,
-    SO_ATTACH_FILTER,
     SOL_PACKET,
     TP_STATUS_KERNEL,
     TP_STATUS_USER,
@@ -47,11 +42,14 @@ from kstap.capture.afpacket import (
     TPACKET_V3,
     RingConfig,
     _load_fast,
+    attach_filter,
+    fold_counters,
+    map_ring,
 )
 from kstap.capture.dedup import DEFAULT_WINDOW_NS, Dedup, digest
 from kstap.capture.linkwatch import LinkWatch
 from kstap.contracts import SourceCapabilities
-from kstap.errors import EnvironmentProblem, UsageError
+from kstap.errors import EnvironmentProblem
 from kstap.filters.bpf import (
     LINKTYPE_LINUX_SLL2,
     PACKET_OUTGOING,
@@ -150,15 +148,7 @@ class CookedSource:
         s.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V3)
         self.set_filter(program)  # before the bind: no unfiltered packet can slip in
         r = self._ring
-        req = struct.pack("IIIIIII", r.block_bytes, r.blocks, 2048, r.block_bytes // 2048 * r.blocks,
-                          r.retire_ms, 0, 0)
-        try:
-            s.setsockopt(SOL_PACKET, PACKET_RX_RING, req)
-        except OSError as exc:
-            raise EnvironmentProblem(f"cannot allocate a {r.buffer_bytes >> 20} MiB capture ring: "
-                                     f"{exc.strerror}", hint="use a smaller --buffer-size") from exc
-        self.mm = mmap.mmap(s.fileno(), r.block_bytes * r.blocks, mmap.MAP_SHARED,
-                            mmap.PROT_READ | mmap.PROT_WRITE)
+        self.mm = map_ring(s, r)
         _bind_all(s)
         self._block = 0
         self._nblocks = r.blocks
@@ -166,14 +156,7 @@ class CookedSource:
 
     def set_filter(self, program: Program) -> None:
         """Attach (or atomically replace) the kernel filter (a cooked-socket program)."""
-        prog = _no_loopback_outgoing(program)
-        fprog, keep = prog.sock_fprog()
-        try:
-            self.sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
-        except OSError as exc:
-            raise UsageError(f"the kernel refused the {len(prog.insns)}-instruction filter: {exc.strerror}",
-                             hint="simplify the filter, or raise net.core.optmem_max") from None
-        del keep
+        attach_filter(self.sock, _no_loopback_outgoing(program))
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -187,18 +170,16 @@ class CookedSource:
         """The packets of every ready block (copies removed); waits up to ``timeout_ms`` for one."""
         out: list[PacketRecord] = []
         self._read_blocks(out)
-        if out:
-            self._watch()
-            return out
-        try:
-            events = self._poll.poll(timeout_ms)
-        except InterruptedError:
-            return out
-        for fd, _ev in events:
-            if self.links is not None and fd == self.links.fileno():
-                self._watch()
-        self._read_blocks(out)
+        if not out:
+            self._wait(timeout_ms)
+            self._read_blocks(out)
+        self._watch()
         return out
+
+    def _wait(self, timeout_ms: int) -> None:
+        """Until a block is ready, an interface changes, the stop flag's pipe wakes, or ``timeout_ms``."""
+        with contextlib.suppress(InterruptedError):
+            self._poll.poll(timeout_ms)
 
     def _watch(self) -> None:
         if self.links is not None:
@@ -256,16 +237,11 @@ class CookedSource:
         """The C fast path: EPB bytes (LINUX_SLL2, copies removed) of the ready blocks, waiting up
         to ``timeout_ms`` when none is ready. ``seen`` is not supported (no first-packet comments)."""
         got = self._encoded(max_packets)
-        if got[1] or max_packets <= 0:
-            self._watch()
-            return got
-        try:
-            events = self._poll.poll(timeout_ms)
-        except InterruptedError:
-            return got
-        if any(self.links is not None and fd == self.links.fileno() for fd, _ in events):
-            self._watch()
-        return self._encoded(max_packets)
+        if not got[1] and max_packets > 0:
+            self._wait(timeout_ms)
+            got = self._encoded(max_packets)
+        self._watch()
+        return got
 
     def _encoded(self, max_packets: int, limit: int = 64) -> tuple[list[bytes], int, int]:
         assert encode_cooked_block is not None
@@ -300,11 +276,7 @@ class CookedSource:
     # -- counters --------------------------------------------------------------------------------
     def stats(self) -> list[SourceStats]:
         """Kernel counters (they reset on every read) folded in, plus the copies removed."""
-        with contextlib.suppress(OSError):
-            raw = self.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, _STATS.size)
-            packets, drops, _ = _STATS.unpack(raw)
-            self._stats.received += packets
-            self._stats.dropped += drops
+        fold_counters(self.sock, self._stats)
         self._stats.duplicates = (self.dedup.removed if self.dedup is not None else 0) + self._c_duplicates
         return [self._stats]
 

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import dpkt
+import procs
 import pytest
 
 from kstap.demo.lab import Lab
@@ -40,21 +41,6 @@ RATE = 0.3
 SEED = "0x1234abcd"
 BASE = 21000
 PORT = 7000
-
-ECHO = r"""
-import socket, sys, time
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind((sys.argv[1], 7000))
-s.settimeout(0.5)
-end = time.monotonic() + float(sys.argv[2])
-print("ready", flush=True)
-while time.monotonic() < end:
-    try:
-        data, peer = s.recvfrom(2048)
-    except socket.timeout:
-        continue
-    s.sendto(data, peer)
-"""
 
 SEND = r"""
 import socket, sys
@@ -104,10 +90,11 @@ class Run:
 
     def tcpdump(self, ns: str, out: Path, *args: str) -> None:
         p = self.start(ns, "tcpdump", "-U", "-Z", "root", "-w", str(out), *args, "udp")
-        deadline = time.monotonic() + 10
-        while not (out.exists() and out.stat().st_size > 0):  # the file header is written when it listens
-            assert p.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
+        assert p.stderr is not None
+        seen = []
+        while not seen or "listening on" not in seen[-1]:  # then it captures (a warning may come first)
+            seen.append(p.stderr.readline())
+            assert seen[-1], f"tcpdump {args} did not start: {seen}"
         time.sleep(0.3)
 
     def kstap(self, ns: str, out: Path, *args: str) -> None:
@@ -132,6 +119,7 @@ class Run:
                 p.wait(5)
 
 
+
 @pytest.fixture(scope="module")
 def captures(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
     """Every capture of the module: files by link type name, including kstap's live percentage runs."""
@@ -141,7 +129,7 @@ def captures(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Pat
         run = Run()
         try:
             # 1. the veth: Ethernet, cooked v1 and v2 at once; kstap -i any sampling in the kernel
-            run.start(lab.server, sys.executable, "-c", ECHO, lab.server_ip, "60", ready="ready")
+            run.start(lab.server, sys.executable, "-c", procs.UDP_ECHO, lab.server_ip, "60", str(PORT), ready="READY")
             for name, args in (("ethernet", ("-i", lab.server_if)), ("sll", ("-i", "any")),
                                ("sll2", ("-i", "any", "-y", "LINUX_SLL2"))):
                 files[name] = tmp / f"{name}.pcap"
@@ -156,7 +144,7 @@ def captures(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Pat
                    "dstport", "4789")
                 ip(ns, "addr", "add", f"{addr}/24", "dev", "kvx0")
                 ip(ns, "link", "set", "kvx0", "up")
-            run.start(lab.server, sys.executable, "-c", ECHO, "10.92.0.2", "60", ready="ready")
+            run.start(lab.server, sys.executable, "-c", procs.UDP_ECHO, "10.92.0.2", "60", str(PORT), ready="READY")
             files["vxlan"] = tmp / "vxlan.pcap"
             run.tcpdump(lab.server, files["vxlan"], "-i", lab.server_if)
             files["live-vxlan"] = tmp / "live-vxlan.pcapng"
@@ -168,12 +156,14 @@ def captures(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Pat
             run.start(lab.client, sys.executable, "-c", TUN_PEER, "ktun0", "60", ready="ready")
             ip(lab.client, "addr", "add", "10.93.0.1/24", "dev", "ktun0")
             ip(lab.client, "link", "set", "ktun0", "up")
+            time.sleep(1.0)  # tcpdump opened at once on a tun that just came up saw nothing in about 1 run of 3
             files["raw"] = tmp / "raw.pcap"
             run.tcpdump(lab.client, files["raw"], "-i", "ktun0")
             files["live-tun-any"] = tmp / "live-tun-any.pcapng"
             run.kstap(lab.client, files["live-tun-any"], "--netns", lab.client, "-i", "any",
                       "--bpf-filter", "udp port 7000 and net 10.93.0.0/24")
             send(lab.client, "10.93.0.1", "10.93.0.2", echo=False, base=BASE + 2000)
+            assert all(p.poll() is None for p in run.procs), [(p.args, p.returncode) for p in run.procs]
         finally:
             run.stop()
     files.update(derived(files["ethernet"], tmp))
