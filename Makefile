@@ -44,8 +44,9 @@ test: deps lint type ## the whole suite: lint, types, unit, CLI, privileged (roo
 unit: deps ## only the fast tests (no root needed)
 	$(PY) -m pytest tests/unit tests/cli $(PYTEST_ARGS)
 
-lint: venv ## ruff
+lint: venv ## ruff, and the import contract (.importlinter: layers, no cycles)
 	$(VENV)/bin/ruff check kstap tests examples benchmarks fuzz
+	$(VENV)/bin/lint-imports --no-logo --no-cache
 
 type: venv ## mypy --strict on the package
 	$(VENV)/bin/mypy kstap

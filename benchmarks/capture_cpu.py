@@ -61,7 +61,7 @@ PROFILER = """
 import cProfile, importlib, sys
 out, args = sys.argv[1], sys.argv[2:]
 for name in ("typer", "rich", "kstap.cli.app", "kstap.cli.tap", "kstap.cli.report", "kstap.pipeline",
-             "kstap.capture.backends", "kstap.capture.afpacket", "kstap.sinks.files", "kstap.sinks.pcapng"):
+             "kstap.capture.backends", "kstap.capture.afpacket", "kstap.sinks.files", "kstap.formats.pcapng"):
     try:
         importlib.import_module(name)
     except ImportError:
@@ -104,7 +104,7 @@ source is closed) under cProfile; set-up and teardown are not profiled (the whol
 WAITS = ("select.poll", "time.sleep", "select.select", "select.epoll")
 """Calls that block rather than compute; cProfile's clock is wall time, so they are listed apart."""
 FINGERPRINTED = ("kstap/capture/afpacket.py", "kstap/pipeline/loop.py", "kstap/sinks/files.py",
-                 "kstap/sinks/pcapng.py")
+                 "kstap/formats/pcapng.py")
 GOAL_VS_TCPDUMP = 3.0
 GOAL_VS_DUMPCAP = 0.7
 

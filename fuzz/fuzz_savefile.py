@@ -1,4 +1,4 @@
-"""atheris target: the pcap/pcapng reader (kstap.capture.savefile). See fuzz/targets.py for the contract."""
+"""atheris target: the pcap/pcapng reader (kstap.formats.savefile). See fuzz/targets.py for the contract."""
 
 from harness import main
 

@@ -13,8 +13,8 @@ from collections.abc import Iterable, Sequence
 
 import dpkt
 
+from kstap.formats import pcapng
 from kstap.model import Interface, PacketRecord
-from kstap.sinks import pcapng
 
 T0 = 1_700_000_000 * 10**9
 Op = tuple[str, int, bytes | int]

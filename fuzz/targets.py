@@ -36,7 +36,6 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 
 from kstap import config
-from kstap.capture.savefile import CaptureFormatError, CaptureReader
 from kstap.dissect.api import Entry, FlowContext, ParserError
 from kstap.dissect.dns import DnsError, DnsTcpParser, DnsUdpTracker, decode
 from kstap.dissect.http1 import Http1Parser
@@ -44,6 +43,7 @@ from kstap.dissect.http2 import Http2Limits, Http2Parser
 from kstap.dissect.stage import DissectStage
 from kstap.errors import UsageError
 from kstap.filters.bpf import Program, compile_filter
+from kstap.formats.savefile import CaptureFormatError, CaptureReader
 from kstap.model import PacketRecord
 from kstap.sampling.flowhash import flow_hash, splice
 from kstap.sampling.flowkey import FlowKey, flow_key, key_tuple

@@ -8,7 +8,8 @@ an ``isinstance`` check in the capture loop:
   workers); the loop reads the flags and then uses the matching narrower protocol;
 - a :class:`Sink` declares its :class:`SinkCapabilities` (whether anyone waits on its packets);
 - what happens during a run reaches whoever runs it as typed events (:class:`RateChanged`,
-  :class:`AlertRaised`) through a :class:`Reporter`;
+  :class:`AlertRaised`) through a :class:`Reporter`; their wire form (the worker protocol, NDJSON)
+  is made by ``wire()`` and read back by :func:`parse_event`;
 - the closed vocabularies (:class:`Mode`, :class:`AlertLevel`, :class:`Cause`) are StrEnums.
 
 This module sits just above :mod:`kstap.model` and :mod:`kstap.vocabulary`: every stage may
@@ -19,9 +20,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from kstap.filters.bpf import Program
 from kstap.model import (
     Alert,
     ControllerState,
@@ -32,19 +32,26 @@ from kstap.model import (
     SourceStats,
     StatsSnapshot,
     WorkerStats,
+    cause_of,
 )
 from kstap.vocabulary import AlertLevel, Cause, Mode
+
+if TYPE_CHECKING:  # only named in annotations: importing the filter compiler costs `kstap --help` 0.15 s
+    from kstap.filters.bpf import Program
 
 __all__ = [
     "AlertLevel",
     "AlertRaised",
+    "BlockSink",
     "BlockSource",
     "Cause",
     "CommentSource",
     "ControlRequest",
+    "EntrySource",
     "Event",
     "FilterSource",
     "FiniteSource",
+    "FirstPacketNotes",
     "Governor",
     "LinkEventSource",
     "LiveControl",
@@ -58,7 +65,8 @@ __all__ = [
     "Source",
     "SourceCapabilities",
     "WorkerStatsSource",
-    "publish",
+    "parse_event",
+    "relay",
 ]
 
 
@@ -85,6 +93,9 @@ class SourceCapabilities:
     """Carries packet comments written upstream (see :class:`CommentSource`)."""
     worker_stats: bool = False
     """Knows its workers' figures itself (see :class:`WorkerStatsSource`)."""
+    dissected_upstream: bool = False
+    """Its flows were dissected upstream (remote workers with ``--entries``): the loop does not
+    dissect them again, it writes the entries the source brings (see :class:`EntrySource`)."""
     interface_events: bool = False
     """Reports interfaces that appear and vanish while it captures (see :class:`LinkEventSource`)."""
 
@@ -110,10 +121,23 @@ class BlockSource(Source, Protocol):
     """``encoded_blocks``: one ring whose ready blocks the C encoder turns into EPB bytes."""
 
     def read_encoded(self, timeout_ms: int, max_packets: int,
-                     seen: Any = None) -> tuple[list[bytes], int, int]:
+                     seen: FirstPacketNotes | None = None) -> tuple[list[bytes], int, int]:
         """(EPB chunks, packets, bytes); ``seen``: percentage mode's first-packet table."""
     def wake_on(self, fd: int) -> None:
         """Also end a wait when ``fd`` turns readable (the stop flag's pipe)."""
+
+
+class FirstPacketNotes(Protocol):
+    """``sampled_blocks``: the table the C encoder keeps of flows it has commented
+    (:class:`kstap.capture.flowtable.FirstPacketTable`)."""
+
+    table: bytearray
+    seed: int
+    suffix: bytes
+    """What follows ``id=HASH `` in a first-packet comment."""
+    flows_seen: int
+
+    def ensure_room(self, incoming: int) -> None: ...
 
 
 class FiniteSource(Source, Protocol):
@@ -133,9 +157,20 @@ class FilterSource(Source, Protocol):
 
 
 class CommentSource(Source, Protocol):
-    """``packet_comments``: comments for (a slice of) what the last read returned, by index."""
+    """``packet_comments``: packet comments written upstream come with the records."""
 
-    def comments_for(self, records: Sequence[PacketRecord]) -> dict[int, str]: ...
+    @property
+    def last_comments(self) -> dict[int, str]:
+        """Comments of the records the last :meth:`read` or :meth:`drain` returned, keyed by their
+        index in that list. Whoever cuts or filters the list re-keys them (see
+        :func:`kstap.pipeline.loop.kept`)."""
+
+
+class EntrySource(Source, Protocol):
+    """``dissected_upstream``: entries (NDJSON objects) that came with the packets."""
+
+    def take_entries(self) -> list[dict[str, Any]]:
+        """The entries received since the last call, oldest first."""
 
 
 class LinkEventSource(Source, Protocol):
@@ -159,6 +194,9 @@ class SinkCapabilities:
     patient: bool = False
     """Only a file waits for the packets (no pipe, stream or worker reader whose merge needs the
     time to move on): the loop may sleep until a block, the next tick or a stop."""
+    encoded_blocks: bool = False
+    """Takes pcapng EPBs as the C encoder made them (:class:`BlockSink`); without it the loop
+    hands it records."""
 
 
 class Sink(Protocol):
@@ -173,10 +211,15 @@ class Sink(Protocol):
     def capabilities(self) -> SinkCapabilities: ...
 
     def write(self, records: Sequence[PacketRecord], comments: Mapping[int, str] | None = None) -> None: ...
-    def write_encoded(self, chunks: list[bytes], packets: int, if_id: int = 0) -> None: ...
     def ensure_interfaces(self, interfaces: Sequence[Interface]) -> None: ...
     def tick(self) -> None: ...
     def close(self) -> bool: ...
+
+
+class BlockSink(Sink, Protocol):
+    """``encoded_blocks``: writes EPB bytes from the C encoder as they are."""
+
+    def write_encoded(self, chunks: list[bytes], packets: int, if_id: int = 0) -> None: ...
 
 
 SinkFactory = Callable[[list[Interface], str, Callable[[], list[Any]]], Sink]
@@ -186,19 +229,27 @@ SinkFactory = Callable[[list[Interface], str, Callable[[], list[Any]]], Sink]
 # -- events ------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RateChanged:
-    """The sampling rate moved (the controller, a control request)."""
+    """The sampling rate moved (the controller, a control request; or a worker's, relayed)."""
 
     KIND: ClassVar[str] = "rate_change"
     old: float
     new: float
     cause: Cause
-    reason: str
+    reason: str = ""
     """The controller's text (or the cause's value when there is no more to say)."""
     pressure: float | None = None
+    worker: int | None = None
+    """The remote worker whose rate it is (a cluster run), else None (this process's)."""
+    node: str | None = None
 
     def wire(self) -> dict[str, object]:
-        """The event's fields as JSON, NDJSON and the worker protocol carry them."""
-        return {"old": self.old, "new": self.new, "reason": self.reason, "pressure": self.pressure}
+        """The fields as the worker protocol carries them (and the NDJSON ``rate_change`` event)."""
+        out: dict[str, object] = {"old": self.old, "new": self.new, "reason": self.reason, "pressure": self.pressure}
+        if self.worker is not None:
+            out["worker"] = self.worker
+        if self.node is not None:
+            out["node"] = self.node
+        return out
 
 
 @dataclass(frozen=True)
@@ -206,14 +257,44 @@ class AlertRaised:
     """A threshold was crossed or something happened worth a line in the alerts panel."""
 
     KIND: ClassVar[str] = "alert"
-    alert: Alert
+    level: AlertLevel
+    kind: str
+    """What it is about: 'memory', 'drops', 'oom', 'shed', 'worker-lost', …"""
+    message: str
+
+    @classmethod
+    def of(cls, alert: Alert) -> AlertRaised:
+        return cls(alert.level, alert.kind, alert.message)
 
     def wire(self) -> dict[str, object]:
-        a = self.alert
-        return {"level": a.level.value, "kind": a.kind, "message": a.message}
+        return {"level": self.level.value, "kind": self.kind, "message": self.message}
 
 
 Event = RateChanged | AlertRaised
+
+
+def parse_event(kind: str, data: Mapping[str, object]) -> Event | None:
+    """An event in its wire form (a worker's stream, a relayed callback) as a typed event; None for
+    a kind that is not an event or fields that make no sense (an unknown alert level is WARN)."""
+    if kind == RateChanged.KIND:
+        old, new = _number(data.get("old")), _number(data.get("new"))
+        if old is None or new is None:
+            return None
+        reason = str(data.get("reason") or "")
+        worker, node = data.get("worker"), data.get("node")
+        return RateChanged(old, new, cause_of(reason), reason, _number(data.get("pressure")),
+                           worker if isinstance(worker, int) and not isinstance(worker, bool) else None,
+                           str(node) if node is not None else None)
+    if kind == AlertRaised.KIND:
+        return AlertRaised(AlertLevel.parse(data.get("level")), str(data.get("kind") or "alert"),
+                           str(data.get("message") or ""))
+    return None
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
 
 
 class Reporter(Protocol):
@@ -225,17 +306,22 @@ class Reporter(Protocol):
     def progress(self, snapshot: StatsSnapshot) -> None:
         """About once a second while capturing."""
 
-    def event(self, kind: str, data: dict[str, object]) -> None:
-        """An :class:`Event` in its wire form (``kind`` is its ``KIND``): the same shape the worker
-        protocol carries, so a worker's events and a local run's reach a reporter alike."""
+    def event(self, event: Event) -> None:
+        """Something happened: a :class:`RateChanged` or an :class:`AlertRaised`."""
 
     def warning(self, message: str) -> None:
         """A problem that does not stop the capture."""
 
 
-def publish(reporter: Reporter, event: Event) -> None:
-    """Hand a typed event to a reporter (the one place events take their wire form)."""
-    reporter.event(event.KIND, event.wire())
+def relay(reporter: Reporter) -> Callable[[str, dict[str, object]], None]:
+    """A wire-form event callback (``RemoteSource(on_event=...)``) that hands typed events to ``reporter``."""
+
+    def on_event(kind: str, data: dict[str, object]) -> None:
+        event = parse_event(kind, data)
+        if event is not None:
+            reporter.event(event)
+
+    return on_event
 
 
 # -- steering ----------------------------------------------------------------------------------------

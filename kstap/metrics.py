@@ -20,6 +20,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from kstap import __version__
+from kstap.contracts import AlertRaised, Event
 from kstap.model import CaptureSummary, Interface, StatsSnapshot
 
 
@@ -98,7 +99,7 @@ def _gauges(s: StatsSnapshot) -> Iterator[Metric]:
         if r.memory_limit:
             yield _gauge("kstap_memory_limit_bytes", "Memory limit the capture runs under (the smallest up the "
                          "cgroup tree, or --memory-budget).", r.memory_limit)
-        yield _gauge("kstap_cpu_cores", "CPU the capture uses, in cores.", r.cpu_fraction)
+        yield _gauge("kstap_cpu_cores", "CPU the capture uses, in cores.", r.cpu_cores)
         if r.cpu_limit:
             yield _gauge("kstap_cpu_limit_cores", "CPU quota of the capture, in cores.", r.cpu_limit)
     yield _gauge("kstap_flows_tracked", "Flows in the sampler's flow table.", s.flows_tracked)
@@ -121,7 +122,7 @@ def _pressure(s: StatsSnapshot) -> float | None:
     if r.memory_limit:
         parts.append(r.memory_bytes / r.memory_limit)
     if r.cpu_limit:
-        parts.append(r.cpu_fraction / r.cpu_limit)
+        parts.append(r.cpu_cores / r.cpu_limit)
     return max(parts) if parts else None
 
 
@@ -209,9 +210,9 @@ class MetricsServer:
     def progress(self, snapshot: StatsSnapshot) -> None:
         self.update(snapshot)
 
-    def event(self, kind: str, data: dict[str, object]) -> None:
-        if kind == "alert":
-            self.count_alert(str(data.get("level", "warn")), str(data.get("kind", "alert")))
+    def event(self, event: Event) -> None:
+        if isinstance(event, AlertRaised):
+            self.count_alert(event.level.value, event.kind)
 
     def warning(self, message: str) -> None:
         self.count_alert("warn", "warning")

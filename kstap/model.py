@@ -161,7 +161,7 @@ class ResourceStats:
     """Memory working set in bytes (usage - inactive file pages; psutil: process RSS)."""
     memory_limit: int | None = None
     """The smallest memory limit up the cgroup tree, or the --memory-budget, in bytes."""
-    cpu_fraction: float = 0.0
+    cpu_cores: float = 0.0
     """CPU in use, in cores."""
     cpu_limit: float | None = None
     """CPU quota in cores."""
@@ -197,6 +197,7 @@ class Alert:
     """A threshold crossing or event worth a line in the alerts panel."""
 
     time: float
+    """When: seconds since the capture started (shown as +12.3s), never a wall-clock time."""
     level: AlertLevel
     """An :class:`AlertLevel` ('warn', 'critical' or 'info')."""
     kind: str

@@ -28,13 +28,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kstap.errors import KstapError, UsageError
+from kstap.formats.pcapng import (
+    BT_EPB,
+    BT_IDB,
+    BT_ISB,
+    BT_PB,
+    BT_SHB,
+    BT_SPB,
+    BYTE_ORDER_MAGIC,
+    MAX_BLOCK,
+    PCAP_MAGICS,
+)
 from kstap.private_file import open_private
 
-MAX_BLOCK = 256 << 20
 """Largest block accepted (as kstap's reader): a length field above this is corruption."""
-PCAP_MAGICS = (0xA1B2C3D4, 0xA1B23C4D)
-BT_SHB, BT_IDB, BT_PB, BT_SPB, BT_ISB, BT_EPB = 0x0A0D0D0A, 1, 2, 3, 5, 6
-BYTE_ORDER_MAGIC = 0x1A2B3C4D
 CHUNK = 4 << 20
 
 

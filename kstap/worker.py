@@ -21,13 +21,12 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO, cast
 
 from kstap.config import OutputSettings, TapSettings
-from kstap.contracts import AlertRaised, RateChanged
+from kstap.contracts import AlertRaised, Event
 from kstap.errors import KstapError, UsageError
 from kstap.filters.bpf import compile_filter, final_expression
 from kstap.model import CaptureSummary, Interface, StatsSnapshot
 from kstap.pipeline.assembly import run_worker
 from kstap.pipeline.stopping import StopFlag
-from kstap.remote import protocol
 from kstap.remote.hub import (
     DEFAULT_BACKLOG,
     ControlInbox,
@@ -175,13 +174,12 @@ class WorkerReporter:
             sink.loop_point()
         self.worker.hub.publish_event("stats", snapshot_json(snapshot))
 
-    def event(self, kind: str, data: dict[str, object]) -> None:
-        if kind in protocol.EVENT_KINDS:
-            self.worker.hub.publish_event(kind, data)
-        if kind == AlertRaised.KIND:
-            self.worker.log(f"{data.get('level')}: {data.get('message')}")
-        elif kind == RateChanged.KIND:
-            self.worker.log(f"rate {data.get('old')} -> {data.get('new')} ({data.get('reason')})")
+    def event(self, event: Event) -> None:
+        self.worker.hub.publish_event(event.KIND, event.wire())
+        if isinstance(event, AlertRaised):
+            self.worker.log(f"{event.level}: {event.message}")
+        else:
+            self.worker.log(f"rate {event.old} -> {event.new} ({event.reason})")
 
     def warning(self, message: str) -> None:
         self.worker.hub.publish_event("warning", {"message": message})

@@ -9,7 +9,6 @@ directions of a flow to the same process.
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import errno
 import mmap
@@ -23,11 +22,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from kstap.capture import interfaces
-from kstap.contracts import SourceCapabilities
+from kstap.contracts import FirstPacketNotes, SourceCapabilities
 from kstap.errors import EnvironmentProblem, KstapError, UsageError
 from kstap.filters.bpf import Program
+from kstap.merge import TimeOrderedMerge
 from kstap.model import Interface, InterfaceEvent, LinkChange, PacketRecord, SourceStats
-from kstap.sampling.seen import SeenFlows
 
 SOL_PACKET = 263
 PACKET_RX_RING = 5
@@ -230,7 +229,7 @@ class AfPacketRing:
         return got
 
     def read_encoded(self, max_packets: int, limit: int = 64,
-                     seen: SeenFlows | None = None) -> tuple[list[bytes], int, int]:
+                     seen: FirstPacketNotes | None = None) -> tuple[list[bytes], int, int]:
         """Like :meth:`read_blocks` but straight to pcapng EPB bytes (the C fast path).
 
         Returns (EPB chunks, packets, captured bytes). Stops after ``max_packets`` packets; the
@@ -294,7 +293,7 @@ class AfPacketSource:
         for r in rings:
             self._poll.register(r.fileno(), select.POLLIN | select.POLLERR)
             self._by_fd[r.fileno()] = r
-        self._pending: list[PacketRecord] = []
+        self._merge: TimeOrderedMerge[PacketRecord] = TimeOrderedMerge(_ts)
         self._lag_ns = (max((r._ring.retire_ms for r in rings), default=20) + 30) * 1_000_000
         self.events: list[InterfaceEvent] = []
         self._ended: KstapError | None = None
@@ -306,21 +305,15 @@ class AfPacketSource:
         are held until no ring can still deliver an older one (its block-retire time has passed)
         and released in time order: the same watermark merge the fanout workers use.
         """
-        if self._ended is not None and not self._pending:
+        if self._ended is not None and not len(self._merge):
             raise self._ended
         if len(self.rings) == 1:
             return self._read_raw(timeout_ms)
         watermark = time.time_ns() - self._lag_ns
-        pending = self._pending
-        pending.extend(self._read_raw(timeout_ms))
+        self._merge.add(self._read_raw(timeout_ms))
         if self._ended is not None:  # nothing older can come: release everything
-            watermark = 2**63
-        if not pending:
-            return []
-        pending.sort(key=_ts)
-        cut = bisect.bisect_right(pending, watermark, key=_ts)
-        out, self._pending = pending[:cut], pending[cut:]
-        return out
+            return self._merge.release_all()
+        return self._merge.release(watermark)
 
     def _read_raw(self, timeout_ms: int) -> list[PacketRecord]:
         out: list[PacketRecord] = []
@@ -378,7 +371,7 @@ class AfPacketSource:
         self._poll.register(fd, select.POLLIN)
 
     def read_encoded(self, timeout_ms: int, max_packets: int,
-                     seen: SeenFlows | None = None) -> tuple[list[bytes], int, int]:
+                     seen: FirstPacketNotes | None = None) -> tuple[list[bytes], int, int]:
         """Single-ring fast path: EPB bytes of the ready blocks, waiting up to ``timeout_ms``
         (``seen``: percentage mode's first-packet comments)."""
         ring = self.rings[0]
@@ -422,10 +415,8 @@ class AfPacketSource:
         while time.monotonic() < deadline:
             got = self._read_raw(max(1, int((deadline - time.monotonic()) * 1000)))
             out.extend(got)
-        out.extend(self._pending)
-        self._pending = []
-        out.sort(key=_ts)
-        return out
+        self._merge.add(out)
+        return self._merge.release_all()
 
     def stats(self) -> list[SourceStats]:
         return [r.update_stats() for r in self.rings]

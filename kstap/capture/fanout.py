@@ -20,7 +20,6 @@ the worker stays lost and the others go on. When every worker is lost for good, 
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import ctypes
 import multiprocessing as mp
@@ -36,6 +35,7 @@ from kstap.capture.afpacket import AfPacketRing, AfPacketSource, RingConfig
 from kstap.contracts import SourceCapabilities
 from kstap.errors import KstapError, WorkerFailure
 from kstap.filters.bpf import Program
+from kstap.merge import TimeOrderedMerge
 from kstap.model import Interface, PacketRecord, SourceStats
 
 _MSG = struct.Struct("<cQI")  # kind, watermark ns, record count
@@ -161,7 +161,7 @@ class FanoutSource:
         self._conns: dict[Connection, int] = {}
         self._watermarks: dict[int, int] = {}
         self._stats: dict[int, list[SourceStats]] = {}
-        self._pending: list[PacketRecord] = []
+        self._merge: TimeOrderedMerge[PacketRecord] = TimeOrderedMerge(_ts)
         self._done: set[int] = set()
         self._last_seen: dict[int, float] = {}
         self._lost: list[WorkerLost] = []
@@ -256,7 +256,7 @@ class FanoutSource:
         if kind == b"E":
             self._done.add(w)
         if recs:
-            self._pending.extend(recs)
+            self._merge.add(recs)
 
     def _worker_exited(self, c: Connection, w: int) -> None:
         """A worker's pipe closed before its end message: it died. Restart it if asked to."""
@@ -301,13 +301,9 @@ class FanoutSource:
             self._last_seen[w] = now  # its EOF arrives on the next wait
 
     def _release(self) -> list[PacketRecord]:
-        if not self._pending:
+        if not self._merge:
             return []
-        floor = min(self._watermarks.values())
-        self._pending.sort(key=_ts)
-        cut = bisect.bisect_right(self._pending, floor, key=_ts)
-        out, self._pending = self._pending[:cut], self._pending[cut:]
-        return out
+        return self._merge.release(min(self._watermarks.values()))
 
     def drain(self, retire_ms: int) -> list[PacketRecord]:
         """Stop every worker, collect their last packets and final counters."""

@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 
-from kstap.capture.savefile import CaptureFormatError, CaptureReader
 from kstap.contracts import SourceCapabilities
 from kstap.errors import KstapError, UsageError
 from kstap.filters.bpf import Program, compile_filter
+from kstap.formats.savefile import CaptureFormatError, CaptureReader
 from kstap.model import Interface, PacketRecord, SourceStats
 
 BATCH = 512

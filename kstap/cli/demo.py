@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from kstap.config import OutputSettings, TapSettings, parse_rate, parse_size, settle_auto_start
+from kstap.contracts import Event
 from kstap.errors import EnvironmentProblem, ExitCode, Interrupted, KstapError, UsageError
 from kstap.model import CaptureSummary, Interface, StatsSnapshot
 
@@ -226,8 +227,8 @@ class _StartClientOnListen:
     def progress(self, snapshot: StatsSnapshot) -> None:
         self.text.progress(snapshot)
 
-    def event(self, kind: str, data: dict[str, object]) -> None:
-        self.text.event(kind, data)
+    def event(self, event: Event) -> None:
+        self.text.event(event)
 
     def warning(self, message: str) -> None:
         self.text.warning(message)

@@ -29,6 +29,7 @@ from typing import IO, TYPE_CHECKING, Any, Protocol, TextIO
 
 from kstap import __version__
 from kstap.cli.report import TextReporter
+from kstap.contracts import AlertRaised, Event, RateChanged
 from kstap.errors import ExitCode, KstapError, UsageError
 from kstap.model import CaptureSummary, Interface, StatsSnapshot
 
@@ -39,7 +40,6 @@ SCHEMA_VERSION = 1
 """Bumped only for incompatible changes; new optional fields keep it."""
 SCHEMA_PATH = Path(__file__).with_name("ndjson.schema.json")
 EVENTS = ("start", "stats", "rate_change", "alert", "summary")
-ALERT_LEVELS = ("info", "warn", "critical")
 
 
 class CliReporter(Protocol):
@@ -49,7 +49,7 @@ class CliReporter(Protocol):
 
     def listening(self, interfaces: list[Interface], backend: str, workers: int) -> None: ...
     def progress(self, snapshot: StatsSnapshot) -> None: ...
-    def event(self, kind: str, data: dict[str, object]) -> None: ...
+    def event(self, event: Event) -> None: ...
     def warning(self, message: str) -> None: ...
     def summary(self, summary: CaptureSummary, *, error: KstapError | None = None) -> None: ...
     def close(self) -> None: ...
@@ -120,7 +120,7 @@ def snapshot_fields(s: StatsSnapshot) -> dict[str, object]:
             "p_term": _num(c.p_term), "i_term": _num(c.i_term), "d_term": _num(c.d_term),
             "rate": _num(c.rate), "reason": c.reason},
         "resources": None if r is None else {
-            "memory_bytes": r.memory_bytes, "memory_limit": r.memory_limit, "cpu_cores": _num(r.cpu_fraction),
+            "memory_bytes": r.memory_bytes, "memory_limit": r.memory_limit, "cpu_cores": _num(r.cpu_cores),
             "cpu_limit": _num(r.cpu_limit), "throttled_periods": r.throttled_periods, "oom_events": r.oom_events,
             "psi_memory_some": _num(r.psi_memory_some), "psi_memory_full": _num(r.psi_memory_full),
             "source": r.source},
@@ -195,19 +195,15 @@ class JsonReporter:
     def progress(self, snapshot: StatsSnapshot) -> None:
         self.emit("stats", snapshot_fields(snapshot))
 
-    def event(self, kind: str, data: dict[str, object]) -> None:
-        if kind == "rate_change":
-            body: dict[str, object] = {"old": _as_float(data.get("old")), "new": _as_float(data.get("new")),
-                                       "reason": str(data.get("reason") or "")}
-            if "pressure" in data:
-                body["pressure"] = _as_float(data.get("pressure"))
-            if isinstance(data.get("worker"), int):
-                body["worker"] = data["worker"]
+    def event(self, event: Event) -> None:
+        if isinstance(event, RateChanged):
+            body: dict[str, object] = {"old": _as_float(event.old), "new": _as_float(event.new),
+                                       "reason": event.reason, "pressure": _as_float(event.pressure)}
+            if event.worker is not None:
+                body["worker"] = event.worker
             self.emit("rate_change", body)
-        elif kind == "alert":
-            level = str(data.get("level", "warn"))
-            self.emit("alert", {"level": level if level in ALERT_LEVELS else "warn",
-                                "kind": str(data.get("kind", "alert")), "message": str(data.get("message", ""))})
+        else:
+            self.emit("alert", event.wire())
 
     def warning(self, message: str) -> None:
         self.emit("alert", {"level": "warn", "kind": "warning", "message": message})
@@ -269,13 +265,11 @@ class LineReporter(TextReporter):
             self._say(status_line(snapshot))
             self._next = snapshot.elapsed + self.interval
 
-    def event(self, kind: str, data: dict[str, object]) -> None:
-        if kind == "alert":
-            self._say(f"kstap: {data.get('level', 'warn')}: {data.get('kind', 'alert')}: {data.get('message', '')}")
-        elif kind == "rate_change":
-            old, new = _as_float(data.get("old")), _as_float(data.get("new"))
-            if old is not None and new is not None:
-                self._say(f"kstap: sampling rate {_pct(old)} -> {_pct(new)} ({data.get('reason') or 'set'})")
+    def event(self, event: Event) -> None:
+        if isinstance(event, AlertRaised):
+            self._say(f"kstap: {event.level}: {event.kind}: {event.message}")
+        else:
+            self._say(f"kstap: sampling rate {_pct(event.old)} -> {_pct(event.new)} ({event.reason or 'set'})")
 
     def summary(self, summary: CaptureSummary, *, error: KstapError | None = None) -> None:
         super().summary(summary)
@@ -310,9 +304,9 @@ class Tee:
         for r in self._all():
             r.progress(snapshot)
 
-    def event(self, kind: str, data: dict[str, object]) -> None:
+    def event(self, event: Event) -> None:
         for r in self._all():
-            r.event(kind, data)
+            r.event(event)
 
     def warning(self, message: str) -> None:
         for r in self._all():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
+from kstap.contracts import AlertRaised, Event
 from kstap.model import CaptureSummary, Interface, StatsSnapshot
 
 
@@ -37,13 +38,11 @@ class TextReporter:
             self._say(f"kstap: {s.elapsed:6.1f}s  {s.captured} captured  {s.received} received"
                       f"  {s.dropped} dropped  {s.packets_per_second:.0f} pkt/s")
 
-    def event(self, kind: str, data: dict[str, object]) -> None:
-        if kind == "alert":
-            self._say(f"kstap: {data.get('level', 'warn')}: {data.get('message', '')}")
-        elif kind == "rate_change" and self.show_progress:
-            old, new = data.get("old"), data.get("new")
-            if isinstance(old, float) and isinstance(new, float):
-                self._say(f"kstap: sampling rate {old:.3g} -> {new:.3g} ({data.get('reason')})")
+    def event(self, event: Event) -> None:
+        if isinstance(event, AlertRaised):
+            self._say(f"kstap: {event.level}: {event.message}")
+        elif self.show_progress:
+            self._say(f"kstap: sampling rate {event.old:.3g} -> {event.new:.3g} ({event.reason})")
 
     def warning(self, message: str) -> None:
         self._say(f"kstap: warning: {message}")

@@ -119,7 +119,7 @@ class SimulatedPlant:
         cpu = max(0.0, self.cpu + self._random.gauss(0.0, s.noise))
         return ResourceStats(
             memory_bytes=int(memory * s.memory_limit), memory_limit=s.memory_limit,
-            cpu_fraction=cpu * s.cpu_limit, cpu_limit=s.cpu_limit, oom_events=self.oom_events,
+            cpu_cores=cpu * s.cpu_limit, cpu_limit=s.cpu_limit, oom_events=self.oom_events,
             psi_memory_full_total=self.psi_full_total, source="simulated plant",
         )
 

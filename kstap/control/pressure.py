@@ -31,7 +31,7 @@ def cpu_ratio(stats: ResourceStats) -> float | None:
     """CPU in use / CPU limit (both in cores), or None without a limit."""
     if not stats.cpu_limit:
         return None
-    return stats.cpu_fraction / stats.cpu_limit
+    return stats.cpu_cores / stats.cpu_limit
 
 
 def pressure(stats: ResourceStats) -> float:
@@ -74,7 +74,7 @@ class PressureReader:
         self._process: psutil.Process | None = None
         self._previous_cpu: tuple[str, float, float] | None = None
         """(counter source, counter seconds, clock seconds) of the previous read."""
-        self._cpu_fraction = 0.0
+        self._cpu_cores = 0.0
         self._host_ram = cgroups.host_memory(root)
         self._cgroups = cgroups.locate(root, pid)
         self._tree_cache: list[psutil.Process] | None = None
@@ -153,7 +153,7 @@ class PressureReader:
         if seconds is not None:
             previous = self._previous_cpu
             if previous is not None and previous[0] == source and now > previous[2]:
-                self._cpu_fraction = max(0.0, (seconds - previous[1]) / (now - previous[2]))
+                self._cpu_cores = max(0.0, (seconds - previous[1]) / (now - previous[2]))
             if previous is None or previous[0] != source or now > previous[2]:
                 self._previous_cpu = (source, seconds, now)
         return figures, source, seconds
@@ -188,7 +188,7 @@ class PressureReader:
             sources.append("memory limit: budget")
 
         cpu, counter_source, seconds = self._cpu_counter()
-        stats.cpu_fraction = self._cpu_fraction if seconds is not None else 0.0
+        stats.cpu_cores = self._cpu_cores if seconds is not None else 0.0
         if cpu is not None:
             stats.cpu_limit = cpu.limit
             stats.throttled_periods = cpu.nr_throttled

@@ -24,6 +24,7 @@ from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.text import Text
 
+from kstap.contracts import AlertRaised, Event
 from kstap.dashboard.view import render
 from kstap.model import Alert, Interface, StatsSnapshot
 from kstap.vocabulary import AlertLevel
@@ -126,6 +127,7 @@ class LiveDashboard:
                  keyboard: bool = True, wall: Callable[[], float] = time.time) -> None:
         self.stop = stop
         self.wall = wall
+        self._started = wall()
         self.console = console if console is not None else terminal_console(sys.stdout)
         self.stdin = stdin if stdin is not None else sys.stdin
         self.warn, self.critical = warn, critical
@@ -154,15 +156,16 @@ class LiveDashboard:
         with self._lock:
             self.snapshot = self._with_history(snapshot)
 
-    def event(self, kind: str, data: dict[str, object]) -> None:
-        if kind == "alert":
-            t = data.get("time")
-            self._add_alert(Alert(time=float(t) if isinstance(t, int | float) else self.wall(),
-                                  level=AlertLevel.parse(data.get("level")), kind=str(data.get("kind", "alert")),
-                                  message=str(data.get("message", ""))))
+    def event(self, event: Event) -> None:
+        if isinstance(event, AlertRaised):
+            self._add_alert(Alert(time=self._elapsed(), level=event.level, kind=event.kind, message=event.message))
 
     def warning(self, message: str) -> None:
-        self._add_alert(Alert(time=self.wall(), level=AlertLevel.WARN, kind="warning", message=message))
+        self._add_alert(Alert(time=self._elapsed(), level=AlertLevel.WARN, kind="warning", message=message))
+
+    def _elapsed(self) -> float:
+        """Seconds since this view started (alerts that come as events are stamped on arrival)."""
+        return self.wall() - self._started
 
     # -- showing it --------------------------------------------------------------------------------------
     def start(self) -> None:

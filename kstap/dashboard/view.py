@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import bisect
 import math
-import time
 from collections.abc import Callable, Sequence
 from operator import itemgetter
 
@@ -83,9 +82,7 @@ def fmt_span(seconds: float) -> str:
 
 
 def fmt_alert_time(t: float) -> str:
-    """Alert times are elapsed seconds (shown as +12.3s), or Unix times (shown as local hh:mm:ss)."""
-    if t >= 1e9:
-        return time.strftime("%H:%M:%S", time.localtime(t))
+    """An alert's time: seconds since the capture started, as +12.3s."""
     return f"+{t:.1f}s"
 
 
@@ -326,14 +323,14 @@ def _memory_rows(grid: KeyValues, r: ResourceStats, history: Sequence[tuple[floa
 
 def _cpu_rows(grid: KeyValues, r: ResourceStats, bar_width: int, warn: float, critical: float) -> None:
     if r.cpu_limit:
-        fraction = r.cpu_fraction / r.cpu_limit
+        fraction = r.cpu_cores / r.cpu_limit
         style = LEVEL_STYLE[level(fraction, warn, critical)]
         line = bar(fraction, bar_width, style)
         line.append(f" {fmt_pct(fraction):>6}", style=style)
         grid.add_row(Text("cpu", style="dim"), line)
-        detail = f"{r.cpu_fraction:.2f} of {r.cpu_limit:.2f} cores"
+        detail = f"{r.cpu_cores:.2f} of {r.cpu_limit:.2f} cores"
     else:
-        detail = f"{r.cpu_fraction:.2f} cores (no limit found)"
+        detail = f"{r.cpu_cores:.2f} cores (no limit found)"
         grid.add_row(Text("cpu", style="dim"), Text(detail))
         detail = ""
     throttled = f"throttled {fmt_count(r.throttled_periods)} periods"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Mapping
 from typing import TextIO
 
 from kstap.dissect.api import Entry
@@ -31,7 +32,11 @@ class EntryWriter:
         self._dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
     def write(self, entry: Entry) -> None:
-        self._lines.append(self._dumps(entry.to_json()))
+        self.write_json(entry.to_json())
+
+    def write_json(self, obj: Mapping[str, object]) -> None:
+        """An entry already in its NDJSON form (a worker's, from the stream)."""
+        self._lines.append(self._dumps(obj))
         self.count += 1
 
     def flush(self) -> None:

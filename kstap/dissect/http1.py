@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
+from typing import Any
 
 from kstap.dissect.api import Entry, FlowContext, ParserError, StreamParser
 
@@ -461,9 +462,7 @@ class Http1Parser:
 
     def _to_http2(self, ex: _Exchange, response_head: bytes, ts: int) -> bool:
         """Hand the connection to the HTTP/2 parser, which reports the upgraded request as stream 1."""
-        from kstap.dissect.detect import http2_parser_class
-
-        cls = http2_parser_class()
+        cls = _http2_parser_class()
         if cls is None or ex.raw_head is None or ex.body_length > MAX_UPGRADE_HOLD:
             # no HTTP/2 dissector here (or an odd upgrade with a large body): report the upgrade, go opaque
             self._emit(ex)
@@ -515,3 +514,13 @@ class Http1Parser:
         for d in self._dirs:
             d.buf, d.ex = b"", None
         self._hold = b""
+
+
+def _http2_parser_class() -> Any:
+    """The HTTP/2 dissector for an h2c upgrade, or None when that module is absent or broken
+    (the connection is then reported up to the upgrade and followed as opaque)."""
+    try:
+        from kstap.dissect.http2 import Http2Parser
+    except ImportError:
+        return None
+    return Http2Parser

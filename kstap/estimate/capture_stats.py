@@ -20,9 +20,9 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kstap.capture.savefile import CaptureFormatError, CaptureReader, Statistics
 from kstap.errors import KstapError, UsageError
 from kstap.estimate.horvitz_thompson import FlowSample, TrafficEstimate, estimate_traffic
+from kstap.formats.savefile import CaptureFormatError, CaptureReader, Statistics
 from kstap.sampling import metadata
 from kstap.sampling.flowkey import flow_key
 

@@ -26,29 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kstap.backoff import Backoff
 from kstap.errors import EnvironmentProblem, KstapError, UsageError
 
 DEFAULT_KUBECONFIG = "~/.kube/config"
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 """Where a pod finds its service-account token, CA and namespace (in-cluster config)."""
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Exponential backoff for reconnecting a watch: initial, initial*factor, … capped at maximum."""
-
-    initial: float = 0.5
-    """Seconds before the first retry: a dropped watch (an API server rollout, a load balancer's idle
-    cut) usually comes straight back."""
-    factor: float = 2.0
-    maximum: float = 30.0
-    """Ceiling of the delay, seconds; client-go's reflector backs off to 30 s as well."""
-    attempts: int = 10
-    """Consecutive failed attempts before giving up with exit 3 (about 3 minutes at the defaults)."""
-
-    def delay(self, attempt: int) -> float:
-        """Seconds to wait before retry number ``attempt`` (1-based)."""
-        return float(min(self.maximum, self.initial * self.factor ** max(0, attempt - 1)))
 
 
 @dataclass

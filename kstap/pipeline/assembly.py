@@ -27,6 +27,7 @@ from kstap.dissect.entries import EntryWriter
 from kstap.dissect.stage import DEFAULT_IDLE_TIMEOUT, DissectStage, default_flow_cap
 from kstap.errors import Interrupted
 from kstap.filters.bpf import Program, compile_filter, final_expression
+from kstap.formats import pcapng
 from kstap.model import CaptureSummary, Interface, PacketRecord, SourceStats
 from kstap.pipeline.loop import Capture, Consumers, Stages
 from kstap.pipeline.resources import ResourceWatch
@@ -35,7 +36,6 @@ from kstap.pipeline.stopping import Signals, StopFlag
 from kstap.sampling import metadata
 from kstap.sampling.flowhash import seed_id
 from kstap.sampling.sampler import FlowSampler
-from kstap.sinks import pcapng
 from kstap.sinks.files import PcapngFiles, check_writable
 from kstap.sinks.text import TextLines
 from kstap.vocabulary import Mode
@@ -79,7 +79,7 @@ def run_tap(settings: TapSettings, reporter: Reporter, stop: StopFlag | None = N
         try:
             if stop:
                 raise Interrupted("interrupted before capture started")
-            watch = ResourceWatch(smp, reporter)
+            watch = ResourceWatch(smp, reporter, clock)
             steering = Steering(settings, source, reporter, watch, sampler, governor, base, control)
             opened = source
             changes: list[str] = []
@@ -88,8 +88,8 @@ def run_tap(settings: TapSettings, reporter: Reporter, stop: StopFlag | None = N
                 interface_changes=changes,
                 open_sink=lambda interfaces: open_sink(settings, interfaces, opened, backend, sampler, seed,
                                                        sink_factory, changes),
-                open_consumers=lambda interfaces, has_sink: open_consumers(settings, interfaces, has_sink,
-                                                                           lines, seed))
+                open_consumers=lambda interfaces, has_sink: open_consumers(
+                    settings, interfaces, has_sink, lines, seed, upstream=opened.capabilities.dissected_upstream))
             return Capture(settings, stages, reporter, stop, clock).run()
         finally:
             source.close()
@@ -179,34 +179,28 @@ def isb_note(stats: SourceStats, changes: list[str]) -> str:
 
 
 def open_consumers(settings: TapSettings, interfaces: list[Interface], has_sink: bool, lines: TextIO | None,
-                   seed: int) -> Consumers:
-    """Packet lines (tcpdump's default without -w) and the dissector with its entries (--entries)."""
+                   seed: int, *, upstream: bool = False) -> Consumers:
+    """Packet lines (tcpdump's default without -w) and the dissector with its entries (--entries).
+
+    ``upstream``: the source's flows were dissected where they were captured (remote workers):
+    their entries are written as they come, nothing is dissected here a second time.
+    """
     consumers = Consumers()
     if lines is not None and not has_sink and settings.entries != "-":
         consumers.text = TextLines(lines, [i.linktype for i in interfaces])
     if settings.entries:
-        cap = settings.dissect_memory_mib << 20
-        writer = EntryWriter(settings.entries or "-", stdout=lines)
-        endpoints = consumers.endpoints
+        consumers.entries = EntryWriter(settings.entries or "-", stdout=lines)
+        consumers.upstream = upstream
+        if not upstream:
+            cap = settings.dissect_memory_mib << 20
+            emit = consumers.emit
 
-        def emit(entry: Entry) -> None:
-            writer.write(entry)
-            endpoints[endpoint_label(entry)] += 1
+            def emit_entry(entry: Entry) -> None:
+                emit(entry.to_json())
 
-        consumers.entries = writer
-        consumers.dissect = DissectStage(seed=seed, memory_cap=cap, flow_cap=default_flow_cap(cap),
-                                         idle_timeout=DEFAULT_IDLE_TIMEOUT, emit=emit)
+            consumers.dissect = DissectStage(seed=seed, memory_cap=cap, flow_cap=default_flow_cap(cap),
+                                             idle_timeout=DEFAULT_IDLE_TIMEOUT, emit=emit_entry)
     return consumers
-
-
-def endpoint_label(entry: Entry) -> str:
-    """How the dashboard names an L7 endpoint: 'GET /api' @ server, or a DNS name."""
-    if entry.protocol == "dns":
-        return f"dns {entry.query_name or '?'}"
-    target = entry.path or "/"
-    if "?" in target:
-        target = target.split("?", 1)[0]
-    return f"{entry.method or '?'} {target} @ {entry.authority or entry.server}"
 
 
 def run_dissect(path: str, entries: str, *, seed: int, memory_cap: int, idle_timeout: float
@@ -216,7 +210,7 @@ def run_dissect(path: str, entries: str, *, seed: int, memory_cap: int, idle_tim
     Returns (the stage, for its statistics; packets read; entries written; the damage that ended
     the read early, or None). A damaged file keeps what was read before the damage.
     """
-    from kstap.capture.savefile import CaptureFormatError, CaptureReader
+    from kstap.formats.savefile import CaptureFormatError, CaptureReader
 
     writer = EntryWriter(entries)
     stage = DissectStage(seed=seed, memory_cap=memory_cap, flow_cap=default_flow_cap(memory_cap),

@@ -11,14 +11,13 @@ from __future__ import annotations
 import secrets
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from kstap.config import TapSettings
-from kstap.contracts import AlertRaised, Reporter, publish
+from kstap.contracts import AlertRaised, Reporter, relay
 from kstap.errors import KstapError
-from kstap.model import Alert, CaptureSummary
+from kstap.model import CaptureSummary
 from kstap.pipeline.stopping import StopFlag
 from kstap.vocabulary import AlertLevel
 
@@ -74,7 +73,7 @@ def run_session(kube: Any, selection: Any, options: KubeTapOptions, settings: Ta
             spec.image = options.worker_image
         pods = deploy.deploy(kube, spec, timeout=options.ready_timeout)
         source = RemoteSource([endpoint(kube, spec, pod) for _, pod in sorted(pods.items())],
-                              on_event=reporter.event)
+                              on_event=relay(reporter), entries=spec.entries)
         filters = found.filters(settings.bpf_filter)
         for node, nf in filters.items():
             source.set_filter(nf.expression, node=node)
@@ -223,7 +222,7 @@ class Churn:
         self._info("worker-added", f"targets on node {node}: worker {pod.namespace}/{pod.name} added to the capture")
 
     def _info(self, kind: str, message: str) -> None:
-        publish(self.reporter, AlertRaised(Alert(time.time(), AlertLevel.INFO, kind, message)))
+        self.reporter.event(AlertRaised(AlertLevel.INFO, kind, message))
 
 
 def _watch(watcher: Any, reporter: Any) -> None:

@@ -10,13 +10,23 @@ import bisect
 import contextlib
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import cast
 
 from kstap.capture.fanout import WorkerLost
 from kstap.config import TapSettings
-from kstap.contracts import BlockSource, CommentSource, FiniteSource, LinkEventSource, Reporter, Sink, Source
+from kstap.contracts import (
+    BlockSink,
+    BlockSource,
+    CommentSource,
+    EntrySource,
+    FiniteSource,
+    LinkEventSource,
+    Reporter,
+    Sink,
+    Source,
+)
 from kstap.dissect.entries import EntryWriter
 from kstap.dissect.stage import DissectStage
 from kstap.errors import KstapError, WorkerFailure
@@ -44,6 +54,24 @@ class Consumers:
     entries: EntryWriter | None = None
     endpoints: Counter[str] = field(default_factory=Counter)
     """L7 endpoints seen in entries, for the dashboard's top list."""
+    upstream: bool = False
+    """The entries come from the source (dissected upstream), not from :attr:`dissect`."""
+
+    def emit(self, entry: Mapping[str, object]) -> None:
+        """One entry (its NDJSON object) to the writer and the endpoint counts."""
+        assert self.entries is not None
+        self.entries.write_json(entry)
+        self.endpoints[endpoint_label(entry)] += 1
+
+
+def endpoint_label(entry: Mapping[str, object]) -> str:
+    """How the dashboard names an L7 endpoint: 'GET /api' @ server, or a DNS name."""
+    if entry.get("protocol") == "dns":
+        return f"dns {entry.get('query_name') or '?'}"
+    target = str(entry.get("path") or "/")
+    if "?" in target:
+        target = target.split("?", 1)[0]
+    return f"{entry.get('method') or '?'} {target} @ {entry.get('authority') or entry.get('server')}"
 
 
 @dataclass
@@ -94,6 +122,7 @@ class Capture:
         settings, source, summary, caps = self.settings, self.source, self.summary, self.caps
         steering = self.steering
         first: list[PacketRecord] = source.read(0) if caps.finite else []
+        notes = self._notes()
         interfaces = source.interfaces
         if steering.sampler is not None:
             steering.sampler.linktypes = [i.linktype for i in interfaces]
@@ -105,12 +134,14 @@ class Capture:
         if steering.governor is None and not caps.finite:
             self.watch.read(0.0)  # the reader's imports and first read now, not in the capture's first second
         self.reporter.listening(interfaces, self.stages.backend, settings.workers)
-        self.start = self.clock()
+        self.start = self.watch.started = self.clock()
         next_tick = self.start + 1.0
         error: KstapError | None = None
         limit = settings.count if settings.count is not None else 1 << 62
         self.consumers = self.stages.open_consumers(interfaces, self.sink is not None)
-        plain = caps.encoded_blocks and self.consumers.text is None and self.consumers.dissect is None
+        takes_blocks = self.sink is None or self.sink.capabilities.encoded_blocks
+        plain = caps.encoded_blocks and takes_blocks and self.consumers.text is None and \
+            self.consumers.dissect is None
         fast = plain and steering.sampler is None
         blocks = cast(BlockSource, source)
         # Only a file is waiting (no stream, pipe or worker reader whose merge needs the time to
@@ -127,7 +158,7 @@ class Capture:
             batch = first
             while True:
                 if batch:
-                    self._deliver(batch, limit)
+                    self._deliver(batch, limit, notes)
                 if summary.captured >= limit:
                     summary.stopped_by = "count"
                     break
@@ -164,13 +195,16 @@ class Capture:
                     continue
                 finally:
                     self._link_changes()
+                notes = self._notes()
                 if self.sink is not None and not batch:
                     self.sink.tick()
             if summary.stopped_by in ("signal", "duration") and not caps.finite:
                 # the last partly filled block holds packets from before the stop; what arrives
                 # while it is being handed over is after the stop and stays out
                 stop_ns = time.time_ns()
-                self._deliver([r for r in source.drain(self.stages.retire_ms) if r[0] <= stop_ns], limit)
+                drained = source.drain(self.stages.retire_ms)
+                batch, notes = kept(drained, self._notes(), lambda r: r[0] <= stop_ns)
+                self._deliver(batch, limit, notes)
         except DiskFull as exc:
             summary.stopped_by = "disk-full"
             error = exc
@@ -210,18 +244,30 @@ class Capture:
         self.link_notes = left
         return out
 
-    def _deliver(self, batch: list[PacketRecord], limit: int) -> None:
-        notes: dict[int, str] | None = None
+    def _upstream_entries(self) -> None:
+        """Write the entries the source brought (dissected upstream) since the last call."""
+        c = self.consumers
+        if c.upstream and c.entries is not None:
+            for entry in cast(EntrySource, self.source).take_entries():
+                c.emit(entry)
+            c.entries.flush()
+
+    def _notes(self) -> dict[int, str] | None:
+        """Comments that came with the records just read (written upstream: remote workers)."""
+        return cast(CommentSource, self.source).last_comments if self.caps.packet_comments else None
+
+    def _deliver(self, batch: list[PacketRecord], limit: int, notes: dict[int, str] | None = None) -> None:
         sampler = self.steering.sampler
         if sampler is not None and batch:
             before = sampler.stats.sampled_out
             batch, notes = sampler.admit(batch)
             self.summary.sampled_out += sampler.stats.sampled_out - before
-        batch = batch[: limit - self.summary.captured]
+        room = limit - self.summary.captured
+        if len(batch) > room:
+            batch = batch[:room]
+            notes = {i: c for i, c in notes.items() if i < room} if notes else notes
         if not batch:
             return
-        if notes is None and self.caps.packet_comments:  # comments written upstream (remote workers)
-            notes = cast(CommentSource, self.source).comments_for(batch)
         if self.link_notes:
             notes = self._place_link_notes(batch, notes)
         if self.sink is not None:
@@ -233,6 +279,7 @@ class Capture:
         if c.dissect is not None and c.entries is not None:
             c.dissect.feed(batch, [i.linktype for i in self.source.interfaces])
             c.entries.flush()
+        self._upstream_entries()
         summary = self.summary
         summary.captured += len(batch)
         per = summary.per_worker
@@ -242,7 +289,7 @@ class Capture:
 
     def _deliver_encoded(self, chunks: list[bytes], packets: int, nbytes: int) -> None:
         if self.sink is not None:
-            self.sink.write_encoded(chunks, packets)
+            cast(BlockSink, self.sink).write_encoded(chunks, packets)
         self.summary.captured += packets
         self.summary.bytes_captured += nbytes
         self.summary.per_worker[0] = self.summary.per_worker.get(0, 0) + packets
@@ -264,6 +311,7 @@ class Capture:
             watch.read(elapsed)  # without a controller or budget, every 5 s is enough
         if self.consumers.dissect is not None and not finite:
             self.consumers.dissect.tick(time.time_ns())
+        self._upstream_entries()
         watch.check(self.summary.dropped)
         self.reporter.progress(self.snapshot(elapsed))
 
@@ -292,6 +340,10 @@ class Capture:
             stats = c.dissect.stats()
             summary.entries = stats.entries
             summary.dissect_evictions = dict(stats.evictions)
+        elif c.upstream and c.entries is not None:
+            self._upstream_entries()
+            c.entries.close()
+            summary.entries = c.entries.count
         if self.sink is not None:
             if not self.sink.close():
                 summary.warnings.append("no room left for the statistics block; packets are intact")
@@ -339,3 +391,16 @@ def fill_counts(summary: CaptureSummary, source: Source) -> None:
     summary.dropped = sum(s.dropped for s in stats)
     summary.duplicates = sum(s.duplicates for s in stats)
     summary.per_interface = {i.name: s for i, s in zip(source.interfaces, stats, strict=False)}
+
+
+def kept(records: list[PacketRecord], notes: dict[int, str] | None,
+         keep: Callable[[PacketRecord], bool]) -> tuple[list[PacketRecord], dict[int, str] | None]:
+    """The records ``keep`` accepts, with their comments re-keyed to their new positions."""
+    out: list[PacketRecord] = []
+    moved: dict[int, str] = {}
+    for i, rec in enumerate(records):
+        if keep(rec):
+            if notes and i in notes:
+                moved[len(out)] = notes[i]
+            out.append(rec)
+    return out, (moved if notes is not None else None)

@@ -6,10 +6,10 @@ other modes the figures are still read here, for the water level and the alerts.
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
 
 from kstap.config import SamplingSettings
-from kstap.contracts import AlertRaised, PressureReaderLike, Reporter, publish
+from kstap.contracts import AlertRaised, PressureReaderLike, Reporter
 from kstap.model import Alert, ResourceStats
 from kstap.vocabulary import AlertLevel
 
@@ -22,9 +22,12 @@ emergency level, so an alert means the same thing in every mode."""
 class ResourceWatch:
     """The latest resource figures, the memory history and the alerts raised so far."""
 
-    def __init__(self, sampling: SamplingSettings, reporter: Reporter) -> None:
+    def __init__(self, sampling: SamplingSettings, reporter: Reporter, clock: Callable[[], float]) -> None:
         self.sampling = sampling
         self.reporter = reporter
+        self.clock = clock
+        self.started = clock()
+        """When the capture started (``clock`` seconds): alerts are stamped relative to it."""
         self.watcher: PressureReaderLike | None = None
         self.resources: ResourceStats | None = None
         self.memory_history: list[tuple[float, float]] = []
@@ -74,6 +77,6 @@ class ResourceWatch:
             self._drops_seen = dropped
 
     def alert(self, level: AlertLevel, kind: str, message: str) -> None:
-        alert = Alert(time.time(), level, kind, message)
+        alert = Alert(self.clock() - self.started, level, kind, message)
         self.alerts.append(alert)
-        publish(self.reporter, AlertRaised(alert))
+        self.reporter.event(AlertRaised.of(alert))

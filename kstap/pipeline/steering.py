@@ -12,17 +12,18 @@ from collections.abc import Callable
 from typing import cast
 
 from kstap.capture import backends, netns
+from kstap.capture.flowtable import FirstPacketTable
 from kstap.capture.pcap_live import compile_for_live, needs_live_compile
 from kstap.config import TapSettings
-from kstap.contracts import FilterSource, Governor, LiveControl, RateChanged, Reporter, Source, publish
+from kstap.contracts import FilterSource, Governor, LiveControl, RateChanged, Reporter, Source
 from kstap.errors import KstapError
 from kstap.filters.bpf import LINKTYPE_LINUX_SLL2, Program, compile_filter, final_expression, for_cooked_socket
 from kstap.model import CaptureSummary, ControllerState
 from kstap.pipeline.resources import ResourceWatch
 from kstap.sampling.flowhash import FULL, splice_threshold
 from kstap.sampling.flowkey import KeyTuple
+from kstap.sampling.metadata import flow_note_suffix
 from kstap.sampling.sampler import FlowSampler
-from kstap.sampling.seen import SeenFlows
 from kstap.vocabulary import AlertLevel, Cause, Mode
 
 
@@ -57,7 +58,7 @@ class Steering:
         """The filter without its sampling tail (None: this source's filter cannot be swapped)."""
         self.control = control
         self.ceiling = sampler.ceiling() if sampler else FULL
-        self.seen: SeenFlows | None = None
+        self.seen: FirstPacketTable | None = None
         """Percentage mode on the C fast path: the kernel samples, C comments first packets."""
         self.controller: ControllerState | None = None
         self.rate_history: list[tuple[float, float]] = []
@@ -72,7 +73,8 @@ class Steering:
         """Hand first-packet comments to the C fast path (percentage mode, kernel-sampled)."""
         smp = self.sampler
         assert smp is not None
-        self.seen = SeenFlows(smp.mode, smp.rate, smp.seed, smp.seed_id, idle_timeout_ns=smp.idle_timeout_ns)
+        self.seen = FirstPacketTable(smp.seed, flow_note_suffix(smp.mode, smp.rate, smp.seed_id),
+                                     idle_timeout_ns=smp.idle_timeout_ns)
 
     def tick(self, elapsed: float, summary: CaptureSummary) -> None:
         """Once a second, after :meth:`apply_control` and the counters: flow expiry, the controller,
@@ -128,8 +130,8 @@ class Steering:
         if not sampler.set_rate(rate, Cause.CONTROL.value):
             return
         if self.seen is not None:  # the C path writes first-packet comments itself: the new rate from now on
-            self.seen.set_rate(sampler.rate)
-        publish(self.reporter, RateChanged(old, sampler.rate, Cause.CONTROL, Cause.CONTROL.value))
+            self.seen.suffix = flow_note_suffix(sampler.mode, sampler.rate, sampler.seed_id)
+        self.reporter.event(RateChanged(old, sampler.rate, Cause.CONTROL, Cause.CONTROL.value))
         self._update_ceiling(sampler)
 
     def _govern(self, sampler: FlowSampler, elapsed: float, summary: CaptureSummary) -> None:
@@ -145,7 +147,7 @@ class Steering:
                              f"emergency: rate {old:.3g} -> {state.rate:.3g}, {len(shed)} live flows shed")
         elif not sampler.set_rate(state.rate, state.reason or Cause.PI.value):
             return
-        publish(self.reporter, RateChanged(old, sampler.rate, state.cause or Cause.PI, state.reason, state.pressure))
+        self.reporter.event(RateChanged(old, sampler.rate, state.cause or Cause.PI, state.reason, state.pressure))
 
     def _update_ceiling(self, sampler: FlowSampler) -> None:
         ceiling = sampler.ceiling()

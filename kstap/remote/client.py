@@ -24,8 +24,6 @@ always from inside :meth:`RemoteSource.read`/:meth:`RemoteSource.drain`, on the 
 from __future__ import annotations
 
 import contextlib
-import heapq
-import itertools
 import json
 import threading
 import time
@@ -34,9 +32,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from kstap.backoff import Backoff
 from kstap.contracts import SourceCapabilities
 from kstap.errors import WorkerFailure
 from kstap.filters.bpf import Program
+from kstap.merge import TimeOrderedMerge
 from kstap.model import Interface, PacketRecord, SourceStats, WorkerStats
 from kstap.remote import protocol
 from kstap.remote.transport import DirectTransport, Response, Transport, TransportError
@@ -140,37 +140,41 @@ class _Inbox:
 class RemoteSource:
     """Many workers' streams as one source for the pipeline (see the module docstring)."""
 
-    capabilities = SourceCapabilities(sampled_upstream=True, packet_comments=True, worker_stats=True)
-    """The workers sampled (and dissect, when asked) on their nodes; their packet comments come
-    along; each worker's figures are known here. Its :meth:`set_filter` is per node (the
-    cluster session's), not a kernel filter the loop could swap."""
 
     def __init__(self, endpoints: Sequence[WorkerEndpoint], *, connect_timeout: float = 10.0,
                  grace: float = 3.0, max_hold: float = 3.0, read_timeout: float = 10.0,
-                 backoff: tuple[float, float] = (0.2, 5.0), queue_bytes: int = 64 << 20,
+                 backoff: Backoff | tuple[float, float] = Backoff(0.2, 2.0, 5.0, attempts=0),
+                 queue_bytes: int = 64 << 20,
                  on_event: EventCallback | None = None, on_entry: EntryCallback | None = None,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 entries: bool = False, monotonic: Callable[[], float] = time.monotonic) -> None:
         if not endpoints:
             raise WorkerFailure("no workers to read from")
         names = [e.name for e in endpoints]
         if len(set(names)) != len(names):
             raise WorkerFailure("two workers have the same name", hint="give each node's worker its own name")
         self.interfaces: list[Interface] = []
+        self.capabilities = SourceCapabilities(sampled_upstream=True, packet_comments=True, worker_stats=True,
+                                               dissected_upstream=entries)
+        """The workers sampled on their nodes (and dissected, with ``entries``: their entries are
+        kept for :meth:`take_entries`); their packet comments come along; each worker's figures
+        are known here. Its :meth:`set_filter` is per node (the cluster session's), not a kernel
+        filter the loop could swap."""
+        self._entries: list[dict[str, Any]] = []
         self.last_comments: dict[int, str] = {}
         """Packet comments of the records the last :meth:`read`/:meth:`drain` returned, by index
-        (see :meth:`comments_for` when the batch is cut or filtered before it is written)."""
-        self._notes_by_id: dict[int, str] = {}
+        (the workers' first-packet, rate and shed comments)."""
         self.grace = grace
         self.max_hold = max_hold
         self.read_timeout = read_timeout
-        self.backoff = backoff
+        self.backoff = backoff if isinstance(backoff, Backoff) else Backoff(backoff[0], 2.0, backoff[1], attempts=0)
+        """Between reconnects of a worker's stream (never given up: the worker may come back)."""
         self.on_event = on_event
         self.on_entry = on_entry
         self._monotonic = monotonic
         self._iface_ids: dict[tuple[int, str], int] = {}
         self._base: dict[int, SourceStats] = {}
-        self._pending: list[tuple[int, int, PacketRecord, str | None]] = []
-        self._order = itertools.count()
+        self._merge: TimeOrderedMerge[tuple[PacketRecord, str | None]] = TimeOrderedMerge(_noted_ts)
+        """(record, its comment) of every worker, released once all workers are past it."""
         self._released_upto = 0
         self._inbox = _Inbox(queue_bytes)
         self._closing = threading.Event()
@@ -205,6 +209,11 @@ class RemoteSource:
             self._handle(self._inbox.take_all(0.05))
         self._handle(self._inbox.take_all(0))
         return self._release(max(stop_ns, self._floor()))
+
+    def take_entries(self) -> list[dict[str, Any]]:
+        """The workers' entries received since the last call (with ``entries``), in arrival order."""
+        out, self._entries = self._entries, []
+        return out
 
     def stats(self) -> list[SourceStats]:
         """Counters per interface (parallel to :attr:`interfaces`), summed over worker restarts."""
@@ -334,7 +343,9 @@ class RemoteSource:
         of a run it keeps asking (at the slowest pace) so that a restarted worker (a new run) is
         picked up again; the ended run's frames are not passed on twice.
         """
-        delay, top = self.backoff
+        backoff = self.backoff
+        top = backoff.maximum
+        failures = 0
         at = _Cursor()
         while not self._closing.is_set():
             endpoint = w.endpoint
@@ -345,8 +356,8 @@ class RemoteSource:
                                          timeout=self.read_timeout)
             except (TransportError, OSError) as exc:
                 self._inbox.put(("down", w.index, getattr(exc, "message", str(exc))))
-                self._pause(w, top if at.ended_run else delay)
-                delay = min(delay * 2, top)
+                failures += 1
+                self._pause(w, top if at.ended_run else backoff.delay(failures))
                 continue
             except Exception as exc:  # a transport bug must not kill the reader silently
                 self._inbox.put(("down", w.index, f"{type(exc).__name__}: {exc}"))
@@ -359,7 +370,7 @@ class RemoteSource:
                     reason = f"HTTP {resp.status}: {_error_text(resp)}"
                 else:
                     self._follow(w, resp, at)
-                    delay = self.backoff[0]
+                    failures = 0
             except protocol.ProtocolError as exc:
                 reason = f"bad stream: {exc.message}"
             except OSError as exc:
@@ -374,8 +385,8 @@ class RemoteSource:
                 self._pause(w, top)  # the run is over: look for a new one now and then
                 continue
             self._inbox.put(("down", w.index, reason))
-            self._pause(w, delay)
-            delay = min(delay * 2, top)
+            failures += 1
+            self._pause(w, backoff.delay(failures))
 
     def _pause(self, w: _Worker, seconds: float) -> None:
         """Wait ``seconds`` unless the source closes or the worker's endpoint is replaced."""
@@ -468,6 +479,8 @@ class RemoteSource:
         elif isinstance(body, protocol.Event):
             self._on_event(w, body)
         elif isinstance(body, protocol.Entries):
+            if self.capabilities.dissected_upstream:
+                self._entries.extend(body.items)
             if self.on_entry is not None:
                 for item in body.items:
                     self.on_entry(w.endpoint.name, item)
@@ -535,14 +548,14 @@ class RemoteSource:
         records = batch.records
         if not records:
             return
-        mapping, index, comments = w.iface_map, w.index, batch.comments
-        push, order, upto = heapq.heappush, self._order, self._released_upto
-        pending = self._pending
+        mapping, index, comments, upto = w.iface_map, w.index, batch.comments, self._released_upto
         late = 0
+        held: list[tuple[PacketRecord, str | None]] = []
         for i, (ts, caplen, origlen, data, ifid, _) in enumerate(records):
             if ts < upto:
                 late += 1
-            push(pending, (ts, next(order), (ts, caplen, origlen, data, mapping[ifid], index), comments.get(i)))
+            held.append(((ts, caplen, origlen, data, mapping[ifid], index), comments.get(i)))
+        self._merge.add(held)
         w.late += late
         w.captured += len(records)
         w.session_packets += len(records)
@@ -600,36 +613,24 @@ class RemoteSource:
         return floor
 
     def _release(self, floor: int) -> list[PacketRecord]:
-        pending = self._pending
-        limit = max(floor, self._released_upto)
         out: list[PacketRecord] = []
         notes: dict[int, str] = {}
-        pop = heapq.heappop
-        while pending and pending[0][0] <= limit:
-            _, _, rec, note = pop(pending)
+        for rec, note in self._merge.release(max(floor, self._released_upto)):
             if note is not None:
                 notes[len(out)] = note
             out.append(rec)
         if out:
             self._released_upto = max(self._released_upto, out[-1][0])
         self.last_comments = notes
-        self._notes_by_id = {id(out[i]): note for i, note in notes.items()}
         return out
-
-    def comments_for(self, records: Sequence[PacketRecord]) -> dict[int, str]:
-        """Packet comments for ``records``, a slice or filtered copy of what the last read/drain returned.
-
-        Keyed by index in ``records`` (what :meth:`kstap.sinks.files.PcapngFiles.write` takes); the
-        records are matched by identity, so cutting or filtering the batch keeps the right notes.
-        """
-        by_id = self._notes_by_id
-        if not by_id:
-            return {}
-        return {i: by_id[id(rec)] for i, rec in enumerate(records) if id(rec) in by_id}
 
     def _alert(self, level: str, kind: str, message: str) -> None:
         if self.on_event is not None:
             self.on_event("alert", {"level": level, "kind": kind, "message": message})
+
+
+def _noted_ts(item: tuple[PacketRecord, str | None]) -> int:
+    return item[0][0]
 
 
 def protocol_lag_seconds() -> float:

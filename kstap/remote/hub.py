@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import secrets
-import struct
 import threading
 import time
 from collections import deque
@@ -19,9 +18,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from kstap.contracts import SinkCapabilities
+from kstap.formats import pcapng
 from kstap.model import Interface, PacketRecord, SourceStats, StatsSnapshot
 from kstap.remote import protocol
-from kstap.sinks import pcapng
 
 WATERMARK_LAG_MS = 250
 """How far behind the capture loop the promised watermark trails (ms). It covers the ring's
@@ -244,7 +243,7 @@ class StreamSink:
     """:class:`kstap.sinks.files.PcapngFiles`' surface, publishing to a :class:`StreamHub`.
 
     **Watermark.** The capture loop alternates reads of the source with calls into this sink
-    (``write``/``write_encoded`` after a read that kept packets, ``tick`` after an empty read) and
+    (``write`` after a read that kept packets, ``tick`` after an empty read) and
     the once-a-second progress report (:meth:`loop_point`, between reads). A read that returns
     at a sink call started after the previous loop point ``m``, so every packet stamped before
     ``m - lag`` (whose block the kernel had retired by ``m``) has been handed over: the frame
@@ -261,8 +260,9 @@ class StreamSink:
         self.files: list[str] = []
         self.packets_written = 0
         self.bytes_written = 0
-        self.capabilities = SinkCapabilities(patient=False)
-        """Stream readers merge on the watermark: the loop must keep the time moving."""
+        self.capabilities = SinkCapabilities(patient=False, encoded_blocks=False)
+        """Stream readers merge on the watermark, so the loop must keep the time moving; the
+        stream carries records, so encoded blocks would only be decoded again here."""
         self._counters = counters
         self._lag = lag_ms * 1_000_000
         self._clock = clock
@@ -301,14 +301,6 @@ class StreamSink:
             self.hub.advance(watermark)
         self._publish_stats()
 
-    def write_encoded(self, chunks: list[bytes], packets: int, if_id: int = 0) -> None:
-        """The C fast path hands over ready pcapng EPBs: turned back into records here."""
-        if not packets:
-            self.tick()
-            return
-        records, comments = decode_epbs(b"".join(chunks))
-        self.write(records, comments)
-
     def ensure_interfaces(self, interfaces: Sequence[Interface]) -> None:
         if len(interfaces) > len(self.interfaces):
             hello = self.hub.hello
@@ -336,33 +328,6 @@ class StreamSink:
     def close(self) -> bool:
         self._publish_stats(force=True)
         return True
-
-
-_EPB = struct.Struct("<IIIIIII")
-
-
-def decode_epbs(data: bytes) -> tuple[list[PacketRecord], dict[int, str]]:
-    """pcapng EPBs (as the C encoder writes them) back into records and their comments."""
-    records: list[PacketRecord] = []
-    comments: dict[int, str] = {}
-    pos, end = 0, len(data)
-    while pos + 32 <= end:
-        btype, total, ifid, hi, lo, caplen, origlen = _EPB.unpack_from(data, pos)
-        if btype != pcapng.BT_EPB or total < 32 or pos + total > end:
-            break
-        start = pos + 28
-        padded = caplen + (-caplen % 4)
-        opt, opt_end = start + padded, pos + total - 4
-        while opt + 4 <= opt_end:
-            code, length = struct.unpack_from("<HH", data, opt)
-            if code == pcapng.OPT_ENDOFOPT:
-                break
-            if code == pcapng.OPT_COMMENT:
-                comments[len(records)] = data[opt + 4 : opt + 4 + length].decode("utf-8", "replace")
-            opt += 4 + length + (-length % 4)
-        records.append(((hi << 32) | lo, caplen, origlen, data[start : start + caplen], ifid, 0))
-        pos += total
-    return records, comments
 
 
 class EntryLines:

@@ -42,6 +42,7 @@ from typing import Any
 
 from kstap.errors import WorkerFailure
 from kstap.model import Interface, PacketRecord, SourceStats
+from kstap.vocabulary import AlertLevel
 
 VERSION = 1
 MAGIC = b"KSTP"
@@ -71,7 +72,7 @@ MAX_FILTER = 65536
 MAX_TS = (1 << 63) - 1
 MAX_COUNTER = (1 << 64) - 1
 EVENT_KINDS = ("listening", "stats", "rate_change", "alert", "warning", "control")
-ALERT_LEVELS = ("info", "warn", "critical")
+ALERT_LEVELS = tuple(level.value for level in AlertLevel)
 
 
 class ProtocolError(WorkerFailure):

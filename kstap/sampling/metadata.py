@@ -44,6 +44,11 @@ def flow_note(flow_id: str, mode: str, rate: float, seed_id: str) -> str:
     return f"{PREFIX} flow id={flow_id} mode={mode} rate={_fmt(rate)} seed={seed_id}"
 
 
+def flow_note_suffix(mode: str, rate: float, seed_id: str) -> bytes:
+    """What follows ``id=HASH `` in :func:`flow_note`: the C fast path writes the hash itself."""
+    return flow_note("X", mode, rate, seed_id).split("id=X ", 1)[1].encode()
+
+
 def rate_note(flow_id: str, rate: float, previous: float, reason: str) -> str:
     return f"{PREFIX} rate id={flow_id} rate={_fmt(rate)} previous={_fmt(previous)} reason={reason}"
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from kstap.contracts import SinkCapabilities
 from kstap.errors import KstapError, UsageError
+from kstap.formats import pcapng
 from kstap.model import Interface, PacketRecord
 from kstap.private_file import check_target, open_private
-from kstap.sinks import pcapng
 
 CountersProvider = Callable[[], list[pcapng.InterfaceCounters]]
 
@@ -102,8 +102,9 @@ class PcapngFiles:
         self.files: list[str] = []
         self.packets_written = 0
         self.bytes_written = 0
-        self.capabilities = SinkCapabilities(patient=path != "-")
-        """Only a file waits (not a pipe on stdout): the loop may sleep until a block is ready."""
+        self.capabilities = SinkCapabilities(patient=path != "-", encoded_blocks=True)
+        """Only a file waits (not a pipe on stdout): the loop may sleep until a block is ready.
+        EPBs the C encoder made are written as they are."""
         self._open_next()
 
     # -- file handling -------------------------------------------------------------------------

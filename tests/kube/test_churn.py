@@ -17,6 +17,7 @@ import pytest
 from fakeapi import FakeApiServer, wait_for
 
 from kstap.cli.kube_tap import Churn
+from kstap.contracts import AlertRaised, Event, relay
 from kstap.errors import WorkerFailure
 from kstap.kube import deploy
 from kstap.kube import manifests as mf
@@ -70,17 +71,17 @@ class RecordingSource:
 
 class RecordingReporter:
     def __init__(self) -> None:
-        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.events: list[Event] = []
         self.warnings: list[str] = []
 
-    def event(self, kind: str, data: dict[str, Any]) -> None:
-        self.events.append((kind, data))
+    def event(self, event: Event) -> None:
+        self.events.append(event)
 
     def warning(self, message: str) -> None:
         self.warnings.append(message)
 
     def alerts(self) -> list[tuple[str, str]]:
-        return [(str(d["kind"]), str(d["message"])) for k, d in self.events if k == "alert"]
+        return [(e.kind, e.message) for e in self.events if isinstance(e, AlertRaised)]
 
 
 def new_spec(nodes: list[str]) -> mf.WorkerSpec:
@@ -381,7 +382,7 @@ def test_churn_with_the_real_remote_source_through_the_pod_proxy(cluster, kube) 
     pods = deploy.deploy(kube, spec, timeout=5)
     reporter = RecordingReporter()
     source = RemoteSource([_endpoint(kube, spec, p) for _, p in sorted(pods.items())], connect_timeout=5,
-                          grace=5.0, backoff=(0.05, 0.2), on_event=reporter.event)
+                          grace=5.0, backoff=(0.05, 0.2), on_event=relay(reporter))
     churn = Churn(kube, spec, source, USER_FILTER, reporter, ready_timeout=5)
     done = threading.Event()
     follower = threading.Thread(target=churn.follow_workers, args=(done, pods), kwargs={"every": POLL},

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from kstap.capture.savefile import CaptureFormatError, CaptureReader, PacketInfo, Statistics
 from kstap.demo.lab import Lab
+from kstap.formats.savefile import CaptureFormatError, CaptureReader, PacketInfo, Statistics
 from kstap.model import Interface, PacketRecord
 
 UDP_PORT = 5001

@@ -28,8 +28,9 @@ import pytest
 
 from kstap import pipeline
 from kstap.config import OutputSettings, TapSettings
+from kstap.contracts import AlertRaised, Event, relay
 from kstap.demo.node import NodeLab
-from kstap.model import CaptureSummary, Interface, StatsSnapshot
+from kstap.model import Alert, CaptureSummary, Interface, StatsSnapshot
 from kstap.remote.client import RemoteSource, WorkerEndpoint
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")
@@ -214,7 +215,7 @@ class Collect:
     """A Reporter that keeps the alerts (the CLI's dashboard and NDJSON get the same)."""
 
     def __init__(self) -> None:
-        self.alerts: list[dict[str, object]] = []
+        self.alerts: list[Alert] = []
         self.ready = threading.Event()
 
     def listening(self, interfaces: list[Interface], backend: str, workers: int) -> None:
@@ -222,9 +223,9 @@ class Collect:
 
     def progress(self, snapshot: StatsSnapshot) -> None: ...
 
-    def event(self, kind: str, data: dict[str, object]) -> None:
-        if kind == "alert":
-            self.alerts.append(data)
+    def event(self, event: Event) -> None:
+        if isinstance(event, AlertRaised):
+            self.alerts.append(event.alert)
 
     def warning(self, message: str) -> None: ...
 
@@ -249,7 +250,7 @@ def test_a_worker_on_any_attached_over_its_api(node: Node, tmp_path: Path, wires
     out, entries = tmp_path / "remote.pcapng", tmp_path / "remote.ndjson"
     settings = TapSettings(interfaces=["(cluster)"], output=OutputSettings(path=str(out)), entries=str(entries))
     reporter = Collect()
-    source = RemoteSource([WorkerEndpoint("node-a", f"http://127.0.0.1:{port}", token)], on_event=reporter.event)
+    source = RemoteSource([WorkerEndpoint("node-a", f"http://127.0.0.1:{port}", token)], on_event=relay(reporter))
     stop = pipeline.StopFlag()
     result: list[CaptureSummary] = []
     runner = threading.Thread(target=lambda: result.append(pipeline.run_tap(settings, reporter, stop, source=source)))
@@ -266,7 +267,7 @@ def test_a_worker_on_any_attached_over_its_api(node: Node, tmp_path: Path, wires
     assert [i.name for i in source.interfaces] == ["node-a/any"]
     wireshark.read_ok(out)  # type: ignore[attr-defined]
     check_once(node, out, entries, wireshark)
-    kinds = [a.get("kind") for a in reporter.alerts]
+    kinds = [a.kind for a in reporter.alerts]
     assert kinds.count("interface") >= 4, reporter.alerts  # the worker's interface changes reach the CLI
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(15) == 0
@@ -277,9 +278,9 @@ def test_the_c_encoder_writes_what_the_python_records_path_writes(tmp_path: Path
     one by the Python records path; after dedup both hold the same SLL2 frames (ring order)."""
     from kstap.capture import netns
     from kstap.capture.cooked import CookedSource, encode_cooked_block
-    from kstap.capture.savefile import CaptureReader
     from kstap.filters.bpf import compile_filter, for_cooked_socket
-    from kstap.sinks import pcapng
+    from kstap.formats import pcapng
+    from kstap.formats.savefile import CaptureReader
 
     if encode_cooked_block is None:
         pytest.skip("the C helper is not built")

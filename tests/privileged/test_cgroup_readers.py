@@ -172,7 +172,7 @@ def test_v1_cpu_quota_use_and_throttling(cgroups: Cgroups) -> None:
     time.sleep(1.5)
     stats = reader.read()
     assert stats.cpu_limit == pytest.approx(0.2)
-    assert 0.12 <= stats.cpu_fraction <= 0.28, stats  # a busy loop held to its quota
+    assert 0.12 <= stats.cpu_cores <= 0.28, stats  # a busy loop held to its quota
     assert stats.throttled_periods > first.throttled_periods and stats.throttled_seconds > 0
     assert f"cpu: cgroup v1 /{quota.name} (quota of /{quota.name})" in stats.source, stats.source
 
@@ -210,7 +210,7 @@ def test_v2_cpu_usage_and_psi_of_the_own_cgroup(cgroups: Cgroups) -> None:
     reader.read()
     time.sleep(1.0)
     stats = reader.read()
-    assert 0.5 <= stats.cpu_fraction <= 1.2, stats  # one busy loop, with or without a v2 cpu controller
+    assert 0.5 <= stats.cpu_cores <= 1.2, stats  # one busy loop, with or without a v2 cpu controller
     assert f"cpu: cgroup v2 /{cg.name}" in stats.source, stats.source
     if (cg / "memory.pressure").exists():
         assert "psi: cgroup" in stats.source and stats.psi_memory_some is not None

@@ -238,8 +238,8 @@ def _client(lab: Lab, src: str, cfg: dict[str, Any]) -> list[list[Any]]:
 
 def dissect_with_stage(path: Path) -> list[Entry]:
     """The capture through :class:`kstap.dissect.stage.DissectStage` (the worker's stage)."""
-    from kstap.capture.savefile import CaptureReader
     from kstap.dissect.stage import DissectStage, default_flow_cap
+    from kstap.formats.savefile import CaptureReader
 
     entries: list[Entry] = []
     stage = DissectStage(seed=0, memory_cap=64 << 20, flow_cap=default_flow_cap(64 << 20), idle_timeout=60.0,
@@ -258,8 +258,8 @@ def _dissect_locally(path: Path) -> list[Entry]:
 
     It exists so the parsers are checked independently of the stage's reassembly and detection.
     """
-    from kstap.capture.savefile import CaptureReader
     from kstap.dissect.detect import detect_client
+    from kstap.formats.savefile import CaptureReader
 
     conns: dict[tuple[Any, ...], dict[str, Any]] = {}
     order: list[tuple[Any, ...]] = []

@@ -117,7 +117,7 @@ print(json.dumps({"opened": opened, "failed": failed, "statuses": statuses}), fl
 
 DRIVER_SRC = r'''
 import gc, json, os, sys, time
-from kstap.capture.savefile import CaptureReader
+from kstap.formats.savefile import CaptureReader
 from kstap.dissect.stage import DissectStage, default_flow_cap
 path, cap = sys.argv[1], int(sys.argv[2])
 page = os.sysconf("SC_PAGE_SIZE")

@@ -20,8 +20,8 @@ from pathlib import Path
 import procs
 import pytest
 
-from kstap.capture.savefile import CaptureReader
 from kstap.demo.lab import Lab
+from kstap.formats.savefile import CaptureReader
 from kstap.sampling.flowhash import flow_hash, threshold
 from kstap.sampling.flowkey import FlowKey, flow_key
 

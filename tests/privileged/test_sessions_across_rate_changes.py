@@ -20,9 +20,10 @@ from pathlib import Path
 import pytest
 
 from kstap import pipeline
-from kstap.capture.savefile import CaptureReader
 from kstap.config import OutputSettings, TapSettings
+from kstap.contracts import Event
 from kstap.demo.lab import Lab
+from kstap.formats.savefile import CaptureReader
 from kstap.model import CaptureSummary, ControllerState, Interface, ResourceStats, StatsSnapshot
 from kstap.sampling import metadata
 from kstap.sampling.flowhash import flow_hash, threshold
@@ -97,7 +98,7 @@ class Quiet:
         self.listening_at.set()
 
     def progress(self, snapshot: StatsSnapshot) -> None: ...
-    def event(self, kind: str, data: dict[str, object]) -> None: ...
+    def event(self, event: Event) -> None: ...
     def warning(self, message: str) -> None: ...
 
 

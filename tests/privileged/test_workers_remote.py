@@ -25,9 +25,9 @@ import dpkt
 import pytest
 
 from kstap.demo.lab import Lab
+from kstap.formats import pcapng
 from kstap.model import PacketRecord
 from kstap.remote.client import RemoteSource, WorkerEndpoint
-from kstap.sinks import pcapng
 from kstap.sinks.files import PcapngFiles
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")

@@ -7,6 +7,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from kstap.contracts import AlertLevel, AlertRaised
 from kstap.dashboard import samples
 from kstap.metrics import MetricsServer, MonotonicCounter
 from kstap.model import CaptureSummary, ResourceStats, StatsSnapshot
@@ -42,11 +43,11 @@ def test_two_scrapes_show_counters_increasing() -> None:
     with MetricsServer(0) as server:
         assert server.host == "127.0.0.1" and server.port > 0
         server.progress(_snap(1))
-        server.event("alert", {"level": "warn", "kind": "memory", "message": "memory at 71%"})
+        server.event(AlertRaised(AlertLevel.WARN, "memory", "memory at 71%"))
         first = scrape(server)
         server.progress(_snap(3))
-        server.event("alert", {"level": "warn", "kind": "memory", "message": "memory at 75%"})
-        server.event("alert", {"level": "critical", "kind": "shed", "message": "shed"})
+        server.event(AlertRaised(AlertLevel.WARN, "memory", "memory at 75%"))
+        server.event(AlertRaised(AlertLevel.CRITICAL, "shed", "shed"))
         server.warning("interface down")
         second = scrape(server)
     for name in COUNTERS:
@@ -88,7 +89,7 @@ def test_before_the_first_snapshot_and_without_resources() -> None:
 
 
 def test_pressure_without_a_controller_is_the_larger_share() -> None:
-    s = StatsSnapshot(resources=ResourceStats(memory_bytes=300, memory_limit=1000, cpu_fraction=1.5, cpu_limit=2.0))
+    s = StatsSnapshot(resources=ResourceStats(memory_bytes=300, memory_limit=1000, cpu_cores=1.5, cpu_limit=2.0))
     with MetricsServer(0) as server:
         server.update(s)
         assert scrape(server)["kstap_pressure"][()] == pytest.approx(0.75)

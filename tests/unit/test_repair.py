@@ -13,11 +13,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kstap.capture.savefile import CaptureFormatError, CaptureReader
 from kstap.errors import KstapError, UsageError
+from kstap.formats import pcapng
+from kstap.formats.savefile import CaptureFormatError, CaptureReader
 from kstap.model import Interface, PacketRecord
 from kstap.repair import default_output, repair, scan
-from kstap.sinks import pcapng
 
 T0 = 1_700_000_000 * 10**9
 

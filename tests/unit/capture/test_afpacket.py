@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from kstap.capture import afpacket
 from kstap.capture.afpacket import TP_STATUS_VLAN_TPID_VALID, TP_STATUS_VLAN_VALID, AfPacketRing
+from kstap.formats import pcapng
 from kstap.model import SourceStats
-from kstap.sinks import pcapng
 
 BLOCK = 1 << 16
 MAC_OFFSET = 80  # where the kernel puts the frame after tpacket3_hdr + sockaddr_ll
@@ -143,11 +143,11 @@ needs_sampled = pytest.mark.skipif(afpacket.encode_block_sampled is None, reason
 def test_c_first_packet_comments_match_python_flow_ids(flows: list[tuple[int, bool, bool, bool]],
                                                         seed: int) -> None:
     """Every flow's first packet (either direction) carries exactly the comment Python would write."""
-    from kstap.capture.savefile import CaptureReader
+    from kstap.capture.flowtable import FirstPacketTable
+    from kstap.formats.savefile import CaptureReader
     from kstap.sampling import metadata
     from kstap.sampling.flowhash import flow_hash, seed_id
     from kstap.sampling.flowkey import flow_key
-    from kstap.sampling.seen import SeenFlows
 
     frames: list[Frame] = []
     for n, reverse, v6, vlan in flows:
@@ -156,7 +156,7 @@ def test_c_first_packet_comments_match_python_flow_ids(flows: list[tuple[int, bo
         raw = _udp_frame(src, dst, sp, dp, v6)
         frames.append((raw, len(raw), 1 | (TP_STATUS_VLAN_VALID if vlan else 0), 5, 0x8100))
     ring = fake_ring([frames])
-    seen = SeenFlows("percentage", 0.25, seed, seed_id(seed), capacity=4)
+    seen = FirstPacketTable(seed, metadata.flow_note_suffix("percentage", 0.25, seed_id(seed)), capacity=4)
     chunks, packets, _ = ring.read_encoded(1 << 30, seen=seen)
     assert packets == len(frames)
     import io
@@ -184,9 +184,10 @@ def pcapng_iface():  # type: ignore[no-untyped-def]
 
 @needs_sampled
 def test_seen_table_grows_and_expires() -> None:
-    from kstap.sampling.seen import SeenFlows
+    from kstap.capture.flowtable import FirstPacketTable
+    from kstap.sampling import metadata
 
-    seen = SeenFlows("percentage", 0.5, 1, "abc", capacity=4, idle_timeout_ns=10)
+    seen = FirstPacketTable(1, metadata.flow_note_suffix("percentage", 0.5, "abc"), capacity=4, idle_timeout_ns=10)
     frames: list[Frame] = [(_udp_frame(bytes([10, 0, i >> 8, i & 255]), b"\x0a\0\0\xff", 1, 2), 60, 1, 0, 0)
                            for i in range(300)]
     ring = fake_ring([frames])

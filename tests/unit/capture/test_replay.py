@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from kstap.capture.replay import BATCH, ReplaySource
-from kstap.capture.savefile import CaptureReader
 from kstap.errors import ExitCode, KstapError, UsageError
+from kstap.formats import pcapng
+from kstap.formats.savefile import CaptureReader
 from kstap.model import Interface, PacketRecord
-from kstap.sinks import pcapng
 
 T0 = 1_700_000_000_000_000_000
 

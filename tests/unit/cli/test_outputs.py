@@ -24,6 +24,7 @@ from kstap.cli.outputs import (
     status_line,
 )
 from kstap.config import OutputSettings, TapSettings
+from kstap.contracts import AlertLevel, AlertRaised, parse_event
 from kstap.dashboard import samples
 from kstap.errors import ExitCode, KstapError, UsageError
 from kstap.model import CaptureSummary, Interface, SourceStats, StatsSnapshot, WorkerStats
@@ -55,6 +56,13 @@ class TtyStringIO(io.StringIO):
         return True
 
 
+def from_wire(reporter: Any, kind: str, data: dict[str, object]) -> None:
+    """An event as a worker's stream carries it, through the one parser, to the reporter."""
+    event = parse_event(kind, data)
+    if event is not None:
+        reporter.event(event)
+
+
 def test_every_event_kind_validates(validator: Any) -> None:
     buf = io.StringIO()
     clock = iter(range(1_764_000_000, 1_764_000_100))
@@ -64,11 +72,11 @@ def test_every_event_kind_validates(validator: Any) -> None:
     for make in samples.ALL.values():
         r.progress(make())
     r.progress(StatsSnapshot(rate=float("nan"), resources=None, controller=None))
-    r.event("rate_change", {"old": 1.0, "new": 0.5, "reason": "emergency", "pressure": 0.93, "worker": 1})
-    r.event("rate_change", {"old": 0.5, "new": 0.6, "reason": None, "junk": object()})
-    r.event("alert", {"level": "critical", "kind": "oom", "message": "an OOM kill in the cgroup"})
-    r.event("alert", {"level": "bogus", "kind": "x", "message": "normalised to warn"})
-    r.event("unknown-kind", {"ignored": True})
+    from_wire(r, "rate_change", {"old": 1.0, "new": 0.5, "reason": "emergency", "pressure": 0.93, "worker": 1})
+    from_wire(r, "rate_change", {"old": 0.5, "new": 0.6, "reason": None, "junk": object()})
+    from_wire(r, "alert", {"level": "critical", "kind": "oom", "message": "an OOM kill in the cgroup"})
+    from_wire(r, "alert", {"level": "bogus", "kind": "x", "message": "normalised to warn"})
+    from_wire(r, "unknown-kind", {"ignored": True})
     r.warning("interface went down")
     summary = CaptureSummary(captured=10, received=12, dropped=2, files=["x"], per_worker={0: 6, 1: 4},
                              per_interface={"veth0": SourceStats(12, 2, 10)}, stopped_by="signal")
@@ -130,8 +138,8 @@ def test_line_reporter_prints_once_per_interval() -> None:
     r = LineReporter(err, interval=5.0)
     for t in range(12):
         r.progress(StatsSnapshot(elapsed=float(t), captured=t))
-    r.event("rate_change", {"old": 1.0, "new": 0.25, "reason": "pi"})
-    r.event("alert", {"level": "warn", "kind": "memory", "message": "memory at 71%"})
+    from_wire(r, "rate_change", {"old": 1.0, "new": 0.25, "reason": "pi"})
+    from_wire(r, "alert", {"level": "warn", "kind": "memory", "message": "memory at 71%"})
     r.summary(CaptureSummary(captured=3, received=3))
     lines = err.getvalue().splitlines()
     assert [ln.split()[1] for ln in lines[:3]] == ["0s", "5s", "10s"]
@@ -235,7 +243,7 @@ def test_tee_forwards_everything() -> None:
     tee = Tee(a, b)  # type: ignore[arg-type]
     tee.listening([], "file", 1)
     tee.progress(StatsSnapshot(workers=[WorkerStats(0)]))
-    tee.event("alert", {})
+    tee.event(AlertRaised(AlertLevel.WARN, "alert", ""))
     tee.warning("w")
     tee.summary(CaptureSummary())
     tee.close()

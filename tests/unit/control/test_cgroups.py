@@ -230,10 +230,25 @@ def test_psi_file_only_for_an_own_v2_cgroup() -> None:
     assert cgroups.psi_file(locate(tree("no-limit")), "memory") is None  # no such file
 
 
-def test_this_host_does_not_crash() -> None:
+def test_this_host_is_read_for_this_process() -> None:
+    """Whatever this host's layout: the cgroups found are the ones /proc/self/cgroup names, and what
+    is read from them is sane (the tree fixtures above pin the layouts one by one)."""
     found = locate()
-    read_memory(found, cgroups.host_memory("/"))
-    read_cpu(found)
+    entries = cgroups.parse_proc_cgroup(Path("/proc/self/cgroup").read_text())
+    own = {c: e.path for e in entries for c in e.controllers if e.hierarchy}
+    v2_path = next((e.path for e in entries if e.hierarchy == 0), None)
+    assert found.v2 is not None or found.v1, entries
+    assert {c: cg.path for c, cg in found.v1.items()} == {c: own[c] for c in found.v1}
+    if found.v2 is not None:
+        assert found.v2.path == v2_path
+    memory = read_memory(found, cgroups.host_memory("/"))
+    if memory is not None:  # this process's cgroup (or the limit's owner above it) holds this process
+        assert 0 < memory.working_set <= memory.usage, memory
+        assert memory.limit is None or memory.limit >= memory.working_set
+        mine = own.get("memory") if memory.version == 1 else v2_path
+        assert mine is not None and (mine + "/").startswith(memory.cgroup.rstrip("/") + "/"), (memory, mine)
+    cpu = read_cpu(found)
+    assert cpu is None or cpu.usage_seconds is None or cpu.usage_seconds > 0, cpu
 
 
 def test_psi_file_of_a_namespaced_container_root() -> None:

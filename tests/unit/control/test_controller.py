@@ -30,7 +30,7 @@ def stats(memory: float | None = None, cpu: float | None = None, *, oom: int = 0
     """ResourceStats at a memory ratio and/or CPU ratio (None: that resource has no limit)."""
     return ResourceStats(
         memory_bytes=int((memory or 0.0) * LIMIT), memory_limit=LIMIT if memory is not None else None,
-        cpu_fraction=cpu or 0.0, cpu_limit=1.0 if cpu is not None else None, oom_events=oom,
+        cpu_cores=cpu or 0.0, cpu_limit=1.0 if cpu is not None else None, oom_events=oom,
         psi_memory_full_total=psi_full_total, psi_memory_full=psi_full_avg10,
     )
 

@@ -98,17 +98,17 @@ def test_cpu_use_is_the_counter_delta_over_the_injected_clock(tmp_path: Path) ->
     def set_usage(seconds: float) -> None:
         stat.write_text(f"usage_usec {int(seconds * 1e6)}\nnr_throttled 42\nthrottled_usec 2500000\n")
 
-    assert reader.read().cpu_fraction == 0.0  # no time has passed: nothing to divide by
+    assert reader.read().cpu_cores == 0.0  # no time has passed: nothing to divide by
     set_usage(40.75)
     clock.advance(1.0)
     stats = reader.read()
-    assert stats.cpu_fraction == pytest.approx(0.75)
+    assert stats.cpu_cores == pytest.approx(0.75)
     assert cpu_ratio(stats) == pytest.approx(0.5)  # 0.75 of 1.5 cores
     set_usage(43.75)
     clock.advance(2.0)
-    assert reader.read().cpu_fraction == pytest.approx(1.5)
+    assert reader.read().cpu_cores == pytest.approx(1.5)
     stats = reader.read()  # the clock did not move: keep the last figure
-    assert stats.cpu_fraction == pytest.approx(1.5)
+    assert stats.cpu_cores == pytest.approx(1.5)
 
 
 def test_cpu_rate_restarts_when_the_counter_source_changes(tmp_path: Path) -> None:
@@ -120,10 +120,10 @@ def test_cpu_rate_restarts_when_the_counter_source_changes(tmp_path: Path) -> No
             path.unlink()
     clock.advance(1.0)
     stats = reader.read()  # now psutil process time: no delta against the cgroup's 40 s
-    assert stats.cpu_fraction == 0.0
+    assert stats.cpu_cores == 0.0
     assert "cpu: psutil" in stats.source
     clock.advance(1.0)
-    assert reader.read().cpu_fraction < 5.0
+    assert reader.read().cpu_cores < 5.0
 
 
 def test_follows_the_process_to_another_cgroup(tmp_path: Path) -> None:
@@ -148,14 +148,14 @@ def test_live_host_reading() -> None:
     reader = PressureReader()
     stats = reader.read()
     assert stats.memory_bytes > 0 and stats.source
-    assert stats.cpu_fraction >= 0.0
+    assert stats.cpu_cores >= 0.0
 
 
 def test_pressure_is_the_larger_ratio_ignoring_missing_limits() -> None:
-    stats = ResourceStats(memory_bytes=70, memory_limit=100, cpu_fraction=0.9, cpu_limit=1.0)
+    stats = ResourceStats(memory_bytes=70, memory_limit=100, cpu_cores=0.9, cpu_limit=1.0)
     assert memory_ratio(stats) == pytest.approx(0.7) and pressure(stats) == pytest.approx(0.9)
     stats.cpu_limit = None
     assert pressure(stats) == pytest.approx(0.7)
     stats.memory_limit = None
     assert pressure(stats) == 0.0
-    assert pressure(ResourceStats(cpu_fraction=3.0, cpu_limit=2.0)) == pytest.approx(1.5)
+    assert pressure(ResourceStats(cpu_cores=3.0, cpu_limit=2.0)) == pytest.approx(1.5)

@@ -10,6 +10,7 @@ import time
 import pytest
 from rich.console import Console
 
+from kstap.contracts import AlertLevel, AlertRaised
 from kstap.dashboard import samples
 from kstap.dashboard.live import KeyReader, LiveDashboard
 from kstap.model import Interface, ResourceStats, StatsSnapshot, WorkerStats
@@ -55,7 +56,7 @@ def test_snapshot_histories_win_over_accumulated_ones() -> None:
 
 def test_alerts_from_events_and_warnings_are_shown_once() -> None:
     dash = LiveDashboard(console=_console(io.StringIO()), keyboard=False, wall=lambda: 1_700_000_000.0)
-    dash.event("alert", {"level": "critical", "kind": "shed", "message": "shed 12 flows"})
+    dash.event(AlertRaised(AlertLevel.CRITICAL, "shed", "shed 12 flows"))
     dash.warning("interface veth1 went down")
     text = _text(dash)
     assert "shed: shed 12 flows" in text and "warning: interface veth1 went down" in text

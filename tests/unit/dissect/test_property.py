@@ -12,7 +12,6 @@ from test_http1 import KEY, parser
 
 from kstap.dissect.api import Entry, ParserError
 from kstap.dissect.dns import DnsTcpParser
-from kstap.dissect.http1 import Http1Parser
 from kstap.dissect.stage import DissectStage
 from kstap.model import PacketRecord
 
@@ -137,5 +136,40 @@ def test_dns_tcp_parser_raises_only_parser_error(steps: list[tuple[int, bytes]])
         pass
 
 
-def test_http1_parser_module_is_importable() -> None:
-    assert Http1Parser is not None
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(1, 120), max_size=12), st.booleans(), st.integers(0, 600))
+def test_http1_entries_do_not_depend_on_where_the_bytes_were_cut(cuts: list[int], chunked: bool,
+                                                                    body: int) -> None:
+    """TCP hands the parser arbitrary pieces: any cutting of the same exchange gives the same entry."""
+    request = b"POST /items?id=3 HTTP/1.1\r\nHost: shop.test\r\nContent-Length: %d\r\n\r\n" % body + b"q" * body
+    if chunked:
+        response = b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (
+            body + 1, b"r" * (body + 1))
+    else:
+        response = b"HTTP/1.1 201 Created\r\nContent-Length: %d\r\n\r\n" % (body + 1) + b"r" * (body + 1)
+
+    def pieces(data: bytes) -> list[bytes]:
+        out, pos = [], 0
+        for n in cuts:
+            if pos >= len(data):
+                break
+            out.append(data[pos : pos + n])
+            pos += n
+        return [*out, data[pos:]] if pos < len(data) else out
+
+    def entries(req: list[bytes], resp: list[bytes]) -> list[tuple[object, ...]]:
+        p = parser()
+        got: list[Entry] = []
+        ts = 1_000_000_000
+        for direction, parts in ((0, req), (1, resp)):
+            for part in parts:
+                ts += 1_000_000
+                got += p.feed(direction, part, ts)
+        got += p.close(ts + 1_000_000)
+        return [(e.method, e.path, e.authority, e.status, e.request_bytes, e.response_bytes, e.error) for e in got]
+
+    whole = entries([request], [response])
+    assert [(m, path, host, status, err) for m, path, host, status, _, _, err in whole] == [
+        ("POST", "/items?id=3", "shop.test", 201, None)]
+    assert whole[0][4] == len(request) and whole[0][5] == len(response)
+    assert entries(pieces(request), pieces(response)) == whole

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import dpkt
 
+from kstap.formats import pcapng
 from kstap.model import Interface, PacketRecord
 from kstap.sampling import metadata
 from kstap.sampling.flowhash import flow_hash, flow_id, seed_id, threshold
 from kstap.sampling.flowkey import FlowKey, flow_key
-from kstap.sinks import pcapng
 from kstap.sinks.files import PcapngFiles
 
 T0 = 1_700_000_000_000_000_000

@@ -10,9 +10,9 @@ import pytest
 
 from kstap.errors import KstapError, UsageError
 from kstap.estimate.capture_stats import STATS_SCHEMA, read_capture_stats
+from kstap.formats import pcapng
 from kstap.model import Interface
 from kstap.sampling import metadata
-from kstap.sinks import pcapng
 
 T0 = 1_700_000_000_000_000_000
 SEC = 1_000_000_000

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mutations import mutated
 
-from kstap.capture.savefile import CaptureFormatError, CaptureReader
+from kstap.formats.savefile import CaptureFormatError, CaptureReader
 
 FAST = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FILES = seeds.savefile_seeds()

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from kstap.capture.savefile import CaptureReader
 from kstap.errors import ExitCode, KstapError, UsageError
+from kstap.formats import pcapng
+from kstap.formats.savefile import CaptureReader
 from kstap.model import Interface, PacketRecord
-from kstap.sinks import files, pcapng
+from kstap.sinks import files
 from kstap.sinks.files import DiskFull, OutputClosed, PcapngFiles, check_writable, rotated_name
 
 TS = 1_700_000_000_000_000_000

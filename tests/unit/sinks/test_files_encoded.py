@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kstap.capture.savefile import CaptureReader
+from kstap.formats import pcapng
+from kstap.formats.savefile import CaptureReader
 from kstap.model import Interface
-from kstap.sinks import pcapng
 from kstap.sinks.files import PcapngFiles
 
 

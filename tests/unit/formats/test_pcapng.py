@@ -1,4 +1,4 @@
-"""kstap.sinks.pcapng: what it writes, Wireshark reads back exactly (and so does kstap's reader)."""
+"""kstap.formats.pcapng: what it writes, Wireshark reads back exactly (and so does kstap's reader)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kstap import __version__
-from kstap.capture.savefile import CaptureReader
+from kstap.formats import pcapng
+from kstap.formats.savefile import CaptureReader
 from kstap.model import Interface, PacketRecord
-from kstap.sinks import pcapng
 from kstap.sinks.files import PcapngFiles
 
 TS = 1_700_000_000_123_456_789
@@ -200,3 +200,10 @@ def test_round_trip_through_capture_reader(records, with_queue: bool, names: lis
     assert reader.interfaces == ifaces
     assert reader.packets == len(recs)
     assert [(s.if_id, s.received, s.dropped, s.delivered) for s in reader.statistics] == [(0, 3, 4, 5)]
+
+
+def test_enhanced_packets_decode_back_into_records_and_comments() -> None:
+    recs = [(1_700_000_000_000_000_000 + i, 3 + i, 10 + i, b"abcdef"[: 3 + i], 0, 0) for i in range(3)]
+    data = b"".join(pcapng.enhanced_packets(recs, comments={1: "kstap: flow id=1"}))
+    assert pcapng.decode_epbs(data) == (recs, {1: "kstap: flow id=1"})
+    assert pcapng.decode_epbs(data[:-4]) == (recs[:2], {1: "kstap: flow id=1"})  # a cut block ends it

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import platform
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from kstap import __version__
@@ -42,6 +42,11 @@ ISB_IFDROP = 5
 ISB_FILTERACCEPT = 6
 ISB_OSDROP = 7
 ISB_USRDELIV = 8
+
+MAX_BLOCK = 256 << 20
+"""The largest block (or pcap record) a reader or repair takes as sane (bytes)."""
+PCAP_MAGICS = (0xA1B2C3D4, 0xA1B23C4D)
+"""Classic pcap's magic numbers (microsecond, nanosecond timestamps), in the file's byte order."""
 
 _EPB_HEAD = struct.Struct("<IIIIIII")  # type, total length, if id, ts high, ts low, caplen, origlen
 _U32 = struct.Struct("<I")
@@ -181,3 +186,34 @@ def interface_statistics(if_id: int, counters: InterfaceCounters, *, comment: st
         opts.insert(0, option(OPT_COMMENT, comment.encode()))
     body = struct.pack("<III", if_id, ts >> 32, ts & 0xFFFFFFFF) + _options(opts)
     return _block(BT_ISB, body)
+
+
+# -- reading -----------------------------------------------------------------------------------------
+def read_options(raw: bytes, endian: str = "<") -> Iterator[tuple[int, bytes]]:
+    """The (code, value) options of a block's option area, up to ``opt_endofopt`` or its end."""
+    pos = 0
+    while pos + 4 <= len(raw):
+        code, length = struct.unpack_from(endian + "HH", raw, pos)
+        if code == OPT_ENDOFOPT:
+            return
+        yield code, raw[pos + 4 : pos + 4 + length]
+        pos += 4 + length + (-length % 4)
+
+
+def decode_epbs(data: bytes) -> tuple[list[PacketRecord], dict[int, str]]:
+    """Little-endian EPBs (as :func:`enhanced_packets` and the C encoder write them) back into
+    records and their comments (keyed by index); stops at the first block that is not a whole EPB."""
+    records: list[PacketRecord] = []
+    comments: dict[int, str] = {}
+    pos, end = 0, len(data)
+    while pos + 32 <= end:
+        btype, total, ifid, hi, lo, caplen, origlen = _EPB_HEAD.unpack_from(data, pos)
+        if btype != BT_EPB or total < 32 or pos + total > end:
+            break
+        start = pos + 28
+        for code, value in read_options(data[start + caplen + (-caplen % 4) : pos + total - 4]):
+            if code == OPT_COMMENT:
+                comments[len(records)] = value.decode("utf-8", "replace")
+        records.append(((hi << 32) | lo, caplen, origlen, data[start : start + caplen], ifid, 0))
+        pos += total
+    return records, comments

@@ -12,12 +12,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from kstap.formats import pcapng
 from kstap.model import Interface, PacketRecord
-from kstap.sinks import pcapng
 
-PCAP_MAGIC_US = 0xA1B2C3D4
-PCAP_MAGIC_NS = 0xA1B23C4D
-MAX_BLOCK = 256 << 20
+PCAP_MAGIC_US, PCAP_MAGIC_NS = pcapng.PCAP_MAGICS
+MAX_BLOCK = pcapng.MAX_BLOCK
 
 
 class CaptureFormatError(Exception):
@@ -177,16 +176,7 @@ class CaptureReader:
                                      f"{self.packets} packets", self.packets)
         return body
 
-    @staticmethod
-    def _options(raw: bytes, endian: str) -> Iterator[tuple[int, bytes]]:
-        pos = 0
-        while pos + 4 <= len(raw):
-            code, length = struct.unpack_from(endian + "HH", raw, pos)
-            if code == pcapng.OPT_ENDOFOPT:
-                return
-            value = raw[pos + 4 : pos + 4 + length]
-            yield code, value
-            pos += 4 + length + (-length % 4)
+    _options = staticmethod(pcapng.read_options)
 
     def _section(self, body: bytes, endian: str) -> None:
         self.shb_comments = [v.decode(errors="replace") for c, v in self._options(body[16:], endian)

@@ -1,4 +1,4 @@
-"""kstap.capture.savefile: every pcap/pcapng flavour reads right; damage is reported, never a crash."""
+"""kstap.formats.savefile: every pcap/pcapng flavour reads right; damage is reported, never a crash."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kstap.capture.savefile import CaptureFormatError, CaptureReader
+from kstap.formats import pcapng
+from kstap.formats.savefile import CaptureFormatError, CaptureReader
 from kstap.model import Interface, PacketRecord
-from kstap.sinks import pcapng
 
 T0 = 1_700_000_000_000_000_000
 
