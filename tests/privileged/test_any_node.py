@@ -30,7 +30,7 @@ from kstap import pipeline
 from kstap.config import OutputSettings, TapSettings
 from kstap.contracts import AlertRaised, Event, relay
 from kstap.demo.node import NodeLab
-from kstap.model import Alert, CaptureSummary, Interface, StatsSnapshot
+from kstap.model import CaptureSummary, Interface, StatsSnapshot
 from kstap.remote.client import RemoteSource, WorkerEndpoint
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")
@@ -215,7 +215,7 @@ class Collect:
     """A Reporter that keeps the alerts (the CLI's dashboard and NDJSON get the same)."""
 
     def __init__(self) -> None:
-        self.alerts: list[Alert] = []
+        self.alerts: list[AlertRaised] = []
         self.ready = threading.Event()
 
     def listening(self, interfaces: list[Interface], backend: str, workers: int) -> None:
@@ -225,7 +225,7 @@ class Collect:
 
     def event(self, event: Event) -> None:
         if isinstance(event, AlertRaised):
-            self.alerts.append(event.alert)
+            self.alerts.append(event)
 
     def warning(self, message: str) -> None: ...
 

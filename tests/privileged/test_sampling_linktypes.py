@@ -155,7 +155,9 @@ def captures(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Pat
             ip(lab.client, "tuntap", "add", "mode", "tun", "name", "ktun0")
             run.start(lab.client, sys.executable, "-c", TUN_PEER, "ktun0", "60", ready="ready")
             ip(lab.client, "addr", "add", "10.93.0.1/24", "dev", "ktun0")
-            ip(lab.client, "link", "set", "ktun0", "up")
+            # a long queue: the tun peer (Python) reads slower than the sender writes, and what the
+            # queue drops never reaches the capture points
+            ip(lab.client, "link", "set", "ktun0", "txqueuelen", "10000", "up")
             time.sleep(1.0)  # tcpdump opened at once on a tun that just came up saw nothing in about 1 run of 3
             files["raw"] = tmp / "raw.pcap"
             run.tcpdump(lab.client, files["raw"], "-i", "ktun0")
