@@ -5,7 +5,7 @@ SHELL := bash
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := libpcap0.8 libpcap-dev tshark tcpdump iproute2 tmux util-linux
+APT_PACKAGES := libpcap0.8 libpcap-dev tshark tcpdump iproute2 tmux util-linux prometheus chromium fonts-dejavu-core
 PYTEST_ARGS ?=
 FUZZ_SECONDS ?= 60
 
@@ -37,6 +37,7 @@ deps: system-deps venv
 
 demo: deps ## run kstap's main job on its built-in demo network (needs root)
 	$(PY) -m kstap demo
+	@echo 'kstap is in $(VENV)/bin; for the README quick tour: export PATH="$$PWD/$(VENV)/bin:$$PATH"'
 
 test: deps lint type ## the whole suite: lint, types, unit, CLI, privileged (root) tests
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -1,4 +1,4 @@
-from kstap.cli.main import main
+from kstap.cli.entry import main
 
 if __name__ == "__main__":
     main()

@@ -96,25 +96,25 @@ class TapSettings:
             raise UsageError(f"unknown capture backend {self.capture!r}",
                              hint=f"choose one of: {', '.join(BACKENDS)}")
         if self.workers < 1 or self.workers > 64:
-            raise UsageError("--workers must be between 1 and 64")
+            raise UsageError("--workers must be between 1 and 64", hint="one per core is plenty, e.g. --workers 2")
         if self.workers > 1 and self.capture in ("libpcap", "pf_ring"):
             raise UsageError(f"--workers {self.workers} needs the af_packet backend (fanout)",
                              hint="use --capture af_packet, or --workers 1")
         if self.count is not None and self.count < 1:
-            raise UsageError("-c must be a positive number of packets")
+            raise UsageError("-c must be a positive number of packets", hint="e.g. -c 1000")
         if self.duration is not None and not self.duration > 0:  # NaN too
-            raise UsageError("--duration must be positive (seconds)")
+            raise UsageError("--duration must be positive (seconds)", hint="e.g. --duration 30")
         if not 1 <= self.snaplen <= 262144:
-            raise UsageError("--snaplen must be between 1 and 262144")
+            raise UsageError("--snaplen must be between 1 and 262144", hint="the default, 262144, keeps whole packets")
         if not 0 <= self.dedup_window_ms <= 10_000:  # NaN too
             raise UsageError("--dedup-window must be between 0 and 10000 ms", hint="0 keeps every copy")
         if not 1 <= self.buffer_mib <= 4096:
-            raise UsageError("--buffer-size must be between 1 and 4096 MiB")
+            raise UsageError("--buffer-size must be between 1 and 4096 MiB", hint="the default is 32 (MiB)")
         self._validate_sampling()
         if self.entries == "-" and (self.output.path == "-"):
             raise UsageError("--entries - and -w - both want standard output", hint="send one of them to a file")
         if not 1 <= self.dissect_memory_mib <= 1 << 20:
-            raise UsageError("--dissect-memory must be between 1 and 1048576 MiB")
+            raise UsageError("--dissect-memory must be between 1 and 1048576 MiB", hint="the default is 64 (MiB)")
         out = self.output
         if (out.rotate_mb or out.rotate_seconds or out.ring_files) and not out.path:
             raise UsageError("-C/-G/-W need an output file", hint="add -w FILE")
@@ -123,11 +123,11 @@ class TapSettings:
         if out.ring_files is not None and not (out.rotate_mb or out.rotate_seconds):
             raise UsageError("-W needs -C or -G", hint="e.g. -C 100 -W 5 keeps five 100 MB files")
         if out.ring_files is not None and out.ring_files < 1:
-            raise UsageError("-W must be at least 1")
+            raise UsageError("-W must be at least 1", hint="e.g. -C 100 -W 5 keeps five 100 MB files")
         if out.rotate_mb is not None and not 0 < out.rotate_mb < math.inf:
-            raise UsageError("-C must be positive (millions of bytes)")
+            raise UsageError("-C must be positive (millions of bytes)", hint="e.g. -C 100 rotates every 100 MB")
         if out.rotate_seconds is not None and not out.rotate_seconds > 0:
-            raise UsageError("-G must be positive (seconds)")
+            raise UsageError("-G must be positive (seconds)", hint="e.g. -G 60 rotates every minute")
 
     def _validate_sampling(self) -> None:
         smp = self.sampling
@@ -138,15 +138,15 @@ class TapSettings:
         if smp.mode == "percentage" and smp.rate >= 1.0:
             raise UsageError("--mode percentage needs --rate below 1", hint="e.g. --mode percentage --rate 10%")
         if not 0.0 < smp.min_rate <= 1.0:
-            raise UsageError("--min-rate must be in (0, 1]")
+            raise UsageError("--min-rate must be in (0, 1]", hint="e.g. --min-rate 5%")
         if smp.seed is not None and not 0 <= smp.seed < 2**32:
-            raise UsageError("--seed must be a 32-bit number (0 .. 4294967295, or 0x…)")
-        if smp.memory_budget is not None and smp.memory_budget <= 0:
-            raise UsageError("--memory-budget must be positive")
+            raise UsageError("--seed must be a 32-bit number (0 .. 4294967295, or 0x…)", hint="e.g. --seed 0x5eed")
+        if smp.memory_budget is not None:
+            check_memory_budget(smp.memory_budget)
         if smp.cpu_budget is not None and not smp.cpu_budget > 0:
-            raise UsageError("--cpu-budget must be positive (cores)")
+            raise UsageError("--cpu-budget must be positive (cores)", hint="e.g. --cpu-budget 0.5")
         if not 0 < smp.idle_timeout < math.inf:
-            raise UsageError("sampling.idle_timeout must be a positive number of seconds")
+            raise UsageError("sampling.idle_timeout must be a positive number of seconds", hint="the default is 60")
 
 
 def parse_rate(text: str) -> float:
@@ -161,10 +161,32 @@ def parse_rate(text: str) -> float:
     return value
 
 
+MIN_MEMORY_BUDGET = 32 << 20
+"""Below this no budget can be kept: the Python process with its libraries alone uses ~40 MiB, so the
+controller would sit at its minimum rate and the water level would read thousands of percent."""
+
+
+def check_memory_budget(budget: int, option: str = "--memory-budget") -> None:
+    """Usage error for a budget that is not positive or below :data:`MIN_MEMORY_BUDGET`."""
+    if budget <= 0:
+        raise UsageError(f"{option} must be positive", hint="e.g. 512Mi or 2Gi")
+    if budget < MIN_MEMORY_BUDGET:
+        raise UsageError(f"{option} {_mib(budget)} is below the {MIN_MEMORY_BUDGET >> 20} MiB kstap itself needs",
+                         hint="kstap's own process uses ~40 MiB; give at least 32Mi (e.g. 256Mi)")
+
+
+def _mib(n: int) -> str:
+    if n >= 1 << 20:
+        return f"{n / (1 << 20):.3g} MiB"
+    return f"{n / (1 << 10):.3g} KiB" if n >= 1 << 10 else f"{n} bytes"
+
+
 def parse_size(text: str) -> int:
     """``512Mi``, ``2G``, ``300M``, ``1048576`` → bytes (Kubernetes-style suffixes)."""
     units = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "K": 10**3, "M": 10**6, "G": 10**9, "k": 10**3}
     raw = text.strip()
+    if raw.startswith("-"):
+        raise UsageError(f"bad size {text!r}: sizes cannot be negative", hint="e.g. 512Mi, 2Gi or a number of bytes")
     for suffix in sorted(units, key=len, reverse=True):
         if raw.endswith(suffix):
             try:
@@ -198,7 +220,26 @@ AUTO_START_RATE = 0.10
 risk auto mode exists to avoid; the controller raises it by at most 0.05/s while pressure allows."""
 
 
-def settle_auto_start(settings: TapSettings, explicit: set[str]) -> None:
-    """In auto mode without an explicit --rate, start at :data:`AUTO_START_RATE`."""
-    if settings.sampling.mode == "auto" and "sampling.rate" not in explicit:
-        settings.sampling.rate = AUTO_START_RATE
+def settle_auto_start(settings: TapSettings, explicit: set[str], chosen: set[str] | None = None) -> None:
+    """Settle what the sampling flags imply, before :meth:`TapSettings.validate`.
+
+    ``explicit`` holds the dotted keys set by anything but the defaults (profile, file, env, flags);
+    ``chosen`` those the user set (not a ``--profile``), default ``explicit``.
+
+    - ``--rate`` below 1 without ``--mode``: percentage mode (tcpdump-like: a rate given is a rate used;
+      before, it was silently ignored in the default full mode).
+    - auto mode without ``--rate`` starts at :data:`AUTO_START_RATE`, or at ``--min-rate`` when that is higher.
+    - an auto start below ``--min-rate``, or ``--min-rate`` outside auto mode, is a usage error.
+    """
+    smp = settings.sampling
+    if "sampling.mode" not in explicit and "sampling.rate" in explicit and smp.mode == "full" and smp.rate < 1.0:
+        smp.mode = "percentage"
+    if smp.mode == "auto" and "sampling.rate" not in explicit:
+        smp.rate = max(AUTO_START_RATE, smp.min_rate)
+    if smp.mode == "auto" and smp.rate < smp.min_rate:
+        raise UsageError(f"--rate {smp.rate:.3g} is below --min-rate {smp.min_rate:.3g}",
+                         hint="auto mode starts at --rate and never goes below --min-rate: raise --rate")
+    if smp.mode != "auto" and "sampling.min_rate" in (explicit if chosen is None else chosen):
+        raise UsageError(f"--min-rate only applies to --mode auto (the mode is {smp.mode})",
+                         hint="add --mode auto, or drop --min-rate")
+

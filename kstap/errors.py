@@ -5,6 +5,7 @@ Only :mod:`kstap.cli.main` turns these into process exit codes; stages raise the
 
 from __future__ import annotations
 
+import errno
 from enum import IntEnum
 
 
@@ -55,3 +56,27 @@ class Interrupted(KstapError):
     """SIGINT/SIGTERM arrived before capture started (exit 130)."""
 
     code = ExitCode.INTERRUPTED
+
+
+class OutputFailed(KstapError):
+    """An output (``--entries``, a ``-w`` file, the metrics port) failed while capturing (exit 1).
+
+    The message names the output; the capture file was closed with its statistics block first.
+    """
+
+    code = ExitCode.RUNTIME
+
+
+class OutputClosed(Exception):
+    """The reader of an output on a pipe went away (broken pipe): stop quietly, like tcpdump."""
+
+    def __init__(self, output: str = "-w -") -> None:
+        super().__init__(output)
+        self.output = output
+
+
+def describe_os_error(exc: OSError) -> str:
+    """``exc``'s reason as a person would say it: EROFS is "read-only file system", not "permission denied"."""
+    if exc.errno == errno.EROFS:
+        return "read-only file system"
+    return exc.strerror or str(exc)

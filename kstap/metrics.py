@@ -10,7 +10,7 @@ The registry is private to the server (no process or platform collectors, no glo
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 
 from kstap import __version__
 from kstap.contracts import AlertRaised, Event
-from kstap.model import CaptureSummary, Interface, StatsSnapshot
+from kstap.model import CaptureSummary, Interface, StatsSnapshot, WorkerStats
 
 
 @dataclass
@@ -41,6 +41,8 @@ COUNTERS: dict[str, str] = {
     "kstap_packets_received": "Packets the kernel capture filter accepted (tcpdump's 'received by filter').",
     "kstap_packets_dropped": "Packets the kernel dropped because the capture ring was full.",
     "kstap_packets_sampled_out": "Packets of flows the sampler did not keep (not written, not dissected).",
+    "kstap_packets_left_out": "Packets on the captured interfaces the kernel filter did not pass (BPF expression "
+                              "and sampling threshold; from the interface counters).",
     "kstap_packets_captured": "Packets written to the output (or counted, without an output file).",
     "kstap_bytes_captured": "Bytes of captured packets (as captured, after the snapshot length).",
     "kstap_cpu_throttled_periods": "CFS periods in which the capture's cgroup was throttled.",
@@ -105,11 +107,33 @@ def _gauges(s: StatsSnapshot) -> Iterator[Metric]:
     yield _gauge("kstap_flows_tracked", "Flows in the sampler's flow table.", s.flows_tracked)
     yield _gauge("kstap_dissect_memory_bytes", "Memory held by protocol dissection (reassembly buffers).",
                  s.dissect_memory)
-    yield _gauge("kstap_packets_per_second", "Captured packets per second since the start.", s.packets_per_second)
+    yield _gauge("kstap_packets_per_second", "Captured packets per second over the last 5 seconds.",
+                 s.packets_per_second)
     workers = GaugeMetricFamily("kstap_workers", "Capture workers by state.", labels=["state"])
     workers.add_metric(["up"], sum(w.alive for w in s.workers))
     workers.add_metric(["lost"], sum(not w.alive for w in s.workers))
     yield workers
+    yield from _per_worker(s)
+
+
+PER_WORKER: dict[str, tuple[str, Callable[[WorkerStats], float]]] = {
+    "kstap_worker_up": ("1 while the worker (a local process or a node's pod) is alive.", lambda w: float(w.alive)),
+    "kstap_worker_sampling_rate": ("The worker's sampling rate.", lambda w: w.rate),
+    "kstap_worker_captured_packets": ("Packets the worker captured this run (restarts count again from 0).",
+                                      lambda w: w.captured),
+    "kstap_worker_received_packets": ("Packets the worker's kernel filter accepted this run.", lambda w: w.received),
+    "kstap_worker_dropped_packets": ("Packets the worker's kernel ring dropped this run.", lambda w: w.dropped),
+    "kstap_worker_restarts": ("Times the worker was restarted.", lambda w: w.restarts),
+}
+"""Per-worker gauges, labelled ``worker`` and ``node`` (a node's row in examples/grafana-dashboard.json)."""
+
+
+def _per_worker(s: StatsSnapshot) -> Iterator[Metric]:
+    for name, (text, value) in PER_WORKER.items():
+        family = GaugeMetricFamily(name, text, labels=["worker", "node"])
+        for w in s.workers:
+            family.add_metric([str(w.worker), w.node or "local"], float(value(w)))
+        yield family
 
 
 def _pressure(s: StatsSnapshot) -> float | None:
@@ -188,6 +212,7 @@ class MetricsServer:
             "kstap_packets_received": s.received,
             "kstap_packets_dropped": s.dropped,
             "kstap_packets_sampled_out": s.sampled_out,
+            "kstap_packets_left_out": s.left_out,
             "kstap_packets_captured": s.captured,
             "kstap_bytes_captured": s.bytes_captured,
             "kstap_cpu_throttled_periods": r.throttled_periods if r is not None else None,

@@ -83,6 +83,11 @@ class CaptureSummary:
     warnings: list[str] = field(default_factory=list)
     sampled_out: int = 0
     """Packets that reached user space but belonged to flows the sampler did not keep."""
+    left_out: int | None = None
+    """Packets on the captured interfaces that the kernel filter (BPF expression and sampling threshold)
+    did not pass, from the interface counters; None where unknown (files, ``-i any``, remote workers)."""
+    flows_estimated: float | None = None
+    """All flows, estimated from the kept ones (Horvitz-Thompson: each kept flow counts 1/rate)."""
     flows_seen: int = 0
     flows_kept: int = 0
     shed_flows: int = 0
@@ -222,6 +227,8 @@ class StatsSnapshot:
     duplicates: int = 0
     """Copies removed by ``-i any`` dedup so far."""
     sampled_out: int = 0
+    left_out: int | None = None
+    """Packets the kernel filter did not pass, from the interface counters (see CaptureSummary)."""
     rate: float = 1.0
     packets_per_second: float = 0.0
     flows_tracked: int = 0

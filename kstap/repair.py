@@ -85,11 +85,12 @@ def repair(path: str, output: str | None = None) -> RepairReport:
         with open(path, "rb") as f:
             data = f.read()
     except FileNotFoundError:
-        raise UsageError(f"{path!r} does not exist") from None
+        raise UsageError(f"{path!r} does not exist", hint="give the path of a capture file") from None
     except IsADirectoryError:
-        raise UsageError(f"{path!r} is a directory") from None
+        raise UsageError(f"{path!r} is a directory", hint="give the path of a capture file") from None
     except PermissionError:
-        raise UsageError(f"cannot read {path!r}: permission denied") from None
+        raise UsageError(f"cannot read {path!r}: permission denied",
+                         hint="run as a user who may read it") from None
     report = scan(data, path, out)
     keep = data[: report.bytes_kept]
     if report.section_length_reset:

@@ -56,7 +56,8 @@ def nest(mapping: Mapping[str, Any]) -> dict[str, Any]:
         for part in path:
             nxt = target.setdefault(part, {})
             if not isinstance(nxt, dict):
-                raise UsageError(f"setting {key!r} conflicts with {part!r}")
+                raise UsageError(f"setting {key!r} conflicts with {part!r}",
+                                 hint="'kstap config show' lists the settings and their dotted names")
             target = nxt
         value = nest(value) if isinstance(value, Mapping) else value
         if isinstance(value, dict) and isinstance(target.get(last), dict):
@@ -170,10 +171,16 @@ def load_file(path: str | None, env: Mapping[str, str]) -> tuple[dict[str, Any] 
         return None, None
     except PermissionError:
         if named:
-            raise UsageError(f"cannot read config file {str(where)!r}: permission denied") from None
+            raise UsageError(f"cannot read config file {str(where)!r}: permission denied",
+                             hint="make it readable for this user, or pass another --config FILE") from None
         return None, None  # another user's home (sudo -u, setpriv): the default file is not ours
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"config file {str(where)!r} is not UTF-8 text (byte {exc.start})",
+                         hint="a config file is YAML, e.g.  sampling: {mode: auto}; 'kstap config show' prints one"
+                         ) from None
     except OSError as exc:
-        raise UsageError(f"cannot read config file {str(where)!r}: {exc.strerror or exc}") from None
+        raise UsageError(f"cannot read config file {str(where)!r}: {exc.strerror or exc}",
+                         hint="give a readable YAML file to --config") from None
     import yaml
 
     try:
@@ -182,7 +189,8 @@ def load_file(path: str | None, env: Mapping[str, str]) -> tuple[dict[str, Any] 
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UsageError(f"config file {str(where)!r} is not valid YAML{at}: {problem}") from None
+        raise UsageError(f"config file {str(where)!r} is not valid YAML{at}: {problem}",
+                         hint="fix the YAML there, or check it with 'kstap config show --config FILE'") from None
     if data is None:
         return {}, where
     if not isinstance(data, dict):

@@ -166,7 +166,8 @@ class AfPacketRing:
             raise UsageError(f"interface {self.name!r} has link type ARPHRD {hatype}, unsupported here",
                              hint="try --capture libpcap, which knows more link types")
         if linktype != program.linktype:
-            raise KstapError(f"filter compiled for link type {program.linktype}, interface has {linktype}")
+            raise KstapError(f"filter compiled for link type {program.linktype}, interface has {linktype}",
+                             hint="compile the filter for the interface's link type (kstap filter -i IFACE)")
         self.linktype = linktype
         self._loopback = interfaces.is_loopback(hatype)
         self.set_filter(program)

@@ -211,7 +211,8 @@ class FanoutSource:
                     buf = c.recv_bytes()
                 except EOFError:
                     self.close()
-                    raise WorkerFailure(f"capture worker {self._conns[c]} exited while starting") from None
+                    raise WorkerFailure(f"capture worker {self._conns[c]} exited while starting",
+                                        hint="rerun with --debug; --workers 1 avoids the fanout group") from None
                 if buf[:1] == b"X":
                     self.close()
                     raise _rebuild(buf[1:])

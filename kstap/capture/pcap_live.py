@@ -17,6 +17,8 @@ from kstap.filters import libpcap
 from kstap.filters.bpf import Program
 from kstap.model import Interface, PacketRecord, SourceStats
 
+LIBPCAP_HINT = "check the interface name (ip link) and that kstap runs as root or with CAP_NET_RAW"
+
 
 class PcapLiveSource:
     """One pcap handle per interface; read() takes what is ready on each."""
@@ -45,7 +47,8 @@ class PcapLiveSource:
         errbuf = ctypes.create_string_buffer(libpcap.PCAP_ERRBUF_SIZE)
         h = lib.pcap_create(name.encode(), errbuf)
         if not h:
-            raise KstapError(f"libpcap cannot open {name!r}: {errbuf.value.decode(errors='replace')}")
+            raise KstapError(f"libpcap cannot open {name!r}: {errbuf.value.decode(errors='replace')}",
+                             hint=LIBPCAP_HINT)
         lib.pcap_set_snaplen(h, snaplen)
         lib.pcap_set_promisc(h, 0)
         lib.pcap_set_timeout(h, self._timeout_ms)
@@ -58,23 +61,25 @@ class PcapLiveSource:
             if rc == -8:  # PCAP_ERROR_PERM_DENIED
                 raise EnvironmentProblem(f"capturing needs the CAP_NET_RAW capability ({msg})",
                                          hint="run as root, or: sudo setcap cap_net_raw,cap_net_admin=eip <python>")
-            raise KstapError(f"libpcap cannot capture on {name!r}: {msg}")
+            raise KstapError(f"libpcap cannot capture on {name!r}: {msg}", hint=LIBPCAP_HINT)
         self._handles.append(h)  # closed by close() even if the filter fails below
         prog = libpcap.BpfProgram()
         if lib.pcap_compile(h, ctypes.byref(prog), self.expression.encode(), 1,
                             libpcap.PCAP_NETMASK_UNKNOWN) != 0:
             raise UsageError(f"invalid BPF filter {self.expression!r}: "
-                             f"{lib.pcap_geterr(h).decode(errors='replace')}")
+                             f"{lib.pcap_geterr(h).decode(errors='replace')}",
+                             hint="the filter uses pcap-filter(7) syntax; check it with kstap filter -f EXPR")
         try:
             if lib.pcap_setfilter(h, ctypes.byref(prog)) != 0:
-                raise KstapError(f"cannot set the filter: {lib.pcap_geterr(h).decode(errors='replace')}")
+                raise KstapError(f"cannot set the filter: {lib.pcap_geterr(h).decode(errors='replace')}",
+                                 hint="check the filter with kstap filter -f EXPR -i IFACE")
         finally:
             lib.pcap_freecode(ctypes.byref(prog))
         # Non-blocking, polled by read(): a blocking pcap_next_ex waits in C (TPACKET_V3 polls
         # forever until a block fills or times out), so with no traffic SIGINT never got through.
         if lib.pcap_setnonblock(h, 1, errbuf) != 0:
             raise KstapError(f"libpcap cannot set non-blocking mode on {name!r}: "
-                             f"{errbuf.value.decode(errors='replace')}")
+                             f"{errbuf.value.decode(errors='replace')}", hint=LIBPCAP_HINT)
         self._handles.pop()
         self.interfaces.append(Interface(name, lib.pcap_datalink(h), snaplen, self.expression))
         return ctypes.c_void_p(h)
@@ -103,7 +108,8 @@ class PcapLiveSource:
                 rc = next_ex(h, ctypes.byref(hdr), ctypes.byref(data))
                 if rc != 1:
                     if rc == -1:
-                        raise KstapError(f"libpcap: {self._lib.pcap_geterr(h).decode(errors='replace')}")
+                        raise KstapError(f"libpcap: {self._lib.pcap_geterr(h).decode(errors='replace')}",
+                                         hint=LIBPCAP_HINT)
                     break
                 h0 = hdr.contents
                 caplen = h0.caplen
@@ -149,7 +155,8 @@ def compile_for_live(name: str, expression: str, snaplen: int) -> Program:
     errbuf = ctypes.create_string_buffer(libpcap.PCAP_ERRBUF_SIZE)
     h = lib.pcap_create(name.encode(), errbuf)
     if not h:
-        raise KstapError(f"libpcap cannot open {name!r}: {errbuf.value.decode(errors='replace')}")
+        raise KstapError(f"libpcap cannot open {name!r}: {errbuf.value.decode(errors='replace')}",
+                             hint=LIBPCAP_HINT)
     try:
         lib.pcap_set_snaplen(h, snaplen)
         lib.pcap_set_buffer_size(h, 1 << 16)
@@ -159,7 +166,7 @@ def compile_for_live(name: str, expression: str, snaplen: int) -> Program:
             if rc == -8:  # PCAP_ERROR_PERM_DENIED
                 raise EnvironmentProblem(f"capturing needs the CAP_NET_RAW capability ({msg})",
                                          hint="run as root, or: sudo setcap cap_net_raw,cap_net_admin=eip <python>")
-            raise KstapError(f"libpcap cannot capture on {name!r}: {msg}")
+            raise KstapError(f"libpcap cannot capture on {name!r}: {msg}", hint=LIBPCAP_HINT)
         prog = libpcap.BpfProgram()
         if lib.pcap_compile(h, ctypes.byref(prog), expression.encode(), 1, libpcap.PCAP_NETMASK_UNKNOWN) != 0:
             raise UsageError(f"invalid BPF filter {expression!r}: {lib.pcap_geterr(h).decode(errors='replace')}",

@@ -25,6 +25,7 @@ def build_app() -> Any:
         pretty_exceptions_enable=False,
         pretty_exceptions_show_locals=False,
         add_completion=True,
+        context_settings={"help_option_names": ["-h", "--help"]},  # = kstap.cli.params.HELP_OPTIONS
     )
 
     @app.callback()
@@ -40,6 +41,8 @@ def build_app() -> Any:
     app.command("dissect")(dissect_cmd.dissect)
     from kstap.cli import stats_cmd
     app.command("stats")(stats_cmd.stats)
+    from kstap.cli import report_cmd
+    app.command("report")(report_cmd.report)
     from kstap.cli import tune_cmd
     app.command("tune")(tune_cmd.tune)
     from kstap.cli import config_cmd
@@ -51,4 +54,6 @@ def build_app() -> Any:
     from kstap.cli import kube_cmds
     app.command("manifests")(kube_cmds.manifests)
     app.command("clean")(kube_cmds.clean)
-    return typer.main.get_command(app)
+    from kstap.cli.params import polish
+
+    return polish(typer.main.get_command(app))

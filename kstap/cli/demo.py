@@ -62,14 +62,14 @@ def demo(
     from kstap import pipeline
 
     if duration <= 0:
-        raise UsageError("--duration must be positive (seconds)")
+        raise UsageError("--duration must be positive (seconds)", hint="e.g. --duration 10")
     if udp_pps < 0:
         raise UsageError("--udp-pps cannot be negative", hint="--udp-pps 0 turns the flood off")
     settings = TapSettings(interfaces=["(lab veth)"], duration=duration, workers=workers,
                            output=OutputSettings(path=write), entries=entries or None)
     settings.sampling.mode = mode
     settings.sampling.rate = parse_rate(rate) if rate is not None else 1.0
-    settle_auto_start(settings, {"sampling.rate"} if rate is not None else set())
+    settle_auto_start(settings, {"sampling.mode"} | ({"sampling.rate"} if rate is not None else set()))
     settings.sampling.memory_budget = parse_size(memory_budget)
     settings.validate()  # usage errors before any namespace exists
     from kstap.cli import outputs
@@ -80,6 +80,9 @@ def demo(
     with text:
         with _signals_only_stop(stop), _lab(stop) as lab:
             _say(f"demo: namespaces {lab.client} ({lab.client_ip}) <-veth-> {lab.server} ({lab.server_ip})")
+            explained = rate_explanation(settings)
+            if explained:
+                _say(explained)
             summary, counts = _run(lab, settings, udp_pps, text, stop)
         text.summary(summary)
     if counts:
@@ -90,6 +93,17 @@ def demo(
     if write != "-":
         _say(f"demo: look inside with: tshark -r {shlex.quote(write)} -Y 'http.request || dns'")
     return int(ExitCode.OK)
+
+
+def rate_explanation(settings: TapSettings) -> str | None:
+    """Why the demo's rate starts where it does and moves (auto mode), in one line; None otherwise."""
+    smp = settings.sampling
+    if smp.mode != "auto":
+        return None
+    budget = f"{smp.memory_budget >> 20} MiB" if smp.memory_budget else "its cgroup's limit"
+    return (f"demo: auto mode starts at {smp.rate:.0%} of flows (starting at 100% is the memory risk auto mode "
+            f"avoids) and raises the rate step by step while memory stays under {budget}; "
+            f"watch it climb")
 
 
 def _run(lab: Lab, settings: TapSettings, udp_pps: int, text: CliReporter,
@@ -152,7 +166,8 @@ def _lab(stop: StopFlag) -> Iterator[Lab]:
         lab.__enter__()
     except EnvironmentProblem:
         if stop:
-            raise Interrupted("interrupted while building the demo network") from None
+            raise Interrupted("interrupted while building the demo network",
+                              hint="the demo network was removed; nothing was written") from None
         raise
     try:
         yield lab
@@ -169,7 +184,8 @@ def _wait_ready(server: subprocess.Popen[bytes], stop: StopFlag) -> None:
         while not stop:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise KstapError(f"the demo server did not start within {READY_TIMEOUT:.0f} s")
+                raise KstapError(f"the demo server did not start within {READY_TIMEOUT:.0f} s",
+                                 hint="the machine may be very busy; rerun with --debug to see the server's output")
             if sel.select(min(left, 0.1)):
                 line = server.stdout.readline()
                 if line.strip() == b"READY":
@@ -177,7 +193,7 @@ def _wait_ready(server: subprocess.Popen[bytes], stop: StopFlag) -> None:
                 if not line:
                     raise KstapError(f"the demo server exited early (status {server.wait()})",
                                      hint="its error is printed above; rerun with --debug")
-    raise Interrupted("interrupted before capture started")
+    raise Interrupted("interrupted before capture started", hint="nothing was written")
 
 
 class _Client:
@@ -193,7 +209,8 @@ class _Client:
             self.proc = self.lab.python(self.lab.client, TRAFFIC, "client", *self.args,
                                         stdout=subprocess.PIPE, start_new_session=True)
         except OSError as exc:
-            self.error = KstapError(f"could not start the demo client: {exc}")
+            self.error = KstapError(f"could not start the demo client: {exc}",
+                                    hint="kstap demo needs root and the ip command (iproute2)")
             self.stop.set()
 
     def finish(self) -> dict[str, int] | None:

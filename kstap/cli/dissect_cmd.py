@@ -16,7 +16,7 @@ from kstap.errors import ExitCode, KstapError, UsageError
 
 
 def dissect(
-    file: str = typer.Argument(..., help="A pcap or pcapng file."),
+    file: str = typer.Argument(..., help="A pcap or pcapng file; - reads standard input."),
     entries: str = typer.Option("-", "--entries", help="NDJSON entries to FILE, or '-' for stdout."),
     seed: int = typer.Option(0, "--seed", help="The capture's sampling seed (entries' flow ids use it)."),
     dissect_memory: float = typer.Option(64.0, "--dissect-memory", help="Memory cap of the stage, MiB."),
@@ -24,16 +24,18 @@ def dissect(
 ) -> int:
     """Turn a capture into API calls: HTTP/1.x, HTTP/2, gRPC and DNS entries as NDJSON."""
     if not dissect_memory > 0:
-        raise UsageError("--dissect-memory must be positive (MiB)")
+        raise UsageError("--dissect-memory must be positive (MiB)", hint="the default is 64 (MiB)")
     if not idle_timeout > 0:
-        raise UsageError("--idle-timeout must be positive (seconds)")
-    if not os.path.exists(file):
-        raise UsageError(f"cannot read {file!r}: no such file", hint="give the path of a pcap or pcapng file")
+        raise UsageError("--idle-timeout must be positive (seconds)", hint="the default is 60 (seconds)")
+    if file != "-" and not os.path.exists(file):
+        raise UsageError(f"cannot read {file!r}: no such file",
+                         hint="give the path of a pcap or pcapng file, or - for standard input")
     if os.path.isdir(file):
         raise UsageError(f"{file!r} is a directory", hint="give the path of a pcap or pcapng file")
-    from kstap.sinks.files import check_writable
+    from kstap.sinks.files import check_not_input, check_writable
 
-    check_writable(entries)
+    check_not_input(file, {"--entries": entries})
+    check_writable(entries, "--entries")
     run_dissect(file, entries, seed=seed, memory_cap=int(dissect_memory * (1 << 20)), idle_timeout=idle_timeout)
     return int(ExitCode.OK)
 

@@ -109,14 +109,14 @@ def manifests(
         raise UsageError("--node names the nodes directly; it cannot be combined with -n/-A/-e/POD_REGEX",
                          hint="either let kstap find the target pods' nodes, or give --node NAME")
     if not 1 <= port <= 65535:
-        raise UsageError("--port must be between 1 and 65535")
+        raise UsageError("--port must be between 1 and 65535", hint="the default is 8475")
     if mode not in ("full", "percentage", "auto"):
         raise UsageError(f"unknown --mode {mode!r}", hint="choose full, percentage or auto")
     if not cpu_budget > 0:
-        raise UsageError("--cpu-budget must be positive (cores)")
+        raise UsageError("--cpu-budget must be positive (cores)", hint="e.g. --cpu-budget 0.5")
     memory = parse_size(memory_budget)
     if memory < 16 << 20:
-        raise UsageError("--memory-budget must be at least 16Mi")
+        raise UsageError("--memory-budget must be at least 16Mi", hint="e.g. --memory-budget 256Mi")
     spec = mf.WorkerSpec(
         run_id=mf.check_run_id(run_id) if run_id else mf.new_run_id(), token=mf.new_token(), nodes=list(node),
         image=worker_image or mf.DEFAULT_IMAGE, namespace=worker_namespace, port=port, bpf_filter=bpf_filter,

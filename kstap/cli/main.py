@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from kstap.errors import ExitCode, KstapError
 
+FALLBACK_HINT = "rerun with --debug for details; 'kstap COMMAND --help' lists the options"
+"""For an error raised without a hint (tests/unit/test_error_hints.py keeps those out of kstap/)."""
+
 
 def _print_error(message: str, hint: str | None) -> None:
     print(f"kstap: error: {message}", file=sys.stderr)
-    if hint:
-        print(f"hint: {hint}", file=sys.stderr)
+    print(f"hint: {hint or FALLBACK_HINT}", file=sys.stderr)
 
 
 def _click_exceptions() -> Any:
@@ -24,12 +27,60 @@ def _click_exceptions() -> Any:
         return importlib.import_module("click.exceptions")
 
 
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's last flush cannot fail on a closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the CLI and exit with a documented code; tracebacks only with --debug."""
     sys.exit(run(list(sys.argv[1:] if argv is None else argv)))
 
 
-def run(argv: list[str]) -> int:
+KUBECTL_PROG = "kubectl kstap"
+"""How kstap is named when kubectl runs it as the plugin ``kubectl-kstap`` (its help and hints say so)."""
+
+
+def kubectl_main() -> None:
+    """``kubectl-kstap`` on PATH makes ``kubectl kstap …`` work (kubectl's plugin mechanism)."""
+    sys.exit(run(sys.argv[1:], prog=KUBECTL_PROG))
+
+
+def kubectl_complete_main() -> None:
+    """``kubectl_complete-kstap ARGS… INCOMPLETE``: kubectl (≥ 1.26) asks plugins for completions this way.
+
+    It prints one candidate per line, then cobra's directive line ``:4`` (no file completion).
+    """
+    args = sys.argv[1:]
+    words, incomplete = args[:-1], (args[-1] if args else "")
+    values: list[str] = []
+    try:
+        from kstap.cli.app import build_app
+
+        bash: Any = importlib.import_module("typer._completion_classes").BashComplete  # any concrete ShellComplete
+        completer = bash(build_app(), {}, KUBECTL_PROG, "_KSTAP_COMPLETE")
+        values = [str(item.value) for item in completer.get_completions(words, incomplete)]
+    except Exception:  # a completion never prints a traceback into the shell
+        values = []
+    for value in values:
+        print(value)
+    print(":4")
+
+
+def run(argv: list[str], prog: str = "kstap") -> int:
+    try:
+        return _run(argv, prog)
+    except KeyboardInterrupt:  # Ctrl-C while the CLI itself is still loading (its first ~0.1 s)
+        print("kstap: interrupted", file=sys.stderr)
+        return int(ExitCode.INTERRUPTED)
+
+
+def _run(argv: list[str], prog: str) -> int:
     debug = "--debug" in argv
     args = [a for a in argv if a != "--debug"]
     import typer
@@ -40,7 +91,7 @@ def run(argv: list[str]) -> int:
     no_args = getattr(cx, "NoArgsIsHelpError", None) or getattr(cx, "NoArgsIsHelp", cx.UsageError)
     command = build_app()
     try:
-        rv = command.main(args=args, prog_name="kstap", standalone_mode=False)
+        rv = command.main(args=args, prog_name=prog, complete_var="_KSTAP_COMPLETE", standalone_mode=False)
     except KstapError as exc:
         if debug:
             raise
@@ -52,7 +103,7 @@ def run(argv: list[str]) -> int:
             print(help_text)
         return int(ExitCode.USAGE)
     except cx.UsageError as exc:
-        cmd = exc.ctx.command_path if exc.ctx else "kstap"
+        cmd = exc.ctx.command_path if exc.ctx else prog
         _print_error(exc.format_message(), f"see '{cmd} --help'")
         return int(ExitCode.USAGE)
     except (typer.Abort, getattr(cx, "Abort", typer.Abort)):
@@ -66,7 +117,8 @@ def run(argv: list[str]) -> int:
     except KeyboardInterrupt:
         print("kstap: interrupted", file=sys.stderr)
         return int(ExitCode.INTERRUPTED)
-    except BrokenPipeError:
+    except BrokenPipeError:  # our reader left (| head): nothing more to say, as tcpdump
+        _quiet_stdout()
         return int(ExitCode.OK)
     except Exception as exc:  # the last line of defence: one line, not a traceback
         if debug:

@@ -109,6 +109,7 @@ def snapshot_fields(s: StatsSnapshot) -> dict[str, object]:
         "drop_ratio": _num(round(s.drop_ratio, 6)),
         "duplicates": s.duplicates,
         "sampled_out": s.sampled_out,
+        "left_out": s.left_out,
         "packets_per_second": _num(round(s.packets_per_second, 3)),
         "flows_tracked": s.flows_tracked,
         "dissect_memory": s.dissect_memory,
@@ -139,6 +140,8 @@ def summary_fields(s: CaptureSummary, error: KstapError | None = None) -> dict[s
         "duplicates": s.duplicates,
         "interface_changes": list(s.interface_changes),
         "sampled_out": s.sampled_out,
+        "left_out": s.left_out,
+        "flows_estimated": _num(round(s.flows_estimated, 1)) if s.flows_estimated is not None else None,
         "flows_seen": s.flows_seen,
         "flows_kept": s.flows_kept,
         "shed_flows": s.shed_flows,
@@ -341,7 +344,7 @@ def check_smoke_args(max_drop: float | None, expect_packets: int | None) -> None
         raise UsageError(f"--max-drop must be a ratio between 0 and 1, got {max_drop}",
                          hint="e.g. --max-drop 0.01 fails the run when more than 1% of packets were dropped")
     if expect_packets is not None and expect_packets < 0:
-        raise UsageError("--expect-packets cannot be negative")
+        raise UsageError("--expect-packets cannot be negative", hint="e.g. --expect-packets 100")
 
 
 def smoke_check(summary: CaptureSummary, *, max_drop: float | None = None,
@@ -366,6 +369,32 @@ def smoke_check(summary: CaptureSummary, *, max_drop: float | None = None,
     failure = SmokeCheckFailed("; ".join(problems), hint="; ".join(hints))
     failure.summary = summary
     return failure
+
+
+# -- output paths, checked before anything is opened ---------------------------------------------------------
+PCAP_SUFFIXES = (".pcap", ".cap", ".dmp")
+"""Names that promise classic pcap (libpcap's savefile format), which kstap does not write."""
+
+
+def check_output_paths(settings: Any) -> None:
+    """Usage errors (exit 2) for outputs that cannot work, before capture starts.
+
+    - an output that would overwrite the ``--read`` file (also through -C/-G ring names) or another output;
+    - ``-w x.pcap``: kstap writes pcapng, and a pcapng file named .pcap misleads tools that trust the name;
+    - an ``--entries`` file that cannot be created (missing folder, read-only file system, no permission).
+    """
+    from kstap.sinks.files import check_not_input, check_writable
+
+    out = settings.output
+    check_not_input(settings.read, {"-w": out.path, "--entries": settings.entries},
+                    rotating=bool(out.rotate_mb or out.rotate_seconds))
+    if out.path and out.path != "-" and Path(out.path).suffix.lower() in PCAP_SUFFIXES:
+        stem = Path(out.path).with_suffix(".pcapng")
+        raise UsageError(f"-w {out.path!r}: kstap writes pcapng, not classic pcap",
+                         hint=f"name it {str(stem)!r} (tcpdump -r, tshark and Wireshark read pcapng); for pcap, "
+                              f"convert afterwards: editcap -F pcap {stem} {out.path}")
+    if settings.entries and settings.entries != "-":
+        check_writable(settings.entries, "--entries")
 
 
 # -- choosing -------------------------------------------------------------------------------------------------

@@ -54,9 +54,8 @@ class TextReporter:
         if len(s.per_worker) > 1 or any(w > 0 for w in s.per_worker):
             shares = ", ".join(f"worker {w}: {n}" for w, n in sorted(s.per_worker.items()))
             self._say(f"kstap: per-worker packets: {shares}")
-        if s.flows_seen:
-            self._say(f"kstap: sampling kept {s.flows_kept} of {s.flows_seen} flows (final rate {s.final_rate:.3g}"
-                      f"{f', {s.shed_flows} shed' if s.shed_flows else ''})")
+        for line in sampling_lines(s):
+            self._say(line)
         if s.duplicates:
             self._say(f"kstap: {s.duplicates} duplicate copies removed (the same packet seen on another interface)")
         if s.interface_changes:
@@ -68,3 +67,27 @@ class TextReporter:
         self._say(f"{s.captured} packet{'s' if s.captured != 1 else ''} captured")
         self._say(f"{s.received} packet{'s' if s.received != 1 else ''} received by filter")
         self._say(f"{s.dropped} packet{'s' if s.dropped != 1 else ''} dropped by kernel")
+
+
+def sampling_lines(s: CaptureSummary) -> list[str]:
+    """What sampling kept and what it left out: kept flows, all flows estimated, kernel-side packets.
+
+    When the kernel filter did the sampling, user space only ever sees kept flows, so "kept N of N"
+    would say nothing was sampled; the estimate (each kept flow counts 1/rate) and the interface
+    counters say what was left out.
+    """
+    lines = []
+    shed = f", {s.shed_flows} shed" if s.shed_flows else ""
+    if s.flows_kept or s.flows_seen:
+        est = s.flows_estimated
+        if s.flows_seen > s.flows_kept:
+            kept = f"kept {s.flows_kept:,} of {s.flows_seen:,} flows seen"
+        else:
+            kept = f"kept {s.flows_kept:,} flows"
+        estimate = f"; about {est:,.0f} flows in all (estimated)" if est is not None and est > s.flows_kept else ""
+        lines.append(f"kstap: sampling {kept} at a final rate of {s.final_rate:.3g}{shed}{estimate}")
+    if s.left_out:
+        total = s.left_out + s.received
+        lines.append(f"kstap: the kernel filter left out {s.left_out:,} of {total:,} packets on the interfaces "
+                     "(interface counters)")
+    return lines

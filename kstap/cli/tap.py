@@ -6,18 +6,23 @@ import sys
 
 import typer
 
+from kstap.cli import completion
 from kstap.config import parse_rate, parse_seed, parse_size, settle_auto_start
 from kstap.errors import ExitCode, KstapError, UsageError
 
 
 def tap(
     ctx: typer.Context,
-    pod_regex: str | None = typer.Argument(None, help="Capture the pods whose names match this regex."),
-    namespace: list[str] = typer.Option([], "-n", "--namespace", help="Kubernetes namespace (repeatable)."),
+    pod_regex: str | None = typer.Argument(None, help="Capture the pods whose names match this regex.",
+                                             autocompletion=completion.pods),
+    namespace: list[str] = typer.Option([], "-n", "--namespace", help="Kubernetes namespace (repeatable).",
+                                         autocompletion=completion.namespaces),
     all_namespaces: bool = typer.Option(False, "-A", "--all-namespaces", help="Pods of every namespace."),
-    exclude_namespace: list[str] = typer.Option([], "-e", "--exclude-namespace", help="Skip this namespace."),
+    exclude_namespace: list[str] = typer.Option([], "-e", "--exclude-namespace", help="Skip this namespace.",
+                                                 autocompletion=completion.namespaces),
     kubeconfig: str | None = typer.Option(None, "--kubeconfig", help="kubeconfig file (default: kubectl's)."),
-    context: str | None = typer.Option(None, "--context", help="kubeconfig context."),
+    context: str | None = typer.Option(None, "--context", help="kubeconfig context.",
+                                         autocompletion=completion.contexts),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the targeted pods and each node's filter."),
     worker_image: str | None = typer.Option(None, "--worker-image", help="Image of the capture workers."),
     ready_timeout: float = typer.Option(120.0, "--ready-timeout", help="Seconds to wait for workers Ready."),
@@ -32,7 +37,8 @@ def tap(
     workers: int = typer.Option(1, "--workers", help="Capture processes joined by PACKET_FANOUT_HASH."),
     read: str | None = typer.Option(None, "--read", "-r", help="Read a pcap/pcapng file instead."),
     realtime: bool = typer.Option(False, "--realtime", help="With --read: pace packets by their timestamps."),
-    capture: str = typer.Option("af_packet", "--capture", help="Backend: af_packet, libpcap, pf_ring or best."),
+    capture: str = typer.Option("af_packet", "--capture", help="Backend: af_packet, libpcap, pf_ring or best.",
+                                 autocompletion=completion.backends),
     netns: str | None = typer.Option(None, "--netns", help="Capture inside this named network namespace."),
     dedup_window: float = typer.Option(50.0, "--dedup-window",
                                        help="-i any: drop copies of a packet seen on another interface within MS "
@@ -40,13 +46,15 @@ def tap(
     rotate_mb: float | None = typer.Option(None, "-C", help="Rotate the file after this many million bytes."),
     ring_files: int | None = typer.Option(None, "-W", help="With -C/-G: keep only the newest N files."),
     rotate_seconds: float | None = typer.Option(None, "-G", help="Rotate the file every SECS seconds."),
-    mode: str = typer.Option("full", "--mode", help="Sampling: full, percentage or auto."),
+    mode: str = typer.Option("full", "--mode", help="Sampling: full, percentage or auto.",
+                              autocompletion=completion.modes),
     rate: str | None = typer.Option(None, "--rate", help="Share of flows kept: 0.25 or 25% (auto: the start, 10%)."),
     seed: str | None = typer.Option(None, "--seed", help="32-bit flow-hash seed (default: random per run)."),
     min_rate: str | None = typer.Option(None, "--min-rate", help="auto: lowest rate the controller may set."),
     memory_budget: str | None = typer.Option(None, "--memory-budget", help="Memory to stay under, e.g. 512Mi."),
     cpu_budget: float | None = typer.Option(None, "--cpu-budget", help="CPU cores to stay under."),
-    profile: str | None = typer.Option(None, "--profile", help="Preset: dev, staging or prod (flags win)."),
+    profile: str | None = typer.Option(None, "--profile", help="Preset: dev, staging or prod (flags win).",
+                                         autocompletion=completion.profiles),
     entries: str | None = typer.Option(None, "--entries", help="Write dissected requests as NDJSON ('-' = stdout)."),
     dissect_memory: int = typer.Option(64, "--dissect-memory", help="Dissection memory cap, MiB."),
     json_output: bool = typer.Option(False, "--json", help="NDJSON events on stdout (start, stats, …, summary)."),
@@ -71,7 +79,8 @@ def tap(
             parsed[key] = parse(raw)
     resolved = config_cmd.resolve_tap_settings(ctx, config=config, set_items=set_items, flags=parsed)
     settings = resolved.settings
-    settle_auto_start(settings, {k for k, origin in resolved.origins.items() if origin != "default"})
+    settle_auto_start(settings, {k for k, origin in resolved.origins.items() if origin != "default"},
+                      {k for k, origin in resolved.origins.items() if not origin.startswith(("default", "profile"))})
     outputs.check_smoke_args(settings.max_drop, expect_packets)
     from kstap.cli.kube_tap import KubeTapOptions
     from kstap.cli.kube_tap import run as run_kube
@@ -84,6 +93,7 @@ def tap(
                              hint="-i captures a local interface; -n/-A capture pods on the cluster")
         settings.interfaces = ["(cluster)"]  # satisfies validate(): the workers pick their interfaces
     settings.validate()
+    outputs.check_output_paths(settings)
     stop = pipeline.StopFlag()
     if kube.dry_run:
         run_kube(kube, settings, None, stop)

@@ -27,7 +27,7 @@ def tune(
     json_output: bool = typer.Option(False, "--json", help="One JSON object per step and a result object."),
 ) -> int:
     """Find the highest rate that runs without OOM under --memory-budget (real cgroup trials)."""
-    from kstap.config import parse_rate, parse_seed, parse_size
+    from kstap.config import check_memory_budget, parse_rate, parse_seed, parse_size
     from kstap.control.memcg import run_limited
     from kstap.tune import Step
     from kstap.tune import tune as search
@@ -36,6 +36,7 @@ def tune(
         raise UsageError("give the workload: --read FILE or -i IFACE", hint="e.g. kstap tune --read busy.pcapng "
                                                                              "--memory-budget 256Mi")
     budget = parse_size(memory_budget)
+    check_memory_budget(budget)
     seed_value = parse_seed(seed)
     base = [sys.executable, "-m", "kstap", "tap", "--no-dashboard", "-w", "/dev/null", "--entries", "/dev/null",
             "--dissect-memory", str(dissect_memory), "--seed", hex(seed_value)]

@@ -40,14 +40,16 @@ def read_token(token_file: str | None, token_env: str | None) -> str:
         try:
             st = os.stat(token_file)
             if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_TOKEN:
-                raise UsageError(f"--token-file {token_file!r} is not a small regular file")
+                raise UsageError(f"--token-file {token_file!r} is not a small regular file",
+                                 hint="the file holds the API token (the run's Secret mounts one)")
             with open(token_file, encoding="utf-8") as f:
                 token = f.read(MAX_TOKEN).strip()
         except OSError as exc:
             raise UsageError(f"cannot read --token-file {token_file!r}: {exc.strerror}",
                              hint="mount the token Secret there, or use --token-env VAR") from None
         except UnicodeDecodeError:
-            raise UsageError(f"--token-file {token_file!r} is not text") from None
+            raise UsageError(f"--token-file {token_file!r} is not text",
+                             hint="the file holds the API token as text") from None
         where = f"--token-file {token_file!r}"
     else:
         assert token_env is not None
@@ -65,21 +67,24 @@ def read_seed(path: str) -> int:
     try:
         st = os.stat(path)
         if not stat.S_ISREG(st.st_mode) or st.st_size > 64:
-            raise UsageError(f"--seed-file {path!r} is not a small regular file")
+            raise UsageError(f"--seed-file {path!r} is not a small regular file",
+                             hint="the file holds one number (the run's Secret mounts one)")
         with open(path, encoding="ascii") as f:
             text = f.read(64).strip()
     except OSError as exc:
         raise UsageError(f"cannot read --seed-file {path!r}: {exc.strerror}",
                          hint="mount the run's Secret there (its 'seed' key)") from None
     except UnicodeDecodeError:
-        raise UsageError(f"--seed-file {path!r} is not text") from None
+        raise UsageError(f"--seed-file {path!r} is not text",
+                         hint="the file holds one number, decimal or 0x-hex") from None
     try:
         value = int(text, 0)
     except ValueError:
         raise UsageError(f"--seed-file {path!r} does not hold a number",
                          hint="a 32-bit number, decimal or 0x-hex") from None
     if not 0 <= value < 1 << 32:
-        raise UsageError(f"the seed in --seed-file {path!r} is not a 32-bit number")
+        raise UsageError(f"the seed in --seed-file {path!r} is not a 32-bit number",
+                         hint="the file holds one number, decimal or 0x-hex, below 2**32")
     return value
 
 
@@ -111,13 +116,13 @@ def worker(
     host, port = parse_listen(listen)
     token = read_token(token_file, token_env)
     if entries not in ("on", "off"):
-        raise UsageError(f"--entries must be on or off, not {entries!r}")
+        raise UsageError(f"--entries must be on or off, not {entries!r}", hint="--entries on or --entries off")
     if not 1 <= backlog <= 4096:
-        raise UsageError("--backlog must be between 1 and 4096 MiB")
+        raise UsageError("--backlog must be between 1 and 4096 MiB", hint="the default is 32 (MiB)")
     if not 0 <= linger <= 300:
-        raise UsageError("--linger must be between 0 and 300 seconds")
+        raise UsageError("--linger must be between 0 and 300 seconds", hint="the default is 5 (seconds)")
     sampling = SamplingSettings(mode=mode)
-    explicit = set()
+    explicit = {"sampling.mode"}  # the worker runs the mode it is given (the CLI always passes it)
     if rate is not None:
         sampling.rate = parse_rate(rate)
         explicit.add("sampling.rate")
@@ -130,6 +135,7 @@ def worker(
         sampling.seed = read_seed(seed_file)
     if min_rate is not None:
         sampling.min_rate = parse_rate(min_rate)
+        explicit.add("sampling.min_rate")
     if memory_budget is not None:
         sampling.memory_budget = parse_size(memory_budget)
     sampling.cpu_budget = cpu_budget

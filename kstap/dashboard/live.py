@@ -203,7 +203,8 @@ class LiveDashboard:
                 snap = replace(snap, alerts=_merge_alerts(snap.alerts, self._alerts))
         self.frames += 1
         try:
-            body = render(snap, width=self.console.width, warn=self.warn, critical=self.critical)
+            body = render(snap, width=self.console.width, height=max(8, self.console.height - 1),  # the key hint
+                          warn=self.warn, critical=self.critical)
         except Exception as exc:  # a drawing bug must not kill the refresh thread or the capture
             body = Text(f"kstap: the dashboard could not draw this frame: {type(exc).__name__}: {exc}")
         hint = (Text("stopping: closing files…", style="bold yellow") if self.stopping

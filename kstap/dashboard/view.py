@@ -8,6 +8,7 @@ characters (eight levels per cell), so nothing depends on a plotting library.
 from __future__ import annotations
 
 import bisect
+import io
 import math
 from collections.abc import Callable, Sequence
 from operator import itemgetter
@@ -266,6 +267,8 @@ def _traffic_panel(s: StatsSnapshot, width: int) -> Panel:
     grid.add_row(Text("sampled out", style="dim"), Text(fmt_count(s.sampled_out)))
     if s.duplicates:
         grid.add_row(Text("duplicates", style="dim"), Text(f"{fmt_count(s.duplicates)} removed"))
+    if s.left_out:
+        grid.add_row(Text("left out", style="dim"), Text(f"{fmt_count(s.left_out)} in the kernel"))
     grid.add_row(Text("flows", style="dim"), Text(f"{fmt_count(s.flows_tracked)} tracked"))
     if s.dissect_memory:
         grid.add_row(Text("dissect mem", style="dim"), Text(fmt_bytes(s.dissect_memory)))
@@ -489,24 +492,49 @@ def _pair(left: Panel, right: Panel) -> SideBySide:
     return SideBySide(left, right)
 
 
-def render(snapshot: StatsSnapshot, *, width: int, warn: float = 0.70, critical: float = 0.90) -> RenderableType:
-    """The dashboard for ``snapshot``, at most ``width`` cells wide.
+def render(snapshot: StatsSnapshot, *, width: int, height: int | None = None, warn: float = 0.70,
+           critical: float = 0.90) -> RenderableType:
+    """The dashboard for ``snapshot``, at most ``width`` cells wide (and ``height`` rows, if given).
 
     ``warn`` and ``critical`` are the memory (and CPU) water levels, as fractions of the limit,
-    from which the bars turn yellow and red.
+    from which the bars turn yellow and red. On a short terminal whole panels are left out, least
+    needed first (endpoints, workers, the rate chart, quiet alerts), never cut in the middle, and a
+    last line says how many.
     """
     s = snapshot
     width = max(40, width)
-    parts: list[RenderableType] = [_header(s, width), _rate_panel(s, width)]
     side = width >= SIDE_BY_SIDE
     left_w = width * 2 // 5 if side else width
     right_w = width - left_w if side else width
     traffic = _traffic_panel(s, left_w)
     resources = _resources_panel(s, right_w, warn, critical)
-    parts += [_pair(traffic, resources)] if side else [traffic, resources]
-    parts.append(_alerts_panel(s.alerts, width))
+    # (renderable, priority: lower is kept first)
+    parts: list[tuple[RenderableType, int]] = [(_header(s, width), 0), (_rate_panel(s, width), 4)]
+    parts += [(_pair(traffic, resources), 1)] if side else [(traffic, 1), (resources, 2)]
+    parts.append((_alerts_panel(s.alerts, width), 3 if s.alerts else 5))
     if s.top_endpoints:
-        parts.append(_endpoints_panel(s.top_endpoints, width))
+        parts.append((_endpoints_panel(s.top_endpoints, width), 7))
     if s.workers:
-        parts.append(_workers_panel(s.workers, width))
-    return Constrain(Group(*parts), width=width)
+        parts.append((_workers_panel(s.workers, width), 6))
+    if height is None:
+        return Constrain(Group(*(p for p, _ in parts)), width=width)
+    return Constrain(Group(*_fit(parts, width, height)), width=width)
+
+
+def _fit(parts: list[tuple[RenderableType, int]], width: int, height: int) -> list[RenderableType]:
+    """The parts that fit in ``height`` rows, kept by priority, shown in their order, plus a note."""
+    measure = Console(width=width, file=io.StringIO(), color_system=None)
+    rows = [len(measure.render_lines(p, measure.options.update(width=width), pad=False)) for p, _ in parts]
+    kept: set[int] = set()
+    used = 0
+    for i in sorted(range(len(parts)), key=lambda i: parts[i][1]):
+        room = height - used - (0 if len(kept) + 1 == len(parts) else 1)  # a row for the note
+        if rows[i] <= room:
+            kept.add(i)
+            used += rows[i]
+    shown: list[RenderableType] = [p for i, (p, _) in enumerate(parts) if i in kept]
+    hidden = len(parts) - len(kept)
+    if hidden:
+        note = f" {hidden} panel{'s' if hidden != 1 else ''} hidden ({height} rows): a taller terminal shows all"
+        shown.append(Text(note, style="dim", no_wrap=True, overflow="ellipsis"))
+    return shown

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import ctypes
 import struct
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
-from kstap.errors import UsageError
+from kstap.errors import Interrupted, UsageError
 from kstap.filters import libpcap
 from kstap.model import LINKTYPE_ETHERNET
+
+T = TypeVar("T")
 
 BPF_MAXINSNS = 4096
 """The kernel's limit for a classic socket filter (include/uapi/linux/filter.h)."""
@@ -99,11 +104,47 @@ def compile_filter(
     snaplen: int = 262144,
     optimize: bool = True,
 ) -> Program:
-    """Compile ``expression`` for ``linktype``; raise :class:`UsageError` with libpcap's message."""
+    """Compile ``expression`` for ``linktype``; raise :class:`UsageError` with libpcap's message.
+
+    On the main thread libpcap runs in a helper thread while this one waits, so Ctrl-C (a signal
+    handler) is heard at once: a long expression (1,500 ports) takes libpcap's optimizer minutes,
+    and tcpdump stops at once.
+    """
+    return interruptibly(lambda: _compile(expression, linktype, snaplen, optimize))
+
+
+def interruptibly(call: Callable[[], T]) -> T:
+    """``call()`` in a daemon thread, the main thread waiting in short joins (signal handlers run)."""
+    if threading.current_thread() is not threading.main_thread():
+        return call()
+    outcome: list[tuple[bool, object]] = []
+
+    def target() -> None:
+        try:
+            outcome.append((True, call()))
+        except BaseException as exc:  # handed to the waiting thread
+            outcome.append((False, exc))
+
+    worker = threading.Thread(target=target, name="kstap-compile", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.05)  # a signal handler's exception leaves here; the thread is abandoned
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted while compiling the filter", hint="nothing was written") from None
+    ok, value = outcome[0]
+    if not ok:
+        assert isinstance(value, BaseException)
+        raise value
+    return value  # type: ignore[return-value]
+
+
+def _compile(expression: str, linktype: int, snaplen: int, optimize: bool) -> Program:
     pcap = libpcap.lib()
     handle = pcap.pcap_open_dead(LINKTYPE_TO_DLT.get(linktype, linktype), snaplen)
     if not handle:
-        raise UsageError(f"libpcap cannot open a handle for link type {linktype}")
+        raise UsageError(f"libpcap cannot open a handle for link type {linktype}",
+                         hint="this libpcap does not know that link type; kstap filter -f EXPR uses Ethernet")
     try:
         prog = libpcap.BpfProgram()
         rc = pcap.pcap_compile(

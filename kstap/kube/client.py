@@ -34,6 +34,9 @@ SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 """Where a pod finds its service-account token, CA and namespace (in-cluster config)."""
 
 
+API_HINT = "rerun with --debug for the full answer; 'kubectl cluster-info' checks the connection"
+
+
 @dataclass
 class KubeSettings:
     """How to reach the cluster (kubectl's flags) and how patient to be with it."""
@@ -138,11 +141,13 @@ def api_error(exc: BaseException, op: Op, server: str = "", context: str = "") -
                 name = op.name if op.resource == "namespaces" else op.namespace
                 return UsageError(f"namespace {name!r} not found{where}",
                                   hint="list namespaces with 'kubectl get namespaces', or use -A for all of them")
-            return NotFound(f"{op.resource} {op.name or ''} not found {op.scope()}: {said}".replace("  ", " "))
+            return NotFound(f"{op.resource} {op.name or ''} not found {op.scope()}: {said}".replace("  ", " "),
+                            hint="it may have been deleted meanwhile; list what is there with kubectl get")
         if status == 409:
-            return Conflict(f"cannot {op.describe()}: {said}")
+            return Conflict(f"cannot {op.describe()}: {said}",
+                            hint="someone else changed it meanwhile; run the command again")
         if status == 410:
-            return Expired(f"resource version expired during {op.describe()}: {said}")
+            return Expired(f"resource version expired during {op.describe()}: {said}", hint="run the command again")
         if status == 0:
             return ApiUnreachable(f"cannot talk to the API server{where}: {said.splitlines()[-1] if said else exc}",
                                   hint="check the cluster's CA and server address in the kubeconfig "
@@ -150,7 +155,7 @@ def api_error(exc: BaseException, op: Op, server: str = "", context: str = "") -
         if status >= 500:
             return ApiUnreachable(f"the API server{where} failed to {op.describe()}: {status} {said}",
                                   hint="the control plane may be overloaded or restarting; try again shortly")
-        return KstapError(f"the API server refused to {op.describe()}: {status} {said}")
+        return KstapError(f"the API server refused to {op.describe()}: {status} {said}", hint=API_HINT)
     if isinstance(exc, (urllib3.exceptions.HTTPError, OSError)):
         reason = getattr(exc, "reason", None) or exc
         text = str(reason)
@@ -161,7 +166,7 @@ def api_error(exc: BaseException, op: Op, server: str = "", context: str = "") -
         return ApiUnreachable(f"cannot reach the Kubernetes API server{where}: {text}",
                               hint="is the cluster up and does the context point at it? try 'kubectl cluster-info'; "
                                    "pick another with --context or --kubeconfig")
-    return KstapError(f"{op.describe()} failed: {type(exc).__name__}: {exc}")
+    return KstapError(f"{op.describe()} failed: {type(exc).__name__}: {exc}", hint=API_HINT)
 
 
 # -- the client ------------------------------------------------------------------------------------
@@ -197,7 +202,17 @@ class Kube:
             data = resp.data
         except _transport_errors() as exc:  # mapped to a typed error right here
             raise self.error(exc, op) from None
-        return json.loads(data) if data else {}
+        try:
+            body = json.loads(data) if data else {}
+        except ValueError:  # HTML from a proxy or a login page, not an API server
+            body = None
+        if not isinstance(body, dict):
+            kind = resp.headers.get("Content-Type", "") if getattr(resp, "headers", None) else ""
+            raise ApiUnreachable(f"the server at {self.server} answered {op.describe()} with something that is not "
+                                 f"Kubernetes JSON ({kind or 'no content type'}: {bytes(data[:40])!r})",
+                                 hint="the kubeconfig's server address may point at a web page, a proxy or a "
+                                      "login portal instead of the API server; check it with 'kubectl cluster-info'")
+        return body
 
     def stream(self, op: Op, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Open a watch: the raw urllib3 response, read line by line by the caller."""
@@ -222,6 +237,39 @@ def kubeconfig_paths(explicit: str | None, environ: dict[str, str] | None = None
     return [str(Path(p).expanduser()) for p in raw.split(os.pathsep) if p]
 
 
+KUBECONFIG_KEYS = ("clusters", "contexts", "users", "current-context")
+
+
+def check_kubeconfig_file(path: str) -> None:
+    """Environment errors (exit 3) for a file that is not a kubeconfig: binary, malformed YAML, a list, ..."""
+    import yaml
+
+    hint = "check it with 'kubectl config view --kubeconfig FILE'; a kubeconfig is a YAML mapping of clusters, " \
+           "contexts and users"
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise EnvironmentProblem(f"kubeconfig {path} is not a text file", hint=hint) from None
+    except OSError as exc:
+        raise EnvironmentProblem(f"cannot read kubeconfig {path}: {exc.strerror}", hint=hint) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        raise EnvironmentProblem(f"kubeconfig {path} is not valid YAML{line}: "
+                                 f"{getattr(exc, 'problem', None) or exc}", hint=hint) from None
+    if data is None:
+        return  # empty: kubectl treats it as no configuration, and so does the merge below
+    if not isinstance(data, dict):
+        raise EnvironmentProblem(f"kubeconfig {path} is a YAML {type(data).__name__}, not a mapping", hint=hint)
+    if data.get("kind", "Config") != "Config" or not any(k in data for k in KUBECONFIG_KEYS):
+        raise EnvironmentProblem(f"{path} is not a kubeconfig (no clusters, contexts or users)", hint=hint)
+    for key in ("clusters", "contexts", "users"):
+        if key in data and data[key] is not None and not isinstance(data[key], list):
+            raise EnvironmentProblem(f"kubeconfig {path}: '{key}' must be a list", hint=hint)
+
+
 def connect(settings: KubeSettings, environ: dict[str, str] | None = None) -> Kube:
     """A :class:`Kube` for the selected kubeconfig context, or the in-cluster service account."""
     from kubernetes import client
@@ -243,10 +291,12 @@ def connect(settings: KubeSettings, environ: dict[str, str] | None = None) -> Ku
             "no kubeconfig found and not running inside a cluster",
             hint=f"looked for {', '.join(paths)}; pass --kubeconfig FILE or set KUBECONFIG "
                  "(kubectl's conventions), or run kstap in a pod")
+    for p in existing:
+        check_kubeconfig_file(p)
     joined = os.pathsep.join(existing)
     try:
         contexts, current = config.list_kube_config_contexts(joined)
-    except (ConfigException, OSError, ValueError) as exc:
+    except (ConfigException, OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
         raise EnvironmentProblem(f"cannot read kubeconfig {joined}: {exc}",
                                  hint="check it with 'kubectl config view'") from None
     names = [str(c.get("name")) for c in contexts or []]
@@ -261,7 +311,7 @@ def connect(settings: KubeSettings, environ: dict[str, str] | None = None) -> Ku
     try:
         config.load_kube_config(config_file=joined, context=chosen["name"], client_configuration=cfg,
                                 persist_config=False)
-    except (ConfigException, OSError, ValueError) as exc:
+    except (ConfigException, OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
         raise EnvironmentProblem(f"cannot use context {chosen['name']!r} of {joined}: {exc}",
                                  hint="check it with 'kubectl config view'") from None
     _limit_retries(cfg)

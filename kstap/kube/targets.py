@@ -387,10 +387,13 @@ class PodWatch:
         if kind == "ERROR":
             code = obj.get("code")
             if code == 410:
-                raise Expired(str(obj.get("message", "resource version too old")))
+                raise Expired(str(obj.get("message", "resource version too old")),
+                              hint="the watch restarts from a new list")
             if isinstance(code, int) and (code >= 500 or code == 429):  # the server's trouble: retry
-                raise ApiUnreachable(f"the pod watch failed: {code} {obj.get('message', '')}")
-            raise KstapError(f"the pod watch failed: {code} {obj.get('message', '')}")
+                raise ApiUnreachable(f"the pod watch failed: {code} {obj.get('message', '')}",
+                                     hint="the control plane may be overloaded; kstap retries")
+            raise KstapError(f"the pod watch failed: {code} {obj.get('message', '')}",
+                             hint="check that you may watch pods: kubectl auth can-i watch pods")
         rv = (obj.get("metadata") or {}).get("resourceVersion")
         if rv:
             self._versions[scope] = str(rv)

@@ -25,7 +25,7 @@ from kstap.contracts import Governor, LiveControl, Reporter, Sink, SinkFactory, 
 from kstap.dissect.api import Entry
 from kstap.dissect.entries import EntryWriter
 from kstap.dissect.stage import DEFAULT_IDLE_TIMEOUT, DissectStage, default_flow_cap
-from kstap.errors import Interrupted
+from kstap.errors import Interrupted, OutputClosed
 from kstap.filters.bpf import Program, compile_filter, final_expression
 from kstap.formats import pcapng
 from kstap.model import CaptureSummary, Interface, PacketRecord, SourceStats
@@ -78,7 +78,7 @@ def run_tap(settings: TapSettings, reporter: Reporter, stop: StopFlag | None = N
             source, retire_ms, backend, base = open_source(settings, expression, sampler)
         try:
             if stop:
-                raise Interrupted("interrupted before capture started")
+                raise Interrupted("interrupted before capture started", hint="nothing was written")
             watch = ResourceWatch(smp, reporter, clock)
             steering = Steering(settings, source, reporter, watch, sampler, governor, base, control)
             opened = source
@@ -210,6 +210,7 @@ def run_dissect(path: str, entries: str, *, seed: int, memory_cap: int, idle_tim
     Returns (the stage, for its statistics; packets read; entries written; the damage that ended
     the read early, or None). A damaged file keeps what was read before the damage.
     """
+    from kstap.capture.replay import open_capture
     from kstap.formats.savefile import CaptureFormatError, CaptureReader
 
     writer = EntryWriter(entries)
@@ -220,7 +221,7 @@ def run_dissect(path: str, entries: str, *, seed: int, memory_cap: int, idle_tim
     batch: list[PacketRecord] = []
     reader: CaptureReader | None = None
     try:
-        with open(path, "rb") as f:
+        with open_capture(path, "kstap dissect") as f:
             try:
                 reader = CaptureReader(f, path)
                 for rec, _info in reader:
@@ -236,7 +237,10 @@ def run_dissect(path: str, entries: str, *, seed: int, memory_cap: int, idle_tim
             if batch and reader is not None:
                 stage.feed(batch, [i.linktype for i in reader.interfaces])
         stage.close()
-    except OSError as exc:
+        writer.flush()
+    except OutputClosed:  # the reader of the entries left (| head): stop quietly, as tcpdump does
+        packets = reader.packets if reader is not None else packets
+    except OSError as exc:  # reading the input; an output's failure is OutputFailed and propagates
         failure = f"cannot read {path!r}: {exc.strerror}"
     finally:
         writer.close()

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import os
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import cast
 
 from kstap.capture.fanout import WorkerLost
+from kstap.capture.ifcounters import InterfaceCounters, left_out
 from kstap.config import TapSettings
 from kstap.contracts import (
     BlockSink,
@@ -29,7 +31,7 @@ from kstap.contracts import (
 )
 from kstap.dissect.entries import EntryWriter
 from kstap.dissect.stage import DissectStage
-from kstap.errors import KstapError, WorkerFailure
+from kstap.errors import KstapError, OutputFailed, WorkerFailure
 from kstap.model import CaptureSummary, Interface, PacketRecord, StatsSnapshot
 from kstap.pipeline.resources import ResourceWatch
 from kstap.pipeline.snapshots import snapshot
@@ -40,6 +42,8 @@ from kstap.sinks.files import DiskFull, OutputClosed
 from kstap.sinks.text import TextLines
 from kstap.vocabulary import AlertLevel, Mode
 
+RATE_WINDOW = 5.0
+"""Seconds over which packets/s is measured (the dashboard, status lines, Prometheus)."""
 POLL_MS = 250
 """The C fast paths wait this long for a block when the stop flag cannot wake them: signals only set
 a flag (poll is resumed, PEP 475), so this bounds how late Ctrl-C is noticed."""
@@ -115,6 +119,11 @@ class Capture:
         self.worker_losses: list[str] = []
         self.link_notes: list[tuple[int, str]] = []
         """Interface changes not yet written as a packet comment: (time ns, text)."""
+        self.recent: deque[tuple[float, int]] = deque([(0.0, 0)])
+        """(elapsed, captured) of the last ticks, for the recent packet rate."""
+        self.late_error: KstapError | None = None
+        self.counters = InterfaceCounters([])
+        """An output that failed while the capture was being closed (e.g. the entries' last flush)."""
         self.steering.on_shed = self._shed
 
     # -- the loop ------------------------------------------------------------------------------------
@@ -133,6 +142,10 @@ class Capture:
             return summary
         if steering.governor is None and not caps.finite:
             self.watch.read(0.0)  # the reader's imports and first read now, not in the capture's first second
+        live = not caps.finite and not caps.sampled_upstream
+        self.counters = InterfaceCounters([i.name for i in interfaces] if live else [], settings.netns)
+        self.counters.start()
+        self.stop.capturing = True  # from here a signal stops the loop, which closes the files
         self.reporter.listening(interfaces, self.stages.backend, settings.workers)
         self.start = self.watch.started = self.clock()
         next_tick = self.start + 1.0
@@ -302,6 +315,7 @@ class Capture:
     def _tick(self, now: float) -> None:
         self.steering.apply_control()
         fill_counts(self.summary, self.source)  # once a tick: the controller and the views share them
+        self.summary.left_out = left_out(self.counters.since_start(), self.summary.received)
         elapsed = now - self.start
         self.steering.tick(elapsed, self.summary)
         finite = self.caps.finite
@@ -324,7 +338,19 @@ class Capture:
     def snapshot(self, elapsed: float) -> StatsSnapshot:
         dissect = self.consumers.dissect
         return snapshot(elapsed, self.settings, self.summary, self.source, self.steering, self.watch,
-                        dissect.memory if dissect else 0, self.consumers.endpoints)
+                        dissect.memory if dissect else 0, self.consumers.endpoints, self._recent_rate(elapsed))
+
+    def _recent_rate(self, elapsed: float) -> float:
+        """Captured packets per second over the last :data:`RATE_WINDOW` seconds (not since the start:
+        when traffic stops, the figure falls to 0 within that window)."""
+        recent = self.recent
+        recent.append((elapsed, self.summary.captured))
+        while len(recent) > 2 and recent[-1][0] - recent[1][0] >= RATE_WINDOW:
+            recent.popleft()
+        (t0, n0), (t1, n1) = recent[0], recent[-1]
+        if t1 - t0 <= 0:
+            return n1 / t1 if t1 > 0 else 0.0
+        return (n1 - n0) / (t1 - t0)
 
     # -- the end -------------------------------------------------------------------------------------
     def _finish(self) -> None:
@@ -333,10 +359,16 @@ class Capture:
             self._link_changes()  # what the watch saw during the drain
         fill_counts(summary, self.source)
         summary.interface_changes = list(self.stages.interface_changes)
+        summary.left_out = left_out(self.counters.since_start(), summary.received)
         c = self.consumers
         if c.dissect is not None and c.entries is not None:
-            c.dissect.close()
-            c.entries.close()
+            try:  # entries failing at the end must not keep the capture file from its statistics block
+                c.dissect.close()
+                c.entries.close()
+            except KstapError as exc:
+                self.late_error = exc
+            except OutputClosed:
+                pass
             stats = c.dissect.stats()
             summary.entries = stats.entries
             summary.dissect_evictions = dict(stats.evictions)
@@ -350,13 +382,15 @@ class Capture:
             summary.files = list(self.sink.files)
             summary.captured = self.sink.packets_written
         steering = self.steering
-        if steering.seen is not None:
+        if steering.seen is not None:  # the kernel sampled: only kept flows were ever seen
             summary.flows_seen = summary.flows_kept = steering.seen.flows_seen
             summary.final_rate = steering.rate
+            summary.flows_estimated = summary.flows_kept / steering.rate if steering.rate > 0 else None
         elif steering.sampler is not None:
             st = steering.sampler.stats
             summary.flows_seen, summary.flows_kept, summary.shed_flows = st.flows_seen, st.flows_kept, st.shed_flows
             summary.final_rate = steering.sampler.rate
+            summary.flows_estimated = st.flows_estimated
         if self.caps.finite:  # no kernel counters: what passed is what was processed
             summary.received, summary.dropped = summary.captured + summary.sampled_out, 0
 
@@ -375,14 +409,29 @@ class Capture:
                                   hint="the packets in a lost worker's ring were lost; everything delivered is "
                                        "in the file")
         if error is None:
+            error = self.late_error
+        if error is None:
             return summary
         if isinstance(error, DiskFull):
             saved = summary.files[-1] if summary.files else "?"
+            on_disk = _bytes_on_disk(summary.files)
+            where = saved if len(summary.files) <= 1 else f"{len(summary.files)} files, the newest {saved}"
             error = DiskFull(f"disk full: capture stopped after {summary.captured} packets "
-                             f"({self.sink.bytes_written if self.sink else 0} bytes saved in {saved})",
-                             hint=error.hint)
+                             f"({on_disk if on_disk is not None else 0} bytes saved in {where})", hint=error.hint)
+        elif isinstance(error, OutputFailed) and summary.files and summary.files != ["-"]:
+            closed = ", ".join(summary.files[-1:])
+            error = OutputFailed(error.message, hint=f"{error.hint}; the capture stopped and {closed} was closed "
+                                                     "cleanly, with its statistics block")
         error.summary = summary
         raise error
+
+
+def _bytes_on_disk(files: list[str]) -> int | None:
+    """What the capture files still on disk hold (a -W ring deleted the older ones)."""
+    try:
+        return sum(os.path.getsize(f) for f in files if f != "-" and os.path.exists(f))
+    except OSError:
+        return None
 
 
 def fill_counts(summary: CaptureSummary, source: Source) -> None:

@@ -21,7 +21,9 @@ ALERTS = 20
 
 
 def snapshot(elapsed: float, settings: TapSettings, summary: CaptureSummary, source: Source, steering: Steering,
-             watch: ResourceWatch, dissect_memory: int, endpoints: Counter[str]) -> StatsSnapshot:
+             watch: ResourceWatch, dissect_memory: int, endpoints: Counter[str],
+             packets_per_second: float | None = None) -> StatsSnapshot:
+    """``packets_per_second``: the recent rate (the loop's last seconds); None = the average since the start."""
     s, sampler = summary, steering.sampler
     return StatsSnapshot(
         elapsed=elapsed,
@@ -36,8 +38,10 @@ def snapshot(elapsed: float, settings: TapSettings, summary: CaptureSummary, sou
         dropped=s.dropped,
         duplicates=s.duplicates,
         sampled_out=s.sampled_out,
+        left_out=s.left_out,
         rate=steering.rate,
-        packets_per_second=s.captured / elapsed if elapsed > 0 else 0.0,
+        packets_per_second=(packets_per_second if packets_per_second is not None
+                            else s.captured / elapsed if elapsed > 0 else 0.0),
         flows_tracked=sampler.stats.flows_tracked if sampler else 0,
         dissect_memory=dissect_memory,
         top_endpoints=endpoints.most_common(5),
@@ -54,4 +58,8 @@ def workers(source: Source, summary: CaptureSummary, rate: float) -> list[Worker
     """The source's own per-worker figures when it has them, else what this loop counted per worker."""
     if source.capabilities.worker_stats:
         return cast(WorkerStatsSource, source).worker_stats()
-    return [WorkerStats(worker=w, captured=n, rate=rate) for w, n in sorted(summary.per_worker.items())]
+    per = sorted(summary.per_worker.items())
+    if len(per) == 1:  # one local worker: the kernel's counters are its own (not "received 0" beside them)
+        (w, n), = per
+        return [WorkerStats(worker=w, captured=n, received=summary.received, dropped=summary.dropped, rate=rate)]
+    return [WorkerStats(worker=w, captured=n, rate=rate) for w, n in per]

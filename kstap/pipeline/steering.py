@@ -110,7 +110,8 @@ class Steering:
 
     def _swap_filter(self, expression: str) -> None:
         if self.base is None or not self.source.capabilities.live_filter:
-            raise KstapError("this capture backend cannot change its filter while running")
+            raise KstapError("this capture backend cannot change its filter while running",
+                             hint="restart the capture with the new --bpf-filter")
         settings = self.settings
         base = compile_live(final_expression(expression), settings)
         if needs_live_compile(base.expression) and not base.cooked:
@@ -125,7 +126,8 @@ class Steering:
     def _set_rate(self, rate: float) -> None:
         sampler = self.sampler
         if sampler is None or sampler.mode != Mode.PERCENTAGE:
-            raise KstapError("the rate can be changed live only in percentage mode")
+            raise KstapError("the rate can be changed live only in percentage mode",
+                             hint="start the capture with --mode percentage")
         old = sampler.rate
         if not sampler.set_rate(rate, Cause.CONTROL.value):
             return

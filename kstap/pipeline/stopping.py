@@ -9,6 +9,8 @@ import threading
 from dataclasses import dataclass, field
 from types import FrameType
 
+from kstap.errors import Interrupted
+
 
 @dataclass
 class StopFlag:
@@ -38,6 +40,9 @@ class StopFlag:
                 os.write(w, b"!")
         return self._pipe[0]
 
+    capturing: bool = field(default=False, compare=False)
+    """Set by the loop once capture has started; before it, a signal interrupts at once (exit 130)."""
+
     def __bool__(self) -> bool:
         return self.signum != 0
 
@@ -57,6 +62,8 @@ class Signals:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.stop.set(signum)
+        if not self.stop.capturing:  # still arming (compiling, opening a FIFO with no writer): stop now
+            raise Interrupted("interrupted before capture started", hint="nothing was written")
 
     def __exit__(self, *exc: object) -> None:
         for s, h in self._old.items():

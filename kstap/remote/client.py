@@ -46,6 +46,9 @@ EntryCallback = Callable[[str, dict[str, Any]], None]
 NEVER = protocol.MAX_TS
 
 
+WORKER_HINT = "the workers may have been removed or not started; 'kstap clean' then rerun the capture"
+
+
 @dataclass(frozen=True)
 class WorkerEndpoint:
     """One worker to read from: its node name, where it is, its token, how to reach it."""
@@ -148,7 +151,7 @@ class RemoteSource:
                  on_event: EventCallback | None = None, on_entry: EntryCallback | None = None,
                  entries: bool = False, monotonic: Callable[[], float] = time.monotonic) -> None:
         if not endpoints:
-            raise WorkerFailure("no workers to read from")
+            raise WorkerFailure("no workers to read from", hint=WORKER_HINT)
         names = [e.name for e in endpoints]
         if len(set(names)) != len(names):
             raise WorkerFailure("two workers have the same name", hint="give each node's worker its own name")
@@ -243,7 +246,7 @@ class RemoteSource:
         """
         targets = [w for w in self.workers if node is None or w.endpoint.name == node]
         if node is not None and not targets:
-            raise WorkerFailure(f"no worker for node {node!r}")
+            raise WorkerFailure(f"no worker for node {node!r}", hint=WORKER_HINT)
         results: dict[str, str] = {}
         threads = []
         for w in targets:
@@ -315,7 +318,7 @@ class RemoteSource:
         adds their IDBs then); until it answers it holds the merge back for at most ``max_hold``.
         """
         if any(w.endpoint.name == endpoint.name for w in self.workers):
-            raise WorkerFailure(f"there is already a worker for node {endpoint.name!r}")
+            raise WorkerFailure(f"there is already a worker for node {endpoint.name!r}", hint=WORKER_HINT)
         w = _Worker(len(self.workers), endpoint, moved_at=self._monotonic(), down_since=self._monotonic())
         w.thread = threading.Thread(target=self._reader, args=(w,), name=f"kstap-remote-{endpoint.name}",
                                     daemon=True)
@@ -333,7 +336,7 @@ class RemoteSource:
                     with contextlib.suppress(Exception):  # see close()
                         resp.close()
                 return
-        raise WorkerFailure(f"no worker for node {endpoint.name!r}")
+        raise WorkerFailure(f"no worker for node {endpoint.name!r}", hint=WORKER_HINT)
 
     # -- reader threads --------------------------------------------------------------------------------
     def _reader(self, w: _Worker) -> None:

@@ -78,6 +78,10 @@ ALERT_LEVELS = tuple(level.value for level in AlertLevel)
 class ProtocolError(WorkerFailure):
     """A worker sent bytes that are not a valid kstap stream (or an unsupported version)."""
 
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message, hint or "the worker may run another kstap version: give --worker-image the "
+                                          "image of this kstap (kstap --version)")
+
 
 class FrameType(IntEnum):
     HELLO = 1

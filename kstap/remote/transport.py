@@ -35,6 +35,9 @@ _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 class TransportError(WorkerFailure):
     """The worker could not be reached (refused, timed out, the proxy could not connect)."""
 
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message, hint or "check that the worker pods are Running: kubectl get pods -n kstap")
+
 
 class Response(Protocol):
     status: int
@@ -133,7 +136,7 @@ class DirectTransport:
 
 def _check_name(kind: str, value: str) -> str:
     if not _DNS_LABEL.match(value):
-        raise UsageError(f"bad {kind} name {value!r}")
+        raise UsageError(f"bad {kind} name {value!r}", hint="Kubernetes names are lower-case letters, digits and '-'")
     return value
 
 
@@ -168,7 +171,7 @@ class ApiServerProxyTransport(_PodTransport):
     def __init__(self, api_client: Any, namespace: str, pod: str, port: int, *,
                  connect_timeout: float = DEFAULT_CONNECT_TIMEOUT) -> None:
         if not 0 < port < 65536:
-            raise UsageError(f"bad worker port {port}")
+            raise UsageError(f"bad worker port {port}", hint="a TCP port: 1 .. 65535")
         super().__init__(api_client, namespace, pod, port, connect_timeout=connect_timeout)
 
     def auth_headers(self, token: str) -> dict[str, str]:

@@ -38,6 +38,8 @@ class SamplerStats:
     flows_tracked: int = 0
     flows_kept: int = 0
     flows_seen: int = 0
+    flows_estimated: float = 0.0
+    """Σ 1/rate over kept flows, the rate each was decided at: all flows, estimated (Horvitz-Thompson)."""
     packets_kept: int = 0
     sampled_out: int = 0
     """Packets the kernel let through (under the ceiling) that the flow table dropped."""
@@ -92,6 +94,7 @@ class FlowSampler:
                 stats.flows_seen += 1
                 if st.kept:
                     stats.flows_kept += 1
+                    stats.flows_estimated += 1.0 / self.rate
                     notes[len(kept)] = metadata.flow_note(f"{h:08x}", self.mode, self.rate, self.seed_id)
             st.last_ns = rec[0]
             if not st.kept:

@@ -11,16 +11,20 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
+import stat
 import struct
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from kstap.contracts import SinkCapabilities
-from kstap.errors import KstapError, UsageError
+from kstap.errors import KstapError, OutputClosed, OutputFailed, UsageError, describe_os_error
 from kstap.formats import pcapng
 from kstap.model import Interface, PacketRecord
 from kstap.private_file import check_target, open_private
+
+__all__ = ["DiskFull", "OutputClosed", "PcapngFiles", "check_not_input", "check_writable", "rotated_name"]
 
 CountersProvider = Callable[[], list[pcapng.InterfaceCounters]]
 
@@ -29,35 +33,89 @@ class DiskFull(KstapError):
     """The output filesystem is full; the file was closed at its last complete block."""
 
 
-class OutputClosed(Exception):
-    """The reader of ``-w -`` went away (broken pipe): capture stops quietly, like tcpdump."""
-
-
-def check_writable(path: str) -> None:
-    """Fail before capture starts if ``path`` cannot be created (exit 2)."""
+def check_writable(path: str, option: str = "-w") -> None:
+    """Fail before capture starts if ``path`` cannot be created (exit 2); ``option`` names it in the message."""
     if path == "-":
         return
     target = Path(path)
     parent = target.parent if str(target.parent) else Path(".")
-    hint = "pick a writable -w path (or run as a user allowed to write there)"
+    hint = f"pick a writable {option} path (or run as a user allowed to write there)"
+    cannot = f"cannot write {path!r}" if option == "-w" else f"{option}: cannot write {path!r}"
     try:
         exists = target.exists()
     except PermissionError:  # a directory on the way that we may not search
-        raise UsageError(f"cannot write {path!r}: permission denied", hint=hint) from None
+        raise UsageError(f"{cannot}: permission denied", hint=hint) from None
     if target.is_dir():
-        raise UsageError(f"output path {path!r} is a directory", hint="give a file name, e.g. -w out.pcapng")
+        what = "output path" if option == "-w" else option
+        example = "out.pcapng" if option == "-w" else "out.ndjson"
+        raise UsageError(f"{what} {path!r} is a directory", hint=f"give a file name, e.g. {option} {example}")
     if not parent.is_dir():
-        raise UsageError(f"cannot write {path!r}: directory {str(parent)!r} does not exist",
-                         hint="create the directory first or pick another -w path")
+        raise UsageError(f"{cannot}: directory {str(parent)!r} does not exist",
+                         hint=f"create the directory first (mkdir -p {str(parent)!r}) or pick another {option} path")
+    if _read_only(parent):
+        raise UsageError(f"{cannot}: {str(parent)!r} is on a read-only file system",
+                         hint=f"write to a writable file system, e.g. {option} /tmp/{target.name}")
     if not os.access(parent, os.W_OK | os.X_OK) or (exists and not os.access(target, os.W_OK)):
-        raise UsageError(f"cannot write {path!r}: permission denied", hint=hint)
+        raise UsageError(f"{cannot}: permission denied", hint=hint)
     check_target(path)
     if not exists:  # os.access trusts root; only creating the file tells (e.g. under /proc)
         try:
             os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
         except OSError as exc:
-            raise UsageError(f"cannot write {path!r}: {exc.strerror}", hint=hint) from None
+            raise UsageError(f"{cannot}: {describe_os_error(exc)}", hint=hint) from None
         os.unlink(target)
+
+
+def _read_only(directory: Path) -> bool:
+    try:
+        return bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def ring_pattern(path: str) -> re.Pattern[str]:
+    """The names :func:`rotated_name` gives ``path``'s files with -C/-G (``cap_00001.pcapng`` …)."""
+    p = Path(path)
+    suffix = p.suffix or ".pcapng"
+    return re.compile(re.escape(p.stem) + r"_\d{5}" + re.escape(suffix) + "$")
+
+
+def check_not_input(read: str | None, outputs: Mapping[str, str | None], *, rotating: bool = False) -> None:
+    """Refuse outputs that would overwrite the --read file, or each other, before anything is opened.
+
+    ``outputs`` maps an option (``-w``, ``--entries``) to its path (None or ``-`` = not a file). With
+    ``rotating`` (-C/-G) the -w path stands for its ring files, ``NAME_00001.pcapng`` and so on.
+    """
+    files = {opt: p for opt, p in outputs.items() if p and p != "-"}
+    if read and read != "-":
+        for opt, p in files.items():
+            if _same_file(read, p) or (opt == "-w" and rotating and _in_ring(read, p)):
+                what = f"{opt} {p!r}" + (" (its ring files)" if opt == "-w" and rotating and not _same_file(read, p)
+                                         else "")
+                raise UsageError(f"{what} would overwrite the --read file {read!r}",
+                                 hint="write the output to another file; the input is only read")
+    seen: dict[str, str] = {}
+    for opt, p in files.items():
+        for other_opt, other in seen.items():
+            if _same_file(p, other):
+                raise UsageError(f"{opt} and {other_opt} name the same file {p!r}",
+                                 hint="give each output its own file")
+        seen[opt] = p
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Whether ``a`` and ``b`` are one file that writing would clobber (a device such as /dev/null is not)."""
+    try:
+        if os.path.exists(a) and os.path.exists(b):
+            return os.path.samefile(a, b) and stat.S_ISREG(os.stat(a).st_mode)
+    except OSError:
+        pass
+    return os.path.realpath(a) == os.path.realpath(b) and not os.path.exists(a)
+
+
+def _in_ring(read: str, path: str) -> bool:
+    real_read, real_out = Path(os.path.realpath(read)), Path(os.path.realpath(path))
+    return real_read.parent == real_out.parent and bool(ring_pattern(str(real_out)).match(real_read.name))
 
 
 def rotated_name(path: str, index: int) -> str:
@@ -129,7 +187,21 @@ class PcapngFiles:
         self._opened_at = self._monotonic()
         head = pcapng.section_header(comment=self._comment)
         head += b"".join(pcapng.interface_description(i) for i in self.interfaces)
-        self._write_blocks([head])
+        try:
+            self._write_blocks([head])
+        except DiskFull:
+            if self.path == "-" or len(self.files) < 2:
+                raise
+            self._drop_empty()  # a rotated file with not even its header: remove it, name the one before
+            raise DiskFull(f"disk full: stopped writing {self.files[-1]!r}",
+                           hint="free space, or make the ring smaller: fewer -W files or a smaller -C") from None
+
+    def _drop_empty(self) -> None:
+        """Remove the file just opened (it holds nothing readable) so ``files`` ends at real data."""
+        os.close(self._fd)
+        self._fd = -1
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.files.pop())
 
     def _write_blocks(self, pieces: list[bytes]) -> None:
         """Write whole blocks; on a full disk cut the file back to the last complete block."""
@@ -144,7 +216,8 @@ class PcapngFiles:
             raise OutputClosed() from exc
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or self._fd == 1:
-                raise KstapError(f"writing {self.files[-1]!r} failed: {exc.strerror}") from exc
+                raise OutputFailed(f"-w: writing {self.files[-1]!r} failed: {describe_os_error(exc)}",
+                                   hint="check the -w file system; the capture stopped there") from exc
             self._truncate(start)
             raise DiskFull(
                 f"disk full: stopped writing {self.files[-1]!r}",

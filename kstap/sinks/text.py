@@ -9,6 +9,7 @@ from typing import TextIO
 
 import dpkt
 
+from kstap.errors import OutputClosed, OutputFailed
 from kstap.linklayer import ETH_IPV4, ETH_IPV6, network
 from kstap.model import LINKTYPE_ETHERNET, PacketRecord
 
@@ -70,5 +71,11 @@ class TextLines:
         lines = [describe(r, self.linktypes[r[4]] if r[4] < len(self.linktypes) else LINKTYPE_ETHERNET)
                  for r in records]
         if lines:
-            self.stream.write("\n".join(lines) + "\n")
-            self.stream.flush()
+            try:
+                self.stream.write("\n".join(lines) + "\n")
+                self.stream.flush()
+            except BrokenPipeError:  # | head: the reader has enough; stop quietly, as tcpdump does
+                raise OutputClosed("packet lines") from None
+            except OSError as exc:
+                raise OutputFailed(f"cannot print packets on standard output: {exc.strerror or exc}",
+                                   hint="send them to a file or a pipe that has room, or write -w FILE") from None

@@ -28,19 +28,19 @@ CONFLICTS: list[tuple[TapSettings, str, bool]] = [
     (_settings(READ, workers=2), "--workers only applies to live capture", True),
     (_settings(READ, netns="ns1"), "--netns only applies to live capture", True),
     (_settings(LIVE, capture="dpdk"), "unknown capture backend 'dpdk'", True),
-    (_settings(LIVE, workers=0), "--workers must be between 1 and 64", False),
-    (_settings(LIVE, workers=65), "--workers must be between 1 and 64", False),
+    (_settings(LIVE, workers=0), "--workers must be between 1 and 64", True),
+    (_settings(LIVE, workers=65), "--workers must be between 1 and 64", True),
     (_settings(LIVE, workers=2, capture="libpcap"), "--workers 2 needs the af_packet backend", True),
     (_settings(LIVE, workers=2, capture="pf_ring"), "--workers 2 needs the af_packet backend", True),
-    (_settings(LIVE, count=0), "-c must be a positive number", False),
-    (_settings(LIVE, count=-5), "-c must be a positive number", False),
-    (_settings(LIVE, duration=0), "--duration must be positive", False),
-    (_settings(LIVE, duration=-1.5), "--duration must be positive", False),
-    (_settings(LIVE, duration=math.nan), "--duration must be positive", False),
-    (_settings(LIVE, snaplen=0), "--snaplen must be between 1 and 262144", False),
-    (_settings(LIVE, snaplen=262145), "--snaplen must be between 1 and 262144", False),
-    (_settings(LIVE, buffer_mib=0), "--buffer-size must be between 1 and 4096 MiB", False),
-    (_settings(LIVE, buffer_mib=4097), "--buffer-size must be between 1 and 4096 MiB", False),
+    (_settings(LIVE, count=0), "-c must be a positive number", True),
+    (_settings(LIVE, count=-5), "-c must be a positive number", True),
+    (_settings(LIVE, duration=0), "--duration must be positive", True),
+    (_settings(LIVE, duration=-1.5), "--duration must be positive", True),
+    (_settings(LIVE, duration=math.nan), "--duration must be positive", True),
+    (_settings(LIVE, snaplen=0), "--snaplen must be between 1 and 262144", True),
+    (_settings(LIVE, snaplen=262145), "--snaplen must be between 1 and 262144", True),
+    (_settings(LIVE, buffer_mib=0), "--buffer-size must be between 1 and 4096 MiB", True),
+    (_settings(LIVE, buffer_mib=4097), "--buffer-size must be between 1 and 4096 MiB", True),
     (_settings(LIVE, output={"rotate_mb": 10}), "-C/-G/-W need an output file", True),
     (_settings(LIVE, output={"rotate_seconds": 60}), "-C/-G/-W need an output file", True),
     (_settings(LIVE, output={"ring_files": 3, "rotate_mb": 1}), "-C/-G/-W need an output file", True),
@@ -48,16 +48,16 @@ CONFLICTS: list[tuple[TapSettings, str, bool]] = [
     (_settings(LIVE, output={"path": "-", "rotate_seconds": 5}), "-C/-G cannot rotate standard output", True),
     (_settings(LIVE, output={"path": "x.pcapng", "ring_files": 3}), "-W needs -C or -G", True),
     (_settings(LIVE, output={"path": "x.pcapng", "ring_files": 0, "rotate_mb": 1}), "-W must be at least 1",
-     False),
-    (_settings(LIVE, output={"path": "x.pcapng", "rotate_mb": 0}), "-C must be positive", False),
-    (_settings(LIVE, output={"path": "x.pcapng", "rotate_mb": -1}), "-C must be positive", False),
-    (_settings(LIVE, output={"path": "x.pcapng", "rotate_mb": math.nan}), "-C must be positive", False),
-    (_settings(LIVE, output={"path": "x.pcapng", "rotate_mb": math.inf}), "-C must be positive", False),
-    (_settings(LIVE, output={"path": "x.pcapng", "rotate_seconds": 0}), "-G must be positive", False),
-    (_settings(LIVE, output={"path": "x.pcapng", "rotate_seconds": -3}), "-G must be positive", False),
-    (_settings(LIVE, output={"path": "x.pcapng", "rotate_seconds": math.nan}), "-G must be positive", False),
+     True),
+    (_settings(LIVE, output={"path": "x.pcapng", "rotate_mb": 0}), "-C must be positive", True),
+    (_settings(LIVE, output={"path": "x.pcapng", "rotate_mb": -1}), "-C must be positive", True),
+    (_settings(LIVE, output={"path": "x.pcapng", "rotate_mb": math.nan}), "-C must be positive", True),
+    (_settings(LIVE, output={"path": "x.pcapng", "rotate_mb": math.inf}), "-C must be positive", True),
+    (_settings(LIVE, output={"path": "x.pcapng", "rotate_seconds": 0}), "-G must be positive", True),
+    (_settings(LIVE, output={"path": "x.pcapng", "rotate_seconds": -3}), "-G must be positive", True),
+    (_settings(LIVE, output={"path": "x.pcapng", "rotate_seconds": math.nan}), "-G must be positive", True),
     (_settings(LIVE, entries="-", output={"path": "-"}), "--entries - and -w - both want standard output", True),
-    (_settings(LIVE, dissect_memory_mib=0), "--dissect-memory must be between 1 and 1048576 MiB", False),
+    (_settings(LIVE, dissect_memory_mib=0), "--dissect-memory must be between 1 and 1048576 MiB", True),
     (_settings(LIVE, dedup_window_ms=-1), "--dedup-window must be between 0 and 10000 ms", True),
     (_settings(LIVE, dedup_window_ms=float("nan")), "--dedup-window must be between 0 and 10000 ms", True),
 ]
@@ -67,12 +67,12 @@ SAMPLING_CONFLICTS: list[tuple[dict[str, Any], str, bool]] = [
     ({"rate": 0.0}, "--rate must be in (0, 1]", True),
     ({"rate": 1.5}, "--rate must be in (0, 1]", True),
     ({"mode": "percentage", "rate": 1.0}, "--mode percentage needs --rate below 1", True),
-    ({"min_rate": 0.0}, "--min-rate must be in (0, 1]", False),
-    ({"seed": 2**32}, "--seed must be a 32-bit number", False),
-    ({"memory_budget": 0}, "--memory-budget must be positive", False),
-    ({"cpu_budget": math.nan}, "--cpu-budget must be positive", False),
-    ({"idle_timeout": math.nan}, "sampling.idle_timeout must be a positive number of seconds", False),
-    ({"idle_timeout": -1.0}, "sampling.idle_timeout must be a positive number of seconds", False),
+    ({"min_rate": 0.0}, "--min-rate must be in (0, 1]", True),
+    ({"seed": 2**32}, "--seed must be a 32-bit number", True),
+    ({"memory_budget": 0}, "--memory-budget must be positive", True),
+    ({"cpu_budget": math.nan}, "--cpu-budget must be positive", True),
+    ({"idle_timeout": math.nan}, "sampling.idle_timeout must be a positive number of seconds", True),
+    ({"idle_timeout": -1.0}, "sampling.idle_timeout must be a positive number of seconds", True),
 ]
 
 
@@ -90,7 +90,8 @@ def test_sampling_conflict_is_a_usage_error(fields: dict[str, Any], message: str
 
 def test_every_sampling_check_is_covered() -> None:
     source = inspect.getsource(TapSettings._validate_sampling)
-    assert source.count("raise UsageError(") == len({c[1] for c in SAMPLING_CONFLICTS})
+    checks = source.count("raise UsageError(") + source.count("check_memory_budget(")
+    assert checks == len({c[1] for c in SAMPLING_CONFLICTS})
 
 
 @pytest.mark.parametrize(("settings", "message", "has_hint"), CONFLICTS, ids=[c[1][:40] for c in CONFLICTS])

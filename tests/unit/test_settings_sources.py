@@ -209,3 +209,13 @@ def test_resolve_rejects_unknown_keys_from_each_source(tmp_path: Path) -> None:
                    parsers=ss.tap_parsers())
     with pytest.raises(UsageError, match=r"setting 'workers' \(from env KSTAP_WORKERS\)"):
         ss.resolve(TapSettings, env={"HOME": str(tmp_path), "KSTAP_WORKERS": "many"})
+
+
+def test_binary_config_file_is_a_usage_error_with_a_hint(cli, tmp_path: Path) -> None:
+    from tests.conftest import assert_two_line_error
+
+    path = tmp_path / "config.yaml"
+    path.write_bytes(b"\x00\x01\x02\xff\xfe\x89PNG")
+    res = cli("tap", "--config", str(path), "--read", str(tmp_path / "x.pcapng"))
+    assert res.code == 2
+    assert_two_line_error(res.err, f"config file {str(path)!r} is not UTF-8 text")

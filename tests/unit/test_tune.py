@@ -56,3 +56,23 @@ def test_flaky_stability_run_steps_down() -> None:
 
     result = tune(trial, start=1.0)
     assert result.converged and result.recommended is not None and result.recommended <= 0.5
+
+
+@pytest.mark.parametrize(("budget", "message"), [("-5Mi", "bad size '-5Mi': sizes cannot be negative"),
+                                                 ("1Ki", "--memory-budget 1 KiB is below the 32 MiB"),
+                                                 ("0", "--memory-budget must be positive")])
+def test_tune_refuses_absurd_budgets_before_any_trial(cli, tmp_path, budget: str, message: str) -> None:
+    from tests.conftest import assert_two_line_error
+
+    res = cli("tune", "--read", str(tmp_path / "x.pcapng"), "--memory-budget", budget)
+    assert res.code == 2, res.err
+    assert_two_line_error(res.err, message)
+
+
+@pytest.mark.parametrize("budget", ["1Ki", "31Mi", "-1"])
+def test_tap_refuses_a_memory_budget_it_cannot_keep(cli, tmp_path, budget: str) -> None:
+    from tests.conftest import assert_two_line_error
+
+    res = cli("tap", "--read", str(tmp_path / "x.pcapng"), "--mode", "auto", "--memory-budget", budget)
+    assert res.code == 2
+    assert_two_line_error(res.err, "bad size" if budget.startswith("-") else "--memory-budget")

@@ -1,0 +1,1 @@
+"""kstap report: a self-contained HTML page about one capture."""
