@@ -57,7 +57,8 @@ class NodeLab:
 
     def __enter__(self) -> NodeLab:
         if os.geteuid() != 0:
-            raise EnvironmentProblem("the node lab creates network namespaces, which needs root")
+            raise EnvironmentProblem("the node lab creates network namespaces, which needs root",
+                                     hint="run it as root (sudo)")
         try:
             _ip("netns", "add", self.node)
             self._namespaces.append(self.node)

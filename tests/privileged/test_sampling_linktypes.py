@@ -225,6 +225,8 @@ def flows(path: Path, wireshark: object, base: int) -> Counter[int]:
 
 
 def check_share(kept: Counter[int], every: Counter[int], per: int) -> None:
+    if not every:  # seen only with the tun under heavy load: tcpdump's socket on it received nothing
+        pytest.skip("the reference capture (tcpdump) holds no packet of this run")
     assert len(every) == FLOWS and set(every.values()) == {per}, Counter(every.values())
     assert set(kept) <= set(every)
     whole = {f for f, n in kept.items() if n == every[f]}
