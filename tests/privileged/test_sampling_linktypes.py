@@ -107,7 +107,7 @@ class Run:
         time.sleep(0.3)
 
     def stop(self) -> None:
-        time.sleep(0.7)
+        time.sleep(1.5)  # past libpcap's 1 s block timeout: tcpdump hands its last partial block over
         for p in self.procs:
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGINT)
