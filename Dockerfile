@@ -4,10 +4,13 @@
 #   docker push REGISTRY/kstap:0.1.0
 #   kstap tap -n NAMESPACE --worker-image REGISTRY/kstap:0.1.0 …
 #
-# Not built in kstap's CI (no container engine there): see docs/kubernetes.md, "What was tested".
+# BASE_IMAGE: a Python 3.11 image with pip (default: the public python:3.11-slim). `make cluster` builds this
+# file with buildah and --build-arg BASE_IMAGE=localhost/kstap-python:3.11 (made from a debootstrap base, no
+# registry): docs/kubernetes.md, "The test cluster".
+ARG BASE_IMAGE=python:3.11-slim
 
 # -- build: kstap's wheel (with the optional C fast path) and its dependencies' wheels ----------------
-FROM python:3.11-slim AS build
+FROM ${BASE_IMAGE} AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends gcc libc6-dev \
  && rm -rf /var/lib/apt/lists/*
@@ -17,7 +20,7 @@ COPY kstap/ kstap/
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 # -- runtime -----------------------------------------------------------------------------------------
-FROM python:3.11-slim
+FROM ${BASE_IMAGE}
 LABEL org.opencontainers.image.title="kstap" \
       org.opencontainers.image.description="kstap capture worker: flow-sampling packet capture on a resource budget" \
       org.opencontainers.image.licenses="Apache-2.0"

@@ -5,22 +5,31 @@ SHELL := bash
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := libpcap0.8 libpcap-dev tshark tcpdump iproute2 tmux util-linux prometheus chromium fonts-dejavu-core
+APT_PACKAGES := libpcap0.8 libpcap-dev tshark tcpdump iproute2 tmux util-linux prometheus chromium fonts-dejavu-core \
+	curl knot knot-dnsutils bind9-dnsutils unbound nghttp2-server nghttp2-client
+# prometheus: promtool for the rules check; chromium: the report's browser test.
+# knot, unbound: real DNS servers, nghttp2: a real HTTP/2 client and server, kdig/nsupdate/curl: real
+# clients for the dissection corpus (tests/privileged/test_dissect_corpus.py). Their services are not
+# started at install (policy-rc.d): the tests run them in namespaces.
 PYTEST_ARGS ?=
 FUZZ_SECONDS ?= 60
 
-.PHONY: help deps system-deps venv demo test unit lint type bench bench-dashboard docs golden sample clean fuzz soak
+.PHONY: help deps system-deps venv demo test unit lint type bench bench-dissect bench-dashboard docs golden sample clean fuzz soak \
+        cluster-deps cluster cluster-down e2e
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-system-deps: ## apt packages: libpcap, tshark, tcpdump/dumpcap, iproute2, tmux
+system-deps: ## apt packages: libpcap, tshark, tcpdump/dumpcap, iproute2, tmux, DNS/HTTP peers for the corpus
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections; \
 	  apt-get update -qq; \
+	  policy=""; if [ ! -e /usr/sbin/policy-rc.d ]; then \
+	    policy=/usr/sbin/policy-rc.d; printf '#!/bin/sh\nexit 101\n' > $$policy; chmod +x $$policy; fi; \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  if [ -n "$$policy" ]; then rm -f $$policy; fi; \
 	fi
 
 $(VENV)/.installed: pyproject.toml setup.py kstap/capture/_ringfast.c
@@ -52,8 +61,12 @@ lint: venv ## ruff, and the import contract (.importlinter: layers, no cycles)
 type: venv ## mypy --strict on the package
 	$(VENV)/bin/mypy kstap
 
-bench: deps ## kstap vs tcpdump vs dumpcap on veth traffic → docs/benchmarks.md
+bench: deps ## kstap vs tcpdump vs dumpcap on veth traffic → docs/benchmarks.md; then bench-dissect
 	$(PY) benchmarks/capture_cpu.py --out docs/benchmarks.md
+	$(MAKE) bench-dissect
+
+bench-dissect: deps ## HTTP/1 dissection, kstap vs tshark per CPU-second (root) → docs/benchmarks-dissect.md
+	$(PY) benchmarks/dissect_vs_tshark.py --conns 8 --requests 5000 --out docs/benchmarks-dissect.md
 
 bench-dashboard: venv ## dashboard CPU at 1 Hz vs none, kstap --help time → docs/benchmarks-dashboard.md
 	$(PY) benchmarks/dashboard_cpu.py --out docs/benchmarks-dashboard.md
@@ -72,6 +85,28 @@ golden: venv ## regenerate the dashboard's golden frames (tests/golden/dashboard
 
 sample: deps ## regenerate examples/sample.pcapng from the demo network
 	$(PY) examples/make_sample.py
+
+# -- the real Kubernetes cluster of tests/cluster/ (docs/kubernetes.md, "The test cluster"); root, not part of test
+CLUSTER_APT_PACKAGES := containerd runc containernetworking-plugins buildah debootstrap etcd-server etcd-client \
+                        gcc libc6-dev openssl util-linux iproute2
+E2E_ARGS ?=
+
+cluster-deps: system-deps
+	@missing=""; for p in $(CLUSTER_APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+cluster: cluster-deps venv ## a real local cluster (2 kubelets, containerd, runc, CNI) → .cluster/kubeconfig
+	$(PY) cluster/kcluster.py up
+
+cluster-down: ## stop the cluster, remove its processes, namespaces, mounts, cgroups and veths
+	python3 cluster/kcluster.py down
+
+e2e: deps ## tests/cluster/ against the running cluster (make cluster first)
+	KSTAP_E2E=1 KUBECONFIG=$(CURDIR)/.cluster/kubeconfig $(PY) -m pytest tests/cluster $(E2E_ARGS)
 
 clean: ## remove the venv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -169,8 +169,9 @@ class CommentSource(Source, Protocol):
 class EntrySource(Source, Protocol):
     """``dissected_upstream``: entries (NDJSON objects) that came with the packets."""
 
-    def take_entries(self) -> list[dict[str, Any]]:
-        """The entries received since the last call, oldest first."""
+    def take_entries(self, final: bool = False) -> list[dict[str, Any]]:
+        """The entries received since the last call, oldest first (``final``: the capture is over, nothing
+        is held back any more)."""
 
 
 class LinkEventSource(Source, Protocol):

@@ -24,6 +24,10 @@ from kstap.cli.main import run
 ROOT = Path(__file__).resolve().parent.parent
 """The project directory (where ``python -m kstap`` finds the package)."""
 
+collect_ignore = [] if os.environ.get("KSTAP_E2E") else ["cluster"]
+"""tests/cluster/ needs the real cluster of `make cluster`: only `make e2e` (KSTAP_E2E=1) collects it, so
+`make test` stays fast and cluster-free."""
+
 ROOT_WARNING = 'Running as user "root"'
 """tshark/dumpcap print this on stderr for every run as root; it is not an error."""
 

@@ -295,6 +295,8 @@ class AfPacketSource:
             self._poll.register(r.fileno(), select.POLLIN | select.POLLERR)
             self._by_fd[r.fileno()] = r
         self._merge: TimeOrderedMerge[PacketRecord] = TimeOrderedMerge(_ts)
+        self.gone: list[str] = []
+        """Interfaces that went away during the capture (while others remained: see :meth:`read`)."""
         self._lag_ns = (max((r._ring.retire_ms for r in rings), default=20) + 30) * 1_000_000
         self.events: list[InterfaceEvent] = []
         self._ended: KstapError | None = None
@@ -353,6 +355,7 @@ class AfPacketSource:
             time.sleep(0.005)
         ring.read_blocks(out)
         ring.gone = True
+        self.gone.append(ring.name)
         with contextlib.suppress(KeyError, ValueError):
             self._poll.unregister(ring.fileno())
         self.events.append(InterfaceEvent(time.time_ns(), LinkChange.VANISHED, ring.name, ring.ifindex))

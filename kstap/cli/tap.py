@@ -27,6 +27,10 @@ def tap(
     worker_image: str | None = typer.Option(None, "--worker-image", help="Image of the capture workers."),
     ready_timeout: float = typer.Option(120.0, "--ready-timeout", help="Seconds to wait for workers Ready."),
     keep_workers: bool = typer.Option(False, "--keep-workers", help="Leave the workers running (kstap clean)."),
+    data_path: str = typer.Option("proxy", "--data-path",
+                                  help="Reach the workers through the API server (proxy), direct, or auto."),
+    api_budget: str = typer.Option("8M", "--api-budget",
+                                   help="Bytes/s the capture may take through the API server, e.g. 8M (0: unbounded)."),
     interface: list[str] = typer.Option([], "-i", "--interface", help="Interface to capture on (repeatable)."),
     bpf_filter: str = typer.Option("", "--bpf-filter", "-f", help="BPF capture filter (pcap-filter(7) syntax)."),
     write: str | None = typer.Option(None, "-w", "--write", help="pcapng output file; '-' writes to stdout."),
@@ -85,8 +89,13 @@ def tap(
     from kstap.cli.kube_tap import KubeTapOptions
     from kstap.cli.kube_tap import run as run_kube
 
+    if data_path not in ("auto", "direct", "proxy"):
+        raise UsageError(f"--data-path {data_path!r}: not one of auto, direct, proxy",
+                         hint="proxy (the default), direct (the nodes' addresses are routable here), or auto")
+    budget = parse_size(api_budget)
     kube = KubeTapOptions(pod_regex, list(namespace), all_namespaces, list(exclude_namespace), kubeconfig, context,
-                          dry_run, worker_image, ready_timeout, keep_workers)
+                          dry_run, worker_image, ready_timeout, keep_workers, data_path=data_path,
+                          api_budget=float(budget) if budget else None)
     if kube.wanted or dry_run:
         if settings.interfaces:
             raise UsageError("-i and pod targets (-n/-A/POD_REGEX) cannot be used together",

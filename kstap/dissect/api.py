@@ -55,6 +55,9 @@ class Entry:
     """"udp" or "tcp" for DNS."""
     error: str | None = None
     """Why the exchange is incomplete: "gap", "malformed", "evicted", "no-response", …"""
+    resynced: bool | None = None
+    """True on exchanges that began after the parser resynchronised from a gap on the connection:
+    complete as seen, but their pairing follows a guess about what the gap held."""
 
     def to_json(self) -> dict[str, object]:
         """The NDJSON object: None fields dropped, ``"schema": 1`` added."""

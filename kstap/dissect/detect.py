@@ -1,6 +1,6 @@
 """Which protocol a TCP connection speaks, judged by its first client bytes (ports only break ties).
 
-- HTTP/1.x: a request line ``METHOD SP target SP HTTP/1.x CRLF`` (an h2c ``Upgrade`` is HTTP/1 until
+- HTTP/1.x: a request line ``METHOD SP target SP HTTP/1.x CRLF`` (or a bare LF) (an h2c ``Upgrade`` is HTTP/1 until
   the server's ``101``; :mod:`kstap.dissect.http1` hands over then).
 - HTTP/2 with prior knowledge: the client preface ``PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n``.
 - DNS over TCP: a 2-byte length, then a plausible query header (QR=0, standard opcode, one question).
@@ -60,10 +60,12 @@ def http2_parser_class() -> Any | None:
 def http1_request(data: bytes) -> bool | None:
     """True: starts with an HTTP/1 request line; False: cannot; None: too short to tell."""
     pos = 0
-    while data.startswith(b"\r\n", pos):
-        pos += 2
+    while data.startswith(b"\r\n", pos) or data.startswith(b"\n", pos):
+        pos += 2 if data[pos] == 13 else 1
     head = data[pos : pos + DETECT_LIMIT]
-    end = head.find(b"\r\n")
+    end = head.find(b"\n")  # the line may end in a bare LF (RFC 9112 §2.2)
+    if end > 0 and head[end - 1] == 13:
+        end -= 1
     if end < 0:
         if len(head) >= DETECT_LIMIT:
             return False

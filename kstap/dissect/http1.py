@@ -6,9 +6,16 @@ buffers message heads and chunk-size lines, counts body bytes by arithmetic, and
 sniffer must know that a server-side parser does not — the response to a HEAD request has no body,
 1xx responses are interim, 101 hands the connection to HTTP/2 (h2c) or to an opaque tunnel.
 
+Lines may end in a bare LF (RFC 9112 §2.2 lets a recipient accept it, and real servers answer such
+requests); a head is normalised to CRLF before its fields are read.
+
 Pairing is FIFO (pipelining is ordered in HTTP/1.1). A gap inside a body of known length is
-survivable (the exchange is marked ``error: "gap"``); any other gap gives up on the connection
-cleanly (pending exchanges are flushed as ``gap``) rather than risk pairing the wrong messages.
+survivable (the exchange is marked ``error: "gap"``). Any other gap resynchronises when that is
+safe — at most one exchange was outstanding, so no answer can slip onto the wrong request: the
+exchanges the gap touched are flushed as ``gap``, the direction waits for a segment that starts
+with a request (status) line, a response whose request was lost becomes an entry of its own
+(status only, ``gap``), and every exchange after the gap is marked ``resynced``. With more
+exchanges in flight (pipelining) the connection is given up cleanly instead.
 """
 
 from __future__ import annotations
@@ -38,10 +45,13 @@ BASE_COST = 900
 """Bytes of the parser itself with its two direction states."""
 
 # direction states
-HEAD, BODY, CHUNK_SIZE, CHUNK_DATA, TRAILERS, UNTIL_CLOSE, TUNNEL, UPGRADE_WAIT = range(8)
+HEAD, BODY, CHUNK_SIZE, CHUNK_DATA, TRAILERS, UNTIL_CLOSE, TUNNEL, UPGRADE_WAIT, RESYNC = range(9)
 
-_REQUEST_LINE = re.compile(rb"([A-Z][A-Z0-9_-]{0,31}) ([^ \r\n]+) HTTP/1\.([01])\r\n")
-_STATUS_LINE = re.compile(rb"HTTP/1\.[01] ([0-9]{3})(?:[ \t][^\r\n]*)?\r\n")
+_REQUEST_LINE = re.compile(rb"([A-Z][A-Z0-9_-]{0,31}) ([^ \r\n]+) HTTP/1\.([01])\r?\n")
+_STATUS_LINE = re.compile(rb"HTTP/1\.[01] ([0-9]{3})(?:[ \t][^\r\n]*)?\r?\n")
+_STATUS_START = re.compile(rb"HTTP/1\.[01] [0-9]{3}[ \t\r\n]")
+_STATUS_PREFIX = re.compile(rb"H(?:T(?:T(?:P(?:/(?:1(?:\.(?:[01](?: [0-9]{0,3})?)?)?)?)?)?)?)?$")
+_REQUEST_PREFIX = re.compile(rb"[A-Z][A-Z0-9_-]{0,31}(?: [^ \r\n]*(?: H[A-Z/0-9.]*\r?)?)?$")
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 
 
@@ -49,9 +59,34 @@ def _text(raw: bytes) -> str:
     return raw.decode("utf-8", "backslashreplace")
 
 
+def _head_end(data: bytes, pos: int) -> int:
+    """The position after the empty line that ends the head, looked for from ``pos`` (-1: not there yet).
+
+    ``\n\r\n`` finds both CRLF CRLF and a bare LF followed by CRLF; ``\n\n`` (bare LFs) is looked for
+    only before that, so the common case costs one extra bounded scan.
+    """
+    end = data.find(b"\n\r\n", pos)
+    lf = data.find(b"\n\n", pos, end + 1 if end >= 0 else len(data))
+    if lf >= 0:
+        return lf + 2
+    return end + 3 if end >= 0 else -1
+
+
+def _crlf(head: bytes) -> bytes:
+    """``head`` with every line ending in CRLF (bare LFs are legal line ends for a recipient)."""
+    if head.count(b"\n") == head.count(b"\r\n"):
+        return head
+    return head.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+def _digits(value: bytes) -> bytes:
+    """A decimal number without its leading zeros ("007" is 7: leading zeros are legal)."""
+    return value.lstrip(b"0") or b"0"
+
+
 class _Exchange:
     __slots__ = ("authority", "body_length", "error", "method", "path", "raw_head", "req_bytes", "req_done",
-                 "resp_bytes", "resp_done", "status", "t0", "t_end", "version")
+                 "resp_bytes", "resp_done", "resynced", "status", "t0", "t_end", "version")
 
     def __init__(self, method: str, path: str, version: str, t0: int) -> None:
         self.method = method
@@ -69,6 +104,8 @@ class _Exchange:
         self.raw_head: bytes | None = None
         """The request head, kept only for an h2c Upgrade request (HTTP/2 makes it stream 1)."""
         self.body_length = 0
+        self.resynced = False
+        """Begun after a gap the connection resynchronised from (its pairing is the parser's best guess)."""
 
 
 class _Dir:
@@ -97,7 +134,7 @@ class _Head:
         if cl >= 0:
             start = cl + 17
             value = low[start : low.find(b"\r\n", start)].strip()
-            if value.isdigit() and len(value) <= 15 and low.find(b"\r\ncontent-length:", start) < 0:
+            if value.isdigit() and len(_digits(value)) <= 15 and low.find(b"\r\ncontent-length:", start) < 0:
                 self.length = int(value)  # the usual case: one plain number
                 if self.length > MAX_BODY:
                     raise ParserError(f"absurd Content-Length {self.length}", "too-large")
@@ -107,15 +144,19 @@ class _Head:
         if b"\r\ntransfer-encoding:" in low:
             te = _values(low, b"\r\ntransfer-encoding:")
             self.chunked = te[-1].endswith(b"chunked")
-        host = low.find(b"\r\nhost:")
-        if host >= 0:
-            start = host + 7
-            self.host: bytes | None = head[start : low.find(b"\r\n", start)].strip()
-        else:
-            self.host = None
+        self.host = _host(head, low)
         self.upgrade: bytes | None = None
         if b"\r\nupgrade:" in low:
             self.upgrade = _values(low, b"\r\nupgrade:")[0]
+
+
+def _host(head: bytes, low: bytes) -> bytes | None:
+    """The Host header's value (``low`` is ``head`` lower-cased)."""
+    host = low.find(b"\r\nhost:")
+    if host < 0:
+        return None
+    start = host + 7
+    return head[start : low.find(b"\r\n", start)].strip()
 
 
 def _values(low: bytes, name: bytes) -> list[bytes]:
@@ -137,7 +178,7 @@ def _length(low: bytes) -> int:
     for value in _values(low, b"\r\ncontent-length:"):
         for part in value.split(b","):  # "5, 5" is legal when the values agree
             part = part.strip()
-            if not part.isdigit() or len(part) > 15:
+            if not part.isdigit() or len(_digits(part)) > 15:
                 raise ParserError(f"absurd Content-Length {part[:20]!r}", "too-large" if part.isdigit() else
                                   "malformed")
             numbers.add(int(part))
@@ -161,6 +202,7 @@ class Http1Parser:
         self._h2: StreamParser | None = None
         self._hold = b""  # client bytes after an h2c Upgrade request, before the answer
         self._raw_held = 0  # bytes of upgrade request heads kept
+        self._resynced = False  # a gap was resynchronised: later exchanges are marked
 
     # -- StreamParser ----------------------------------------------------------------------------
     def feed(self, direction: int, data: bytes, ts_ns: int) -> list[Entry]:
@@ -204,6 +246,10 @@ class Http1Parser:
             d.ex.resp_bytes += nbytes
         elif d.state == TUNNEL:
             pass
+        elif d.state == RESYNC:
+            d.buf = b""  # still looking for a start line; a start held so far no longer joins what follows
+        elif self._can_resync(direction):
+            self._lose(direction, ts_ns)
         else:
             self._give_up("gap")
         out, self._out = self._out, []
@@ -230,24 +276,84 @@ class Http1Parser:
         return (BASE_COST + len(a.buf) + len(b.buf) + len(self._hold) + self._raw_held
                 + EXCHANGE_COST * (len(self._pending) + 1))
 
+    # -- resynchronising after a gap ------------------------------------------------------------
+    def _can_resync(self, direction: int) -> bool:
+        """Whether bytes lost in ``direction`` cannot make a later answer pair with the wrong request."""
+        client = self._dirs[0]
+        if client.state in (UPGRADE_WAIT, TUNNEL):
+            return False
+        if direction == 0:  # no request but the one being read may still be waiting for its answer
+            return all(ex is client.ex for ex in self._pending)
+        return len(self._pending) <= 1  # the lost bytes answered at most that one request
+
+    def _lose(self, direction: int, ts: int) -> None:
+        """Flush what the gap touched as ``gap``; the direction waits for its next start line."""
+        self._resynced = True
+        d = self._dirs[direction]
+        if direction == 0:
+            ex = d.ex
+            if ex is not None:
+                ex.error = "gap"
+                self._request_done(d, ts)
+        else:
+            while self._pending:
+                ex = self._pending.popleft()
+                ex.error, ex.resp_done = "gap", True
+                if ex.t_end < ex.t0:
+                    ex.t_end = ts
+                if ex.req_done:
+                    self._emit(ex)
+            d.ex = None
+        d.state, d.buf, d.chunked = RESYNC, b"", False
+
+    @staticmethod
+    def _resync_at(d: _Dir, data: bytes, request: bool) -> bytes | None:
+        """``data`` when this segment starts a message (the direction reads on from it), else None.
+
+        Only a segment's start is tried, never the middle of one, so a body that quotes HTTP is not
+        taken for a message; a start too short to tell (a start line cut by the segment) is held.
+        """
+        if d.buf:
+            data, d.buf = d.buf + data, b""
+        start = data.lstrip(b"\r\n") if request else data
+        if request:
+            end = start.find(b"\n")
+            ok = end >= 0 and _REQUEST_LINE.match(start, 0, end + 1) is not None
+            undecided = end < 0 and len(start) < MAX_LINE and _REQUEST_PREFIX.match(start) is not None
+        else:
+            ok = _STATUS_START.match(start) is not None
+            undecided = _STATUS_PREFIX.match(start) is not None
+        if ok:
+            d.state = HEAD
+            return data
+        if undecided:
+            d.buf = data
+        return None
+
     # -- the client direction --------------------------------------------------------------------
     def _client(self, data: bytes, ts: int, skip: int = 0) -> None:
         d = self._dirs[0]
         pos, n = 0, len(data)
         if skip:  # a gap inside a body: consume it as if it had been seen
             data, n = b"", skip
+        if d.state == RESYNC:
+            found = self._resync_at(d, data, True)
+            if found is None:
+                return
+            data, n = found, len(found)
         while pos < n:
             st = d.state
             if st == HEAD:
-                if d.buf:
+                scan = 0
+                if d.buf:  # a head begun earlier: its end can only be in (or just before) the new bytes
+                    scan = len(d.buf) - 3
                     data, pos, n, d.buf = d.buf + data[pos:], 0, len(d.buf) + n - pos, b""
-                while data.startswith(b"\r\n", pos):
-                    pos += 2
-                end = data.find(b"\r\n\r\n", pos)
+                while data.startswith(b"\r\n", pos) or data.startswith(b"\n", pos):
+                    pos += 2 if data[pos] == 13 else 1
+                end = _head_end(data, max(pos, scan))
                 if end < 0:
                     self._keep(d, data, pos)
                     return
-                end += 4
                 self._request_head(d, data[pos:end], ts)
                 pos = end
             elif st == UPGRADE_WAIT:
@@ -268,17 +374,24 @@ class Http1Parser:
             raise ParserError(f"not an HTTP/1 request line: {head[:60]!r}")
         if len(self._pending) >= MAX_PENDING:
             raise ParserError("too many pipelined requests without a response", "pipeline-flood")
-        h = _Head(head)
         ex = _Exchange(m.group(1).decode("ascii"), _text(m.group(2)), "http/1.0" if m.group(3) == b"0" else
                        "http/1.1", ts)
         ex.req_bytes = len(head)
+        ex.resynced = self._resynced
+        self._pending.append(ex)  # before its framing is judged: a refused request still gets its entry
+        head = _crlf(head)
+        try:
+            h = _Head(head)
+        except ParserError:  # refused for its framing: its entry still names the host
+            host = _host(head, head.lower())
+            ex.authority = _text(host) if host is not None else None
+            raise
         if h.host is not None:
             ex.authority = _text(h.host)
         if h.upgrade is not None and b"h2c" in h.upgrade:
             ex.raw_head = head
             ex.body_length = h.length or 0
             self._raw_held += len(head)
-        self._pending.append(ex)
         d.ex = ex
         if h.chunked:
             d.state, d.chunked = CHUNK_SIZE, True
@@ -303,16 +416,22 @@ class Http1Parser:
         pos, n = 0, len(data)
         if skip:
             data, n = b"", skip
+        if d.state == RESYNC:
+            found = self._resync_at(d, data, False)
+            if found is None:
+                return
+            data, n = found, len(found)
         while pos < n:
             st = d.state
             if st == HEAD:
+                scan = 0
                 if d.buf:
+                    scan = len(d.buf) - 3
                     data, pos, n, d.buf = d.buf + data[pos:], 0, len(d.buf) + n - pos, b""
-                end = data.find(b"\r\n\r\n", pos)
+                end = _head_end(data, max(pos, scan))
                 if end < 0:
                     self._keep(d, data, pos)
                     return
-                end += 4
                 rest = self._response_head(d, data[pos:end], ts)
                 pos = end
                 if rest:  # handed over to HTTP/2: the remaining bytes are its
@@ -338,16 +457,22 @@ class Http1Parser:
         m = _STATUS_LINE.match(head)
         if m is None:
             raise ParserError(f"not an HTTP/1 status line: {head[:60]!r}")
-        h = _Head(head)
         if not self._pending:
-            raise ParserError("a response without a request", "unpaired")
+            if not self._resynced:
+                raise ParserError("a response without a request", "unpaired")
+            orphan = _Exchange("", "", "http/1.1", ts)  # answers a request lost in the gap
+            orphan.req_done, orphan.error = True, "gap"
+            self._pending.append(orphan)
         status = int(m.group(1))
         ex = self._pending[0]
         ex.resp_bytes += len(head)
         ex.t_end = ts
         if 100 <= status < 200 and status != 101:  # interim: the final response follows
+            _Head(_crlf(head))
             return False
         ex.status = status
+        head = _crlf(head)
+        h = _Head(head)
         if status == 101:
             self._pending.popleft()
             ex.resp_done = True
@@ -415,16 +540,19 @@ class Http1Parser:
                     held = d.buf
                     data, d.buf = held + data[pos:n], b""
                     pos, n, start = 0, len(data), len(held)
-                end = data.find(b"\r\n", pos)
+                end = data.find(b"\n", pos, n)
                 if end < 0:
                     if n - pos > MAX_LINE:
                         raise ParserError("chunk-size or trailer line too long", "too-large")
                     d.buf = data[pos:n]
                     pos = n
                     break
-                line = data[pos:end]
-                pos = end + 2
+                line = data[pos:end - 1] if end > pos and data[end - 1] == 13 else data[pos:end]
+                pos = end + 1
                 if st == CHUNK_SIZE:
+                    if not line and d.lines < 0:  # the line end after a chunk's data
+                        d.lines = 0
+                        continue
                     size_text = line.split(b";", 1)[0].strip()
                     if not size_text or len(size_text) > 12 or not _HEX.issuperset(size_text):
                         raise ParserError(f"bad chunk size {size_text[:20]!r}",
@@ -433,7 +561,7 @@ class Http1Parser:
                     if size > MAX_BODY:
                         raise ParserError(f"absurd chunk size {size}", "too-large")
                     if size:
-                        d.state, d.remaining = CHUNK_DATA, size + 2
+                        d.state, d.remaining, d.lines = CHUNK_DATA, size, -1
                     else:
                         d.state, d.lines = TRAILERS, 0
                 elif line:
@@ -486,12 +614,13 @@ class Http1Parser:
             self._raw_held -= len(ex.raw_head)
             ex.raw_head = None
         f = self.flow
-        latency = (ex.t_end - ex.t0) / 1e6 if ex.status is not None and ex.t_end >= ex.t0 else None
+        latency = (ex.t_end - ex.t0) / 1e6 if ex.status is not None and ex.t_end >= ex.t0 and ex.method else None
         self._out.append(Entry(
             time=ex.t0 / 1e9, flow_id=f.flow_id, protocol=ex.version, client=f.client, server=f.server,
-            method=ex.method, path=ex.path, authority=ex.authority, status=ex.status,
+            method=ex.method or None, path=ex.path or None, authority=ex.authority, status=ex.status,
             request_bytes=ex.req_bytes, response_bytes=ex.resp_bytes,
-            latency_ms=round(latency, 3) if latency is not None else None, error=ex.error))
+            latency_ms=round(latency, 3) if latency is not None else None, error=ex.error,
+            resynced=True if ex.resynced else None))
 
     def _give_up(self, why: str | None) -> None:
         """Flush every exchange still open (marked ``why``, or by what is missing) and stop."""

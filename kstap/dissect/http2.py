@@ -142,7 +142,7 @@ class _Side:
         """Timestamp of the oldest unconsumed byte in ``buf``."""
         self.decoder = hpack.Decoder(max_header_list_size=limits.max_header_list)
         self.max_frame = DEFAULT_MAX_FRAME
-        """Largest frame this direction may send (the receiver's SETTINGS_MAX_FRAME_SIZE)."""
+        """Largest frame this direction may send (the receiver's SETTINGS_MAX_FRAME_SIZE, as seen)."""
         self.frames = 0
         # current frame
         self.ftype = 0
@@ -192,6 +192,8 @@ class Http2Parser:
         self._ts = 0
         self._old = 0
         self._pending_start = False
+        self.oversized_frames = 0
+        """Frames longer than any SETTINGS_MAX_FRAME_SIZE seen (read on: see ``_on_head``)."""
         if upgraded:
             # RFC 9113 §3.2: the upgrade request is stream 1, half-closed from the client's side.
             s = _Stream(1, 0)
@@ -365,8 +367,11 @@ class Http2Parser:
             raise ParserError("HTTP/2 connection does not start with SETTINGS")
         side.frames += 1
         if length > side.max_frame:
-            raise ParserError(f"HTTP/2 frame of {length} bytes exceeds the maximum {side.max_frame}",
-                              kind="too-large")
+            # Legal once a SETTINGS_MAX_FRAME_SIZE allowed it, and that SETTINGS may be one we never saw
+            # (capture began late, a segment was lost, the peer's settings were still in flight). The
+            # length costs nothing by itself: DATA is counted, never buffered, and every frame kept in
+            # memory has its own cap below (header block, SETTINGS, GOAWAY's 8 bytes, fixed lengths).
+            self.oversized_frames += 1
         if side.block is not None and (ftype != CONTINUATION or sid != side.block_sid):
             raise ParserError("header block interrupted before END_HEADERS")
         if ftype in _ON_STREAM and sid == 0:

@@ -11,7 +11,8 @@ Link layers and tunnels (Ethernet + VLAN/QinQ, Linux cooked v1/v2, raw IP, BSD l
 VXLAN/Geneve inner frames) are located by :mod:`kstap.linklayer`, the one frame decoder the flow
 key uses too; from there a minimal parser reads IPv4 without fragments, IPv6 with
 hop-by-hop/routing/destination headers skipped, TCP and UDP: dpkt builds a full object tree per
-packet and is ~10x slower for this (``benchmarks/dissect_parsers.py``). dpkt decodes DNS messages.
+packet and is ~10x slower for this (``benchmarks/dissect_parsers.py``). DNS messages are read by
+:mod:`kstap.dissect.dns` (header, first question, counts; every record skipped by its length).
 
 **Memory** is accounted as: a fixed cost per tracked connection (:data:`FLOW_COST`, from
 ``sys.getsizeof`` of its objects, checked against tracemalloc by a test) + bytes buffered ahead in
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field, replace
 
 from kstap.dissect.api import Entry
 from kstap.dissect.dns import PENDING_COST, DnsUdpTracker, UdpKey
-from kstap.dissect.reassembly import ACK, IGNORE, RST, SYN, Sink, TcpConn
+from kstap.dissect.reassembly import ACK, FIN, IGNORE, RST, SYN, Sink, TcpConn
 from kstap.linklayer import network
 from kstap.model import PacketRecord
 from kstap.sampling.flowhash import flow_id
@@ -285,6 +286,7 @@ class DissectStage:
             if ts - conn.last_ts > TICK_NS:  # keep the table in (approximate) least-recently-active order
                 del flows[key]
                 flows[key] = conn
+        gaps = self.sink.gaps
         try:
             conn.segment(side, flags, seq, ack, payload, wire_len, ts)
         except Exception:  # a reassembly bug: count it and drop this flow, not the batch
@@ -298,14 +300,18 @@ class DissectStage:
         if conn.finished:
             self._end(key, conn, "rst" if conn.reset else "fin", tomb=True)
             return
+        if not wire_len and not flags & (SYN | FIN) and gaps == self.sink.gaps:
+            return  # a bare acknowledgement that declared no gap moved no byte: the memory is as it was
         mem = FLOW_COST + conn.memory()
         self.total += mem - conn.mem
         conn.mem = mem
+        dns = self.dns.memory
         if mem > self.flow_cap:
             self._end(key, conn, "flow-cap", tomb=True)
-        elif self.total + self.dns.memory > self.memory_cap:
+        elif self.total + dns > self.memory_cap:
             self._global_evict()
-        now = self.total + self.dns.memory
+            dns = self.dns.memory
+        now = self.total + dns
         if now > self._peak:
             self._peak = now
 

@@ -160,11 +160,13 @@ class CaptureStats:
 class _Flow:
     """One flow instance being counted."""
 
-    __slots__ = ("bytes", "commented", "p", "packets", "shed")
+    __slots__ = ("bytes", "commented", "p", "packets", "shed", "uncommented_ok")
 
-    def __init__(self, p: float, commented: bool) -> None:
+    def __init__(self, p: float, commented: bool, uncommented_ok: bool = False) -> None:
         self.p = p
         self.commented = commented
+        self.uncommented_ok = uncommented_ok
+        """Its section's run is in full mode, which keeps every flow and writes no flow comments."""
         self.packets = 0
         self.bytes = 0
         self.shed = False
@@ -223,15 +225,17 @@ def summarize(reader: CaptureReader, path: str = "<stream>") -> CaptureStats:
     runs: list[RunSettings] = []
     section: list[str] | None = None
     default_p = 1.0
+    full_mode = False
     bad_rates = 0
     first_ns: int | None = None
     last_ns = 0
     error: str | None = None
 
     def new_section() -> None:
-        nonlocal section, default_p
+        nonlocal section, default_p, full_mode
         section = reader.shb_comments
         run = _run_settings(section)
+        full_mode = run is not None and run.mode == "full"
         if run is not None and run not in runs:
             runs.append(run)
         default_p = _default_p(run)
@@ -275,7 +279,7 @@ def summarize(reader: CaptureReader, path: str = "<stream>") -> CaptureStats:
                 else:  # packets of this flow came before its comment: the comment still names its p
                     flow.p, flow.commented = p, True
             elif flow is None:
-                flow = current[key] = _Flow(default_p, False)
+                flow = current[key] = _Flow(default_p, False, full_mode)
                 instances.append(flow)
             flow.packets += 1
             flow.bytes += origlen
@@ -285,6 +289,11 @@ def summarize(reader: CaptureReader, path: str = "<stream>") -> CaptureStats:
         error = str(exc)
     if reader.shb_comments is not section:  # a file with a section header and no packets
         new_section()
+    for st in reader.statistics:  # rate changes no packet carried (the capture ended first)
+        for note in _notes(st.comments):
+            if note.event == "rate" and (rate := _valid_rate(note.rate())) is not None:
+                points.append((st.time_ns, rate, _valid_rate(_float(note.fields.get("previous"))),
+                               note.fields.get("reason")))
 
     samples = [FlowSample(f.packets, f.bytes, f.p) for f in instances]
     if non_ip.packets:
@@ -297,8 +306,9 @@ def summarize(reader: CaptureReader, path: str = "<stream>") -> CaptureStats:
 
     warnings: list[str] = []
     uncommented = sum(1 for f in instances if not f.commented)
-    if sampled and uncommented:
-        warnings.append(f"{uncommented} flow(s) have no kstap flow comment (they started before this file, "
+    unexplained = sum(1 for f in instances if not f.commented and not f.uncommented_ok)
+    if sampled and unexplained:
+        warnings.append(f"{unexplained} flow(s) have no kstap flow comment (they started before this file, "
                         f"or the capture was edited); they are weighed by the run's rate {default_p:g}")
     if bad_rates:
         warnings.append(f"{bad_rates} flow comment(s) carry no usable rate; those flows are weighed by the "

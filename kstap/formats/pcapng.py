@@ -154,14 +154,20 @@ class InterfaceCounters:
     dropped: int
     delivered: int
     comment: str = ""
-    """An ``opt_comment`` for the ISB (what ``-i any`` dedup removed, interfaces that came and went)."""
+    """The ISB's comment: rate changes no packet carried (see Sampler.unwritten_rate_notes), what
+    ``-i any`` dedup removed, interfaces that came and went."""
 
 
 def _u64(code: int, value: int) -> bytes:
-    return option(code, struct.pack("<II", (value >> 32) & 0xFFFFFFFF, value & 0xFFFFFFFF))
+    """A counter option: a plain uint64 in the section's byte order (the spec's isb_ifrecv, …).
+
+    Older kstap files have them high 32 bits first, as for timestamps (other readers see such a count
+    n as n * 2^32); :func:`kstap.formats.savefile.isb_counter` still reads those right."""
+    return option(code, struct.pack("<Q", value & 0xFFFFFFFFFFFFFFFF))
 
 
 def _ts64(code: int, ts_ns: int) -> bytes:
+    """A timestamp option: high 32 bits first, then low (isb_starttime/isb_endtime, like EPB times)."""
     return option(code, struct.pack("<II", ts_ns >> 32, ts_ns & 0xFFFFFFFF))
 
 

@@ -45,6 +45,25 @@ class Statistics:
     filter_accept: int | None = None
     os_drop: int | None = None
     delivered: int | None = None
+    time_ns: int = 0
+    """The block's timestamp (when the counts were taken), epoch ns."""
+    comments: list[str] = field(default_factory=list)
+
+
+def isb_counter(value: bytes, endian: str, by_kstap: bool = False) -> int:
+    """An ISB counter option's value: a plain uint64 in the section's byte order (pcapng spec).
+
+    Back-compatibility: kstap once wrote counters high 32 bits first (two uint32s, as timestamps are
+    written), so its count n < 2^32 reads as n * 2^32. In a section kstap wrote (``by_kstap``: its
+    shb_userappl starts with "kstap "), a value whose low 32 bits are zero and high ones are not is
+    taken for that old layout. A file kstap writes now is misread only with a count that is an exact
+    multiple of 2^32; an old file only with a count of 2^32 or more. Other tools' files are read as
+    the spec says, always.
+    """
+    n: int = struct.unpack(endian + "Q", value)[0]
+    if by_kstap and n > 0xFFFFFFFF and not n & 0xFFFFFFFF:
+        return n >> 32
+    return n
 
 
 @dataclass
@@ -63,6 +82,8 @@ class CaptureReader:
         self.interfaces: list[Interface] = []
         self.statistics: list[Statistics] = []
         self.shb_comments: list[str] = []
+        self.application = ""
+        """The section's shb_userappl (which tool wrote it)."""
         self.packets = 0
         self._ifaces: list[_Iface] = []
         head = stream.read(4)
@@ -179,8 +200,9 @@ class CaptureReader:
     _options = staticmethod(pcapng.read_options)
 
     def _section(self, body: bytes, endian: str) -> None:
-        self.shb_comments = [v.decode(errors="replace") for c, v in self._options(body[16:], endian)
-                             if c == pcapng.OPT_COMMENT]
+        options = list(self._options(body[16:], endian))
+        self.shb_comments = [v.decode(errors="replace") for c, v in options if c == pcapng.OPT_COMMENT]
+        self.application = next((v.decode(errors="replace") for c, v in options if c == pcapng.SHB_USERAPPL), "")
 
     def _idb(self, body: bytes, endian: str) -> None:
         linktype, _, snaplen = struct.unpack_from(endian + "HHI", body)
@@ -252,13 +274,16 @@ class CaptureReader:
         return (ts, caplen, origlen, body[20 : 20 + caplen], if_id, 0), None
 
     def _isb(self, body: bytes, endian: str) -> None:
-        (if_id,) = struct.unpack_from(endian + "I", body)
-        st = Statistics(if_id)
+        if_id, hi, lo = struct.unpack_from(endian + "III", body)
+        iface = self._ifaces[if_id] if if_id < len(self._ifaces) else _Iface(Interface(""))
+        st = Statistics(if_id, time_ns=((hi << 32) | lo) * iface.ts_mul // iface.ts_div)
         names = {pcapng.ISB_IFRECV: "received", pcapng.ISB_IFDROP: "dropped",
                  pcapng.ISB_FILTERACCEPT: "filter_accept", pcapng.ISB_OSDROP: "os_drop",
                  pcapng.ISB_USRDELIV: "delivered"}
+        by_kstap = self.application.startswith("kstap ")
         for code, value in self._options(body[12:], endian):
             if code in names and len(value) == 8:
-                hi, lo = struct.unpack(endian + "II", value)
-                setattr(st, names[code], (hi << 32) | lo)
+                setattr(st, names[code], isb_counter(value, endian, by_kstap))
+            elif code == pcapng.OPT_COMMENT:
+                st.comments.append(value.decode(errors="replace"))
         self.statistics.append(st)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kstap.errors import KstapError, WorkerFailure
+from kstap.errors import KstapError, UsageError, WorkerFailure
 from kstap.kube.client import Conflict, Kube, NotFound, Op
 from kstap.kube.manifests import MANAGED_BY, RUN_LABEL, Obj, WorkerSpec, all_objects, daemonset
 
@@ -94,6 +94,13 @@ def apply(kube: Kube, objects: list[Obj]) -> list[str]:
         except Conflict:
             pass
         current = kube.call(Op("get", kind.resource, ns, meta["name"]), _fn(kube, kind, "read"), *_args(kind, obj))
+        if obj["kind"] == "Namespace" and _terminating(current):
+            # the previous run's clean deleted it a moment ago: nothing can be created in it until it is
+            # gone (kube-apiserver answers 403 "… because it is being terminated"), so wait, then create it
+            _await_gone(kube, kind, obj)
+            kube.call(Op("create", kind.resource), _fn(kube, kind, "create"), obj)
+            done.append(f"created {what} (after the previous one was deleted)")
+            continue
         labels = (current.get("metadata") or {}).get("labels") or {}
         if obj["kind"] == "Namespace" and labels.get("app.kubernetes.io/managed-by") != "kstap":
             done.append(f"kept {what} (not kstap's)")
@@ -102,6 +109,30 @@ def apply(kube: Kube, objects: list[Obj]) -> list[str]:
         kube.call(Op("update", kind.resource, ns, meta["name"]), _fn(kube, kind, "replace"), *_args(kind, obj), body)
         done.append(f"replaced {what}")
     return done
+
+
+NAMESPACE_GONE_TIMEOUT = 120.0
+"""Seconds to wait for a terminating namespace (its pods stop first, up to their grace period)."""
+
+
+def _terminating(obj: Obj) -> bool:
+    meta, status = obj.get("metadata") or {}, obj.get("status") or {}
+    return bool(meta.get("deletionTimestamp")) or status.get("phase") == "Terminating"
+
+
+def _await_gone(kube: Kube, kind: Kind, obj: Obj, timeout: float = NAMESPACE_GONE_TIMEOUT) -> None:
+    import time
+
+    name = obj["metadata"]["name"]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            kube.call(Op("get", kind.resource, None, name), _fn(kube, kind, "read"), name)
+        except (NotFound, UsageError):  # kube.call words a missing namespace as a usage error
+            return
+        time.sleep(0.5)
+    raise KstapError(f"namespace {name!r} is still being deleted after {timeout:.0f} s",
+                     hint=f"kubectl get namespace {name} -o yaml (its finalizers); or use --worker-namespace")
 
 
 def _selector(labels: dict[str, str]) -> str:

@@ -211,8 +211,20 @@ def security_context(spec: WorkerSpec) -> Obj:
             "seccompProfile": {"type": "RuntimeDefault"}}
 
 
+def node_terms(nodes: list[str]) -> list[Obj]:
+    """Node selector terms that allow exactly ``nodes``: one term per node, ORed.
+
+    Not one ``matchFields metadata.name In [a, b, …]``: kube-apiserver allows a single value in a node
+    *field* selector and refuses anything else with 422 ("must be only one value when `operator` is 'In'
+    or 'NotIn' for node field selector"), so a run with targets on two nodes could not deploy. The
+    DaemonSet controller pins each of its pods the same way (one term, one name).
+    """
+    return [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": [n]}]} for n in sorted(nodes)]
+
+
 def daemonset(spec: WorkerSpec) -> Obj:
-    """One worker per target node: node affinity on the node names, hostNetwork, least privilege.
+    """One worker per target node: node affinity on the node names (:func:`node_terms`), hostNetwork,
+    least privilege.
 
     ``updateStrategy: OnDelete``: when churn brings targets to a new node, replacing the DaemonSet's
     node list starts a worker there without restarting (and interrupting) the running ones.
@@ -240,8 +252,8 @@ def daemonset(spec: WorkerSpec) -> Obj:
                          {"name": "tmp", "mountPath": "/tmp"}],
     }
     pod_labels = {**spec.labels(), **spec.selector()}
-    affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
-        {"matchFields": [{"key": "metadata.name", "operator": "In", "values": sorted(spec.nodes)}]}]}}}
+    affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": node_terms(spec.nodes)}}}
     pod_spec: Obj = {
         "serviceAccountName": spec.name,
         "automountServiceAccountToken": False,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TextIO
 
 from kstap.capture import backends
@@ -151,9 +152,16 @@ def open_sink(settings: TapSettings, interfaces: list[Interface], source: Source
     run = metadata.run_note(smp.mode, sampler.rate if sampler else 1.0, seed_id(seed), settings.bpf_filter)
 
     def counters() -> list[pcapng.InterfaceCounters]:
-        return [pcapng.InterfaceCounters(0, 0, s.received, s.dropped, s.delivered,
-                                         isb_note(s, changes if i == 0 else []))
-                for i, s in enumerate(source.stats())]
+        """The interfaces' counters for a file's statistics blocks. The first one's comment carries the
+        rate changes no packet has carried yet (so a file's rate timeline ends with the last change),
+        what ``-i any`` dedup removed and which interfaces came and went."""
+        out = [pcapng.InterfaceCounters(0, 0, s.received, s.dropped, s.delivered,
+                                        isb_note(s, changes if i == 0 else []))
+               for i, s in enumerate(source.stats())]
+        notes = sampler.unwritten_rate_notes() if sampler is not None else []
+        if out and notes:
+            out[0] = replace(out[0], comment="\n".join([*notes, *([out[0].comment] if out[0].comment else [])]))
+        return out
 
     if sink_factory is not None:
         return sink_factory(interfaces, f"{run}; backend={backend}", counters)

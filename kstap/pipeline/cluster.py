@@ -22,6 +22,11 @@ from kstap.pipeline.stopping import StopFlag
 from kstap.vocabulary import AlertLevel
 
 WORKER_POLL = 2.0
+DEFAULT_API_BUDGET = 8e6
+"""Bytes/s the workers' streams may take through the API server's pod proxy together, by default: kube-apiserver
+spent about X ms of CPU per captured MB proxying them here (docs/kubernetes.md, "The data path"), so 8 MB/s costs
+it a bounded share of a core; past it the workers' backlogs absorb bursts, then the streams lose packets (a
+`worker-gap` alert says how many) rather than the API server its headroom."""
 """Seconds between looks at the run's worker pods (a replaced pod is re-attached within that)."""
 
 
@@ -40,6 +45,13 @@ class KubeTapOptions:
     ready_timeout: float = 120.0
     keep_workers: bool = False
     interfaces: list[str] = field(default_factory=list)
+    data_path: str = "proxy"
+    """How the CLI reaches the workers: ``proxy`` (the API server's pod proxy), ``direct`` (the worker's
+    address: the node's, hostNetwork) or ``auto`` (direct when a kstap worker answers there, else the proxy).
+    Not ``auto`` by default: probing a node address from a laptop sends it wherever the default route goes
+    (a VPN, a proxy that answers anything)."""
+    api_budget: float | None = DEFAULT_API_BUDGET
+    """Bytes/s all workers' streams together may take through the API server (None: unbounded)."""
 
     @property
     def wanted(self) -> bool:
@@ -72,14 +84,21 @@ def run_session(kube: Any, selection: Any, options: KubeTapOptions, settings: Ta
         if options.worker_image:
             spec.image = options.worker_image
         pods = deploy.deploy(kube, spec, timeout=options.ready_timeout)
-        source = RemoteSource([endpoint(kube, spec, pod) for _, pod in sorted(pods.items())],
-                              on_event=relay(reporter), entries=spec.entries)
+        # -i any on a node sees a pod's packet on its veth, the bridge and the uplink: one interface per
+        # node, each packet once per node (both ends of a cross-node flow stay: two vantage points)
+        source = RemoteSource([endpoint(kube, spec, pod, options.data_path) for _, pod in sorted(pods.items())],
+                              on_event=relay(reporter), entries=spec.entries, fold_nodes="any" in spec.interfaces,
+                              api_budget=options.api_budget)
+        if any(w.endpoint.metered for w in source.workers):
+            budget = "unbounded" if options.api_budget is None else f"at most {options.api_budget / 1e6:g} MB/s"
+            reporter.warning(f"the capture streams through the API server's pod proxy ({budget}, --api-budget); "
+                             "run kstap where the nodes' addresses are routable to keep it off the API server")
         filters = found.filters(settings.bpf_filter)
         for node, nf in filters.items():
             source.set_filter(nf.expression, node=node)
             if nf.note:
                 reporter.warning(f"{node}: {nf.note}")
-        churn = Churn(kube, spec, source, settings.bpf_filter, reporter, options.ready_timeout)
+        churn = Churn(kube, spec, source, settings.bpf_filter, reporter, options.ready_timeout, options.data_path)
         watcher = PodWatch(kube, found, churn.on_change)
         thread = threading.Thread(target=_watch, args=(watcher, reporter), name="kstap-pod-watch", daemon=True)
         thread.start()
@@ -102,13 +121,39 @@ def run_session(kube: Any, selection: Any, options: KubeTapOptions, settings: Ta
                 print(f"kstap: warning: cleanup failed ({exc.message}); run 'kstap clean'", file=sys.stderr)
 
 
-def endpoint(kube: Any, spec: Any, pod: Any) -> Any:
-    """How the CLI reaches one node's worker: its pod through the API server's pod proxy."""
-    from kstap.remote.client import WorkerEndpoint
-    from kstap.remote.transport import ApiServerProxyTransport
+def endpoint(kube: Any, spec: Any, pod: Any, data_path: str = "proxy") -> Any:
+    """How the CLI reaches one node's worker: straight to its address, or through the API server's pod proxy.
 
-    return WorkerEndpoint(name=pod.node, token=spec.token,
+    ``direct`` keeps the capture off kube-apiserver entirely (docs/kubernetes.md, "The data path");
+    ``auto`` takes it when the worker's address answers within a second (the CLI runs where the nodes
+    are routable: a bastion, a node, a pod), else the pod proxy, whose streams share the API budget.
+    """
+    from kstap.remote.client import WorkerEndpoint
+    from kstap.remote.transport import ApiServerProxyTransport, DirectTransport
+
+    if data_path == "direct" or (data_path == "auto" and pod.ip and reachable(pod.ip, pod.port)):
+        host = f"[{pod.ip}]" if ":" in pod.ip else pod.ip
+        return WorkerEndpoint(name=pod.node, token=spec.token, transport=DirectTransport(f"http://{host}:{pod.port}"))
+    return WorkerEndpoint(name=pod.node, token=spec.token, metered=True,
                           transport=ApiServerProxyTransport(kube.api_client, pod.namespace, pod.name, pod.port))
+
+
+def reachable(ip: str, port: int, timeout: float = 1.0) -> bool:
+    """Whether a kstap worker answers its ``/healthz`` at ip:port within ``timeout`` (the auto path's probe:
+    an open port alone could be a proxy on the way that answers anything)."""
+    import http.client
+    import json
+
+    conn = http.client.HTTPConnection(ip, port, timeout=timeout)
+    try:
+        conn.request("GET", "/healthz")
+        resp = conn.getresponse()
+        body = json.loads(resp.read(4096) or b"{}")
+        return resp.status in (200, 503) and isinstance(body, dict) and "state" in body
+    except (OSError, ValueError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
 
 
 class Churn:
@@ -122,8 +167,8 @@ class Churn:
     """
 
     def __init__(self, kube: Any, spec: Any, source: Any, bpf_filter: str, reporter: Any,
-                 ready_timeout: float) -> None:
-        self.kube, self.spec, self.source = kube, spec, source
+                 ready_timeout: float, data_path: str = "proxy") -> None:
+        self.kube, self.spec, self.source, self.data_path = kube, spec, source, data_path
         self.bpf_filter, self.reporter, self.ready_timeout = bpf_filter, reporter, ready_timeout
         self._attached: dict[str, str] = {}
         """Node → the worker pod the source reads from (written by both threads, under the lock)."""
@@ -184,7 +229,7 @@ class Churn:
                 if late is not None:
                     self._attach(node, pod, late)
                     continue
-                self.source.replace_endpoint(endpoint(self.kube, self.spec, pod))
+                self.source.replace_endpoint(endpoint(self.kube, self.spec, pod, self.data_path))
                 self._info("worker-replaced", f"node {node}: worker pod {old} was replaced by {pod.name}; "
                                               "reading from it")
 
@@ -217,7 +262,7 @@ class Churn:
 
     def _attach(self, node: str, pod: Any, expression: str) -> None:
         """Read from a new node's worker and give it its filter."""
-        self.source.add_endpoint(endpoint(self.kube, self.spec, pod))
+        self.source.add_endpoint(endpoint(self.kube, self.spec, pod, self.data_path))
         self._post_filter(node, expression, "filter not applied on the new worker")
         self._info("worker-added", f"targets on node {node}: worker {pod.namespace}/{pod.name} added to the capture")
 

@@ -257,11 +257,11 @@ class Capture:
         self.link_notes = left
         return out
 
-    def _upstream_entries(self) -> None:
+    def _upstream_entries(self, final: bool = False) -> None:
         """Write the entries the source brought (dissected upstream) since the last call."""
         c = self.consumers
         if c.upstream and c.entries is not None:
-            for entry in cast(EntrySource, self.source).take_entries():
+            for entry in cast(EntrySource, self.source).take_entries(final):
                 c.emit(entry)
             c.entries.flush()
 
@@ -373,7 +373,7 @@ class Capture:
             summary.entries = stats.entries
             summary.dissect_evictions = dict(stats.evictions)
         elif c.upstream and c.entries is not None:
-            self._upstream_entries()
+            self._upstream_entries(final=True)
             c.entries.close()
             summary.entries = c.entries.count
         if self.sink is not None:

@@ -40,6 +40,7 @@ from kstap.merge import TimeOrderedMerge
 from kstap.model import Interface, PacketRecord, SourceStats, WorkerStats
 from kstap.remote import protocol
 from kstap.remote.transport import DirectTransport, Response, Transport, TransportError
+from kstap.remote.vantage import EntryMerge, NodeFold
 
 EventCallback = Callable[[str, dict[str, object]], None]
 EntryCallback = Callable[[str, dict[str, Any]], None]
@@ -47,6 +48,31 @@ NEVER = protocol.MAX_TS
 
 
 WORKER_HINT = "the workers may have been removed or not started; 'kstap clean' then rerun the capture"
+
+
+class Meter:
+    """A token bucket shared by the readers of the API-server streams: reading slower than the workers send
+    leaves the rest in their backlogs (and, past those, a GAP), so the API server proxies at most
+    ``rate`` bytes/s of capture, with bursts up to one second's worth."""
+
+    def __init__(self, rate: float, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self._monotonic = monotonic
+        self._tokens = rate
+        self._at = monotonic()
+        self._lock = threading.Lock()
+        self.waited = 0.0
+        """Seconds readers spent waiting for the budget (the dashboard's hint that it binds)."""
+
+    def take(self, n: int, stop: threading.Event) -> None:
+        with self._lock:
+            now = self._monotonic()
+            self._tokens = min(self.rate, self._tokens + (now - self._at) * self.rate) - n
+            self._at = now
+            wait = -self._tokens / self.rate if self._tokens < 0 else 0.0
+        if wait > 0:
+            self.waited += wait
+            stop.wait(wait)
 
 
 @dataclass(frozen=True)
@@ -59,6 +85,8 @@ class WorkerEndpoint:
     """``http://host:port`` for :class:`~kstap.remote.transport.DirectTransport` (when no transport)."""
     token: str = field(default="", repr=False)
     transport: Transport | None = None
+    metered: bool = False
+    """Its stream goes through the API server and counts against the source's ``api_budget``."""
 
     def resolved(self) -> Transport:
         return self.transport if self.transport is not None else DirectTransport(self.base_url)
@@ -73,6 +101,8 @@ class _Worker:
     run: str | None = None
     node: str = ""
     iface_map: list[int] = field(default_factory=list)
+    linktypes: list[int] = field(default_factory=list)
+    """The link type of each of the worker's interfaces (its HELLO)."""
     watermark: int = 0
     moved_at: float = 0.0
     """Monotonic time the watermark last advanced (or the worker attached)."""
@@ -149,7 +179,8 @@ class RemoteSource:
                  backoff: Backoff | tuple[float, float] = Backoff(0.2, 2.0, 5.0, attempts=0),
                  queue_bytes: int = 64 << 20,
                  on_event: EventCallback | None = None, on_entry: EntryCallback | None = None,
-                 entries: bool = False, monotonic: Callable[[], float] = time.monotonic) -> None:
+                 entries: bool = False, fold_nodes: bool = False, api_budget: float | None = None,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         if not endpoints:
             raise WorkerFailure("no workers to read from", hint=WORKER_HINT)
         names = [e.name for e in endpoints]
@@ -162,7 +193,9 @@ class RemoteSource:
         kept for :meth:`take_entries`); their packet comments come along; each worker's figures
         are known here. Its :meth:`set_filter` is per node (the cluster session's), not a kernel
         filter the loop could swap."""
-        self._entries: list[dict[str, Any]] = []
+        self._entry_merge = EntryMerge()
+        """The workers' entries: one per exchange, naming the nodes that saw it (:mod:`kstap.remote.vantage`)."""
+        self._draining = False
         self.last_comments: dict[int, str] = {}
         """Packet comments of the records the last :meth:`read`/:meth:`drain` returned, by index
         (the workers' first-packet, rate and shed comments)."""
@@ -174,6 +207,11 @@ class RemoteSource:
         self.on_event = on_event
         self.on_entry = on_entry
         self._monotonic = monotonic
+        self.meter = Meter(api_budget) if api_budget else None
+        """Shared by the metered (API-server) streams: at most ``api_budget`` bytes/s together."""
+        self.fold = NodeFold() if fold_nodes else None
+        """With ``fold_nodes`` (node workers capturing ``-i any``): one interface per node and link type,
+        a packet's copies inside one node folded into one (:mod:`kstap.remote.vantage`)."""
         self._iface_ids: dict[tuple[int, str], int] = {}
         self._base: dict[int, SourceStats] = {}
         self._merge: TimeOrderedMerge[tuple[PacketRecord, str | None]] = TimeOrderedMerge(_noted_ts)
@@ -211,12 +249,13 @@ class RemoteSource:
                 break
             self._handle(self._inbox.take_all(0.05))
         self._handle(self._inbox.take_all(0))
+        self._draining = True  # the capture is over: entries still waiting for a twin go out as they are
         return self._release(max(stop_ns, self._floor()))
 
-    def take_entries(self) -> list[dict[str, Any]]:
-        """The workers' entries received since the last call (with ``entries``), in arrival order."""
-        out, self._entries = self._entries, []
-        return out
+    def take_entries(self, final: bool = False) -> list[dict[str, Any]]:
+        """The workers' entries (with ``entries``) whose wait for a twin from another node is over, in
+        arrival order, each naming its ``nodes``; every one that is left with ``final`` or after a drain."""
+        return self._entry_merge.ready(self._monotonic(), final=final or self._draining)
 
     def stats(self) -> list[SourceStats]:
         """Counters per interface (parallel to :attr:`interfaces`), summed over worker restarts."""
@@ -399,10 +438,13 @@ class RemoteSource:
     def _follow(self, w: _Worker, resp: Response, at: _Cursor) -> None:
         """Decode one open stream into the inbox, moving ``at`` past every frame passed on."""
         decoder = protocol.StreamDecoder()
+        meter = self.meter if w.endpoint.metered else None
         while not self._closing.is_set():
             data = resp.read1(1 << 16)
             if not data:
                 return
+            if meter is not None:
+                meter.take(len(data), self._closing)
             for frame in decoder.feed(data):
                 body = frame.body
                 if isinstance(body, protocol.Hello):
@@ -483,7 +525,9 @@ class RemoteSource:
             self._on_event(w, body)
         elif isinstance(body, protocol.Entries):
             if self.capabilities.dissected_upstream:
-                self._entries.extend(body.items)
+                now = self._monotonic()
+                for item in body.items:
+                    self._entry_merge.add(w.endpoint.name, item, now)
             if self.on_entry is not None:
                 for item in body.items:
                     self.on_entry(w.endpoint.name, item)
@@ -526,6 +570,7 @@ class RemoteSource:
         w.down_since = None
         w.error = ""
         w.moved_at = self._monotonic()
+        w.linktypes = [i.linktype for i in hello.interfaces]
         w.iface_map = w.iface_map[: len(hello.interfaces)]
         for local, iface in enumerate(hello.interfaces):
             if local >= len(w.iface_map):
@@ -533,15 +578,21 @@ class RemoteSource:
 
     def _interface_id(self, w: _Worker, iface: Interface) -> int:
         """The merged id of a worker's interface (by name: stable across restarts); new ones are appended."""
-        key = (w.index, iface.name)
+        name = w.endpoint.name
+        if self.fold is not None:  # one per node and link type: NODE/any (NODE/any-LT for a second type)
+            key = (w.index, f"\0{iface.linktype}")
+            label = f"any-{iface.linktype}" if any(k[0] == w.index for k in self._iface_ids) else "any"
+        else:
+            key, label = (w.index, iface.name), iface.name
         known = self._iface_ids.get(key)
         if known is not None:
             return known
         gid = len(self.interfaces)
         self._iface_ids[key] = gid
-        name = w.endpoint.name
-        self.interfaces.append(Interface(f"{name}/{iface.name}", iface.linktype, iface.snaplen, iface.filter,
-                                         description=f"{iface.name} on node {name}"))
+        what = f"every interface of node {name} (copies inside the node folded)" if self.fold is not None else \
+            f"{iface.name} on node {name}"
+        self.interfaces.append(Interface(f"{name}/{label}", iface.linktype, iface.snaplen, iface.filter,
+                                         description=what))
         return gid
 
     def _on_batch(self, w: _Worker, batch: protocol.Batch) -> None:
@@ -553,14 +604,19 @@ class RemoteSource:
             return
         mapping, index, comments, upto = w.iface_map, w.index, batch.comments, self._released_upto
         late = 0
+        fold, linktypes = self.fold, w.linktypes
+        kept = 0
         held: list[tuple[PacketRecord, str | None]] = []
         for i, (ts, caplen, origlen, data, ifid, _) in enumerate(records):
+            if fold is not None and not fold.admit(index, ts, data, linktypes[ifid], ifid):
+                continue
+            kept += 1
             if ts < upto:
                 late += 1
             held.append(((ts, caplen, origlen, data, mapping[ifid], index), comments.get(i)))
         self._merge.add(held)
         w.late += late
-        w.captured += len(records)
+        w.captured += kept
         w.session_packets += len(records)
 
     def _on_event(self, w: _Worker, event: protocol.Event) -> None:

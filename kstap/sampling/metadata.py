@@ -71,6 +71,9 @@ def parse(comment: str) -> Note | None:
     fields: dict[str, str] = {}
     key = None
     for w in words[1:]:
+        w = w.removesuffix(";")  # "…; backend=…" follows the run note in the SHB comment
+        if not w:
+            continue
         if "=" in w:
             key, _, value = w.partition("=")
             fields[key] = value

@@ -67,7 +67,8 @@ class FlowSampler:
         if self.mode == "full":
             self.rate = 1.0
         self.seed_id = seed_id(self.seed)
-        self._pending_rate_note: tuple[float, str] | None = None
+        self._pending_rate_notes: list[tuple[float, float, str]] = []
+        """Rate changes (new, previous, reason) not yet written on a packet: every one is kept."""
         self._previous_rate = self.rate
         self._shed_grace = False
 
@@ -104,10 +105,11 @@ class FlowSampler:
                 notes[len(kept)] = metadata.shed_note(f"{st.hash:08x}", self.rate, "emergency")
                 st.kept = False
                 st.shed_pending = False
-            elif self._pending_rate_note is not None and len(kept) not in notes:
-                old, reason = self._pending_rate_note
-                notes[len(kept)] = metadata.rate_note(f"{st.hash:08x}", self.rate, old, reason)
-                self._pending_rate_note = None
+            elif self._pending_rate_notes and len(kept) not in notes:
+                flow_id = f"{st.hash:08x}"
+                notes[len(kept)] = "\n".join(metadata.rate_note(flow_id, new, old, reason)
+                                             for new, old, reason in self._pending_rate_notes)
+                self._pending_rate_notes = []
             st.packets += 1
             kept.append(rec)
         stats.packets_kept += len(kept)
@@ -122,9 +124,14 @@ class FlowSampler:
         rate = max(0.0, min(1.0, rate))
         if rate == self.rate:
             return False
-        self._pending_rate_note = (self.rate, reason)
+        self._pending_rate_notes.append((rate, self.rate, reason))
         self.rate = rate
         return True
+
+    def unwritten_rate_notes(self) -> list[str]:
+        """The rate changes no packet has carried yet (the capture may end before one does): the
+        statistics block at the end of a file carries them, so ``kstap stats`` sees the last ones."""
+        return [metadata.rate_note("-", new, old, reason) for new, old, reason in self._pending_rate_notes]
 
     def shed(self, rate: float) -> list[KeyTuple]:
         """Emergency: cut live flows whose hash is at or above the new rate's threshold.

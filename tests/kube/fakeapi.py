@@ -13,7 +13,8 @@ It is driven by the real ``kubernetes`` Python client (through a kubeconfig writ
   with a 410 ``Expired`` Status for a version older than the last :meth:`FakeCluster.compact`;
   :meth:`FakeCluster.drop_watches` cuts every open watch mid-stream like a lost connection;
 - Status bodies for errors (401 without the bearer token, 403 for what :meth:`FakeCluster.forbid` says,
-  404, 409, 410) with the real reasons and messages;
+  404, 409, 410, and 422 for a multi-value node field selector as kube-apiserver validates it) with the
+  real reasons and messages;
 - a DaemonSet controller + kubelet: creating or replacing a DaemonSet makes a pod on each node its
   ``matchFields metadata.name In [...]`` affinity allows; each pod's status follows
   :attr:`FakeCluster.worker_behaviour` (ready, image pull failure, crash loop, unschedulable, …).
@@ -696,8 +697,32 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json(200, {"kind": f"{res.kind}List", "apiVersion": res.api_version,
                               "metadata": {"resourceVersion": rv}, "items": items})
 
+    @staticmethod
+    def _validate(res: Resource, body: Obj) -> None:
+        """kube-apiserver's validation that kstap's objects have met (422 Invalid, worded like it).
+
+        A node *field* selector (``matchFields``) takes exactly one value with In/NotIn
+        (``validateNodeFieldSelectorRequirement`` in pkg/apis/core/validation); the real server refused
+        kstap's first DaemonSets, whose single term listed every target node."""
+        if res.plural != "daemonsets":
+            return
+        spec = body.get("spec", {}).get("template", {}).get("spec", {})
+        path = "spec.template.spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution"
+        terms = (((spec.get("affinity") or {}).get("nodeAffinity") or {})
+                 .get("requiredDuringSchedulingIgnoredDuringExecution") or {}).get("nodeSelectorTerms") or []
+        for i, term in enumerate(terms):
+            for j, req in enumerate(term.get("matchFields") or []):
+                if req.get("operator") in ("In", "NotIn") and len(req.get("values") or []) != 1:
+                    name = body.get("metadata", {}).get("name", "")
+                    field = f"{path}.nodeSelectorTerms[{i}].matchFields[{j}].values"
+                    raise ApiError(422, "Invalid", f'DaemonSet.apps "{name}" is invalid: {field}: Required value: '
+                                   "must be only one value when `operator` is 'In' or 'NotIn' for node field "
+                                   "selector", {"name": name, "group": "apps", "kind": "DaemonSet",
+                                                "causes": [{"reason": "FieldValueRequired", "field": field}]})
+
     def _create(self, res: Resource, ns: str | None, body: Obj) -> None:
         c = self.cluster
+        self._validate(res, body)
         meta = body.setdefault("metadata", {})
         if res.namespaced:
             if meta.get("namespace") not in (None, ns):
@@ -728,6 +753,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _replace(self, res: Resource, ns: str | None, name: str, body: Obj) -> None:
         c = self.cluster
+        self._validate(res, body)
         current = c.get(res.plural, ns if res.namespaced else None, name)
         if current is None:
             raise self._not_found(res, name)

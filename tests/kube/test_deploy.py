@@ -328,3 +328,21 @@ def test_a_stream_closed_half_read_does_not_poison_the_clients_pool(cluster, kub
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_a_namespace_still_terminating_is_waited_for_then_made_again(cluster, kube) -> None:
+    """Seen on the real cluster: a run right after the previous one's clean finds kstap's namespace
+    Terminating, and kube-apiserver refuses anything created in it; deploy waits until it is gone."""
+    nsres = BY_PATH[("", "v1", "namespaces")]
+    cluster.put(nsres, {"metadata": {"name": "kstap", "labels": dict(mf.MANAGED_BY),
+                                     "deletionTimestamp": "2026-01-01T00:00:00Z"},
+                        "status": {"phase": "Terminating"}}, create=True)
+    gone = threading.Timer(1.0, lambda: cluster.remove(nsres, None, "kstap"))
+    gone.start()
+    try:
+        done = deploy.apply(kube, [mf.namespace(spec())])
+    finally:
+        gone.cancel()
+    assert done == ["created namespace kstap (after the previous one was deleted)"]
+    again = cluster.get("namespaces", None, "kstap")
+    assert again is not None and "deletionTimestamp" not in again["metadata"]

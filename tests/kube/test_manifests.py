@@ -55,8 +55,9 @@ def test_manifests_from_the_cluster_validate_strictly(cli, kubeconfig, tmp_path:
     ds = the(objects, "DaemonSet")
     terms = ds["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
         "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
-    assert terms == [{"matchFields": [{"key": "metadata.name", "operator": "In",
-                                       "values": ["node-a", "node-b", "node-c"]}]}]
+    # one term per node: a real API server takes a single value per node field selector (422 otherwise)
+    assert terms == [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": [n]}]}
+                     for n in ("node-a", "node-b", "node-c")]
     args = ds["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--bpf-filter") + 1] == (
         "(tcp) and (ip host 10.244.1.10 or ip host 10.244.1.20 or ip host 10.244.2.10 or ip host 10.244.2.11 "

@@ -45,6 +45,12 @@ while True:
 """
 
 
+def _cpu_seconds(pid: int) -> float:
+    """user + system CPU seconds of ``pid`` from /proc/PID/stat (fields 14 and 15, in clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _is_cgroup_fs(path: Path, fstype: str, controller: str | None) -> bool:
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         fields = line.split()
@@ -208,9 +214,15 @@ def test_v2_cpu_usage_and_psi_of_the_own_cgroup(cgroups: Cgroups) -> None:
     assert cgroups.ready(busy)
     reader = PressureReader(pid=busy.pid)
     reader.read()
+    before = _cpu_seconds(busy.pid), time.monotonic()
     time.sleep(1.0)
     stats = reader.read()
-    assert 0.5 <= stats.cpu_cores <= 1.2, stats  # one busy loop, with or without a v2 cpu controller
+    after = _cpu_seconds(busy.pid), time.monotonic()
+    # The busy loop gets what the scheduler gives it (less than a core on a loaded machine), so the reader
+    # is judged against the kernel's own count of the process's CPU over the same second, not a fixed floor.
+    used = (after[0] - before[0]) / (after[1] - before[1])
+    assert used > 0.05, f"the busy loop ran {used:.2f} cores: the machine is too loaded to judge"
+    assert stats.cpu_cores == pytest.approx(used, rel=0.3), (stats, used)
     assert f"cpu: cgroup v2 /{cg.name}" in stats.source, stats.source
     if (cg / "memory.pressure").exists():
         assert "psi: cgroup" in stats.source and stats.psi_memory_some is not None

@@ -81,9 +81,11 @@ def isb_counters(path: Path) -> list[dict[int, int]]:
                 code, olen = struct.unpack_from("<HH", raw, o)
                 if code == 0:
                     break
-                if olen == 8:
+                if olen == 8 and code in (2, 3):  # isb_starttime/endtime: high 32 bits, then low
                     hi, lo = struct.unpack_from("<II", raw, o + 4)
                     opts[code] = (hi << 32) | lo
+                elif olen == 8:  # the counters: a uint64 in the section's byte order (pcapng spec 4.6)
+                    opts[code] = struct.unpack_from("<Q", raw, o + 4)[0]
                 o += 4 + olen + (-olen % 4)
             out.append(opts)
         pos += length

@@ -546,7 +546,7 @@ def test_two_nodes_one_merged_file_one_seed_keeps_cross_node_flows_on_both_or_ne
     info = wireshark.capinfos(out)
     assert "Number of interfaces in file: 2" in info, info
     per = cap.per_interface()
-    names = {"node-a/any", "node-b/any"}  # -i any: one cooked capture per node (LINUX_SLL2)
+    names = {"node-a/any", "node-b/any"}  # -i any: one interface per node (its interfaces' copies folded)
     assert set(per) == names, set(per)
     times = [t for _, t, _ in cap.rows]
     assert times == sorted(times), "the merged file is in time order"
@@ -663,7 +663,7 @@ def test_a_node_that_gains_targets_gets_a_worker_during_the_run(env: Env, wiresh
     assert [r.node for r in env.kubelet.started] == ["node-a", "node-b"], env.kubelet.errors
     cap = read_capture(wireshark, out)
     per = cap.per_interface()
-    a_name, b_name = "node-a/any", "node-b/any"  # -i any: one cooked capture per node
+    a_name, b_name = "node-a/any", "node-b/any"
     assert set(per) == {a_name, b_name}
     assert "Number of interfaces in file: 2" in wireshark.capinfos(out)
     at_a, at_b = per[a_name], per[b_name]
@@ -705,7 +705,7 @@ def test_a_deleted_worker_pod_is_recreated_and_the_capture_goes_on(env: Env, wir
     assert len(runs) == 2 and runs[0].pod != runs[1].pod, "a new process for a new pod"
     cap = read_capture(wireshark, out)
     per = cap.per_interface()
-    a_name, b_name = "node-a/any", "node-b/any"  # -i any: one cooked capture per node
+    a_name, b_name = "node-a/any", "node-b/any"
     assert set(per) == {a_name, b_name}, "the new pod's interface is the same IDB"
     assert "Number of interfaces in file: 2" in wireshark.capinfos(out)
     for f in first + second:
@@ -745,7 +745,7 @@ def test_the_api_server_going_away_and_coming_back(env: Env, wireshark) -> None:
 
     cap = read_capture(wireshark, out)
     per = cap.per_interface()
-    a_name, b_name = "node-a/any", "node-b/any"  # -i any: one cooked capture per node
+    a_name, b_name = "node-a/any", "node-b/any"
     for f in before + during + after:
         k = key_of(f)
         assert per[a_name][k] == per[b_name][k] > 0, f"{f}: captured on both nodes across the outage"

@@ -64,5 +64,6 @@ def test_the_workers_entries_are_written_once_and_the_merged_stream_is_not_disse
         source.close()
     assert time.monotonic() - started < 10
     assert summary.captured == len(records)
-    assert [json.loads(line) for line in out.read_text().splitlines()] == [entry]
+    # the entry as the worker wrote it, naming the node that saw it
+    assert [json.loads(line) for line in out.read_text().splitlines()] == [{**entry, "nodes": ["node-a"]}]
     assert summary.entries == 1

@@ -11,6 +11,8 @@ from kstap.dissect import detect
     (b"GET / HTTP/1.1\r\n", "http/1"),
     (b"\r\nPOST /x?y=1 HTTP/1.0\r\nHost: a\r\n\r\n", "http/1"),
     (b"PROPFIND /dav HTTP/1.1\r\n", "http/1"),
+    (b"GET / HTTP/1.1\n", "http/1"),  # bare LF line ends (RFC 9112 section 2.2)
+    (b"\nGET /lf HTTP/1.0\nHost: a\n\n", "http/1"),
     (b"GET / HTTP/1.1", detect.NEED_MORE),
     (b"GE", detect.NEED_MORE),
     (b"PRI * HTTP/2.0\r\n", detect.NEED_MORE),

@@ -213,3 +213,65 @@ def test_h2c_upgrade_hands_over_to_http2() -> None:
     entries = play([(0, upgrade), (1, switching + s1), (0, c1 + c2), (1, s2)])
     assert [(e.protocol, e.method, e.path, e.status) for e in entries] == [
         ("http/2", "GET", "/up", 200), ("http/2", "GET", "/second", 404)]
+
+
+@pytest.mark.parametrize("split", [None, 1, 7])
+def test_bare_lf_line_ends_are_accepted(split: int | None) -> None:
+    """RFC 9112 §2.2: a recipient may take a bare LF for a line end (and ignore a CR before it)."""
+    steps = [(0, b"GET /lf HTTP/1.1\nHost: lf.test\nContent-Length: 3\n\nabc"),
+             (1, b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok"),
+             (0, b"GET /mixed HTTP/1.1\r\nHost: m.test\n\r\n"),
+             (1, b"HTTP/1.0 404 Not Found\r\nTransfer-Encoding: chunked\n\r\n2\nab\n0\n\n"),
+             (0, GET), (1, OK)]
+    out = play(steps, split=split)
+    assert [(e.path, e.authority, e.status, e.error) for e in out] == [
+        ("/lf", "lf.test", 200, None), ("/mixed", "m.test", 404, None), ("/a", "example.test", 200, None)]
+    assert out[0].request_bytes == len(steps[0][1]) and out[1].response_bytes == len(steps[3][1])
+
+
+def test_content_length_with_leading_zeros() -> None:
+    out = play([(0, b"POST /z HTTP/1.1\r\nContent-Length: 00000000000000000003\r\n\r\nabc"),
+                (1, b"HTTP/1.1 200 OK\r\nContent-Length: 0005, 05\r\n\r\nhello"), (0, GET), (1, OK)])
+    assert brief(out) == [("POST", "/z", 200, None), ("GET", "/a", 200, None)]
+
+
+@pytest.mark.parametrize("bad, kind", [
+    (b"POST /x HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", "malformed"),
+    (b"POST /x HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n", "too-large"),
+    (b"POST /x HTTP/1.1\r\n" + b"X: y\r\n" * 300 + b"\r\n", "header-flood"),
+])
+def test_a_request_refused_for_its_framing_still_has_an_entry(bad: bytes, kind: str) -> None:
+    p = parser()
+    with pytest.raises(ParserError) as info:
+        p.feed(0, bad, 1)
+    assert info.value.kind == kind
+    assert brief(p.close(2)) == [("POST", "/x", None, "incomplete")]  # the stage then sets error=kind
+
+
+def test_a_gap_between_sequential_exchanges_resynchronises() -> None:
+    p = parser()
+    out = p.feed(0, GET, 1) + p.feed(1, OK, 2)
+    out += p.feed(0, b"GET /b HTTP/1.1\r\nHost: h\r\n\r\n", 3)
+    out += p.gap(1, 120, 4)  # /b's response lost
+    out += p.feed(1, b"hello, rest of a lost body", 5)  # not a status line: skipped
+    out += p.feed(0, b"GET /c HTTP/1.1\r\nHost: h\r\n\r\n", 6) + p.feed(1, OK, 7)
+    out += p.gap(0, 40, 8)  # a whole request lost
+    out += p.feed(1, b"HTTP/1.1 204 No Content\r\n\r\n", 9)  # its answer, alone
+    out += p.feed(0, b"GET /d HTTP/1.1\r\nHost: h\r\n\r\n", 10) + p.feed(1, OK, 11) + p.close(12)
+    assert [(e.path, e.status, e.error, e.resynced) for e in out] == [
+        ("/a", 200, None, None), ("/b", None, "gap", None), ("/c", 200, None, True), (None, 204, "gap", None),
+        ("/d", 200, None, True)]
+
+
+def test_resync_tries_only_segment_starts() -> None:
+    p = parser()
+    out = p.feed(0, GET, 1) + p.feed(1, OK, 2) + p.feed(0, GET, 3)
+    out += p.gap(1, 100, 4)
+    out += p.feed(1, b"body that quotes HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 5)  # mid-segment: no
+    out += p.feed(1, b"HTT", 6)  # a start line cut by the segment is held...
+    out += p.gap(1, 50, 7)  # ...and dropped when bytes go missing after it
+    out += p.feed(1, b"P/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 8)
+    out += p.feed(0, GET, 9) + p.feed(1, b"HT", 10)
+    out += p.feed(1, b"TP/1.1 201 Created\r\nContent-Length: 5\r\n\r\nhello", 11)
+    assert [(e.status, e.error, e.resynced) for e in out + p.close(12)] == [
+        (200, None, None), (None, "gap", None), (201, None, True)]

@@ -652,23 +652,35 @@ def _head(length: int, ftype: int, flags: int, sid: int) -> bytes:
     return length.to_bytes(3, "big") + bytes([ftype, flags]) + sid.to_bytes(4, "big")
 
 
-def test_frame_over_max_size_and_absurd_length() -> None:
-    _expect_error([*_settings_pair(), (0, _head(16385, 0, 0, 1), T0)], "too-large")
-    _expect_error([*_settings_pair(), (1, _head(0xFFFFFF, 1, 4, 1), T0)], "too-large")
-
-
-def test_larger_frames_allowed_after_settings() -> None:
+def _upload(data_length: int, *, settings: bool) -> list[tuple[int, bytes, int]]:
     enc = hpack.Encoder()
     big = SettingsFrame(0, settings={SettingsFrame.MAX_FRAME_SIZE: 1 << 20}).serialize()
     block = enc.encode([(":method", "POST"), (":path", "/x"), (":authority", "a"), (":scheme", "http")])
     records = [(1, SettingsFrame(0).serialize(), T0),
                (0, PREFACE + SettingsFrame(0).serialize() + HeadersFrame(1, block, flags=["END_HEADERS"]).serialize()
-                + DataFrame(1, b"d" * 100000, flags=["END_STREAM"]).serialize(), T0)]
-    _expect_error(records, "too-large")
-    records.insert(1, (1, big, T0))
+                + DataFrame(1, b"d" * data_length, flags=["END_STREAM"]).serialize(), T0)]
+    if settings:
+        records.insert(1, (1, big, T0))
+    reply = hpack.Encoder().encode([(":status", "200")])
+    records.append((1, HeadersFrame(1, reply, flags=["END_HEADERS", "END_STREAM"]).serialize(), T0 + 1000))
+    return records
+
+
+def test_larger_frames_allowed_after_settings() -> None:
     p = Http2Parser(FLOW)
-    assert parse(records, p, close=False) == []
-    assert p.memory < 10000  # the 100 kB DATA frame was counted, not buffered
+    out = parse(_upload(100000, settings=True), p, close=False)
+    assert [(e.path, e.status, e.error) for e in out] == [("/x", 200, None)]
+    assert p.memory < 10000 and p.oversized_frames == 0  # the 100 kB DATA frame was counted, not buffered
+
+
+def test_frames_over_the_seen_maximum_are_read_on() -> None:
+    """A SETTINGS we never saw may have allowed them: the connection is not given up for it."""
+    p = Http2Parser(FLOW)
+    out = parse(_upload(1 << 20, settings=False), p, close=False)
+    assert [(e.path, e.status, e.error) for e in out] == [("/x", 200, None)]
+    assert out[0].request_bytes >= 1 << 20 and p.oversized_frames == 1 and p.memory < 10000
+    # what is kept in memory still has its own caps, whatever the frame size allows
+    _expect_error([*_settings_pair(), (1, _head(0xFFFFFF, 1, 4, 1), T0)], "header-flood")
 
 
 def test_too_many_concurrent_streams() -> None:

@@ -23,7 +23,7 @@ Packet = tuple[int, bytes] | tuple[int, bytes, str | None] | tuple[int, bytes, s
 
 
 def write_pcapng(path: Path, packets: Sequence[Packet], *, comment: str = RUN, interfaces: int = 1,
-                 isbs: Sequence[tuple[int, int, int]] = (), tail: bytes = b"") -> Path:
+                 isbs: Sequence[tuple[int, int, int]] = (), tail: bytes = b"", isb_comment: str = "") -> Path:
     """A pcapng file from kstap's own block writers. ``isbs``: (interface, received, dropped)."""
     records = []
     comments: dict[int, str] = {}
@@ -37,7 +37,8 @@ def write_pcapng(path: Path, packets: Sequence[Packet], *, comment: str = RUN, i
     blob += b"".join(pcapng.interface_description(Interface(f"eth{i}")) for i in range(interfaces))
     blob += b"".join(pcapng.enhanced_packets(records, comments=comments))
     for if_id, received, dropped in isbs:
-        blob += pcapng.interface_statistics(if_id, pcapng.InterfaceCounters(T0, T0 + SEC, received, dropped, 0))
+        blob += pcapng.interface_statistics(if_id, pcapng.InterfaceCounters(T0, T0 + 20 * SEC, received, dropped, 0),
+                                            comment=isb_comment)
     path.write_bytes(blob + tail)
     return path
 
@@ -153,6 +154,29 @@ def test_rate_timeline_and_rate_comments(tmp_path: Path, frames) -> None:
     d = s.as_dict()["rate_timeline"]
     assert d["changes"][0] == {"time_ns": T0 + 4 * SEC, "offset_s": 4.0, "rate": 0.125, "previous": 0.25,
                                "reason": "pi"}
+
+
+def test_rate_changes_no_packet_carried_come_from_the_statistics_block(tmp_path: Path, frames) -> None:
+    """The capture ended before a packet could carry the last changes: the closing ISB has them."""
+    last = metadata.rate_note("-", 0.5, 0.25, "pi") + "\n" + metadata.rate_note("-", 1.0, 0.5, "control")
+    path = write_pcapng(tmp_path / "s.pcapng", [
+        (T0, frames.udp(sport=1), flow("00000001", 0.25)), (T0 + 10 * SEC, frames.udp(sport=1))],
+        isbs=[(0, 2, 0)], isb_comment=last)
+    t = read_capture_stats(str(path)).timeline
+    assert [(c.time_ns - T0, c.previous, c.rate, c.reason) for c in t.changes] == [
+        (20 * SEC, 0.25, 0.5, "pi"), (20 * SEC, 0.5, 1.0, "control")]
+    assert t.maximum == 1.0
+
+
+def test_full_mode_flows_need_no_comment_and_the_filter_is_clean(tmp_path: Path, frames) -> None:
+    run = metadata.run_note("full", 1.0, "5f78c33274e4", "tcp port 80") + "; backend=afpacket"
+    path = write_pcapng(tmp_path / "s.pcapng", [(T0, frames.udp(sport=1)), (T0 + 1, frames.udp(sport=2))],
+                        comment=run)
+    s = read_capture_stats(str(path))
+    assert s.warnings == [] and s.sampled and s.run is not None
+    assert (s.run.mode, s.run.filter) == ("full", "tcp port 80")
+    none = metadata.run_note("full", 1.0, "5f78c33274e4", "") + "; backend=afpacket"
+    assert read_capture_stats(str(write_pcapng(tmp_path / "n.pcapng", [], comment=none))).run.filter == "(none)"  # type: ignore[union-attr]
 
 
 def test_several_notes_in_one_comment(tmp_path: Path, frames) -> None:

@@ -107,8 +107,10 @@ def _isb_counters(body: bytes, block_options) -> dict[str, int]:
     opts = block_options(body[12:])
 
     def u64(code: int) -> int:
-        hi, lo = struct.unpack("<II", opts[code][0])
-        return (hi << 32) | lo
+        if code in (2, 3):  # isb_starttime/endtime: a timestamp, high 32 bits first
+            hi, lo = struct.unpack("<II", opts[code][0])
+            return (hi << 32) | lo
+        return int(struct.unpack("<Q", opts[code][0])[0])  # counters: a plain uint64 (pcapng spec 4.6)
 
     names = {"start": 2, "end": 3, "ifrecv": 4, "ifdrop": 5, "filteraccept": 6, "osdrop": 7, "usrdeliv": 8}
     return {name: u64(code) for name, code in names.items()} | {"if_id": struct.unpack_from("<I", body)[0]}

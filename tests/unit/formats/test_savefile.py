@@ -361,3 +361,27 @@ def test_well_framed_garbage_blocks_raise_only_capture_format_errors(data: st.Da
             assert rec[4] < len(reader.interfaces)
     except CaptureFormatError as exc:
         assert exc.packets_ok == len(got)
+
+
+def _isb_section(application: str, counter: bytes) -> bytes:
+    """A section (SHB naming ``application``, one IDB) and one ISB whose isb_ifrecv is ``counter``."""
+    shb = pcapng._block(pcapng.BT_SHB, struct.pack("<IHHq", pcapng.BYTE_ORDER_MAGIC, 1, 0, -1)
+                        + pcapng._options([pcapng.option(pcapng.SHB_USERAPPL, application.encode())]))
+    idb = pcapng.interface_description(Interface("eth0"))
+    isb = pcapng._block(pcapng.BT_ISB, struct.pack("<III", 0, 0, 0)
+                        + pcapng._options([pcapng.option(pcapng.ISB_IFRECV, counter)]))
+    return shb + idb + isb
+
+
+@pytest.mark.parametrize(("application", "counter", "expected"), [
+    ("Dumpcap (Wireshark) 4.0.17", struct.pack("<Q", 40000), 40000),  # the spec: one uint64
+    ("Dumpcap (Wireshark) 4.0.17", struct.pack("<Q", 40000 << 32), 40000 << 32),  # never guessed at
+    ("kstap 0.1.0", struct.pack("<Q", 40000), 40000),  # kstap now
+    ("kstap 0.1.0", struct.pack("<II", 0, 40000), 40000),  # kstap before: high 32 bits first
+    ("kstap 0.1.0", struct.pack("<Q", 2**40 + 7), 2**40 + 7),
+])
+def test_isb_counters_in_section_byte_order(application: str, counter: bytes, expected: int) -> None:
+    reader = CaptureReader(io.BytesIO(_isb_section(application, counter)))
+    assert list(reader) == []
+    assert [s.received for s in reader.statistics] == [expected]
+    assert reader.application == application

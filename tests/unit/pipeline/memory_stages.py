@@ -78,7 +78,7 @@ class MemorySource:
 
     error = None
 
-    def take_entries(self) -> list[dict[str, Any]]:
+    def take_entries(self, final: bool = False) -> list[dict[str, Any]]:
         out, self._entries = self._entries, []
         return out
 

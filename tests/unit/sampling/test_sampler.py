@@ -87,3 +87,20 @@ def test_full_mode_keeps_everything() -> None:
     arp = bytes(dpkt.ethernet.Ethernet(type=0x0806, data=b"\0" * 28))
     kept, _ = s.admit([udp(1), (0, len(arp), len(arp), arp, 0, 0)])
     assert len(kept) == 2
+
+
+def test_every_rate_change_is_written_even_several_between_packets() -> None:
+    s = FlowSampler("auto", 1.0, SEED)
+    s.admit([udp(2000, ts=1)])
+    s.set_rate(0.5, "pi")
+    s.set_rate(0.25, "emergency")
+    assert s.unwritten_rate_notes() == ["kstap: rate id=- rate=0.5 previous=1 reason=pi",
+                                        "kstap: rate id=- rate=0.25 previous=0.5 reason=emergency"]
+    kept, notes = s.admit([udp(2000, ts=2)])
+    assert len(kept) == 1
+    lines = notes[0].splitlines()
+    assert [(n.rate(), n.fields["previous"], n.fields["reason"]) for n in map(metadata.parse, lines)  # type: ignore[union-attr]
+            ] == [(0.5, "1", "pi"), (0.25, "0.5", "emergency")]
+    assert s.unwritten_rate_notes() == []
+    s.set_rate(0.5, "pi")  # no packet follows: the file's statistics block carries it
+    assert len(s.unwritten_rate_notes()) == 1

@@ -59,8 +59,7 @@ def _ends_with_isb(path: Path, blocks) -> bool:
 
 def _usrdeliv(path: Path, blocks, block_options) -> int:
     isb = [body for btype, body in blocks(path.read_bytes()) if btype == pcapng.BT_ISB][-1]
-    hi, lo = struct.unpack("<II", block_options(isb[12:])[pcapng.ISB_USRDELIV][0])
-    return (hi << 32) | lo
+    return int(struct.unpack("<Q", block_options(isb[12:])[pcapng.ISB_USRDELIV][0])[0])
 
 
 # -- naming -----------------------------------------------------------------------------------------
