@@ -1014,9 +1014,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                "steps": [asdict(s) for s in run.steps]}, indent=1))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    kept = ""  # auto_value.py's section (make bench-auto) lives after its marker: keep it
-    if out.exists() and AUTO_VALUE_MARK in out.read_text():
-        kept = "\n" + AUTO_VALUE_MARK + out.read_text().split(AUTO_VALUE_MARK, 1)[1]
+    kept = ""  # sections of other benchmarks (auto_value.py's, any_cpu.py's) after their markers survive
+    old = out.read_text() if out.exists() else ""
+    starts = [i for i in (old.find(AUTO_VALUE_MARK), old.find("<!-- benchmarks/any_cpu.py: begin -->")) if i >= 0]
+    if starts:
+        kept = "\n" + old[min(starts):]
     out.write_text(render(run) + kept)
     print(f"wrote {out}")
     return 0

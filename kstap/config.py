@@ -73,6 +73,9 @@ class TapSettings:
     capture: str = "af_packet"
     netns: str | None = None
     """Capture inside this named network namespace (``ip netns``)."""
+    dedup_window_ms: float = 50.0
+    """``-i any``: a packet seen again on another interface within this many ms is a copy and is
+    removed (0 keeps every copy, as tcpdump -i any does). See kstap/capture/dedup.py for why 50."""
     output: OutputSettings = field(default_factory=OutputSettings)
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
     entries: str | None = None
@@ -110,6 +113,8 @@ class TapSettings:
             raise UsageError("--duration must be positive (seconds)", hint="e.g. --duration 30")
         if not 1 <= self.snaplen <= 262144:
             raise UsageError("--snaplen must be between 1 and 262144", hint="the default, 262144, keeps whole packets")
+        if not 0 <= self.dedup_window_ms <= 10_000:  # NaN too
+            raise UsageError("--dedup-window must be between 0 and 10000 ms", hint="0 keeps every copy")
         if not 1 <= self.buffer_mib <= 4096:
             raise UsageError("--buffer-size must be between 1 and 4096 MiB", hint="the default is 32 (MiB)")
         self._validate_sampling()

@@ -26,6 +26,7 @@ from kstap.model import (
     Alert,
     ControllerState,
     Interface,
+    InterfaceEvent,
     PacketRecord,
     ResourceStats,
     SourceStats,
@@ -52,6 +53,7 @@ __all__ = [
     "FiniteSource",
     "FirstPacketNotes",
     "Governor",
+    "LinkEventSource",
     "LiveControl",
     "Mode",
     "PressureReaderLike",
@@ -94,6 +96,8 @@ class SourceCapabilities:
     dissected_upstream: bool = False
     """Its flows were dissected upstream (remote workers with ``--entries``): the loop does not
     dissect them again, it writes the entries the source brings (see :class:`EntrySource`)."""
+    interface_events: bool = False
+    """Reports interfaces that appear and vanish while it captures (see :class:`LinkEventSource`)."""
 
 
 class Source(Protocol):
@@ -174,6 +178,13 @@ class EntrySource(Source, Protocol):
     def take_entries(self, final: bool = False) -> list[dict[str, Any]]:
         """The entries received since the last call, oldest first (``final``: the capture is over, nothing
         is held back any more)."""
+
+
+class LinkEventSource(Source, Protocol):
+    """``interface_events``: interfaces that appeared or vanished since the last call (pod veths
+    on ``-i any``, a named interface that went away)."""
+
+    def take_events(self) -> list[InterfaceEvent]: ...
 
 
 class WorkerStatsSource(Source, Protocol):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from kstap.vocabulary import AlertLevel, Cause
 
@@ -24,6 +25,27 @@ class Interface:
     description: str = ""
 
 
+class LinkChange(StrEnum):
+    """What happened to an interface during a capture."""
+
+    APPEARED = "appeared"
+    VANISHED = "vanished"
+    RENAMED = "renamed"
+
+
+@dataclass(frozen=True)
+class InterfaceEvent:
+    """An interface appeared or vanished while capturing (a pod's veth, a tunnel device)."""
+
+    time_ns: int
+    change: LinkChange
+    name: str
+    ifindex: int
+
+    def describe(self) -> str:
+        return f"interface {self.name} (index {self.ifindex}) {self.change}"
+
+
 @dataclass
 class SourceStats:
     """Counters of one capture source (one socket or one file), tcpdump's three numbers."""
@@ -34,11 +56,14 @@ class SourceStats:
     """Packets the kernel dropped because the ring was full ("dropped by kernel")."""
     delivered: int = 0
     """Packets handed to user space (after the loopback duplicate rule)."""
+    duplicates: int = 0
+    """Copies of one packet seen on another interface of the node and removed (``-i any``)."""
 
     def add(self, other: SourceStats) -> None:
         self.received += other.received
         self.dropped += other.dropped
         self.delivered += other.delivered
+        self.duplicates += other.duplicates
 
 
 @dataclass
@@ -70,6 +95,10 @@ class CaptureSummary:
     entries: int = 0
     """Request/response entries written by dissection (--entries)."""
     dissect_evictions: dict[str, int] = field(default_factory=dict)
+    duplicates: int = 0
+    """Copies of packets already seen on another interface, removed (``-i any`` dedup)."""
+    interface_changes: list[str] = field(default_factory=list)
+    """Interfaces that appeared or vanished during the capture, in order ("interface X (index N) appeared")."""
 
 
 @dataclass
@@ -195,6 +224,8 @@ class StatsSnapshot:
     bytes_captured: int = 0
     received: int = 0
     dropped: int = 0
+    duplicates: int = 0
+    """Copies removed by ``-i any`` dedup so far."""
     sampled_out: int = 0
     left_out: int | None = None
     """Packets the kernel filter did not pass, from the interface counters (see CaptureSummary)."""

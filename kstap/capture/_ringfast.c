@@ -489,11 +489,142 @@ out:
     return res;
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * -i any's fast path: a TPACKET_V3 block of a cooked (SOCK_DGRAM) socket → EPBs of LINUX_SLL2
+ * frames, with the copies one packet leaves on several interfaces removed. The twin is
+ * kstap.capture.cooked.CookedSource._read_blocks + kstap.capture.dedup (same rule: the same
+ * network bytes, IPv4 TTL/checksum and IPv6 hop limit masked, on another interface within the
+ * window; tests check both give the same packets). Seen packets live in a caller-owned table of
+ * 24-byte slots (64-bit digest, timestamp ns, ifindex); slot 0 is the header (unused, capacity).
+ * A slot older than the window counts as free; when the probes find none, the oldest is
+ * replaced (a copy of that packet may then be kept: never a packet lost). */
+#define COOKED_PROBES 8
+#define SLL2_LEN 20
+
+static uint64_t packet_digest(uint16_t proto, const unsigned char *p, uint32_t n, uint32_t origlen) {
+    unsigned char head[16] = {0};
+    uint32_t h16 = n < 16 ? n : 16;
+    memcpy(head, p, h16);
+    if (proto == 0x0800 && n >= 20 && (p[0] >> 4) == 4) { head[8] = 0; head[10] = 0; head[11] = 0; }
+    else if (proto == 0x86DD && n >= 40 && (p[0] >> 4) == 6) head[7] = 0;
+    uint64_t h = mix64(0x9E3779B97F4A7C15ull ^ ((uint64_t)proto << 32 | origlen));
+    uint64_t w;
+    memcpy(&w, head, 8); h = mix64(h ^ w);
+    memcpy(&w, head + 8, 8); h = mix64(h ^ w);
+    uint32_t i = 16;
+    for (; i + 8 <= n; i += 8) { memcpy(&w, p + i, 8); h = mix64(h ^ w); }
+    if (i < n) { w = 0; memcpy(&w, p + i, n - i); h = mix64(h ^ w ^ ((uint64_t)(n - i) << 56)); }
+    return h ? h : 1;
+}
+
+/* 1 when (key, another ifindex) was seen within the window: a copy; else records it, returns 0 */
+static int cooked_seen(uint64_t *t, uint64_t key, uint64_t ts, uint32_t ifindex, uint64_t window) {
+    uint64_t mask = t[1] - 1, i = key & mask, victim = i, oldest = UINT64_MAX;
+    for (int probe = 0; probe < COOKED_PROBES; probe++, i = (i + 1) & mask) {
+        uint64_t *slot = t + 3 * (1 + i);
+        int live = slot[0] && (ts < slot[1] || ts - slot[1] <= window);
+        if (live && slot[0] == key) {
+            if ((uint32_t)slot[2] != ifindex) return 1;
+            slot[1] = ts;
+            return 0;
+        }
+        if (!live) { victim = i; oldest = 0; break; }
+        if (slot[1] < oldest) { oldest = slot[1]; victim = i; }
+    }
+    uint64_t *slot = t + 3 * (1 + victim);
+    slot[0] = key; slot[1] = ts; slot[2] = ifindex;
+    return 0;
+}
+
+/* encode_cooked_block(ring, boff, bsize, if_id, maxp, table, window_ns)
+ *   -> (epb_bytes, packets_written, captured_bytes, packets_read, duplicates) */
+static PyObject *encode_cooked_block(PyObject *self, PyObject *args) {
+    Py_buffer ring, table;
+    Py_ssize_t boff, bsize, maxp;
+    unsigned int if_id;
+    unsigned long long window;
+    if (!PyArg_ParseTuple(args, "y*nnInw*K", &ring, &boff, &bsize, &if_id, &maxp, &table, &window))
+        return NULL;
+    PyObject *result = NULL;
+    unsigned char *out = NULL;
+    uint64_t *t = (uint64_t *)table.buf;
+    if (boff < 0 || bsize < 48 || boff + bsize > ring.len || table.len < 48 || !t[1] || (t[1] & (t[1] - 1)) ||
+        (Py_ssize_t)((t[1] + 1) * 24) > table.len) {
+        PyErr_SetString(PyExc_ValueError, "bad ring or table");
+        goto done;
+    }
+    const unsigned char *blk = (const unsigned char *)ring.buf + boff;
+    uint32_t num = rd32(blk + 12), first = rd32(blk + 16);
+    if (maxp >= 0 && (Py_ssize_t)num > maxp) num = (uint32_t)maxp;
+    Py_ssize_t cap_out = 0, off = first;
+    for (uint32_t i = 0; i < num; i++) {  /* pass 1: validate, size the output */
+        if (off < 0 || off + 48 + 20 > bsize) { PyErr_SetString(PyExc_ValueError, "corrupt TPACKET_V3 block"); goto done; }
+        const unsigned char *h = blk + off;
+        uint32_t next = rd32(h), snap = rd32(h + 12);
+        uint16_t mac = rd16(h + 24);
+        if (off + mac + (Py_ssize_t)snap > bsize) { PyErr_SetString(PyExc_ValueError, "corrupt TPACKET_V3 block"); goto done; }
+        cap_out += 32 + ((SLL2_LEN + 4 + snap + 3) & ~3u);
+        if (i + 1 < num) {
+            if (next == 0) { PyErr_SetString(PyExc_ValueError, "corrupt TPACKET_V3 block"); goto done; }
+            off += next;
+        }
+    }
+    out = PyMem_Malloc(cap_out ? cap_out : 1);
+    if (!out) { PyErr_NoMemory(); goto done; }
+    unsigned char *o = out;
+    unsigned long long captured = 0;
+    unsigned int written = 0, dups = 0;
+    off = first;
+    for (uint32_t i = 0; i < num; i++) {
+        const unsigned char *h = blk + off;
+        const unsigned char *ll = h + 48;  /* struct sockaddr_ll after TPACKET_ALIGN(sizeof(tpacket3_hdr)) */
+        uint32_t next = rd32(h), sec = rd32(h + 4), nsec = rd32(h + 8), snap = rd32(h + 12), len = rd32(h + 16);
+        uint32_t status = rd32(h + 20);
+        const unsigned char *data = h + rd16(h + 24);
+        uint16_t proto = be16(ll + 2);
+        uint32_t ifindex = rd32(ll + 4);
+        unsigned long long ts = (unsigned long long)sec * 1000000000ull + nsec;
+        off += next;
+        if (window && cooked_seen(t, packet_digest(proto, data, snap, len), ts, ifindex, window)) { dups++; continue; }
+        unsigned char *d = o + 28;
+        uint16_t hatype = rd16(ll + 8), outer = proto;
+        uint32_t extra = 0;
+        if (status & TP_STATUS_VLAN_VALID) {
+            outer = (status & TP_STATUS_VLAN_TPID_VALID) ? rd16(h + 32) : 0x8100;
+            uint16_t tci = (uint16_t)rd32(h + 28);
+            d[SLL2_LEN] = tci >> 8; d[SLL2_LEN + 1] = tci & 0xff;
+            d[SLL2_LEN + 2] = proto >> 8; d[SLL2_LEN + 3] = proto & 0xff;
+            extra = 4;
+        }
+        d[0] = outer >> 8; d[1] = outer & 0xff; d[2] = 0; d[3] = 0;
+        d[4] = ifindex >> 24; d[5] = (ifindex >> 16) & 0xff; d[6] = (ifindex >> 8) & 0xff; d[7] = ifindex & 0xff;
+        d[8] = hatype >> 8; d[9] = hatype & 0xff; d[10] = ll[10]; d[11] = ll[11];
+        memcpy(d + 12, ll + 12, 8);
+        memcpy(d + SLL2_LEN + extra, data, snap);
+        uint32_t cap = SLL2_LEN + extra + snap, padded = (cap + 3) & ~3u, total = 32 + padded;
+        memset(d + cap, 0, padded - cap);
+        epb_header(o, total, if_id, ts, cap, len + SLL2_LEN + extra);
+        wr32(d + padded, total);
+        o += total;
+        captured += cap;
+        written++;
+    }
+    PyObject *bytes = PyBytes_FromStringAndSize((const char *)out, o - out);
+    if (bytes) result = Py_BuildValue("(NIKII)", bytes, written, captured, num, dups);
+done:
+    PyMem_Free(out);
+    PyBuffer_Release(&ring);
+    PyBuffer_Release(&table);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"encode_block", encode_block, METH_VARARGS, "Encode one TPACKET_V3 block as pcapng EPBs."},
     {"encode_block_sampled", encode_block_sampled, METH_VARARGS,
      "Encode one block as EPBs, commenting each flow's first packet (percentage mode)."},
     {"table_compact", table_compact, METH_VARARGS, "Copy the flows seen since a cutoff into a new table."},
+    {"encode_cooked_block", encode_cooked_block, METH_VARARGS,
+     "Encode one cooked-socket block as LINUX_SLL2 EPBs, removing copies seen on other interfaces (-i any)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -26,7 +26,7 @@ from kstap.contracts import FirstPacketNotes, SourceCapabilities
 from kstap.errors import EnvironmentProblem, KstapError, UsageError
 from kstap.filters.bpf import Program
 from kstap.merge import TimeOrderedMerge
-from kstap.model import Interface, PacketRecord, SourceStats
+from kstap.model import Interface, InterfaceEvent, LinkChange, PacketRecord, SourceStats
 
 SOL_PACKET = 263
 PACKET_RX_RING = 5
@@ -85,6 +85,45 @@ class RingConfig:
         return max(2, self.buffer_bytes // self.block_bytes)
 
 
+def map_ring(sock: socket.socket, r: RingConfig) -> mmap.mmap:
+    """Give ``sock`` a TPACKET_V3 receive ring of geometry ``r`` and map it."""
+    req = struct.pack("IIIIIII", r.block_bytes, r.blocks, 2048, r.block_bytes // 2048 * r.blocks, r.retire_ms, 0, 0)
+    try:
+        sock.setsockopt(SOL_PACKET, PACKET_RX_RING, req)
+    except OSError as exc:
+        raise EnvironmentProblem(f"cannot allocate a {r.buffer_bytes >> 20} MiB capture ring: "
+                                 f"{exc.strerror}", hint="use a smaller --buffer-size") from exc
+    return mmap.mmap(sock.fileno(), r.block_bytes * r.blocks, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+
+
+def attach_filter(sock: socket.socket, prog: Program) -> None:
+    """Attach (or atomically replace) ``sock``'s filter; a usage error if the kernel refuses it. A program
+    with an attacher (the in-kernel flow table's eBPF filter behind the expression) is attached by it."""
+    if prog.attacher is not None:
+        prog.attacher.attach(sock, prog.insns, prog.linktype)
+        return
+    fprog, keep = prog.sock_fprog()
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+    except OSError as exc:  # ENOMEM: the program is above net.core.optmem_max once translated
+        raise UsageError(f"the kernel refused the {len(prog.insns)}-instruction filter: {exc.strerror}",
+                         hint="simplify the filter (e.g. 'net 10.0.0.0/16' instead of many hosts), "
+                              "or raise net.core.optmem_max") from None
+    del keep
+
+
+def fold_counters(sock: socket.socket, stats: SourceStats) -> SourceStats:
+    """Add the kernel's PACKET_STATISTICS (which reset on every read) to ``stats``."""
+    try:
+        raw = sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, _STATS.size)
+    except OSError:
+        return stats
+    packets, drops, _ = _STATS.unpack(raw)
+    stats.received += packets
+    stats.dropped += drops
+    return stats
+
+
 class AfPacketRing:
     """One AF_PACKET socket on one interface with its TPACKET_V3 ring."""
 
@@ -98,7 +137,9 @@ class AfPacketRing:
         ring: RingConfig = RingConfig(),
         fanout_group: int | None = None,
     ) -> None:
-        interfaces.require(name)
+        self.ifindex = interfaces.require(name)
+        self.gone = False
+        """The interface went away (deleted, or its namespace was): nothing more will arrive."""
         self.name = name
         self.if_id = if_id
         self.worker = worker
@@ -135,15 +176,7 @@ class AfPacketRing:
         self._loopback = interfaces.is_loopback(hatype)
         self.set_filter(program)
         r = self._ring
-        req = struct.pack("IIIIIII", r.block_bytes, r.blocks, 2048, r.block_bytes // 2048 * r.blocks,
-                          r.retire_ms, 0, 0)
-        try:
-            s.setsockopt(SOL_PACKET, PACKET_RX_RING, req)
-        except OSError as exc:
-            raise EnvironmentProblem(f"cannot allocate a {r.buffer_bytes >> 20} MiB capture ring: "
-                                     f"{exc.strerror}", hint="use a smaller --buffer-size") from exc
-        self.mm = mmap.mmap(s.fileno(), r.block_bytes * r.blocks, mmap.MAP_SHARED,
-                            mmap.PROT_READ | mmap.PROT_WRITE)
+        self.mm = map_ring(s, r)
         s.bind((self.name, ETH_P_ALL))
         if fanout_group is not None:
             # No PACKET_FANOUT_FLAG_DEFRAG: it makes the kernel reassemble IP fragments before the
@@ -158,19 +191,7 @@ class AfPacketRing:
 
     def set_filter(self, program: Program) -> None:
         """Attach (or atomically replace) the kernel filter; loopback drops outgoing copies."""
-        s = self.sock
-        prog = program.without_outgoing() if self._loopback else program
-        if prog.attacher is not None:  # the in-kernel flow table (eBPF) behind the expression
-            prog.attacher.attach(s, prog.insns, self.linktype)
-            return
-        fprog, keep = prog.sock_fprog()
-        try:
-            s.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
-        except OSError as exc:  # ENOMEM: the program is above net.core.optmem_max once translated
-            raise UsageError(f"the kernel refused the {len(prog.insns)}-instruction filter: {exc.strerror}",
-                             hint="simplify the filter (e.g. 'net 10.0.0.0/16' instead of many hosts), "
-                                  "or raise net.core.optmem_max") from None
-        del keep
+        attach_filter(self.sock, program.without_outgoing() if self._loopback else program)
 
     def interface(self, program: Program) -> Interface:
         return Interface(self.name, self.linktype, program.snaplen, program.expression)
@@ -253,14 +274,7 @@ class AfPacketRing:
 
     def update_stats(self) -> SourceStats:
         """Fold the kernel's counters (which reset on every read) into ``self.stats``."""
-        try:
-            raw = self.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, _STATS.size)
-        except OSError:
-            return self.stats
-        packets, drops, _ = _STATS.unpack(raw)
-        self.stats.received += packets
-        self.stats.dropped += drops
-        return self.stats
+        return fold_counters(self.sock, self.stats)
 
     def close(self) -> None:
         self.update_stats()
@@ -292,6 +306,8 @@ class AfPacketSource:
         self.gone: list[str] = []
         """Interfaces that went away during the capture (while others remained: see :meth:`read`)."""
         self._lag_ns = (max((r._ring.retire_ms for r in rings), default=20) + 30) * 1_000_000
+        self.events: list[InterfaceEvent] = []
+        self._ended: KstapError | None = None
 
     def read(self, timeout_ms: int) -> list[PacketRecord]:
         """Packets of all ready blocks; waits up to ``timeout_ms`` when none is ready.
@@ -300,17 +316,22 @@ class AfPacketSource:
         are held until no ring can still deliver an older one (its block-retire time has passed)
         and released in time order: the same watermark merge the fanout workers use.
         """
+        if self._ended is not None and not len(self._merge):
+            raise self._ended
         if len(self.rings) == 1:
             return self._read_raw(timeout_ms)
         watermark = time.time_ns() - self._lag_ns
         self._merge.add(self._read_raw(timeout_ms))
+        if self._ended is not None:  # nothing older can come: release everything
+            return self._merge.release_all()
         return self._merge.release(watermark)
 
     def _read_raw(self, timeout_ms: int) -> list[PacketRecord]:
         out: list[PacketRecord] = []
         for r in self.rings:
-            r.read_blocks(out)
-        if out:
+            if not r.gone:
+                r.read_blocks(out)
+        if out or self._ended is not None:
             return out
         try:
             events = self._poll.poll(timeout_ms)
@@ -327,16 +348,34 @@ class AfPacketSource:
             if ev & select.POLLERR:
                 err = ring.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if err == errno.ENETDOWN:
-                    live = [r for r in self.rings if r.fileno() in self._by_fd and r is not ring]
-                    if not live:
-                        raise KstapError(f"interface {ring.name!r} went down",
-                                         hint="the capture stopped; restart it when the link is back")
-                    # one of several (a node worker's -i any): a pod's veth goes with its pod; the others
-                    # go on. What its ring holds is still read; its counters stay in the statistics.
-                    self._poll.unregister(fd)
-                    del self._by_fd[fd]
-                    self.gone.append(ring.name)
+                    self._lose(ring, out)
+                    continue
             ring.read_blocks(out)
+        return out
+
+    def _lose(self, ring: AfPacketRing, out: list[PacketRecord]) -> None:
+        """``ring``'s interface went away: take every packet its ring still holds (the partly
+        filled block is handed over by its retire timer), note it, and poll it no more. When it
+        was the last one, the next read raises (after every packet read was returned)."""
+        deadline = time.monotonic() + (ring._ring.retire_ms + 30) / 1000
+        while time.monotonic() < deadline:
+            ring.read_blocks(out)
+            time.sleep(0.005)
+        ring.read_blocks(out)
+        ring.gone = True
+        self.gone.append(ring.name)
+        with contextlib.suppress(KeyError, ValueError):
+            self._poll.unregister(ring.fileno())
+        self.events.append(InterfaceEvent(time.time_ns(), LinkChange.VANISHED, ring.name, ring.ifindex))
+        if all(r.gone for r in self.rings):
+            how = "went down" if ring.name in interfaces.available() else "went away"
+            self._ended = KstapError(f"interface {ring.name!r} {how} during the capture",
+                                     hint="every packet read before it went is in the output; "
+                                          "restart when it is back, or capture with -i any")
+
+    def take_events(self) -> list[InterfaceEvent]:
+        """Named interfaces that went away since the last call."""
+        out, self.events = self.events, []
         return out
 
     def wake_on(self, fd: int) -> None:
@@ -348,6 +387,8 @@ class AfPacketSource:
         """Single-ring fast path: EPB bytes of the ready blocks, waiting up to ``timeout_ms``
         (``seen``: first-packet comments; ``wanted``: what the dissectors take, see the ring's)."""
         ring = self.rings[0]
+        if self._ended is not None:
+            raise self._ended
         # with ``wanted`` each block's packets exist twice until the dissectors have run (EPB bytes
         # and records): a few blocks per call keep that transient memory small
         blocks = 64 if wanted is None else 2
@@ -358,11 +399,13 @@ class AfPacketSource:
             events = self._poll.poll(timeout_ms)
         except InterruptedError:
             return got
-        # As in read(): a downed link shows as POLLERR, which poll reports until SO_ERROR is read.
+        # As in read(): a vanished link shows as POLLERR, which poll reports until SO_ERROR is read.
         if any(ev & select.POLLERR for _, ev in events) and \
                 ring.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == errno.ENETDOWN:
-            raise KstapError(f"interface {ring.name!r} went down",
-                             hint="the capture stopped; restart it when the link is back")
+            time.sleep((ring._ring.retire_ms + 30) / 1000)  # its last block is retired by the timer
+            got = ring.read_encoded(max_packets, blocks, seen=seen, wanted=wanted)
+            self._lose(ring, [])
+            return got
         return ring.read_encoded(max_packets, blocks, seen=seen, wanted=wanted)
 
     @property
@@ -374,7 +417,7 @@ class AfPacketSource:
     def capabilities(self) -> SourceCapabilities:
         fast = self.fast
         return SourceCapabilities(encoded_blocks=fast, sampled_blocks=fast and encode_block_sampled is not None,
-                                  live_filter=True)
+                                  live_filter=True, interface_events=True)
 
     def set_filter(self, program: Program) -> None:
         for r in self.rings:

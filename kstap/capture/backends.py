@@ -6,10 +6,12 @@ import os
 
 from kstap.capture import interfaces, netns
 from kstap.capture.afpacket import AfPacketRing, AfPacketSource, RingConfig
+from kstap.capture.cooked import CookedSource
+from kstap.capture.dedup import DEFAULT_WINDOW_NS
 from kstap.capture.fanout import FanoutSource
 from kstap.capture.pcap_live import PcapLiveSource, compile_for_live, needs_live_compile
 from kstap.contracts import Source
-from kstap.errors import EnvironmentProblem
+from kstap.errors import EnvironmentProblem, UsageError
 from kstap.filters import libpcap
 from kstap.filters.bpf import Program
 
@@ -32,6 +34,11 @@ def resolve(name: str) -> str:
     return "pf_ring" if pf_ring_problem() is None else "af_packet"
 
 
+def cooked(names: list[str], backend: str) -> bool:
+    """True when ``names`` is captured through one cooked socket (``-i any`` on af_packet)."""
+    return "any" in names and resolve(backend) == "af_packet"
+
+
 class _AfPacketSingle(AfPacketSource):
     def __init__(self, rings: list[AfPacketRing], program: Program) -> None:
         super().__init__(rings)
@@ -39,17 +46,31 @@ class _AfPacketSingle(AfPacketSource):
 
 
 def open_live(backend: str, names: list[str], program: Program, *, workers: int, buffer_mib: int,
-              ns: str | None, retire_ms: int = 20, restart_workers: bool = False) -> tuple[Source, int]:
+              ns: str | None, retire_ms: int = 20, restart_workers: bool = False,
+              dedup_window_ns: int = DEFAULT_WINDOW_NS) -> tuple[Source, int]:
     """Open ``names`` with ``backend``; returns the source and its block-retire time (ms).
 
+    ``any`` on af_packet is one cooked socket (:mod:`kstap.capture.cooked`; ``program`` must be
+    compiled for LINUX_SLL2 and rewritten by ``for_cooked_socket``), with copies of one packet on
+    several interfaces removed within ``dedup_window_ns`` (0: keep them). On libpcap it is
+    libpcap's own ``any`` device.
     ``restart_workers``: with ``workers > 1``, replace a lost capture worker (see
     :mod:`kstap.capture.fanout`); the caller must then catch ``WorkerLost`` from ``read``.
     """
     ring = RingConfig(buffer_bytes=buffer_mib << 20, block_bytes=min(1 << 20, max(1 << 16, (buffer_mib << 20) // 4)),
                       retire_ms=retire_ms)
     backend = resolve(backend)
-    with netns.entered(ns):
-        names = interfaces.expand(names)
+    if "any" in names and len(names) > 1:
+        raise UsageError("-i any already captures every interface", hint="give -i any alone, or name interfaces")
+    if cooked(names, backend):
+        if workers > 1:
+            raise UsageError("-i any is one cooked socket; --workers applies to named interfaces",
+                             hint="drop --workers, or name the interfaces (-i eth0 -i eth1 --workers 2)")
+        with netns.entered(ns):
+            return CookedSource(program, ring=ring, dedup_window_ns=dedup_window_ns), ring.retire_ms
+    if names != ["any"]:
+        with netns.entered(ns):
+            names = interfaces.expand(names)
     if backend == "pf_ring":
         problem = pf_ring_problem()
         if problem:

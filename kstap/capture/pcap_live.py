@@ -35,7 +35,8 @@ class PcapLiveSource:
         self._timeout_ms = timeout_ms
         try:
             for name in names:
-                interfaces.require(name)
+                if name != "any":  # libpcap's own cooked any device
+                    interfaces.require(name)
                 self._handles.append(self._open(name, snaplen, buffer_bytes))
         except BaseException:
             self.close()

@@ -41,6 +41,7 @@ TAP_FLAG_KEYS: dict[str, str] = {
     "realtime": "realtime",
     "capture": "capture",
     "netns": "netns",
+    "dedup_window": "dedup_window_ms",
     "rotate_mb": "output.rotate_mb",
     "ring_files": "output.ring_files",
     "rotate_seconds": "output.rotate_seconds",

@@ -56,6 +56,11 @@ class TextReporter:
             self._say(f"kstap: per-worker packets: {shares}")
         for line in sampling_lines(s):
             self._say(line)
+        if s.duplicates:
+            self._say(f"kstap: {s.duplicates} duplicate copies removed (the same packet seen on another interface)")
+        if s.interface_changes:
+            self._say(f"kstap: {len(s.interface_changes)} interface change(s) during the capture: "
+                      + "; ".join(s.interface_changes[-5:]))
         if s.entries or s.dissect_evictions:
             evicted = ", ".join(f"{k} {v}" for k, v in sorted(s.dissect_evictions.items()) if v)
             self._say(f"kstap: {s.entries} entries dissected" + (f" (evictions: {evicted})" if evicted else ""))

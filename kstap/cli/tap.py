@@ -44,6 +44,9 @@ def tap(
     capture: str = typer.Option("af_packet", "--capture", help="Backend: af_packet, libpcap, pf_ring or best.",
                                  autocompletion=completion.backends),
     netns: str | None = typer.Option(None, "--netns", help="Capture inside this named network namespace."),
+    dedup_window: float = typer.Option(50.0, "--dedup-window",
+                                       help="-i any: drop copies of a packet seen on another interface within MS "
+                                            "(0 keeps them)."),
     rotate_mb: float | None = typer.Option(None, "-C", help="Rotate the file after this many million bytes."),
     ring_files: int | None = typer.Option(None, "-W", help="With -C/-G: keep only the newest N files."),
     rotate_seconds: float | None = typer.Option(None, "-G", help="Rotate the file every SECS seconds."),

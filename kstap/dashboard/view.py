@@ -265,6 +265,8 @@ def _traffic_panel(s: StatsSnapshot, width: int) -> Panel:
     grid.add_row(Text("kernel drops", style="dim"),
                  Text(f"{fmt_count(s.dropped)} ({fmt_pct(ratio)})", style=drop_style))
     grid.add_row(Text("sampled out", style="dim"), Text(fmt_count(s.sampled_out)))
+    if s.duplicates:
+        grid.add_row(Text("duplicates", style="dim"), Text(f"{fmt_count(s.duplicates)} removed"))
     if s.left_out:
         grid.add_row(Text("left out", style="dim"), Text(f"{fmt_count(s.left_out)} in the kernel"))
     grid.add_row(Text("flows", style="dim"), Text(f"{fmt_count(s.flows_tracked)} tracked"))

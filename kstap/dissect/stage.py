@@ -7,11 +7,12 @@
     stage.close()                     # flush everything left
     stage.stats()                     # DissectStats for the worker's stats
 
-Frames are decoded by a minimal parser (Ethernet, up to two VLAN tags, Linux cooked v1/v2, raw IP,
-BSD loopback; IPv4 without fragments, IPv6 with hop-by-hop/routing/destination headers skipped; TCP,
-UDP): dpkt builds a full object tree per packet and is ~10x slower for this (``benchmarks/
-dissect_parsers.py``). DNS messages are read by :mod:`kstap.dissect.dns` (header, first
-question, counts; every record skipped by its length).
+Link layers and tunnels (Ethernet + VLAN/QinQ, Linux cooked v1/v2, raw IP, BSD loopback, NFLOG,
+VXLAN/Geneve inner frames) are located by :mod:`kstap.linklayer`, the one frame decoder the flow
+key uses too; from there a minimal parser reads IPv4 without fragments, IPv6 with
+hop-by-hop/routing/destination headers skipped, TCP and UDP: dpkt builds a full object tree per
+packet and is ~10x slower for this (``benchmarks/dissect_parsers.py``). DNS messages are read by
+:mod:`kstap.dissect.dns` (header, first question, counts; every record skipped by its length).
 
 **Memory** is accounted as: a fixed cost per tracked connection (:data:`FLOW_COST`, from
 ``sys.getsizeof`` of its objects, checked against tracemalloc by a test) + bytes buffered ahead in
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field, replace
 from kstap.dissect.api import Entry
 from kstap.dissect.dns import PENDING_COST, DnsUdpTracker, UdpKey
 from kstap.dissect.reassembly import ACK, FIN, IGNORE, RST, SYN, Sink, TcpConn
+from kstap.linklayer import network
 from kstap.model import PacketRecord
 from kstap.sampling.flowhash import flow_id
 from kstap.sampling.flowkey import FlowKey
@@ -188,34 +190,8 @@ class DissectStage:
             self._now = ts
         lt = linktypes[if_id] if if_id < len(linktypes) else 1
         n = len(data)
-        # link layer → network header offset and ethertype
-        if lt == 1:
-            if n < 14:
-                st.packets_undecoded += 1
-                return
-            etype = (data[12] << 8) | data[13]
-            off = 14
-            if etype in (0x8100, 0x88A8):
-                etype = (data[16] << 8) | data[17] if n >= 18 else 0
-                off = 18
-                if etype in (0x8100, 0x88A8):
-                    etype = (data[20] << 8) | data[21] if n >= 22 else 0
-                    off = 22
-        elif lt == 101 or lt == 12 or lt == 14 or lt == 228 or lt == 229:
-            v = data[0] >> 4 if n else 0
-            etype, off = (0x0800 if v == 4 else 0x86DD if v == 6 else 0), 0
-        elif lt == 113:
-            etype, off = ((data[14] << 8) | data[15] if n >= 16 else 0), 16
-        elif lt == 276:
-            etype, off = ((data[0] << 8) | data[1] if n >= 20 else 0), 20
-        elif lt == 0 or lt == 108:
-            fam = int.from_bytes(data[:4], "little" if lt == 0 else "big") if n >= 4 else 0
-            if fam not in (2, 24, 28, 30) and lt == 0:
-                fam = int.from_bytes(data[:4], "big")
-            etype, off = (0x0800 if fam == 2 else 0x86DD if fam in (24, 28, 30) else 0), 4
-        else:
-            st.packets_undecoded += 1
-            return
+        # link layer (and VXLAN/Geneve) → the innermost network header: the one decoder
+        etype, off = network(data, lt)
         # network layer
         if etype == 0x0800:
             if n < off + 20:

@@ -24,7 +24,15 @@ BPF_MAXINSNS = 4096
 """The kernel's limit for a classic socket filter (include/uapi/linux/filter.h)."""
 
 SKF_AD_OFF = -0x1000
+SKF_AD_PROTOCOL = 0
 SKF_AD_PKTTYPE = 4
+SKF_AD_IFINDEX = 8
+SKF_AD_HATYPE = 28
+LINKTYPE_LINUX_SLL2 = 276
+SLL2_HEADER = 20
+_SLL2_FIELDS = {0: SKF_AD_PROTOCOL, 4: SKF_AD_IFINDEX, 8: SKF_AD_HATYPE, 10: SKF_AD_PKTTYPE}
+"""SLL2 header offsets a filter may load → the ancillary load that gives the same value on a
+cooked socket (where the header is built in user space and the kernel filter never sees it)."""
 PACKET_OUTGOING = 4
 LINKTYPE_TO_DLT = {101: 12}
 """pcap_open_dead takes a DLT: LINKTYPE_RAW (files, ARPHRD_NONE) is DLT_RAW, 12 on Linux."""
@@ -48,6 +56,9 @@ class Program:
     linktype: int
     snaplen: int
     insns: tuple[Insn, ...]
+    cooked: bool = False
+    """The instructions run on a cooked (SOCK_DGRAM) socket: packet loads are relative to the
+    network header (see :func:`for_cooked_socket`)."""
     attacher: SocketAttacher | None = field(default=None, compare=False)
     """When set, sockets get the attacher's program (built from ``insns``) instead of ``insns``."""
 
@@ -76,6 +87,10 @@ class Program:
             (0x06, 0, 0, 0),  # ret #0
         )
         return replace(self, insns=head + self.insns)
+
+    def with_insns(self, insns: tuple[Insn, ...]) -> Program:
+        """The same program description with other instructions (a spliced sampling tail)."""
+        return replace(self, insns=insns)
 
     def matches(self, data: bytes, wirelen: int) -> bool:
         """Run the program on one packet in user space (pcap_offline_filter)."""
@@ -166,6 +181,33 @@ def _compile(expression: str, linktype: int, snaplen: int, optimize: bool) -> Pr
             hint="simplify the expression (fewer hosts/ports, or use a network: 'net 10.0.0.0/16')",
         )
     return Program(expression, linktype, snaplen, insns)
+
+
+def for_cooked_socket(program: Program) -> Program:
+    """A program compiled for LINKTYPE_LINUX_SLL2, rewritten to run on a cooked packet socket.
+
+    The kernel runs a SOCK_DGRAM socket's filter on the packet from its network header; the SLL2
+    header exists only in what user space writes. As libpcap's ``fix_offset`` does, packet loads
+    past the header move back by its 20 bytes, and loads of its protocol, ifindex, hatype and
+    packet type become ancillary loads. Any other load of the header (its address) cannot run in
+    the kernel: a usage error.
+    """
+    if program.linktype != LINKTYPE_LINUX_SLL2 or program.cooked:
+        return program
+    out: list[Insn] = []
+    for code, jt, jf, k in program.insns:
+        cls, mode = code & 0x07, code & 0xE0
+        if cls in (0x00, 0x01) and mode in (0x20, 0x40, 0xA0):  # ld/ldx: abs, ind, msh
+            if k >= SLL2_HEADER:
+                k -= SLL2_HEADER
+            elif mode == 0x20 and k in _SLL2_FIELDS:
+                k = (SKF_AD_OFF + _SLL2_FIELDS[k]) & 0xFFFFFFFF
+            else:
+                raise UsageError(f"the filter {program.expression!r} reads the cooked header's bytes {k}+, "
+                                 "which a cooked socket's kernel filter cannot see",
+                                 hint="filter on addresses, ports, 'inbound'/'outbound' or 'ifindex N' instead")
+        out.append((code, jt, jf, k))
+    return Program(program.expression, program.linktype, program.snaplen, tuple(out), True)
 
 
 def final_expression(bpf_filter: str | None) -> str:

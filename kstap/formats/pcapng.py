@@ -154,7 +154,8 @@ class InterfaceCounters:
     dropped: int
     delivered: int
     comment: str = ""
-    """The ISB's comment (kstap writes rate changes no packet carried, see Sampler.unwritten_rate_notes)."""
+    """The ISB's comment: rate changes no packet carried (see Sampler.unwritten_rate_notes), what
+    ``-i any`` dedup removed, interfaces that came and went."""
 
 
 def _u64(code: int, value: int) -> bytes:

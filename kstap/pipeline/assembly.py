@@ -29,10 +29,10 @@ from kstap.dissect.stage import DEFAULT_IDLE_TIMEOUT, DissectStage, default_flow
 from kstap.errors import Interrupted, KstapError, OutputClosed
 from kstap.filters.bpf import Program, compile_filter, final_expression
 from kstap.formats import pcapng
-from kstap.model import CaptureSummary, Interface, PacketRecord
+from kstap.model import CaptureSummary, Interface, PacketRecord, SourceStats
 from kstap.pipeline.loop import Capture, Consumers, Stages
 from kstap.pipeline.resources import ResourceWatch
-from kstap.pipeline.steering import Steering, sampled
+from kstap.pipeline.steering import Steering, compile_live, sampled
 from kstap.pipeline.stopping import Signals, StopFlag
 from kstap.sampling import metadata
 from kstap.sampling.flowhash import seed_id
@@ -88,10 +88,12 @@ def run_tap(settings: TapSettings, reporter: Reporter, stop: StopFlag | None = N
                 watch = ResourceWatch(smp, reporter, clock)
                 steering = Steering(settings, source, reporter, watch, sampler, governor, base, control, kernel)
                 opened = source
+                changes: list[str] = []
                 stages = Stages(
                     source=source, backend=backend, steering=steering, watch=watch, retire_ms=retire_ms,
+                    interface_changes=changes,
                     open_sink=lambda interfaces: open_sink(settings, interfaces, opened, backend, sampler, seed,
-                                                           sink_factory),
+                                                           sink_factory, changes),
                     open_consumers=lambda interfaces, has_sink: open_consumers(
                         settings, interfaces, has_sink, lines, seed,
                         upstream=opened.capabilities.dissected_upstream))
@@ -144,7 +146,7 @@ def open_source(settings: TapSettings, expression: str, sampler: FlowSampler | N
             compile_filter(expression, snaplen=settings.snaplen)  # fail early on a bad expression
         replay = ReplaySource(settings.read, expression, snaplen=settings.snaplen, realtime=settings.realtime)
         return replay, 0, "file", None
-    base = compile_filter(expression, snaplen=settings.snaplen)
+    base = compile_live(expression, settings)
     backend = backends.resolve(settings.capture)
     program = base
     if kernel is not None:  # the eBPF filter: the expression, then the flow table
@@ -164,25 +166,31 @@ def open_source(settings: TapSettings, expression: str, sampler: FlowSampler | N
     to_file = settings.output.path not in (None, "-") and settings.entries is None
     live, retire = backends.open_live(backend, settings.interfaces, program, workers=settings.workers,
                                       buffer_mib=settings.buffer_mib, ns=settings.netns,
-                                      retire_ms=FILE_RETIRE_MS if to_file else 20, restart_workers=True)
+                                      retire_ms=FILE_RETIRE_MS if to_file else 20, restart_workers=True,
+                                      dedup_window_ns=int(settings.dedup_window_ms * 1e6))
     return live, retire, backend, base
 
 
 def open_sink(settings: TapSettings, interfaces: list[Interface], source: Source, backend: str,
-              sampler: FlowSampler | None, seed: int, sink_factory: SinkFactory | None) -> Sink | None:
-    """The -w file(s), the sink a worker streams into, or None (packet lines or counting only)."""
+              sampler: FlowSampler | None, seed: int, sink_factory: SinkFactory | None,
+              changes: list[str]) -> Sink | None:
+    """The -w file(s), the sink a worker streams into, or None (packet lines or counting only).
+    ``changes``: the interface changes so far (the loop appends), for the statistics block's comment."""
     out, smp = settings.output, settings.sampling
     if not out.path and sink_factory is None:
         return None
     run = metadata.run_note(smp.mode, sampler.rate if sampler else 1.0, seed_id(seed), settings.bpf_filter)
 
     def counters() -> list[pcapng.InterfaceCounters]:
-        """The interfaces' counters for a file's statistics blocks; the first one's comment carries the
-        rate changes no packet has carried yet (so a file's rate timeline ends with the last change)."""
-        out = [pcapng.InterfaceCounters(0, 0, s.received, s.dropped, s.delivered) for s in source.stats()]
+        """The interfaces' counters for a file's statistics blocks. The first one's comment carries the
+        rate changes no packet has carried yet (so a file's rate timeline ends with the last change),
+        what ``-i any`` dedup removed and which interfaces came and went."""
+        out = [pcapng.InterfaceCounters(0, 0, s.received, s.dropped, s.delivered,
+                                        isb_note(s, changes if i == 0 else []))
+               for i, s in enumerate(source.stats())]
         notes = sampler.unwritten_rate_notes() if sampler is not None else []
         if out and notes:
-            out[0] = replace(out[0], comment="\n".join(notes))
+            out[0] = replace(out[0], comment="\n".join([*notes, *([out[0].comment] if out[0].comment else [])]))
         return out
 
     if sink_factory is not None:
@@ -194,6 +202,18 @@ def open_sink(settings: TapSettings, interfaces: list[Interface], source: Source
         with_queue=settings.workers > 1,
         comment=f"{run}; backend={backend}",
     )
+
+
+def isb_note(stats: SourceStats, changes: list[str]) -> str:
+    """The ISB comment: what ``-i any`` dedup removed and which interfaces came and went."""
+    parts = []
+    if stats.duplicates:
+        parts.append(f"kstap: {stats.duplicates} duplicate copies removed (the same packet seen on another "
+                     "interface of the node)")
+    if changes:
+        more = f" (+{len(changes) - 50} earlier)" if len(changes) > 50 else ""
+        parts.append("kstap: " + "; ".join(changes[-50:]) + more)
+    return "\n".join(parts)
 
 
 def open_consumers(settings: TapSettings, interfaces: list[Interface], has_sink: bool, lines: TextIO | None,

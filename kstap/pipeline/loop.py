@@ -6,6 +6,8 @@ them what they can do through their declared capabilities, never what class they
 
 from __future__ import annotations
 
+import bisect
+import contextlib
 import os
 import time
 from collections import Counter, deque
@@ -16,7 +18,17 @@ from typing import cast
 from kstap.capture.fanout import WorkerLost
 from kstap.capture.ifcounters import InterfaceCounters, left_out
 from kstap.config import TapSettings
-from kstap.contracts import BlockSink, BlockSource, CommentSource, EntrySource, FiniteSource, Reporter, Sink, Source
+from kstap.contracts import (
+    BlockSink,
+    BlockSource,
+    CommentSource,
+    EntrySource,
+    FiniteSource,
+    LinkEventSource,
+    Reporter,
+    Sink,
+    Source,
+)
 from kstap.dissect.entries import EntryWriter
 from kstap.dissect.stage import DissectStage
 from kstap.errors import KstapError, OutputFailed, WorkerFailure
@@ -80,6 +92,8 @@ class Stages:
     """(interfaces, a sink is open) → the consumers."""
     retire_ms: int = 0
     """The source's block-retire time: how long a drain at a stop waits."""
+    interface_changes: list[str] = field(default_factory=list)
+    """Interfaces that appeared or vanished so far (the loop appends; the sink's ISB comment reads it)."""
 
 
 class Capture:
@@ -103,6 +117,8 @@ class Capture:
         self.consumers = Consumers()
         self.start = clock()
         self.worker_losses: list[str] = []
+        self.link_notes: list[tuple[int, str]] = []
+        """Interface changes not yet written as a packet comment: (time ns, text)."""
         self.recent: deque[tuple[float, int]] = deque([(0.0, 0)])
         """(elapsed, captured) of the last ticks, for the recent packet rate."""
         self.late_error: KstapError | None = None
@@ -181,11 +197,14 @@ class Capture:
                     if settings.duration is not None:
                         wait = min(wait, self.start + settings.duration - now)
                     wait_ms = max(1, int(wait * 1000) + 1) if woken else POLL_MS
-                    self._deliver_encoded(*blocks.read_encoded(wait_ms, limit - summary.captured, steering.seen,
-                                                               wanted))
-                    if wanted:
-                        self._dissect(wanted)
-                        wanted.clear()
+                    try:
+                        self._deliver_encoded(*blocks.read_encoded(wait_ms, limit - summary.captured,
+                                                                   steering.seen, wanted))
+                        if wanted:
+                            self._dissect(wanted)
+                            wanted.clear()
+                    finally:
+                        self._link_changes()
                     batch = []
                     continue
                 try:
@@ -194,6 +213,8 @@ class Capture:
                     batch = []
                     self._worker_lost(lost)
                     continue
+                finally:
+                    self._link_changes()
                 notes = self._notes()
                 if self.sink is not None and not batch:
                     self.sink.tick()
@@ -215,6 +236,33 @@ class Capture:
         finally:
             self._finish()
         return self._result(error)
+
+    def _link_changes(self) -> None:
+        """Interfaces that appeared or vanished: an alert (dashboard, NDJSON, the worker's stream)
+        and a comment on the first packet written after it. The capture goes on."""
+        if not self.caps.interface_events:
+            return
+        for event in cast(LinkEventSource, self.source).take_events():
+            text = event.describe()
+            self.link_notes.append((event.time_ns, f"kstap: {text}"))
+            self.stages.interface_changes.append(text)
+            self.watch.alert(AlertLevel.INFO, "interface", text)
+
+    def _place_link_notes(self, batch: list[PacketRecord], notes: dict[int, str] | None) -> dict[int, str]:
+        """Each pending interface change as a comment on the first packet stamped at or after it."""
+        out = dict(notes or {})
+        left: list[tuple[int, str]] = []
+        placed: dict[int, list[str]] = {}
+        for when, text in self.link_notes:
+            i = bisect.bisect_left(batch, when, key=lambda r: r[0])
+            if i == len(batch):
+                left.append((when, text))
+            else:
+                placed.setdefault(i, []).append(text)
+        for i, texts in placed.items():
+            out[i] = "; ".join(texts + ([out[i]] if i in out else []))
+        self.link_notes = left
+        return out
 
     def _upstream_entries(self, final: bool = False) -> None:
         """Write the entries the source brought (dissected upstream) since the last call."""
@@ -240,6 +288,8 @@ class Capture:
             notes = {i: c for i, c in notes.items() if i < room} if notes else notes
         if not batch:
             return
+        if self.link_notes:
+            notes = self._place_link_notes(batch, notes)
         if self.sink is not None:
             self.sink.ensure_interfaces(self.source.interfaces)  # a replayed file may describe more
             self.sink.write(batch, notes)
@@ -316,7 +366,10 @@ class Capture:
     # -- the end -------------------------------------------------------------------------------------
     def _finish(self) -> None:
         summary = self.summary
+        with contextlib.suppress(KstapError, OSError):
+            self._link_changes()  # what the watch saw during the drain
         fill_counts(summary, self.source)
+        summary.interface_changes = list(self.stages.interface_changes)
         summary.left_out = left_out(self.counters.since_start(), summary.received)
         c = self.consumers
         if c.dissect is not None and c.entries is not None:
@@ -401,6 +454,7 @@ def fill_counts(summary: CaptureSummary, source: Source) -> None:
     stats = source.stats()
     summary.received = sum(s.received for s in stats)
     summary.dropped = sum(s.dropped for s in stats)
+    summary.duplicates = sum(s.duplicates for s in stats)
     summary.per_interface = {i.name: s for i, s in zip(source.interfaces, stats, strict=False)}
 
 

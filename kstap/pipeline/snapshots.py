@@ -36,6 +36,7 @@ def snapshot(elapsed: float, settings: TapSettings, summary: CaptureSummary, sou
         bytes_captured=s.bytes_captured,
         received=s.received,
         dropped=s.dropped,
+        duplicates=s.duplicates,
         sampled_out=s.sampled_out,
         left_out=s.left_out,
         rate=steering.rate,

@@ -12,13 +12,13 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import cast
 
-from kstap.capture import netns
+from kstap.capture import backends, netns
 from kstap.capture.flowtable import FirstPacketTable
 from kstap.capture.pcap_live import compile_for_live, needs_live_compile
 from kstap.config import TapSettings
 from kstap.contracts import FilterSource, Governor, LiveControl, RateChanged, Reporter, Source
 from kstap.errors import KstapError
-from kstap.filters.bpf import Program, compile_filter, final_expression
+from kstap.filters.bpf import LINKTYPE_LINUX_SLL2, Program, compile_filter, final_expression, for_cooked_socket
 from kstap.model import CaptureSummary, ControllerState
 from kstap.pipeline.resources import ResourceWatch
 from kstap.sampling.flowhash import FULL, splice_threshold, threshold
@@ -30,9 +30,18 @@ from kstap.vocabulary import AlertLevel, Cause, Mode
 
 
 def sampled(base: Program, sampler: FlowSampler) -> Program:
-    """``base`` with the sampling tail for the sampler's current ceiling."""
-    spliced = splice_threshold(base.insns, sampler.seed, sampler.ceiling())
-    return Program(base.expression, base.linktype, base.snaplen, spliced.insns)
+    """``base`` with the sampling tail for the sampler's current ceiling (read at cooked offsets
+    when ``base`` runs on a cooked socket)."""
+    spliced = splice_threshold(base.insns, sampler.seed, sampler.ceiling(), cooked=base.cooked)
+    return base.with_insns(spliced.insns)
+
+
+def compile_live(expression: str, settings: TapSettings) -> Program:
+    """The kernel filter for a live capture: with ``-i any`` on af_packet, compiled for LINUX_SLL2
+    and rewritten for the cooked socket."""
+    if backends.cooked(settings.interfaces, settings.capture):
+        return for_cooked_socket(compile_filter(expression, linktype=LINKTYPE_LINUX_SLL2, snaplen=settings.snaplen))
+    return compile_filter(expression, snaplen=settings.snaplen)
 
 
 class Steering:
@@ -111,8 +120,8 @@ class Steering:
             raise KstapError("this capture backend cannot change its filter while running",
                              hint="restart the capture with the new --bpf-filter")
         settings = self.settings
-        base = compile_filter(final_expression(expression), snaplen=settings.snaplen)
-        if needs_live_compile(base.expression):
+        base = compile_live(final_expression(expression), settings)
+        if needs_live_compile(base.expression) and not base.cooked:
             with netns.entered(settings.netns):
                 base = compile_for_live(settings.interfaces[0], base.expression, settings.snaplen)
         sampler = self.sampler

@@ -370,7 +370,8 @@ def snapshot_json(s: StatsSnapshot) -> dict[str, Any]:
     return protocol.sanitize_object({
         "elapsed": s.elapsed, "mode": s.mode, "filter": s.filter, "captured": s.captured,
         "bytes_captured": s.bytes_captured, "received": s.received, "dropped": s.dropped,
-        "sampled_out": s.sampled_out, "rate": s.rate, "packets_per_second": s.packets_per_second,
+        "duplicates": s.duplicates, "sampled_out": s.sampled_out, "rate": s.rate,
+        "packets_per_second": s.packets_per_second,
         "flows_tracked": s.flows_tracked, "dissect_memory": s.dissect_memory,
         "top_endpoints": [list(e) for e in s.top_endpoints],
         "controller": asdict(s.controller) if s.controller else None,

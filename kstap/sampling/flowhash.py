@@ -92,12 +92,12 @@ LD_IMM, LD_MEM, LDX_IMM, LDX_MEM = 0x00, 0x60, 0x01, 0x61
 ST, STX = 0x02, 0x03
 ALU_ADD_K, ALU_ADD_X, ALU_MUL_K, ALU_AND_K, ALU_LSH_K, ALU_RSH_K = 0x04, 0x0C, 0x24, 0x54, 0x64, 0x74
 ALU_XOR_K, ALU_XOR_X = 0xA4, 0xAC
-TAX = 0x07
+TAX, TXA = 0x07, 0x87
 JA, JEQ_K, JGE_K = 0x05, 0x15, 0x35
 RET_K = 0x06
 
 # scratch memory slots
-M_IPOFF, M_PROTO, M_SPORT, M_DPORT, M_H, M_T, M_EA = 0, 3, 4, 5, 6, 7, 8
+M_IPOFF, M_PROTO, M_SPORT, M_DPORT, M_H, M_T, M_EA, M_L4, M_INNER = 0, 3, 4, 5, 6, 7, 8, 9, 10
 
 
 class _Asm:
@@ -166,30 +166,64 @@ def _endpoint_asm(a: _Asm, seed: int, word_offsets: Sequence[int], port_slot: in
     _fmix_asm(a)
 
 
-def sampling_tail(seed: int, thresh: int, snaplen: int) -> list[Insn]:
-    """BPF that returns ``snaplen`` iff the packet's flow hash < ``thresh`` (non-IP: always)."""
+SKF_AD_PROTOCOL = (-0x1000 + 0) & M32
+"""Ancillary load of skb->protocol (host order): a cooked socket's frames start at the network
+header, so the ethertype is not in the packet."""
+
+
+def sampling_tail(seed: int, thresh: int, snaplen: int, *, cooked: bool = False) -> list[Insn]:
+    """BPF that returns ``snaplen`` iff the packet's flow hash < ``thresh`` (non-IP: always).
+
+    ``cooked``: for a SOCK_DGRAM packet socket (``-i any``), where the kernel filter sees the
+    packet from its network header on and the ethertype comes from the skb's protocol.
+    """
     a = _Asm()
+    # The kernel's checker wants every scratch slot written before any read on every path, and
+    # it lets a path run on past a ret: give the tunnel slots a value up front.
+    a.op(ST, M_L4)
+    a.op(ST, M_INNER)
     # find the network header past up to two VLAN tags; X = its offset, kept in M_IPOFF
-    a.op(LDX_IMM, 14)
-    a.op(LD_H_ABS, 12)
+    base = 0 if cooked else 14
+    a.op(LDX_IMM, base)
+    if cooked:
+        a.op(LD_W_ABS, SKF_AD_PROTOCOL)
+    else:
+        a.op(LD_H_ABS, 12)
     for depth, nxt in ((1, "vlan1"), (2, "vlan2")):
         a.op(JEQ_K, 0x8100, nxt, f"q{depth}")
         a.label(f"q{depth}")
         a.op(JEQ_K, 0x88A8, nxt, "ethertype")
         a.label(nxt)
-        a.op(LDX_IMM, 14 + 4 * depth)
-        a.op(LD_H_ABS, 12 + 4 * depth)
+        a.op(LDX_IMM, base + 4 * depth)
+        a.op(LD_H_ABS, base - 2 + 4 * depth)
     a.label("ethertype")
+    _hash_and_test(a, seed, thresh, snaplen, "", tunnels=True)
+    _tunnel_inner(a, snaplen)
+    _hash_and_test(a, seed, thresh, snaplen, "i", tunnels=False)
+    return a.build()
+
+
+TUNNEL_PORTS = {4789: "vx", 8472: "vx", 6081: "gn"}
+"""UDP destination ports whose payload is followed to the inner packet (VXLAN, Linux's VXLAN
+default, Geneve): the same rule as :mod:`kstap.linklayer`."""
+
+
+def _hash_and_test(a: _Asm, seed: int, thresh: int, snaplen: int, p: str, *, tunnels: bool) -> None:
+    """A = ethertype, X = network offset → keep iff the flow hash < ``thresh`` (labels prefixed ``p``).
+
+    With ``tunnels``, a UDP datagram to a VXLAN/Geneve port jumps to the inner-packet code
+    (:func:`_tunnel_inner`) instead, so overlay flows are keyed by their inner header.
+    """
     a.op(STX, M_IPOFF)
-    a.op(JEQ_K, 0x0800, "v4", "not4")
-    a.label("not4")
-    a.op(JEQ_K, 0x86DD, "go6", "nonip")
-    a.label("nonip")
+    a.op(JEQ_K, 0x0800, p + "v4", p + "not4")
+    a.label(p + "not4")
+    a.op(JEQ_K, 0x86DD, p + "go6", p + "nonip")
+    a.label(p + "nonip")
     a.op(RET_K, snaplen)  # non-IP frames belong to no flow: always kept
-    a.label("go6")
-    a.op(JA, "v6")
+    a.label(p + "go6")
+    a.op(JA, p + "v6")
     # IPv4
-    a.label("v4")
+    a.label(p + "v4")
     a.op(LD_IMM, 0)
     a.op(ST, M_SPORT)
     a.op(ST, M_DPORT)
@@ -197,15 +231,15 @@ def sampling_tail(seed: int, thresh: int, snaplen: int) -> list[Insn]:
     a.op(ST, M_PROTO)
     a.op(LD_H_IND, 6)
     a.op(ALU_AND_K, 0x3FFF)
-    a.op(JEQ_K, 0, "v4proto", "v4hash")  # a fragment: no ports
-    a.label("v4proto")
+    a.op(JEQ_K, 0, p + "v4proto", p + "v4hash")  # a fragment: no ports
+    a.label(p + "v4proto")
     a.op(LD_MEM, M_PROTO)
-    a.op(JEQ_K, 6, "v4ports", "v4p17")
-    a.label("v4p17")
-    a.op(JEQ_K, 17, "v4ports", "v4p132")
-    a.label("v4p132")
-    a.op(JEQ_K, 132, "v4ports", "v4hash")
-    a.label("v4ports")
+    a.op(JEQ_K, 6, p + "v4ports", p + "v4p17")
+    a.label(p + "v4p17")
+    a.op(JEQ_K, 17, p + "v4ports", p + "v4p132")
+    a.label(p + "v4p132")
+    a.op(JEQ_K, 132, p + "v4ports", p + "v4hash")
+    a.label(p + "v4ports")
     a.op(LD_B_IND, 0)
     a.op(ALU_AND_K, 0x0F)
     a.op(ALU_LSH_K, 2)
@@ -215,34 +249,42 @@ def sampling_tail(seed: int, thresh: int, snaplen: int) -> list[Insn]:
     a.op(ST, M_SPORT)
     a.op(LD_H_IND, 2)
     a.op(ST, M_DPORT)
-    a.label("v4hash")
+    if tunnels:
+        a.op(STX, M_L4)
+        _tunnel_check(a, p + "4", p + "v4hash")
+    a.label(p + "v4hash")
     _endpoint_asm(a, seed, [12], M_SPORT)
     a.op(ST, M_EA)
     _endpoint_asm(a, seed, [16], M_DPORT)
-    a.op(JA, "combine")
+    a.op(JA, p + "combine")
     # IPv6
-    a.label("v6")
+    a.label(p + "v6")
     a.op(LD_IMM, 0)
     a.op(ST, M_SPORT)
     a.op(ST, M_DPORT)
     a.op(LD_B_IND, 6)
     a.op(ST, M_PROTO)
-    a.op(JEQ_K, 6, "v6ports", "v6p17")
-    a.label("v6p17")
-    a.op(JEQ_K, 17, "v6ports", "v6p132")
-    a.label("v6p132")
-    a.op(JEQ_K, 132, "v6ports", "v6hash")
-    a.label("v6ports")
+    a.op(JEQ_K, 6, p + "v6ports", p + "v6p17")
+    a.label(p + "v6p17")
+    a.op(JEQ_K, 17, p + "v6ports", p + "v6p132")
+    a.label(p + "v6p132")
+    a.op(JEQ_K, 132, p + "v6ports", p + "v6hash")
+    a.label(p + "v6ports")
     a.op(LD_H_IND, 40)
     a.op(ST, M_SPORT)
     a.op(LD_H_IND, 42)
     a.op(ST, M_DPORT)
-    a.label("v6hash")
+    if tunnels:
+        a.op(LD_MEM, M_IPOFF)
+        a.op(ALU_ADD_K, 40)
+        a.op(ST, M_L4)
+        _tunnel_check(a, p + "6", p + "v6hash")
+    a.label(p + "v6hash")
     _endpoint_asm(a, seed, [8, 12, 16, 20], M_SPORT)
     a.op(ST, M_EA)
     _endpoint_asm(a, seed, [24, 28, 32, 36], M_DPORT)
     # A + M_EA, ^ proto·GOLDEN ^ seed2, fmix, compare
-    a.label("combine")
+    a.label(p + "combine")
     a.op(LDX_MEM, M_EA)
     a.op(ALU_ADD_X)
     a.op(ST, M_T)
@@ -253,12 +295,89 @@ def sampling_tail(seed: int, thresh: int, snaplen: int) -> list[Insn]:
     a.op(ALU_XOR_X)
     a.op(ALU_XOR_K, seed2(seed))
     _fmix_asm(a)
-    a.op(JGE_K, thresh, "drop", "keep")
-    a.label("keep")
+    a.op(JGE_K, thresh, p + "drop", p + "keep")
+    a.label(p + "keep")
     a.op(RET_K, snaplen)
-    a.label("drop")
+    a.label(p + "drop")
     a.op(RET_K, 0)
-    return a.build()
+
+
+def _tunnel_check(a: _Asm, p: str, otherwise: str) -> None:
+    """UDP to a tunnel port → the inner-packet code (long jumps: it lies past this copy's end)."""
+    a.op(LD_MEM, M_PROTO)
+    a.op(JEQ_K, 17, p + "udp", otherwise)
+    a.label(p + "udp")
+    a.op(LD_MEM, M_DPORT)
+    ports = list(TUNNEL_PORTS.items())
+    for i, (port, kind) in enumerate(ports):
+        nxt = p + f"t{i + 1}" if i + 1 < len(ports) else otherwise
+        a.op(JEQ_K, port, p + kind, nxt)
+        if i + 1 < len(ports):
+            a.label(nxt)
+    a.label(p + "vx")
+    a.op(JA, "tun_vxlan")
+    a.label(p + "gn")
+    a.op(JA, "tun_geneve")
+
+
+def _tunnel_inner(a: _Asm, snaplen: int) -> None:
+    """From M_L4 (the outer UDP header) to A = inner ethertype, X = inner network offset."""
+    a.label("tun_vxlan")
+    a.op(LDX_MEM, M_L4)
+    a.op(LD_B_IND, 8)
+    a.op(ALU_AND_K, 0x08)  # the I flag: a valid VNI follows
+    a.op(JEQ_K, 0, "tun_keep", "tun_vxok")
+    a.label("tun_vxok")
+    a.op(LD_MEM, M_L4)
+    a.op(ALU_ADD_K, 16)
+    a.op(TAX)
+    a.op(JA, "tun_eth")
+    a.label("tun_geneve")
+    a.op(LDX_MEM, M_L4)
+    a.op(LD_B_IND, 8)
+    a.op(ALU_RSH_K, 6)
+    a.op(JEQ_K, 0, "tun_gv0", "tun_keep")  # version 0 only
+    a.label("tun_gv0")
+    a.op(LD_B_IND, 8)
+    a.op(ALU_AND_K, 0x3F)
+    a.op(ALU_LSH_K, 2)
+    a.op(ALU_ADD_X)
+    a.op(ALU_ADD_K, 16)
+    a.op(ST, M_INNER)
+    a.op(LD_H_IND, 10)
+    a.op(JEQ_K, 0x6558, "tun_geth", "tun_gnot")
+    a.label("tun_gnot")
+    a.op(JEQ_K, 0x0800, "tun_gip", "tun_g6")
+    a.label("tun_g6")
+    a.op(JEQ_K, 0x86DD, "tun_gip", "tun_keep")
+    a.label("tun_gip")
+    a.op(LDX_MEM, M_INNER)
+    a.op(JA, "tun_dispatch")
+    a.label("tun_geth")
+    a.op(LDX_MEM, M_INNER)
+    a.op(JA, "tun_eth")
+    a.label("tun_keep")
+    a.op(RET_K, snaplen)  # not a tunnel header kstap reads: no inner flow, kept (as linklayer keys it by the outer)
+    # X = inner Ethernet header: ethertype, then up to two VLAN tags
+    a.label("tun_eth")
+    a.op(LD_H_IND, 12)
+    a.op(ST, M_T)
+    a.op(TXA)
+    a.op(ALU_ADD_K, 14)
+    a.op(TAX)
+    a.op(LD_MEM, M_T)
+    for depth in (1, 2):
+        a.op(JEQ_K, 0x8100, f"tun_v{depth}", f"tun_q{depth}")
+        a.label(f"tun_q{depth}")
+        a.op(JEQ_K, 0x88A8, f"tun_v{depth}", "tun_dispatch")
+        a.label(f"tun_v{depth}")
+        a.op(LD_H_IND, 2)
+        a.op(ST, M_T)
+        a.op(TXA)
+        a.op(ALU_ADD_K, 4)
+        a.op(TAX)
+        a.op(LD_MEM, M_T)
+    a.label("tun_dispatch")
 
 
 @dataclass(frozen=True)
@@ -274,8 +393,10 @@ def splice(filter_insns: Sequence[Insn], seed: int, rate: float) -> SampledProgr
     return splice_threshold(filter_insns, seed, threshold(rate))
 
 
-def splice_threshold(filter_insns: Sequence[Insn], seed: int, thresh: int) -> SampledProgram:
-    """:func:`splice` with the hash threshold given directly (the flow table's ceiling)."""
+def splice_threshold(filter_insns: Sequence[Insn], seed: int, thresh: int, *,
+                     cooked: bool = False) -> SampledProgram:
+    """:func:`splice` with the hash threshold given directly (the flow table's ceiling);
+    ``cooked``: the program runs on a cooked socket (see :func:`sampling_tail`)."""
     if thresh >= FULL:
         return SampledProgram(tuple(filter_insns), thresh)
     snaplen = max((k for code, _, _, k in filter_insns if code == RET_K and k), default=262144)
@@ -286,7 +407,7 @@ def splice_threshold(filter_insns: Sequence[Insn], seed: int, thresh: int) -> Sa
             out.append((JA, 0, 0, base - pc - 1))
         else:
             out.append((code, jt, jf, k))
-    out.extend(sampling_tail(seed, thresh, snaplen))
+    out.extend(sampling_tail(seed, thresh, snaplen, cooked=cooked))
     return SampledProgram(tuple(out), thresh)
 
 

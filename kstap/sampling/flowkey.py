@@ -2,7 +2,9 @@
 
 Rules (documented in docs/sampling.md, pinned by golden vectors):
 
-- Ethernet, then up to two VLAN tags (0x8100 / 0x88a8) are skipped.
+- The link layer is decoded by :mod:`kstap.linklayer` (Ethernet with up to two VLAN tags, Linux
+  cooked v1/v2, BSD loopback, raw IP, NFLOG); VXLAN and Geneve datagrams are keyed by their
+  *inner* header, so overlay traffic belongs to the pods' flow, not the nodes' tunnel.
 - IPv4: addresses; ports for TCP (6), UDP (17), SCTP (132) when the packet is not a fragment.
   Fragments (MF set or offset > 0) and other protocols use ports 0, so every fragment of a
   datagram lands in the same flow (keyed by the address pair and protocol).
@@ -10,7 +12,8 @@ Rules (documented in docs/sampling.md, pinned by golden vectors):
   (extension headers are not walked: such packets are keyed by address pair and next header).
 - ICMP and ICMPv6 are keyed by address pair and protocol: an echo request and its reply have
   different types, and a session must not be split by them.
-- Non-IP frames (ARP, LLDP, …) have no flow: they are always kept (see :data:`NON_IP`).
+- Frames without an IP flow (ARP, LLDP, an undecoded link type, a truncated header) have no
+  flow: they are always kept and counted as ``unkeyed`` (see :data:`NON_IP`).
 """
 
 from __future__ import annotations
@@ -18,9 +21,9 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-ETH_IPV4 = 0x0800
-ETH_IPV6 = 0x86DD
-VLAN_TPIDS = (0x8100, 0x88A8)
+from kstap.linklayer import ETH_IPV4, ETH_IPV6, VLAN_TPIDS, network
+
+__all__ = ["ETH_IPV4", "ETH_IPV6", "NON_IP", "VLAN_TPIDS", "FlowKey", "KeyTuple", "flow_key", "key_tuple"]
 PORT_PROTOCOLS = (6, 17, 132)
 
 
@@ -60,29 +63,15 @@ KeyTuple = tuple[int, bytes, int, bytes, int]
 
 
 def flow_key(frame: bytes, linktype: int = 1) -> FlowKey | None:
-    """The flow of an Ethernet (linktype 1) or raw IP (101) frame; None for non-IP or truncated."""
+    """The flow of a frame of any link type :mod:`kstap.linklayer` decodes (the inner header of a
+    VXLAN/Geneve datagram); None for non-IP, truncated or undecoded frames."""
     t = key_tuple(frame, linktype)
     return None if t is None else FlowKey(*t)
 
 
 def key_tuple(frame: bytes, linktype: int = 1) -> KeyTuple | None:
     """:func:`flow_key` as a tuple (cheaper to build, hash and compare)."""
-    off = 0
-    if linktype == 1:
-        if len(frame) < 14:
-            return None
-        etype = struct.unpack_from("!H", frame, 12)[0]
-        off = 14
-        for _ in range(2):
-            if etype in VLAN_TPIDS and len(frame) >= off + 4:
-                etype = struct.unpack_from("!H", frame, off + 2)[0]
-                off += 4
-    elif linktype == 101:
-        if not frame:
-            return None
-        etype = ETH_IPV4 if frame[0] >> 4 == 4 else ETH_IPV6 if frame[0] >> 4 == 6 else 0
-    else:
-        return None
+    etype, off = network(frame, linktype)
     if etype == ETH_IPV4:
         if len(frame) < off + 20:
             return None

@@ -10,9 +10,8 @@ from typing import TextIO
 import dpkt
 
 from kstap.errors import OutputClosed, OutputFailed
+from kstap.linklayer import ETH_IPV4, ETH_IPV6, network
 from kstap.model import LINKTYPE_ETHERNET, PacketRecord
-
-LINKTYPE_RAW = 101
 
 
 def _addr(raw: bytes) -> str:
@@ -31,8 +30,13 @@ def describe(rec: PacketRecord, linktype: int = LINKTYPE_ETHERNET) -> str:
 
 
 def _body(data: bytes, linktype: int, origlen: int) -> str:
-    if linktype == LINKTYPE_RAW:
-        ip: object = dpkt.ip.IP(data) if data[:1] and data[0] >> 4 == 4 else dpkt.ip6.IP6(data)
+    if linktype != LINKTYPE_ETHERNET:  # cooked, raw, loopback, NFLOG: the one decoder finds the IP header
+        etype, off = network(data, linktype, tunnels=False)
+        if not etype:
+            raise ValueError("link layer not decoded")  # → the malformed-frame line
+        if etype not in (ETH_IPV4, ETH_IPV6):
+            return f"link type {linktype}, ethertype 0x{etype:04x}, length {origlen}"
+        ip: object = dpkt.ip.IP(data[off:]) if etype == ETH_IPV4 else dpkt.ip6.IP6(data[off:])
     else:
         eth = dpkt.ethernet.Ethernet(data)
         ip = eth.data

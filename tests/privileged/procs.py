@@ -22,3 +22,20 @@ def alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+UDP_ECHO = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[3]) if len(sys.argv) > 3 else 9999))
+s.settimeout(0.5)
+print("READY", flush=True)
+end = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    try:
+        data, peer = s.recvfrom(2048)
+    except socket.timeout:
+        continue
+    s.sendto(data, peer)
+"""
+"""``python -c UDP_ECHO ADDRESS LIFETIME [PORT]``: echo every UDP datagram (port 9999 by default)."""

@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import procs
 import pytest
 
 from kstap.demo.lab import Lab
@@ -29,21 +30,6 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network n
 FLOWS = 10_000
 RATE = 0.3
 SEED = 0xC0FFEE
-
-ECHO = """
-import socket, sys, time
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind((sys.argv[1], 9999))
-s.settimeout(0.5)
-print("READY", flush=True)
-end = time.monotonic() + float(sys.argv[2])
-while time.monotonic() < end:
-    try:
-        data, peer = s.recvfrom(2048)
-    except socket.timeout:
-        continue
-    s.sendto(data, peer)
-"""
 
 SEND = """
 import socket, sys, time
@@ -94,7 +80,8 @@ def _flows(path: Path) -> Counter[FlowKey]:
 
 
 def test_percentage_mode_keeps_whole_flows_in_the_kernel(lab: Lab, tmp_path: Path) -> None:
-    echo = lab.spawn(lab.server, [sys.executable, "-c", ECHO, lab.server_ip, "180"], stdout=subprocess.PIPE, text=True)
+    echo = lab.spawn(lab.server, [sys.executable, "-c", procs.UDP_ECHO, lab.server_ip, "180"], stdout=subprocess.PIPE,
+                     text=True)
     assert echo.stdout is not None and echo.stdout.readline().strip() == "READY"
     taps = [_start_tap(lab, tmp_path / "a.pcapng"), _start_tap(lab, tmp_path / "b.pcapng")]
     sent = subprocess.run(["ip", "netns", "exec", lab.client, sys.executable, "-c", SEND, lab.server_ip, str(FLOWS)],

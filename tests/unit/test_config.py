@@ -58,6 +58,8 @@ CONFLICTS: list[tuple[TapSettings, str, bool]] = [
     (_settings(LIVE, output={"path": "x.pcapng", "rotate_seconds": math.nan}), "-G must be positive", True),
     (_settings(LIVE, entries="-", output={"path": "-"}), "--entries - and -w - both want standard output", True),
     (_settings(LIVE, dissect_memory_mib=0), "--dissect-memory must be between 1 and 1048576 MiB", True),
+    (_settings(LIVE, dedup_window_ms=-1), "--dedup-window must be between 0 and 10000 ms", True),
+    (_settings(LIVE, dedup_window_ms=float("nan")), "--dedup-window must be between 0 and 10000 ms", True),
 ]
 
 SAMPLING_CONFLICTS: list[tuple[dict[str, Any], str, bool]] = [

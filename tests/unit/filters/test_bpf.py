@@ -259,3 +259,26 @@ def test_without_outgoing_drops_the_loopback_duplicate_in_the_kernel() -> None:
 def test_final_expression_strips_and_defaults() -> None:
     assert final_expression(None) == ""
     assert final_expression("  tcp port 80 \n") == "tcp port 80"
+
+
+def test_a_cooked_socket_filter_reads_the_network_header_and_ancillary_fields() -> None:
+    """libpcap compiles for LINUX_SLL2; the kernel runs a cooked socket's filter from the network
+    header: loads past the 20-byte header move back, header fields become SKF_AD loads."""
+    from kstap.filters.bpf import SKF_AD_IFINDEX, SKF_AD_OFF, SKF_AD_PKTTYPE, SKF_AD_PROTOCOL, for_cooked_socket
+
+    prog = compile_filter("udp port 53 and inbound and ifindex 3", linktype=276)
+    cooked = for_cooked_socket(prog)
+    assert cooked.cooked and cooked.linktype == 276 and len(cooked.insns) == len(prog.insns)
+    loads = [k for code, _, _, k in cooked.insns if code & 0x07 in (0, 1) and code & 0xE0 == 0x20]
+    ad = {(SKF_AD_OFF + f) & 0xFFFFFFFF for f in (SKF_AD_PROTOCOL, SKF_AD_IFINDEX, SKF_AD_PKTTYPE)}
+    assert ad <= set(loads)
+    assert all(k < 0x1000 or k in ad for k in loads)
+    assert for_cooked_socket(cooked) is cooked  # once only
+    assert for_cooked_socket(compile_filter("udp")).linktype == 1  # other link types pass through
+
+
+def test_a_filter_on_the_cooked_address_cannot_run_in_the_kernel() -> None:
+    from kstap.filters.bpf import for_cooked_socket
+
+    with pytest.raises(UsageError, match="cooked header"):
+        for_cooked_socket(compile_filter("ether[12] = 2", linktype=276))
