@@ -86,6 +86,10 @@ class SourceCapabilities:
     sampled_blocks: bool = False
     """Its block encoder also comments each flow's first packet when the kernel did the sampling
     (percentage mode), given a first-packet table."""
+    dissect_split: bool = False
+    """Its block encoder also hands over, as records, the packets a dissector would take (``wanted``
+    of :meth:`BlockSource.read_encoded`), so ``--entries`` keeps the encoded path; without it the
+    loop reads records when it dissects."""
     live_filter: bool = False
     """Swaps its kernel filter while running (a new rate ceiling or ``POST /v1/control``; see
     :class:`FilterSource`)."""

@@ -417,7 +417,7 @@ class AfPacketSource:
     def capabilities(self) -> SourceCapabilities:
         fast = self.fast
         return SourceCapabilities(encoded_blocks=fast, sampled_blocks=fast and encode_block_sampled is not None,
-                                  live_filter=True, interface_events=True)
+                                  dissect_split=fast, live_filter=True, interface_events=True)
 
     def set_filter(self, program: Program) -> None:
         for r in self.rings:

@@ -153,7 +153,8 @@ class Capture:
         limit = settings.count if settings.count is not None else 1 << 62
         self.consumers = self.stages.open_consumers(interfaces, self.sink is not None)
         takes_blocks = self.sink is None or self.sink.capabilities.encoded_blocks
-        encodable = caps.encoded_blocks and takes_blocks and self.consumers.text is None
+        encodable = caps.encoded_blocks and takes_blocks and self.consumers.text is None and (
+            self.consumers.dissect is None or caps.dissect_split)
         plain = encodable and self.consumers.dissect is None
         fast = plain and steering.sampler is None
         decided_upstream = steering.sampler is not None and (
