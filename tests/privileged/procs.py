@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 
 def children(pid: int) -> list[int]:
@@ -39,3 +45,22 @@ while time.monotonic() < end:
     s.sendto(data, peer)
 """
 """``python -c UDP_ECHO ADDRESS LIFETIME [PORT]``: echo every UDP datagram (port 9999 by default)."""
+
+
+@contextlib.contextmanager
+def tmpfs_mount(options: str, prefix: str = "kstap-tmpfs-") -> Iterator[Path]:
+    """A tmpfs mounted with ``options`` (e.g. ``size=64k``, ``ro``) on a new temporary folder; unmounted
+    and removed when the block ends, also on failure. Skips the test where tmpfs cannot be mounted."""
+    mountpoint = Path(tempfile.mkdtemp(prefix=prefix))
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mountpoint)],
+                       capture_output=True, text=True, timeout=30, check=False)
+    if r.returncode != 0:
+        mountpoint.rmdir()
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", str(mountpoint)], capture_output=True, timeout=30, check=False)
+        if os.path.ismount(mountpoint):
+            subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True, timeout=30, check=False)
+        mountpoint.rmdir()

@@ -6,13 +6,13 @@ import os
 import re
 import shutil
 import socket
-import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import dpkt
 import pytest
+
+from tests.privileged.procs import tmpfs_mount
 
 pytestmark = [
     pytest.mark.privileged,
@@ -24,19 +24,8 @@ SIZE = "64k"
 
 @pytest.fixture
 def tiny_fs() -> Iterator[Path]:
-    mountpoint = Path(tempfile.mkdtemp(prefix="kstap-full-"))
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={SIZE},mode=0755", "tmpfs", str(mountpoint)],
-                       capture_output=True, text=True, timeout=30, check=False)
-    if r.returncode != 0:
-        mountpoint.rmdir()
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    try:
+    with tmpfs_mount(f"size={SIZE},mode=0755", prefix="kstap-full-") as mountpoint:
         yield mountpoint
-    finally:
-        subprocess.run(["umount", str(mountpoint)], capture_output=True, timeout=30, check=False)
-        if os.path.ismount(mountpoint):
-            subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True, timeout=30, check=False)
-        mountpoint.rmdir()
 
 
 @pytest.fixture

@@ -7,15 +7,13 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import ROOT
+from tests.privileged.procs import tmpfs_mount
 from tests.privileged.test_disk_full import DISK_FULL, big_capture  # noqa: F401 - a fixture
 
 pytestmark = [
@@ -25,26 +23,9 @@ pytestmark = [
 SAMPLE = ROOT / "examples" / "sample.pcapng"
 
 
-@contextmanager
-def _tmpfs(options: str) -> Iterator[Path]:
-    mountpoint = Path(tempfile.mkdtemp(prefix="kstap-out-"))
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mountpoint)],
-                       capture_output=True, text=True, timeout=30, check=False)
-    if r.returncode != 0:
-        mountpoint.rmdir()
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    try:
-        yield mountpoint
-    finally:
-        subprocess.run(["umount", str(mountpoint)], capture_output=True, timeout=30, check=False)
-        if os.path.ismount(mountpoint):
-            subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True, timeout=30, check=False)
-        mountpoint.rmdir()
-
-
 @pytest.fixture
 def tmpfs() -> Callable[[str], object]:
-    return _tmpfs
+    return lambda options: tmpfs_mount(options, prefix="kstap-out-")
 
 
 def test_disk_full_in_a_ring_leaves_no_empty_file_and_names_the_last_whole_one(
