@@ -55,7 +55,7 @@ unit: deps ## only the fast tests (no root needed)
 	$(PY) -m pytest tests/unit tests/cli $(PYTEST_ARGS)
 
 lint: venv ## ruff, and the import contract (.importlinter: layers, no cycles)
-	$(VENV)/bin/ruff check kstap tests examples benchmarks fuzz
+	$(VENV)/bin/ruff check kstap tests examples benchmarks fuzz cluster
 	$(VENV)/bin/lint-imports --no-logo --no-cache
 
 type: venv ## mypy --strict on the package

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import ctypes
 import hashlib
 import json
@@ -70,6 +71,9 @@ PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
 
 KERNEL_SYSCTLS = ["vm.overcommit_memory", "vm.panic_on_oom", "kernel.panic", "kernel.panic_on_oops"]
 """What a kubelet sets on the host (protectKernelDefaults: false); ``down`` puts the old values back."""
+
+NODE_IF = "uplink0"
+"""A node's end of its veth to the cluster LAN bridge (inside the node namespace)."""
 
 
 def log(msg: str) -> None:
@@ -134,10 +138,8 @@ def cgroup_pids() -> set[int]:
         top = h / CGROUP
         if top.exists():
             for procs in top.rglob("cgroup.procs"):
-                try:
+                with contextlib.suppress(OSError):
                     pids.update(int(p) for p in procs.read_text().split())
-                except OSError:
-                    pass
     return pids
 
 
@@ -170,8 +172,8 @@ def spawn(name: str, argv: list[str | Path], netns: str | None, cgroup: str, mnt
         join_cgroup(cgroup)
 
     ns = ([f"--net=/run/netns/{netns}"] if netns else []) + ([f"--mount={mntns}"] if mntns else [])
-    proc = subprocess.Popen(["nsenter", *ns, "--", *map(str, argv)] if ns else list(map(str, argv)), stdin=subprocess.DEVNULL, stdout=out,
-                            stderr=out, preexec_fn=child, close_fds=True)
+    cmd = ["nsenter", *ns, "--", *map(str, argv)] if ns else list(map(str, argv))
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, preexec_fn=child, close_fds=True)
     out.close()
     return proc.pid
 
@@ -183,10 +185,8 @@ def kill_all(timeout: float = 10.0) -> None:
         if not pids:
             return
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline and cgroup_pids():
             time.sleep(0.2)
@@ -202,10 +202,10 @@ def make_network() -> None:
     hosts = {CP: CP_IP, **{n[0]: n[1] for n in NODES.values()}}
     for i, (ns, addr) in enumerate(hosts.items()):
         # both ends are created inside LAN (never in the host namespace), then one end moves to ns
-        in_ns(LAN, "ip", "link", "add", f"p{i}", "type", "veth", "peer", "name", "eth0", "netns", ns)
+        in_ns(LAN, "ip", "link", "add", f"p{i}", "type", "veth", "peer", "name", NODE_IF, "netns", ns)
         in_ns(LAN, "ip", "link", "set", f"p{i}", "master", "kbr0", "up")
-        in_ns(ns, "ip", "addr", "add", f"{addr}/24", "dev", "eth0")
-        in_ns(ns, "ip", "link", "set", "eth0", "up")
+        in_ns(ns, "ip", "addr", "add", f"{addr}/24", "dev", NODE_IF)
+        in_ns(ns, "ip", "link", "set", NODE_IF, "up")
     for name, (ns, _addr, _cidr, _gw) in NODES.items():
         in_ns(ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
         for other, (_ons, oaddr, ocidr, _ogw) in NODES.items():
@@ -285,10 +285,8 @@ def relay_main(port: int, netns: str, target: str) -> None:
             pass
         finally:
             for s in (a, b):
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
     def serve(conn: socket.socket) -> None:
         try:
@@ -530,7 +528,7 @@ def wait(what: str, check: object, timeout: float) -> None:
         try:
             if check():  # type: ignore[operator]
                 return
-        except (Exception, SystemExit):  # noqa: BLE001 (sh() fails with SystemExit: keep polling until the deadline)
+        except (Exception, SystemExit):  # sh() fails with SystemExit: keep polling until the deadline
             pass
         time.sleep(0.5)
     raise SystemExit(f"kcluster: {what} not ready after {timeout:.0f} s (logs: {VAR}/logs/)")

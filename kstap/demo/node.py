@@ -27,6 +27,10 @@ from kstap.errors import EnvironmentProblem
 _SEQ = itertools.count()
 LAYOUTS = ("bridge", "routed")
 
+POD_IF = "pod0"
+"""The pod end of each pod's veth, inside the pod namespace (a name of our own, apart from
+the host's interfaces)."""
+
 
 @dataclass
 class Pod:
@@ -68,7 +72,7 @@ class NodeLab:
                 _ip("-n", self.node, "link", "set", self.bridge, "up")
             else:
                 # proxy ARP answers for 169.254.1.1 only when the node has a route elsewhere for
-                # it: an uplink veth (its peer stays in the node) with the node's address stands in for eth0
+                # it: an uplink veth (its peer stays in the node) with the node's address plays the node's real uplink
                 self.sysctl(self.node, "net.ipv4.ip_forward", "1")
                 _ip("-n", self.node, "link", "add", self.bridge, "type", "veth", "peer", "name", self.bridge + "u")
                 _ip("-n", self.node, "addr", "add", f"10.215.{self.subnet}.1/32", "dev", self.bridge)
@@ -88,23 +92,23 @@ class NodeLab:
         return f"10.{214 if self.layout == 'bridge' else 215}.{self.subnet}.{10 + index}"
 
     def add_pod(self, index: int) -> Pod:
-        """A pod namespace with ``eth0`` and its host-side veth in the node, wired per layout."""
+        """A pod namespace with ``POD_IF`` and its host-side veth in the node, wired per layout."""
         ns = f"kstap-{self.tag}-p{index}"
         host_if = f"kv{self.tag}p{index}"[-15:]
         ip = self.pod_ip(index)
         _ip("netns", "add", ns)
         self._namespaces.append(ns)
-        _ip("-n", self.node, "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        _ip("-n", self.node, "link", "add", host_if, "type", "veth", "peer", "name", POD_IF, "netns", ns)
         _ip("-n", ns, "link", "set", "lo", "up")
-        _ip("-n", ns, "link", "set", "eth0", "up")
+        _ip("-n", ns, "link", "set", POD_IF, "up")
         if self.layout == "bridge":
-            _ip("-n", ns, "addr", "add", f"{ip}/24", "dev", "eth0")
+            _ip("-n", ns, "addr", "add", f"{ip}/24", "dev", POD_IF)
             _ip("-n", self.node, "link", "set", host_if, "master", self.bridge)
             _ip("-n", self.node, "link", "set", host_if, "up")
         else:
-            _ip("-n", ns, "addr", "add", f"{ip}/32", "dev", "eth0")
-            _ip("-n", ns, "route", "add", "169.254.1.1", "dev", "eth0", "scope", "link")
-            _ip("-n", ns, "route", "add", "default", "via", "169.254.1.1", "dev", "eth0")
+            _ip("-n", ns, "addr", "add", f"{ip}/32", "dev", POD_IF)
+            _ip("-n", ns, "route", "add", "169.254.1.1", "dev", POD_IF, "scope", "link")
+            _ip("-n", ns, "route", "add", "default", "via", "169.254.1.1", "dev", POD_IF)
             self.sysctl(self.node, f"net.ipv4.conf.{host_if}.proxy_arp", "1")
             self.sysctl(self.node, f"net.ipv4.neigh.{host_if}.proxy_delay", "0")
             _ip("-n", self.node, "link", "set", host_if, "up")
