@@ -144,6 +144,15 @@ def _fmix_asm(a: _Asm) -> None:
             a.op(ALU_MUL_K, mul)
 
 
+def _jump_if_ported(a: _Asm, at: str, ported: str, other: str) -> None:
+    """With the protocol number in A: to ``ported`` for TCP, UDP and SCTP (they have ports), else ``other``."""
+    a.op(JEQ_K, 6, ported, at + "p17")
+    a.label(at + "p17")
+    a.op(JEQ_K, 17, ported, at + "p132")
+    a.label(at + "p132")
+    a.op(JEQ_K, 132, ported, other)
+
+
 def _endpoint_asm(a: _Asm, seed: int, word_offsets: Sequence[int], port_slot: int) -> None:
     """A = endpoint_hash(seed, words at X-relative offsets, port in M[port_slot])."""
     a.op(LD_MEM, port_slot)
@@ -234,11 +243,7 @@ def _hash_and_test(a: _Asm, seed: int, thresh: int, snaplen: int, p: str, *, tun
     a.op(JEQ_K, 0, p + "v4proto", p + "v4hash")  # a fragment: no ports
     a.label(p + "v4proto")
     a.op(LD_MEM, M_PROTO)
-    a.op(JEQ_K, 6, p + "v4ports", p + "v4p17")
-    a.label(p + "v4p17")
-    a.op(JEQ_K, 17, p + "v4ports", p + "v4p132")
-    a.label(p + "v4p132")
-    a.op(JEQ_K, 132, p + "v4ports", p + "v4hash")
+    _jump_if_ported(a, p + "v4", p + "v4ports", p + "v4hash")
     a.label(p + "v4ports")
     a.op(LD_B_IND, 0)
     a.op(ALU_AND_K, 0x0F)
@@ -264,11 +269,7 @@ def _hash_and_test(a: _Asm, seed: int, thresh: int, snaplen: int, p: str, *, tun
     a.op(ST, M_DPORT)
     a.op(LD_B_IND, 6)
     a.op(ST, M_PROTO)
-    a.op(JEQ_K, 6, p + "v6ports", p + "v6p17")
-    a.label(p + "v6p17")
-    a.op(JEQ_K, 17, p + "v6ports", p + "v6p132")
-    a.label(p + "v6p132")
-    a.op(JEQ_K, 132, p + "v6ports", p + "v6hash")
+    _jump_if_ported(a, p + "v6", p + "v6ports", p + "v6hash")
     a.label(p + "v6ports")
     a.op(LD_H_IND, 40)
     a.op(ST, M_SPORT)
