@@ -39,7 +39,7 @@ static uint32_t copy_frame(const unsigned char *h, unsigned char *d, uint32_t *o
     } else {
         memcpy(d, data, snap);
     }
-    memset(d + cap, 0, ((cap + 3) & ~3u) - cap);
+    if (cap & 3) memset(d + cap, 0, 4 - (cap & 3));
     return cap;
 }
 
@@ -51,6 +51,14 @@ static uint32_t copy_frame(const unsigned char *h, unsigned char *d, uint32_t *o
 static int dissect_wants(const unsigned char *f, uint32_t len, int linktype);
 static int append_wanted(PyObject *list, const unsigned char *d, uint32_t cap, uint32_t orig,
                          unsigned long long ts, unsigned int if_id);
+
+/* The first pass over a block walks its packets one header at a time; the kernel wrote them on
+ * another CPU, so each is a cache miss. Ask for the bytes a little ahead (packets sit in order;
+ * a prefetch never faults, past the block's end too). */
+static inline void ring_ahead(const unsigned char *h) {
+    __builtin_prefetch(h + 1024, 0, 3);
+    __builtin_prefetch(h + 1088, 0, 3);
+}
 
 static inline void epb_header(unsigned char *o, uint32_t total, uint32_t if_id, unsigned long long ts,
                               uint32_t cap, uint32_t orig) {
@@ -89,6 +97,7 @@ static PyObject *encode_block(PyObject *self, PyObject *args) {
     for (uint32_t i = 0; i < num; i++) {
         if (off < 0 || off + 48 > bsize) goto corrupt;
         const unsigned char *h = blk + off;
+        ring_ahead(h);
         uint32_t next = rd32(h), snap = rd32(h + 12), status = rd32(h + 20);
         uint16_t mac = rd16(h + 24);
         if (off + mac + (Py_ssize_t)snap > bsize) goto corrupt;
@@ -191,7 +200,12 @@ static int parse_key(const unsigned char *f, uint32_t len, Key *k) {
     if ((proto == 6 || proto == 17 || proto == 132) && !frag && len >= l4 + 4) {
         sp = be16(f + l4); dp = be16(f + l4 + 2);
     }
-    int c = memcmp(src, dst, 4 * words);
+    /* the canonical order: the lower address (bytewise, as memcmp) first, then the lower port */
+    int c = 0;
+    for (int i = 0; i < words && !c; i++) {
+        uint32_t x = be32(src + 4 * i), y = be32(dst + 4 * i);
+        c = (x > y) - (x < y);
+    }
     int src_first = c < 0 || (c == 0 && sp <= dp);
     k->proto = proto; k->words = words;
     if (src_first) { k->a = src; k->ap = sp; k->b = dst; k->bp = dp; }
@@ -215,7 +229,7 @@ static inline uint64_t mix64(uint64_t x) {
 static uint64_t fingerprint(const Key *k) {
     /* 64 bits of the canonical key, a word pair at a time (table-internal, never stored outside the
      * process: it only has to be fast and collide rarely); 0 is reserved for empty slots */
-    uint64_t h = mix64(0x9E3779B97F4A7C15ull ^ ((uint64_t)k->proto << 32 | (uint64_t)k->ap << 16 | k->bp));
+    uint64_t h = ((uint64_t)k->proto << 32 | (uint64_t)k->ap << 16 | k->bp) * 0x9E3779B97F4A7C15ull;
     for (int i = 0; i < k->words; i++) {
         uint32_t wa, wb;
         memcpy(&wa, k->a + 4 * i, 4);
@@ -250,12 +264,76 @@ static int table_touch(uint64_t *t, uint64_t fp, uint64_t now) {
     return table_touch_was(t, fp, now, &before);
 }
 
+/* The flow key of the frame a packet becomes in the file. The ring's frame, or, for a packet whose
+ * 802.1Q tag the kernel moved into metadata, its first KEY_HEAD bytes with the tag put back (into
+ * buf, as copy_frame does): parse_key never reads past 14 + 8 + 60 + 4 bytes. */
+#define KEY_HEAD 128
+static int frame_key(const unsigned char *h, Key *k, unsigned char *buf) {
+    uint32_t snap = rd32(h + 12), status = rd32(h + 20);
+    const unsigned char *data = h + rd16(h + 24);
+    if (!(status & TP_STATUS_VLAN_VALID)) return parse_key(data, snap, k);
+    uint16_t tci = (uint16_t)rd32(h + 28), tpid = rd16(h + 32);
+    if (!(status & TP_STATUS_VLAN_TPID_VALID)) tpid = 0x8100;
+    uint32_t head = snap < 12 ? snap : 12, n = snap + 4 < KEY_HEAD ? snap + 4 : KEY_HEAD;
+    memcpy(buf, data, head);
+    buf[head] = tpid >> 8; buf[head + 1] = tpid & 0xff; buf[head + 2] = tci >> 8; buf[head + 3] = tci & 0xff;
+    memcpy(buf + head + 4, data + head, n - head - 4);
+    return parse_key(buf, n, k);
+}
+
+/* per packet, from pass 1 to the writing pass: its offset in the block and, once looked up, 0 (no
+ * comment) or NOTE_FLOW / NOTE_SHED | the flow hash (before that: the key's fingerprint) */
+#define NOTE_FLOW (1ull << 32)
+#define NOTE_SHED (2ull << 32)
+#define LOOKAHEAD 32
+typedef struct { uint64_t note; uint32_t off; } Pkt;
+typedef struct { unsigned long long bytes; unsigned int new_flows, shed_marked; int full; } Tally;
+typedef struct {
+    uint64_t *table;
+    const unsigned char *blk;
+    uint32_t seed;
+    unsigned long long shed_threshold, shed_ns;
+    uint32_t flow_opt, shed_opt;
+} Lookup;
+
+/* The table lookup of one keyed packet: its note replaces its fingerprint. */
+static inline void look_up(const Lookup *lk, Pkt *p, Tally *tally, unsigned char *kbuf) {
+    uint64_t fp = p->note, before;
+    if (!fp) return;
+    p->note = 0;
+    const unsigned char *h = lk->blk + p->off;
+    uint64_t ts = (uint64_t)rd32(h + 4) * 1000000000ull + rd32(h + 8);
+    int fresh = table_touch_was(lk->table, fp, ts, &before);
+    if (fresh < 0) { tally->full = 1; return; }
+    /* a flow seen before the shed, back after it: the one packet the kernel lets through? */
+    int maybe_shed = fresh == 0 && lk->shed_threshold < (1ull << 32) && ts >= lk->shed_ns && before < lk->shed_ns;
+    if (!fresh && !maybe_shed) return;
+    Key k;
+    frame_key(h, &k, kbuf);
+    uint32_t fh = flow_hash(&k, lk->seed);
+    if (fresh) {
+        p->note = NOTE_FLOW | fh;
+        tally->bytes += lk->flow_opt;
+        tally->new_flows++;
+    } else if (fh >= lk->shed_threshold) {
+        p->note = NOTE_SHED | fh;
+        tally->bytes += lk->shed_opt;
+        tally->shed_marked++;
+    }
+}
+
 /* encode_block_sampled(ring, boff, bsize, if_id, maxp, table, seed, suffix
  *                      [, wanted, linktype, shed_threshold, shed_ns, shed_suffix])
  *   -> (epb_bytes, packets, captured_bytes, new_flows, table_full, shed_marked)
  * After an emergency shed in the kernel flow table (kstap/sampling/kernel_table.py) the kernel lets
  * exactly one more packet of each shed flow through: the first packet at or after shed_ns of a flow
- * this table last saw before shed_ns whose hash is >= shed_threshold. It gets the "shed" comment. */
+ * this table last saw before shed_ns whose hash is >= shed_threshold. It gets the "shed" comment.
+ *
+ * Two passes: (1) validate, key each packet and look its flow up, sizing the output exactly; (2)
+ * write the EPBs. Sizing exactly matters:
+ * an output sized for a comment on every packet and shrunk afterwards is a fresh mmap per block
+ * for glibc (the shrunk size is what its mmap threshold learns), whose page faults cost more than
+ * the whole flow table (0.04 us per packet at 200 kpps, docs/benchmarks.md). */
 static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
     Py_buffer ring, table;
     Py_ssize_t boff, bsize, maxp;
@@ -273,9 +351,9 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
         return NULL;
     if (wanted == Py_None) wanted = NULL;
     PyObject *result = NULL;
-    unsigned char *out = NULL;
     PyObject *bytes = NULL;
-    uint64_t *fps = NULL;
+    Pkt *pkts = NULL;
+    unsigned char kbuf[KEY_HEAD];
     if (wanted && !PyList_Check(wanted)) {
         PyErr_SetString(PyExc_TypeError, "wanted must be a list");
         goto done;
@@ -293,47 +371,51 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
     const unsigned char *blk = (const unsigned char *)ring.buf + boff;
     uint32_t num = rd32(blk + 12), first = rd32(blk + 16);
     if (maxp >= 0 && (Py_ssize_t)num > maxp) num = (uint32_t)maxp;
-    /* one comment option: 4-byte header + "kstap: flow id=XXXXXXXX " (24) + suffix, padded, + endofopt */
-    Py_ssize_t longest = suffix_len > shed_suffix_len ? suffix_len : shed_suffix_len;
-    Py_ssize_t note_max = 4 + ((24 + longest + 3) & ~3) + 4;
-    Py_ssize_t out_cap = 0, off = first;
-    fps = PyMem_Malloc(num ? (size_t)num * sizeof(uint64_t) : 1);
-    if (!fps) { PyErr_NoMemory(); goto done; }
+    /* a comment option: 4-byte header + "kstap: flow id=XXXXXXXX " (24) + suffix, padded, + endofopt */
+    uint32_t flow_opt = 4 + ((24 + (uint32_t)suffix_len + 3) & ~3u) + 4;
+    uint32_t shed_opt = 4 + ((24 + (uint32_t)shed_suffix_len + 3) & ~3u) + 4;
+    Py_ssize_t off = first;
+    pkts = PyMem_Malloc(num ? (size_t)num * sizeof(Pkt) : 1);
+    if (!pkts) { PyErr_NoMemory(); goto done; }
+    /* pass 1: validate and key each packet, fetching its flow's slot; the slot of the packet
+     * LOOKAHEAD before is in cache by then (a random slot per packet otherwise costs a memory
+     * access each), so that packet is looked up in the table now. A flow's first packet (or a shed
+     * flow's last) gets a comment: the output is sized exactly. */
+    Py_ssize_t out_len = 0;
+    Tally tally = {0, 0, 0, 0};
+    Lookup lk = {t, blk, seed, shed_threshold, shed_ns, flow_opt, shed_opt};
     for (uint32_t i = 0; i < num; i++) {
         if (off < 0 || off + 48 > bsize) { PyErr_SetString(PyExc_ValueError, "corrupt TPACKET_V3 block"); goto done; }
         const unsigned char *h = blk + off;
+        ring_ahead(h);
         uint32_t next = rd32(h), snap = rd32(h + 12), status = rd32(h + 20);
         uint16_t mac = rd16(h + 24);
         if (off + mac + (Py_ssize_t)snap > bsize) { PyErr_SetString(PyExc_ValueError, "corrupt TPACKET_V3 block"); goto done; }
-        fps[i] = 0;
-        {
-            /* Fetch this flow's slot now: the second pass then finds it in cache (a random slot
-             * per packet otherwise costs a memory access each; skipping this pass for small tables
-             * measured slower too: 0.16 -> 0.25-0.33 us per packet at rate 1). A VLAN tag the
-             * kernel stripped is not part of the key, so the ring's frame gives it (the second
-             * pass parses the copy when a tag was put back). */
-            Key pk;
-            if (parse_key(h + mac, snap, &pk)) {
-                uint64_t fp = fingerprint(&pk);
-                __builtin_prefetch(t + 2 * (1 + (fp & (t[1] - 1))), 1, 1);
-                if (!(status & TP_STATUS_VLAN_VALID)) fps[i] = fp;
-            }
+        Key k;
+        pkts[i].note = 0;
+        pkts[i].off = (uint32_t)off;
+        if (frame_key(h, &k, kbuf)) {
+            uint64_t fp = fingerprint(&k);
+            __builtin_prefetch(t + 2 * (1 + (fp & (t[1] - 1))), 1, 3);
+            pkts[i].note = fp;
         }
+        if (i >= LOOKAHEAD) look_up(&lk, &pkts[i - LOOKAHEAD], &tally, kbuf);
         if (status & TP_STATUS_VLAN_VALID) snap += 4;
-        out_cap += 32 + ((snap + 3) & ~3u) + note_max;
+        out_len += 32 + ((snap + 3) & ~3u);
         if (i + 1 < num) {
             if (next == 0) { PyErr_SetString(PyExc_ValueError, "corrupt TPACKET_V3 block"); goto done; }
             off += next;
         }
     }
-    /* written in place and shrunk at the end: no second copy of the block */
-    bytes = PyBytes_FromStringAndSize(NULL, out_cap ? out_cap : 1);
+    for (uint32_t i = num > LOOKAHEAD ? num - LOOKAHEAD : 0; i < num; i++) look_up(&lk, &pkts[i], &tally, kbuf);
+    out_len += tally.bytes;
+    unsigned int new_flows = tally.new_flows, shed_marked = tally.shed_marked;
+    int full = tally.full;
+    bytes = PyBytes_FromStringAndSize(NULL, out_len ? out_len : 0);
     if (!bytes) goto done;
-    out = (unsigned char *)PyBytes_AS_STRING(bytes);
-    unsigned char *o = out;
+    unsigned char *o = (unsigned char *)PyBytes_AS_STRING(bytes);
     unsigned long long captured = 0;
-    unsigned int new_flows = 0, shed_marked = 0;
-    int full = 0;
+    /* pass 3: the EPBs */
     off = first;
     for (uint32_t i = 0; i < num; i++) {
         const unsigned char *h = blk + off;
@@ -344,47 +426,24 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
         uint32_t padded = (cap + 3) & ~3u;
         if (wanted && dissect_wants(d, cap, linktype) && append_wanted(wanted, d, cap, orig, ts, if_id) < 0)
             goto done;
-        /* the flow: first packet → comment */
         uint32_t optlen = 0;
-        Key k;
-        uint64_t fp = fps[i];
-        if (!fp && parse_key(d, cap, &k)) fp = fingerprint(&k);
-        if (fp) {
-            uint64_t before;
-            int fresh = table_touch_was(t, fp, ts, &before);
-            if (fresh < 0) full = 1;
-            /* a flow seen before the shed, back after it: the one packet the kernel lets through? */
-            int maybe_shed = fresh == 0 && shed_threshold < (1ull << 32) && ts >= shed_ns && before < shed_ns;
-            int shed = 0;
-            uint32_t fh = 0;
-            if (fresh == 1 || maybe_shed) {
-                if (fps[i]) parse_key(d, cap, &k);  /* the key, for the comment's flow hash */
-                fh = flow_hash(&k, seed);
-                shed = maybe_shed && fh >= shed_threshold;
-            }
-            if (fresh == 1 || shed) {
-                /* "kstap: flow id=%08x <suffix>", without snprintf (one per new flow adds up) */
-                static const char prefix[] = "kstap: flow id=", shed_prefix[] = "kstap: shed id=",
-                                  hex[] = "0123456789abcdef";
-                char note[256];
-                int n = (int)sizeof prefix - 1;
-                memcpy(note, shed ? shed_prefix : prefix, n);
-                for (int sh = 28; sh >= 0; sh -= 4) note[n++] = hex[(fh >> sh) & 0xf];
-                note[n++] = ' ';
-                /* suffix lengths <= 200: checked on entry */
-                memcpy(note + n, shed ? shed_suffix : suffix, shed ? shed_suffix_len : suffix_len);
-                n += (int)(shed ? shed_suffix_len : suffix_len);
-                if (4 + ((n + 3) & ~3) + 4 <= note_max) {
-                    unsigned char *p = d + padded;
-                    p[0] = 1; p[1] = 0; p[2] = (unsigned char)(n & 0xff); p[3] = (unsigned char)(n >> 8);
-                    memcpy(p + 4, note, n);
-                    uint32_t npad = ((uint32_t)n + 3) & ~3u;
-                    memset(p + 4 + n, 0, npad - n);
-                    memset(p + 4 + npad, 0, 4); /* opt_endofopt */
-                    optlen = 4 + npad + 4;
-                    if (shed) shed_marked++; else new_flows++;
-                }
-            }
+        uint64_t note = pkts[i].note;
+        if (note) {
+            /* "kstap: flow id=%08x <suffix>", without snprintf (one per new flow adds up) */
+            static const char hex[] = "0123456789abcdef";
+            int shed = (note & NOTE_SHED) != 0;
+            uint32_t fh = (uint32_t)note;
+            const char *tail = shed ? shed_suffix : suffix;
+            uint32_t tail_len = (uint32_t)(shed ? shed_suffix_len : suffix_len), n = 24 + tail_len;
+            unsigned char *p = d + padded;
+            p[0] = 1; p[1] = 0; p[2] = (unsigned char)(n & 0xff); p[3] = (unsigned char)(n >> 8);
+            memcpy(p + 4, shed ? "kstap: shed id=" : "kstap: flow id=", 15);
+            for (int sh = 28, j = 19; sh >= 0; sh -= 4, j++) p[j] = hex[(fh >> sh) & 0xf];
+            p[27] = ' ';
+            memcpy(p + 28, tail, tail_len);
+            uint32_t npad = (n + 3) & ~3u;
+            memset(p + 4 + n, 0, npad - n + 4);  /* padding, then opt_endofopt */
+            optlen = shed ? shed_opt : flow_opt;
         }
         uint32_t total = 32 + padded + optlen;
         epb_header(o, total, if_id, ts, cap, orig);
@@ -393,13 +452,11 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
         captured += cap;
         off += next;
     }
-    if (_PyBytes_Resize(&bytes, o - out) == 0) {
-        result = Py_BuildValue("(NIKIiI)", bytes, num, captured, new_flows, full, shed_marked);
-        bytes = NULL;  /* the tuple holds it now */
-    }
+    result = Py_BuildValue("(NIKIiI)", bytes, num, captured, new_flows, full, shed_marked);
+    bytes = NULL;  /* the tuple holds it now (or it was released with a failed build) */
 done:
     Py_XDECREF(bytes);
-    PyMem_Free(fps);
+    PyMem_Free(pkts);
     PyBuffer_Release(&ring);
     PyBuffer_Release(&table);
     return result;
