@@ -14,6 +14,8 @@ import typer
 from kstap.config import SamplingSettings, TapSettings, parse_rate, parse_seed, parse_size, settle_auto_start
 from kstap.errors import ExitCode, UsageError
 
+FLOW_TABLE_ENV = "KSTAP_SAMPLING_FLOW_TABLE"
+"""The variable ``kstap tap`` reads sampling.flow_table from (kstap/settings_sources.py)."""
 MIN_TOKEN = 16
 MAX_TOKEN = 4096
 
@@ -102,6 +104,10 @@ def worker(
     min_rate: str | None = typer.Option(None, "--min-rate", help="auto: lowest rate the controller may set."),
     memory_budget: str | None = typer.Option(None, "--memory-budget", help="Memory to stay under, e.g. 512Mi."),
     cpu_budget: float | None = typer.Option(None, "--cpu-budget", help="CPU cores to stay under."),
+    flow_table: str | None = typer.Option(
+        None, "--flow-table", metavar="TABLE",
+        help="Where auto mode decides flows: kernel (eBPF, needs CAP_BPF), user (classic filter) or auto "
+             "(kernel where it can). Default: $KSTAP_SAMPLING_FLOW_TABLE, else auto."),
     entries: str = typer.Option("off", "--entries", help="on: dissect and publish request/response entries."),
     node: str | None = typer.Option(None, "--node", help="Node name to report (default: $NODE_NAME or hostname)."),
     snaplen: int = typer.Option(262144, "--snaplen", "-s", help="Bytes kept per packet."),
@@ -139,6 +145,9 @@ def worker(
     if memory_budget is not None:
         sampling.memory_budget = parse_size(memory_budget)
     sampling.cpu_budget = cpu_budget
+    # as for `kstap tap`: the setting sampling.flow_table, here from the flag or its environment variable
+    sampling.flow_table = (flow_table if flow_table is not None else
+                           os.environ.get(FLOW_TABLE_ENV, "").strip() or sampling.flow_table)
     tap = TapSettings(interfaces=list(interface), bpf_filter=bpf_filter, netns=netns, snaplen=snaplen,
                       buffer_mib=buffer_size, duration=duration, sampling=sampling)
     settle_auto_start(tap, explicit)

@@ -124,6 +124,9 @@ class WorkerSpec:
     worker's capabilities in auto mode, which, like NET_ADMIN, no file capability can carry, so the
     worker then runs as UID 0 (still only NET_RAW and BPF). False keeps auto mode on the classic
     filter's fallback, non-root with NET_RAW only."""
+    flow_table: str = "auto"
+    """The user's sampling.flow_table, passed on as ``kstap worker --flow-table`` in auto mode:
+    ``kernel`` makes a node without BPF maps an error, ``user`` drops BPF as ``kernel_flow_table=False``."""
     extra_labels: dict[str, str] = field(default_factory=dict)
 
     def labels(self) -> dict[str, str]:
@@ -132,7 +135,7 @@ class WorkerSpec:
     @property
     def uses_bpf(self) -> bool:
         """True when the workers load the in-kernel flow table (auto mode, not turned off)."""
-        return self.mode == "auto" and self.kernel_flow_table
+        return self.mode == "auto" and self.kernel_flow_table and self.flow_table != "user"
 
     @property
     def name(self) -> str:
@@ -199,6 +202,8 @@ def worker_args(spec: WorkerSpec) -> list[str]:
     args += ["--bpf-filter", spec.bpf_filter, "--mode", spec.mode]
     if spec.rate is not None:
         args += ["--rate", repr(spec.rate)]
+    if spec.mode == "auto":  # without BPF the worker must not try the kernel table
+        args += ["--flow-table", spec.flow_table if spec.uses_bpf else "user"]
     if spec.seed is not None:
         args += ["--seed-file", SEED_FILE]  # the Secret's "seed" key, mounted next to the token
     args += ["--memory-budget", str(spec.memory_budget), "--cpu-budget", repr(spec.cpu_budget),

@@ -80,7 +80,8 @@ def run_session(kube: Any, selection: Any, options: KubeTapOptions, settings: Ta
                              # one seed for every node, or a cross-node flow is kept on one end only
                              seed=smp.seed if smp.seed is not None else secrets.randbits(32),
                              memory_budget=smp.memory_budget or (512 << 20), cpu_budget=smp.cpu_budget or 1.0,
-                             entries=bool(settings.entries), interfaces=list(options.interfaces) or ["any"])
+                             entries=bool(settings.entries), interfaces=list(options.interfaces) or ["any"],
+                             flow_table=smp.flow_table)
         if options.worker_image:
             spec.image = options.worker_image
         pods = deploy.deploy(kube, spec, timeout=options.ready_timeout)

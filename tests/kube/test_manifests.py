@@ -126,6 +126,19 @@ def test_bpf_is_added_only_when_auto_mode_loads_the_kernel_flow_table() -> None:
     assert caps(mode="percentage") == (["NET_RAW"], 65534)
     assert caps(mode="auto") == (["NET_RAW", "BPF"], 0)  # no file capability carries BPF: UID 0
     assert caps(mode="auto", kernel_flow_table=False) == (["NET_RAW"], 65534)
+    assert caps(mode="auto", flow_table="user") == (["NET_RAW"], 65534)
+
+
+def test_the_flow_table_setting_reaches_auto_mode_workers() -> None:
+    def flag(**kw: object) -> str | None:
+        args = mf.worker_args(spec(**kw))
+        return args[args.index("--flow-table") + 1] if "--flow-table" in args else None
+
+    assert flag(mode="full") is None and flag(mode="percentage", rate=0.5) is None
+    assert flag(mode="auto") == "auto"
+    assert flag(mode="auto", flow_table="kernel") == "kernel"  # a node without BPF maps is then an error
+    assert flag(mode="auto", flow_table="user") == "user"
+    assert flag(mode="auto", kernel_flow_table=False) == "user"  # no BPF capability: never try the kernel
 
 
 def test_resources_tolerations_and_token() -> None:
