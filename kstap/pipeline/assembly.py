@@ -108,11 +108,18 @@ def run_tap(settings: TapSettings, reporter: Reporter, stop: StopFlag | None = N
 def kernel_table(settings: TapSettings, sampler: FlowSampler, reporter: Reporter) -> KernelFlowTable | None:
     """Auto mode's in-kernel flow table where this capture can have it (else the classic ceiling)."""
     smp = settings.sampling
-    why_not = ("--read replays a file" if settings.read else
-               f"--workers {settings.workers}" if settings.workers > 1 else
-               f"--capture {settings.capture}" if backends.resolve(settings.capture) != "af_packet" else None)
+    # the table sits in each af_packet socket's filter, read by this process: not with a file, nor with
+    # --workers' processes (each its own socket and ring in a fanout group), nor on another backend
+    fallback = "or set sampling.flow_table = auto (falls back with a warning) or user"
+    why_not, hint = (("--read replays a file", "a file's flows are decided in user space: "
+                                               "set sampling.flow_table = auto or user")
+                     if settings.read else
+                     (f"--workers {settings.workers}", f"capture with one worker (no --workers), {fallback}")
+                     if settings.workers > 1 else
+                     (f"--capture {settings.capture}", f"use --capture af_packet, {fallback}")
+                     if backends.resolve(settings.capture) != "af_packet" else (None, None))
     kernel, reason = open_table(smp.flow_table, sampler.seed, sampler.rate,
-                                idle_timeout_ns=int(smp.idle_timeout * 1e9), why_not=why_not)
+                                idle_timeout_ns=int(smp.idle_timeout * 1e9), why_not=why_not, why_not_hint=hint)
     if kernel is None and reason is not None and smp.flow_table == "auto" and not settings.read:
         reporter.warning(f"flows are decided in user space (classic filter ceiling): {reason}")
     if kernel is not None:

@@ -358,12 +358,12 @@ class KernelFlowTable:
 
 
 def open_table(choice: str, seed: int, rate: float, *, idle_timeout_ns: int,
-               why_not: str | None = None) -> tuple[KernelFlowTable | None, str | None]:
+               why_not: str | None = None, why_not_hint: str | None = None) -> tuple[KernelFlowTable | None, str | None]:
     """The kernel table for a run, or None and why not (then the classic ceiling is the fallback).
 
     ``choice`` is the ``sampling.flow_table`` setting; ``why_not`` is a reason the caller already
-    knows the capture cannot use it (another backend, several workers). ``kernel`` turns a reason
-    into an error.
+    knows the capture cannot use it (another backend, several workers), ``why_not_hint`` what to do
+    about it. ``kernel`` turns a reason into an error.
     """
     from kstap.errors import EnvironmentProblem
 
@@ -378,6 +378,7 @@ def open_table(choice: str, seed: int, rate: float, *, idle_timeout_ns: int,
             reason = f"cannot create the flow-table maps: {exc.strerror or exc}"
     if table is None and choice == "kernel":
         raise EnvironmentProblem(f"the in-kernel flow table is not available: {reason}",
-                                 hint="grant CAP_BPF (or run as root), or set sampling.flow_table = user "
-                                      "(KSTAP_SAMPLING_FLOW_TABLE=user)")
+                                 hint=(why_not_hint if why_not and why_not_hint else
+                                       "grant CAP_BPF (or run as root), or set sampling.flow_table = user "
+                                       "(KSTAP_SAMPLING_FLOW_TABLE=user)"))
     return table, reason

@@ -1,8 +1,12 @@
-"""``kstap worker`` honours sampling.flow_table as ``kstap tap`` does (``--flow-table`` or
-``KSTAP_SAMPLING_FLOW_TABLE``): run as root without CAP_BPF/CAP_SYS_ADMIN, ``kernel`` is an error
-(exit 3), ``auto`` falls back with its warning and ``user`` starts on the fallback without one.
+"""sampling.flow_table where the kernel table cannot be had.
 
-Each worker captures on ``lo`` for a second with nothing sent, serving on 127.0.0.1 only.
+``kstap worker`` honours it as ``kstap tap`` does (``--flow-table`` or ``KSTAP_SAMPLING_FLOW_TABLE``):
+run as root without CAP_BPF/CAP_SYS_ADMIN, ``kernel`` is an error (exit 3), ``auto`` falls back with
+its warning and ``user`` starts on the fallback without one. ``kstap tap --workers 2`` (a fanout
+group of processes) cannot have it either: ``kernel`` says so and what to do, ``auto`` falls back
+with one warning line.
+
+Every capture is on ``lo`` for a second with nothing sent; workers serve on 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from kstap.filters import bpf_syscall
-from tests.conftest import ROOT, assert_two_line_error
+from tests.conftest import ROOT, assert_two_line_error, run_kstap
 
 pytestmark = [
     pytest.mark.privileged,
@@ -71,3 +75,16 @@ def test_a_bad_value_is_a_usage_error(tmp_path: Path) -> None:
     r = worker(tmp_path, "--flow-table", "gpu")
     assert r.returncode == 2
     assert_two_line_error(r.stderr, "sampling.flow_table must be auto, kernel or user")
+
+
+def test_workers_n_cannot_have_the_kernel_table_and_say_so(tmp_path: Path) -> None:
+    out = str(tmp_path / "x.pcapng")
+    args = ["tap", "-i", "lo", "--workers", "2", "--mode", "auto", "-w", out, "--duration", "1", "--no-dashboard"]
+    kernel = run_kstap(*args, "--set", "sampling.flow_table=kernel")
+    assert kernel.returncode == 3
+    assert_two_line_error(kernel.stderr, "the in-kernel flow table is not available: --workers 2")
+    assert "capture with one worker" in kernel.stderr and not os.path.exists(out)
+    auto = run_kstap(*args)
+    assert auto.returncode == 0, auto.stderr
+    warnings = [line for line in auto.stderr.splitlines() if FALLBACK in line]
+    assert warnings == ["kstap: warning: flows are decided in user space (classic filter ceiling): --workers 2"]
