@@ -357,8 +357,8 @@ class KernelFlowTable:
         self.maps = []
 
 
-def open_table(choice: str, seed: int, rate: float, *, idle_timeout_ns: int,
-               why_not: str | None = None, why_not_hint: str | None = None) -> tuple[KernelFlowTable | None, str | None]:
+def open_table(choice: str, seed: int, rate: float, *, idle_timeout_ns: int, why_not: str | None = None,
+               why_not_hint: str | None = None) -> tuple[KernelFlowTable | None, str | None]:
     """The kernel table for a run, or None and why not (then the classic ceiling is the fallback).
 
     ``choice`` is the ``sampling.flow_table`` setting; ``why_not`` is a reason the caller already
