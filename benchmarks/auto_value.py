@@ -48,6 +48,7 @@ from kstap.demo.lab import Lab  # noqa: E402
 CPU_ROOT = Path("/sys/fs/cgroup/cpu")
 BASE_SPORT = 20000
 MARK = "<!-- auto-value -->"
+END = "<!-- auto-value: end -->"
 
 
 @dataclass
@@ -162,7 +163,7 @@ def capture(lab: Lab, sender: list[str], tool: str, extra: Sequence[str], *, rat
     cc._children.append(p)
     res = Result(tool)
     try:
-        deadline = time.monotonic() + 120  # under a small quota, Python's start-up alone takes a while
+        deadline = time.monotonic() + 300  # under a small quota, Python's start-up alone takes a while (>120 s seen)
         ready = "listening on"
         while ready not in Path(err).read_text(errors="replace") and '"event":"start"' not in \
                 Path(out).read_text(errors="replace"):
@@ -350,10 +351,15 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({p: {k: [vars(r) | {"events": []} for r in v] for k, v in d.items()}
                                                for p, d in results.items()}, indent=1))
-    if args.out:
+    if args.out:  # the section between the markers (appended when absent); the rest of the file stays
         doc = Path(args.out)
         old = doc.read_text() if doc.exists() else ""
-        doc.write_text((old.split(MARK)[0].rstrip() + "\n\n" if MARK in old or old else "") + text + "\n")
+        section = text + "\n" + END + "\n"
+        if MARK in old and END in old:
+            new = old[: old.index(MARK)] + section + old[old.index(END) + len(END):].lstrip("\n")
+        else:
+            new = (old.rstrip() + "\n\n" if old else "") + section
+        doc.write_text(new)
     return 0
 
 
