@@ -52,8 +52,8 @@ def remove(objects: list[dict[str, Any]]) -> None:
                 "--ignore-not-found", "--wait=false", check=False)
 
 
-@pytest.fixture
-def user_kubeconfig(apps: Apps, tmp_path: Path) -> Iterator[str]:
+@pytest.fixture(scope="module")
+def user_kubeconfig(apps: Apps, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A kubeconfig with the ServiceAccount's token only (no client certificate, no admin)."""
     apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": USER_NS}},
            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": USER, "namespace": USER_NS}},
@@ -64,11 +64,14 @@ def user_kubeconfig(apps: Apps, tmp_path: Path) -> Iterator[str]:
     cfg = {**admin, "users": [{"name": USER, "user": {"token": token}}],
            "contexts": [{"name": "kstap-e2e", "context": {"cluster": admin["clusters"][0]["name"], "user": USER,
                                                          "namespace": "default"}}]}
-    path = tmp_path / "sre.kubeconfig"
+    path = tmp_path_factory.mktemp("rbac") / "sre.kubeconfig"
     path.write_text(json.dumps(cfg))
     path.chmod(0o600)
     yield str(path)
-    kubectl("delete", "namespace", USER_NS, "--ignore-not-found", "--wait=false", check=False)
+    # kstap leaves a namespace it did not create (`kstap clean` deletes only its own): the admin removes it,
+    # and waits, so the next test's run creates kstap's own again
+    kubectl("delete", "namespace", USER_NS, WORKER_NS, "--ignore-not-found", "--timeout=150s", check=False,
+            timeout=180)
 
 
 def can_i(kubeconfig: str, verb: str, resource: str, ns: str | None) -> bool:
