@@ -91,5 +91,5 @@ def test_the_kernel_keeps_or_drops_each_case_like_python() -> None:
     assert r.returncode == 0, r.stderr
     seen = json.loads(r.stdout)
     assert len(seen) == len(expected) > 100
-    wrong = [(kind, name, thresh, kept) for (kind, name, thresh, kept), got in zip(expected, seen) if got != kept]
+    wrong = [case for case, got in zip(expected, seen, strict=True) if got != case[3]]
     assert not wrong, wrong

@@ -20,8 +20,7 @@ import pytest
 
 from kstap import linklayer
 from kstap.filters.bpf import Program, compile_filter
-from kstap.sampling.flowhash import FULL, LD_IMM, LD_W_ABS, SKF_AD_PROTOCOL, flow_hash, sampling_tail, \
-    splice_threshold
+from kstap.sampling.flowhash import FULL, LD_IMM, LD_W_ABS, SKF_AD_PROTOCOL, flow_hash, sampling_tail, splice_threshold
 from kstap.sampling.flowkey import FlowKey, flow_key
 
 SEED = 0x7E57
