@@ -195,20 +195,53 @@ def sampling_tail(seed: int, thresh: int, snaplen: int, *, cooked: bool = False)
     packet from its network header on and the ethertype comes from the skb's protocol.
     """
     a = _Asm()
+    _flow_key_and_hash(a, seed, snaplen, *((None, 0) if cooked else (12, 14)))
+    a.op(JGE_K, thresh, "drop", "keep")
+    a.label("keep")
+    a.op(RET_K, snaplen)
+    a.label("drop")
+    a.op(RET_K, 0)
+    return a.build()
+
+
+M_HASH, M_KEYED = 12, 13
+"""Where :func:`hash_tail` leaves the flow hash, and 1 if the packet has a flow (0: none)."""
+
+
+def hash_tail(seed: int, snaplen: int, *, ethertype_at: int | None, network_at: int) -> list[Insn]:
+    """The sampling tail's flow key and hash without the decision, for the in-kernel flow table
+    (translated to eBPF by :mod:`kstap.filters.cbpf_to_ebpf`): every path returns ``snaplen``,
+    with M[:data:`M_KEYED`] = 1 and M[:data:`M_HASH`] = the flow hash for a packet that has a flow.
+
+    ``ethertype_at``: the link header's protocol field (None: the skb's protocol, for a packet
+    that starts at its network header); ``network_at``: where the network header starts.
+    """
+    a = _Asm()
+    a.op(LD_IMM, 0)
+    a.op(ST, M_KEYED)
+    _flow_key_and_hash(a, seed, snaplen, ethertype_at, network_at)
+    a.op(ST, M_HASH)
+    a.op(LD_IMM, 1)
+    a.op(ST, M_KEYED)
+    a.op(RET_K, snaplen)
+    return a.build()
+
+
+def _flow_key_and_hash(a: _Asm, seed: int, snaplen: int, ethertype_at: int | None, base: int) -> None:
+    """From the link header to A = the flow hash; packets without a flow return ``snaplen``."""
     # The kernel's checker wants every scratch slot written before any read on every path, and
     # it lets a path run on past a ret (the hash follows the last level's ret): give the
     # tunnel and flow slots a value up front.
     for slot in (M_L4, M_INNER, M_PROTO, M_SPORT, M_DPORT):
         a.op(ST, slot)
     # find the network header past up to two VLAN tags; X = its offset
-    base = 0 if cooked else 14
-    if cooked:
+    if ethertype_at is None:
         a.op(LD_W_ABS, SKF_AD_PROTOCOL)
     else:
         a.op(LD_LEN)
         a.op(JGE_K, base, "eth", "unkeyed")
         a.label("eth")
-        a.op(LD_H_ABS, 12)
+        a.op(LD_H_ABS, ethertype_at)
     a.op(LDX_IMM, base)
     for depth, nxt in ((1, "vlan1"), (2, "vlan2")):
         a.op(JEQ_K, 0x8100, f"tag{depth}", f"q{depth}")
@@ -227,8 +260,7 @@ def sampling_tail(seed: int, thresh: int, snaplen: int, *, cooked: bool = False)
         a.label(f"l{level}")
         _decode(a, f"l{level}", snaplen, inner=f"l{level + 1}" if level < MAX_TUNNELS else None)
     a.label("hash")
-    _hash_and_test(a, seed, thresh, snaplen)
-    return a.build()
+    _hash(a, seed)
 
 
 TUNNEL_PORTS = {**{port: "vx" for port in VXLAN_PORTS}, GENEVE_PORT: "gn"}
@@ -405,8 +437,8 @@ def _tunnel(a: _Asm, p: str, outer: str) -> None:
     a.label(p + "found")
 
 
-def _hash_and_test(a: _Asm, seed: int, thresh: int, snaplen: int) -> None:
-    """The flow slots of the innermost level → keep iff the flow hash < ``thresh``."""
+def _hash(a: _Asm, seed: int) -> None:
+    """The flow slots of the innermost level → A = the flow hash."""
     a.op(LD_MEM, M_ET)
     a.op(JEQ_K, 0x86DD, "h6", "h4")
     a.label("h4")
@@ -418,7 +450,7 @@ def _hash_and_test(a: _Asm, seed: int, thresh: int, snaplen: int) -> None:
     _endpoint_asm(a, seed, [8, 12, 16, 20], M_SPORT)
     a.op(ST, M_EA)
     _endpoint_asm(a, seed, [24, 28, 32, 36], M_DPORT)
-    # A + M_EA, ^ proto·GOLDEN ^ seed2, fmix, compare
+    # A + M_EA, ^ proto·GOLDEN ^ seed2, fmix
     a.label("combine")
     a.op(LDX_MEM, M_EA)
     a.op(ALU_ADD_X)
@@ -430,11 +462,6 @@ def _hash_and_test(a: _Asm, seed: int, thresh: int, snaplen: int) -> None:
     a.op(ALU_XOR_X)
     a.op(ALU_XOR_K, seed2(seed))
     _fmix_asm(a)
-    a.op(JGE_K, thresh, "drop", "keep")
-    a.label("keep")
-    a.op(RET_K, snaplen)
-    a.label("drop")
-    a.op(RET_K, 0)
 
 
 @dataclass(frozen=True)

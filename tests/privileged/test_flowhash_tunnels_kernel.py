@@ -1,7 +1,8 @@
 """What counts as a tunnel, decided by the kernel itself: every case of
 ``tests/unit/sampling/test_flowhash_tunnels.py`` crosses a veth pair and the sampling tail, attached
 with SO_ATTACH_FILTER to a real AF_PACKET socket (SOCK_RAW, and SOCK_DGRAM as ``-i any`` opens it),
-keeps or drops it as the Python flow key says.
+keeps or drops it as the Python flow key says; and the in-kernel flow table's eBPF program (auto
+mode) decides each case the same way (BPF_PROG_TEST_RUN).
 
 The frames are malformed on purpose (no real peer sends a truncated Geneve header), so they are
 built with dpkt and sent from a packet socket on the lab's client end; their outer addresses are the
@@ -22,8 +23,10 @@ from pathlib import Path
 import pytest
 
 from kstap.demo.lab import Lab
+from kstap.filters import bpf_syscall
 from kstap.filters.bpf import compile_filter
-from kstap.sampling.flowhash import splice_threshold
+from kstap.sampling.flowhash import FULL, splice_threshold
+from kstap.sampling.kernel_table import KernelFlowTable, Layout
 from tests.unit.sampling.test_flowhash_tunnels import CASES, SEED, cooked_view, thresholds
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, packet sockets)")
@@ -92,4 +95,30 @@ def test_the_kernel_keeps_or_drops_each_case_like_python() -> None:
     seen = json.loads(r.stdout)
     assert len(seen) == len(expected) > 100
     wrong = [case for case, got in zip(expected, seen, strict=True) if got != case[3]]
+    assert not wrong, wrong
+
+
+@pytest.mark.skipif(bpf_syscall.probe() is not None, reason="needs CAP_BPF and BPF maps")
+def test_the_kernel_flow_table_decides_each_case_like_python() -> None:
+    """A test run hands the filter the packet from its network header, the protocol from the Ethernet
+    header: the layout of a cooked socket. Each round is a new flow in a fresh table. A test run
+    refuses (EINVAL) an outer IP header shorter than its fixed size: those two cases are left to the
+    socket test above, whose classic tail is the very code the table translates."""
+    wrong = []
+    for name, (frame, flow) in sorted(CASES.items()):
+        view = cooked_view(frame)
+        if view is None or len(view[1]) < {0x0800: 20, 0x86DD: 40}.get(view[0], 0):
+            continue
+        for thresh, kept in thresholds(flow):
+            table = KernelFlowTable(SEED, thresh / FULL, max_flows=16)
+            try:
+                assert table.threshold == thresh
+                fd = table.program(compile_filter("").insns, Layout("network"))
+                try:
+                    if (bpf_syscall.test_run(fd, frame) != 0) != kept:
+                        wrong.append((name, thresh, kept))
+                finally:
+                    os.close(fd)
+            finally:
+                table.close()
     assert not wrong, wrong
