@@ -17,10 +17,21 @@ from collections.abc import Iterator
 
 import dpkt
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kstap import linklayer
 from kstap.filters.bpf import Program, compile_filter
-from kstap.sampling.flowhash import FULL, LD_IMM, LD_W_ABS, SKF_AD_PROTOCOL, flow_hash, sampling_tail, splice_threshold
+from kstap.sampling.flowhash import (
+    FULL,
+    LD_IMM,
+    LD_W_ABS,
+    SKF_AD_PROTOCOL,
+    flow_hash,
+    sampling_tail,
+    splice,
+    splice_threshold,
+)
 from kstap.sampling.flowkey import FlowKey, flow_key
 
 SEED = 0x7E57
@@ -192,6 +203,23 @@ def test_the_bpf_tail_decides_each_case_like_python(name: str) -> None:
         assert prog.matches(frame, len(frame)) is kept, (thresh, kept)
         if view is not None:
             assert run_cooked(splice_threshold(user, SEED, thresh, cooked=True).insns, *view) is kept, "cooked"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(sorted(CASES)), st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255)), max_size=4),
+       st.integers(0, 300), st.integers(0, 2**32 - 1), st.floats(0.01, 0.99))
+def test_mutated_tunnel_frames_are_decided_like_python(name: str, edits: list[tuple[int, int]], cut: int,
+                                                       seed: int, rate: float) -> None:
+    """Any byte of a case changed, the frame cut anywhere: the tail still decides as Python does."""
+    frame = bytearray(CASES[name][0])
+    for at, value in edits:
+        if at < len(frame):
+            frame[at] = value
+    raw = bytes(frame[: len(frame) - cut % (len(frame) + 1)])
+    sampled = splice(compile_filter("").insns, seed, rate)
+    flow = flow_key(raw)
+    python = flow is None or flow_hash(flow, seed) < sampled.threshold
+    assert Program("", 1, SNAP, sampled.insns).matches(raw, len(raw)) is python
 
 
 def test_the_thresholds_tell_the_other_headers_apart() -> None:
