@@ -12,6 +12,9 @@
 
 #define TP_STATUS_VLAN_VALID (1u << 4)
 #define TP_STATUS_VLAN_TPID_VALID (1u << 6)
+/* tpacket3_hdr.hv1 (linux/if_packet.h): tp_rxhash at 28, tp_vlan_tci at 32, tp_vlan_tpid at 36 */
+#define HV1_VLAN_TCI 32
+#define HV1_VLAN_TPID 36
 
 static inline uint32_t rd32(const unsigned char *p) { uint32_t v; memcpy(&v, p, 4); return v; }
 static inline uint16_t rd16(const unsigned char *p) { uint16_t v; memcpy(&v, p, 2); return v; }
@@ -28,7 +31,7 @@ static uint32_t copy_frame(const unsigned char *h, unsigned char *d, uint32_t *o
     *orig = len;
     *ts = (unsigned long long)sec * 1000000000ull + nsec;
     if (status & TP_STATUS_VLAN_VALID) {
-        uint16_t tci = (uint16_t)rd32(h + 28), tpid = rd16(h + 32);
+        uint16_t tci = (uint16_t)rd32(h + HV1_VLAN_TCI), tpid = rd16(h + HV1_VLAN_TPID);
         uint32_t head = snap < 12 ? snap : 12;
         if (!(status & TP_STATUS_VLAN_TPID_VALID)) tpid = 0x8100;
         memcpy(d, data, head);
@@ -272,7 +275,7 @@ static int frame_key(const unsigned char *h, Key *k, unsigned char *buf) {
     uint32_t snap = rd32(h + 12), status = rd32(h + 20);
     const unsigned char *data = h + rd16(h + 24);
     if (!(status & TP_STATUS_VLAN_VALID)) return parse_key(data, snap, k);
-    uint16_t tci = (uint16_t)rd32(h + 28), tpid = rd16(h + 32);
+    uint16_t tci = (uint16_t)rd32(h + HV1_VLAN_TCI), tpid = rd16(h + HV1_VLAN_TPID);
     if (!(status & TP_STATUS_VLAN_TPID_VALID)) tpid = 0x8100;
     uint32_t head = snap < 12 ? snap : 12, n = snap + 4 < KEY_HEAD ? snap + 4 : KEY_HEAD;
     memcpy(buf, data, head);
@@ -647,8 +650,8 @@ static PyObject *encode_cooked_block(PyObject *self, PyObject *args) {
         uint16_t hatype = rd16(ll + 8), outer = proto;
         uint32_t extra = 0;
         if (status & TP_STATUS_VLAN_VALID) {
-            outer = (status & TP_STATUS_VLAN_TPID_VALID) ? rd16(h + 32) : 0x8100;
-            uint16_t tci = (uint16_t)rd32(h + 28);
+            outer = (status & TP_STATUS_VLAN_TPID_VALID) ? rd16(h + HV1_VLAN_TPID) : 0x8100;
+            uint16_t tci = (uint16_t)rd32(h + HV1_VLAN_TCI);
             d[SLL2_LEN] = tci >> 8; d[SLL2_LEN + 1] = tci & 0xff;
             d[SLL2_LEN + 2] = proto >> 8; d[SLL2_LEN + 3] = proto & 0xff;
             extra = 4;

@@ -45,7 +45,9 @@ TP_STATUS_VLAN_TPID_VALID = 1 << 6
 
 _BLOCK_HDR = struct.Struct("<III")  # block_status, num_pkts, offset_to_first_pkt (at +8)
 _PKT_HDR = struct.Struct("<IIIIIIH")  # next_offset, sec, nsec, snaplen, len, status, mac
-_VLAN = struct.Struct("<IH")  # hv1.tp_vlan_tci, hv1.tp_vlan_tpid (at +28)
+_VLAN = struct.Struct("<IH")  # hv1.tp_vlan_tci, hv1.tp_vlan_tpid
+HV1_VLAN = 32
+"""Where tpacket3_hdr.hv1.tp_vlan_tci is (linux/if_packet.h; hv1 starts at 28 with tp_rxhash)."""
 _U32 = struct.Struct("<I")
 _STATS = struct.Struct("III")  # tp_packets, tp_drops, tp_freeze_q_cnt
 
@@ -285,7 +287,7 @@ class AfPacketRing:
 
 def _with_vlan_tag(mm: mmap.mmap, hdr: int, start: int, snap: int, status: int) -> bytes:
     """Put back the 802.1Q tag the kernel moved into metadata, as libpcap does."""
-    tci, tpid = _VLAN.unpack_from(mm, hdr + 28)
+    tci, tpid = _VLAN.unpack_from(mm, hdr + HV1_VLAN)
     if not status & TP_STATUS_VLAN_TPID_VALID:
         tpid = 0x8100
     head = min(12, snap)

@@ -33,6 +33,7 @@ from kstap.capture.afpacket import (
     _U32,
     _VLAN,
     ETH_P_ALL,
+    HV1_VLAN,
     PACKET_VERSION,
     SOL_PACKET,
     TP_STATUS_KERNEL,
@@ -218,7 +219,7 @@ class CookedSource:
                 if dedup is not None and dedup.copy(digest(proto, payload, length), ifindex, ts):
                     continue
                 if st & TP_STATUS_VLAN_VALID:
-                    tci, tpid = _VLAN.unpack_from(mm, off - nxt + 28)
+                    tci, tpid = _VLAN.unpack_from(mm, off - nxt + HV1_VLAN)
                     if not st & TP_STATUS_VLAN_TPID_VALID:
                         tpid = 0x8100
                     data = sll2(tpid, 0, ifindex, hatype, pkttype, halen, addr) + _TAG.pack(tci & 0xFFFF, proto) \

@@ -31,7 +31,7 @@ def fake_ring(blocks: list[list[Frame]]) -> AfPacketRing:
             nxt = 0 if i == len(frames) - 1 else step
             struct.pack_into("<IIIIIIHH", mm, base + off, nxt, 1_700_000_000 + b, 1000 * i, len(data), wire,
                              status, MAC_OFFSET, 0)
-            struct.pack_into("<IH", mm, base + off + 28, tci, tpid)
+            struct.pack_into("<IIH", mm, base + off + 28, 0x5EED5EED, tci, tpid)  # tp_rxhash first
             mm[base + off + MAC_OFFSET : base + off + MAC_OFFSET + len(data)] = data
             off += step
         struct.pack_into("<III", mm, base + 8, 1, len(frames), 48)
