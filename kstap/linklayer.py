@@ -57,6 +57,8 @@ def network(frame: bytes, linktype: int = LINKTYPE_ETHERNET, *, tunnels: bool = 
 
     With ``tunnels`` (the default), VXLAN and Geneve are followed to the inner packet.
     """
+    if linktype == LINKTYPE_ETHERNET and len(frame) >= 34 and frame[12] == 8 and frame[13] == 0 and frame[23] != 17:
+        return ETH_IPV4, 14  # the common case, decided at once: untagged Ethernet, IPv4, not UDP (no tunnel)
     etype, off = outer(frame, linktype)
     if tunnels and (etype in (ETH_IPV4, ETH_IPV6)):
         for _ in range(MAX_TUNNELS):

@@ -182,7 +182,8 @@ class TcpConn:
             if other.isn is None:  # mid-stream: the other direction resumes where this one acknowledged
                 other.isn, other.next = ack & M32, 0
             else:
-                acked = other.pos(ack)
+                acked = (ack - other.isn - other.next) & M32  # other.pos(ack), inlined: every packet has one
+                acked = other.next + (acked - (1 << 32) if acked >= HALF else acked)
                 if other.fin is not None and acked > other.fin:
                     acked = other.fin  # the FIN takes one sequence number, not a byte
                 if acked > other.next and acked - other.next <= WINDOW:
@@ -254,7 +255,10 @@ class TcpConn:
         if pos == nxt:
             if data:
                 h.next += len(data)
-                self._deliver(side, data, ts)
+                if self.state == ACTIVE:  # self._deliver, inlined for the common case
+                    self._call(self.parser.feed, side, data, ts)  # type: ignore[union-attr]
+                else:
+                    self._deliver(side, data, ts)
             if end > h.next:  # cut by the snaplen
                 self._lost(side, end - h.next, ts)
                 h.next = end
