@@ -135,7 +135,7 @@ class _Head:
         if cl >= 0:
             start = cl + 17
             value = low[start : low.find(b"\r\n", start)].strip()
-            if value.isdigit() and len(_digits(value)) <= 15 and low.find(b"\r\ncontent-length:", start) < 0:
+            if value.isdigit() and len(value.lstrip(b"0")) <= 15 and low.find(b"\r\ncontent-length:", start) < 0:
                 self.length = int(value)  # the usual case: one plain number
                 if self.length > MAX_BODY:
                     raise ParserError(f"absurd Content-Length {self.length}", "too-large")

@@ -193,7 +193,8 @@ class TcpConn:
                 return
             h.isn, h.next = seq, 0
         if wire_len:
-            self._add(h, side, h.pos(seq), data, wire_len, ts)
+            delta = (seq - h.isn - h.next) & M32  # h.pos(seq), inlined
+            self._add(h, side, h.next + (delta - (1 << 32) if delta >= HALF else delta), data, wire_len, ts)
         if flags & FIN:
             if h.fin is None:
                 h.fin = h.pos(seq) + wire_len

@@ -127,12 +127,13 @@ class DissectStage:
 
     def feed(self, records: Sequence[PacketRecord], linktypes: Sequence[int]) -> None:
         """Dissect a batch of packets. Never raises: a failure is counted and its flow dropped."""
+        packet, sink = self._packet, self.sink
         for rec in records:
             try:
-                self._packet(rec, linktypes)
+                packet(rec, linktypes)
             except Exception:  # a bug must not stop capture: count it, drop the flow if any
-                self.sink.error("internal")
-            if self.sink.entries:
+                sink.error("internal")
+            if sink.entries:
                 self._emit_pending()
         if self._now - self._last_tick >= TICK_NS:
             self.tick(self._now)

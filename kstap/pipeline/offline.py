@@ -10,6 +10,7 @@ from __future__ import annotations
 from kstap.dissect.entries import EntryWriter
 from kstap.dissect.stage import DissectStage, default_flow_cap
 from kstap.errors import OutputClosed
+from kstap.formats.savefile import CaptureFormatError, CaptureReader, open_capture
 from kstap.model import PacketRecord
 
 DISSECT_BATCH = 1024
@@ -23,8 +24,6 @@ def run_dissect(path: str, entries: str, *, seed: int, memory_cap: int, idle_tim
     Returns (the stage, for its statistics; packets read; entries written; the damage that ended
     the read early, or None). A damaged file keeps what was read before the damage.
     """
-    from kstap.capture.replay import open_capture
-    from kstap.formats.savefile import CaptureFormatError, CaptureReader
 
     writer = EntryWriter(entries)
     stage = DissectStage(seed=seed, memory_cap=memory_cap, flow_cap=default_flow_cap(memory_cap),
