@@ -207,12 +207,15 @@ class TcpConn:
     def memory(self) -> int:
         """Bytes held for this connection beyond its fixed cost (buffers + parser)."""
         a, b = self.halves
-        total = a.pending_bytes + b.pending_bytes + SEG_COST * (len(a.pending) + len(b.pending))
+        total = 0
+        if a.pending or b.pending:  # most of the time nothing waits ahead
+            total = a.pending_bytes + b.pending_bytes + SEG_COST * (len(a.pending) + len(b.pending))
         if self.early:
             total += self.early_bytes + SEG_COST * len(self.early)
-        if self.parser is not None:
+        parser = self.parser
+        if parser is not None:
             try:
-                total += CONTEXT_COST + self.parser.memory
+                total += CONTEXT_COST + parser.memory
             except Exception:
                 self._fail("internal")
         return total
