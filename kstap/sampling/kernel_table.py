@@ -237,10 +237,20 @@ def _decide(a: e.Asm, settings_fd: int, counters_fd: int, flows_fd: int, snaplen
     a.alu64(e.ADD, e.R2, S_ZERO)
     a.call(e.MAP_LOOKUP_ELEM)
     a.jmp(e.JEQ, e.R0, 0, "out")
-    a.ldx(e.DW, e.R1, e.FP, S_VAL)
-    a.alu64r(e.ADD, e.R0, e.R1)
+    # one atomic add at a constant offset per counter: a variable offset into the map value is
+    # pointer arithmetic, which the verifier refuses without CAP_PERFMON (Spectre v1 hardening), and
+    # a worker holds only NET_RAW and BPF
+    a.ldx(e.DW, e.R2, e.FP, S_VAL)
     a.mov64(e.R1, 1)
-    a.raw(e.STX | 0xC0 | e.DW, e.R0, e.R1, 0, 0)  # atomic add
+    for off in (0, 8, 16):
+        a.jmp(e.JEQ, e.R2, off, f"count{off}")
+    a.raw(e.STX | 0xC0 | e.DW, e.R0, e.R1, 24, 0)  # atomic add
+    a.ja("out")
+    for off in (0, 8, 16):
+        a.label(f"count{off}")
+        a.raw(e.STX | 0xC0 | e.DW, e.R0, e.R1, off, 0)
+        if off != 16:
+            a.ja("out")
     a.label("out")
     a.ldx(e.DW, e.R1, e.FP, S_VAL + 8)
     a.jmp(e.JEQ, e.R1, 0, "keep")
@@ -306,13 +316,28 @@ class KernelFlowTable:
                         counters_fd=self.counters.fd, flows_fd=self.flows.fd)
         return sys_bpf.load_socket_filter(code, "kstap_flows")
 
+    def refused_by_kernel(self) -> str | None:
+        """Why this kernel (or this process's capabilities) will not load the program, else None: a
+        trial load behind an accept-all filter, before a capture depends on it."""
+        try:
+            os.close(self.program(((0x06, 0, 0, 262144),), Layout("ethernet")))
+        except sys_bpf.BpfError as exc:
+            return f"the kernel refused the flow-table program: {exc.why}"
+        return None
+
     def attach(self, sock: socket.socket, insns: Sequence[Insn], linktype: int) -> None:
         """:class:`kstap.filters.bpf.SocketAttacher`: the flow table behind ``insns`` on ``sock``
         (the socket holds the program; this process keeps only the maps)."""
         # a SOCK_DGRAM packet socket (cooked capture, e.g. -i any) hands its filter the network
         # header at offset 0 whatever the link type says the file gets
         layout = Layout("network") if sock.type == socket.SOCK_DGRAM else Layout.for_linktype(linktype)
-        fd = self.program(insns, layout)
+        try:
+            fd = self.program(insns, layout)
+        except sys_bpf.BpfError as exc:
+            from kstap.errors import EnvironmentProblem
+
+            raise EnvironmentProblem(f"the kernel refused the in-kernel flow table's filter: {exc.why}",
+                                     hint="set sampling.flow_table = user (KSTAP_SAMPLING_FLOW_TABLE=user)") from exc
         try:
             sys_bpf.attach(sock, fd)
         finally:
@@ -376,6 +401,11 @@ def open_table(choice: str, seed: int, rate: float, *, idle_timeout_ns: int,
             table = KernelFlowTable(seed, rate, idle_timeout_ns=idle_timeout_ns)
         except OSError as exc:
             reason = f"cannot create the flow-table maps: {exc.strerror or exc}"
+    if table is not None:
+        reason = table.refused_by_kernel()
+        if reason is not None:
+            table.close()
+            table = None
     if table is None and choice == "kernel":
         raise EnvironmentProblem(f"the in-kernel flow table is not available: {reason}",
                                  hint="grant CAP_BPF (or run as root), or set sampling.flow_table = user "
