@@ -387,8 +387,8 @@ class Http1Parser:
             raise ParserError(f"not an HTTP/1 request line: {head[:60]!r}")
         if len(self._pending) >= MAX_PENDING:
             raise ParserError("too many pipelined requests without a response", "pipeline-flood")
-        ex = _Exchange(m.group(1).decode("ascii"), _text(m.group(2)), "http/1.0" if m.group(3) == b"0" else
-                       "http/1.1", ts)
+        method, target, minor = m.groups()
+        ex = _Exchange(method.decode("ascii"), _text(target), "http/1.0" if minor == b"0" else "http/1.1", ts)
         ex.req_bytes = len(head)
         ex.resynced = self._resynced
         self._pending.append(ex)  # before its framing is judged: a refused request still gets its entry
