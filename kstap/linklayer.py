@@ -59,6 +59,13 @@ def network(frame: bytes, linktype: int = LINKTYPE_ETHERNET, *, tunnels: bool = 
 
     With ``tunnels`` (the default), VXLAN and Geneve are followed to the inner packet.
     """
+    if linktype == LINKTYPE_ETHERNET and len(frame) >= 34 and frame[12] == 8 and frame[13] == 0 and frame[23] != 17:
+        return ETH_IPV4, 14  # the common case, decided at once: untagged Ethernet, IPv4, not UDP (no tunnel)
+    return _network(frame, linktype, tunnels)
+
+
+def _network(frame: bytes, linktype: int, tunnels: bool) -> Located:
+    """:func:`network` without its shortcut for the common case (which decides the same, sooner)."""
     etype, off = outer(frame, linktype)
     for _ in range(MAX_TUNNELS if tunnels else 0):
         if etype != ETH_IPV4 and etype != ETH_IPV6:
