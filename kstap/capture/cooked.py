@@ -13,7 +13,7 @@ The filter is compiled for LINUX_SLL2 and rewritten for the socket
 (:func:`kstap.filters.bpf.for_cooked_socket`); the sampling tail reads the cooked packet
 (``sampling_tail(cooked=True)``). Outgoing copies on the loopback device are rejected in the
 kernel, as libpcap drops them in user space. The copies one packet leaves on several interfaces
-(sender veth, bridge, receiver veth) are removed by :mod:`kstap.capture.dedup`; interfaces that
+(sender veth, bridge, receiver veth) are removed by :mod:`kstap.dedup`; interfaces that
 come and go are reported by :mod:`kstap.capture.linkwatch`.
 """
 
@@ -46,9 +46,9 @@ from kstap.capture.afpacket import (
     fold_counters,
     map_ring,
 )
-from kstap.capture.dedup import DEFAULT_WINDOW_NS, Dedup, digest
 from kstap.capture.linkwatch import LinkWatch
 from kstap.contracts import SourceCapabilities
+from kstap.dedup import DEFAULT_WINDOW_NS, Dedup, digest
 from kstap.errors import EnvironmentProblem
 from kstap.filters.bpf import (
     LINKTYPE_LINUX_SLL2,
