@@ -28,18 +28,15 @@ import struct
 import time
 
 from kstap.capture.afpacket import (
-    _BLOCK_HDR,
     _PKT_HDR,
-    _U32,
     _VLAN,
     ETH_P_ALL,
     PACKET_VERSION,
     SOL_PACKET,
-    TP_STATUS_KERNEL,
-    TP_STATUS_USER,
     TP_STATUS_VLAN_TPID_VALID,
     TP_STATUS_VLAN_VALID,
     TPACKET_V3,
+    BlockRing,
     RingConfig,
     _load_fast,
     attach_filter,
@@ -101,7 +98,7 @@ def _no_loopback_outgoing(program: Program) -> Program:
     return program.with_insns(head + program.insns)
 
 
-class CookedSource:
+class CookedSource(BlockRing):
     """The one socket of ``-i any``, its ring, its dedup and its interface watch."""
 
     capabilities = SourceCapabilities(live_filter=True, interface_events=True,
@@ -193,19 +190,14 @@ class CookedSource:
 
     def _read_blocks(self, out: list[PacketRecord], limit: int = 64) -> int:
         mm = self.mm
-        got = blocks = 0
-        unpack_block = _BLOCK_HDR.unpack_from
+        got = 0
         unpack_pkt = _PKT_HDR.unpack_from
         unpack_ll = _LL.unpack_from
         sll2 = _SLL2.pack
         dedup = self.dedup
         append = out.append
         before = len(out)
-        while blocks < limit:
-            base = self._block * self._bsize
-            status, num, first = unpack_block(mm, base + 8)
-            if not status & TP_STATUS_USER:
-                break
+        for base, num, first in self._ready_blocks(limit):
             off = base + first
             for _ in range(num):
                 nxt, sec, nsec, snap, length, st, mac = unpack_pkt(mm, off)
@@ -227,9 +219,6 @@ class CookedSource:
                 else:
                     append((ts, snap + SLL2_LEN, length + SLL2_LEN,
                             sll2(proto, 0, ifindex, hatype, pkttype, halen, addr) + payload, 0, 0))
-            _U32.pack_into(mm, base + 8, TP_STATUS_KERNEL)
-            self._block = (self._block + 1) % self._nblocks
-            blocks += 1
         self._stats.delivered += len(out) - before
         return got
 
@@ -247,21 +236,18 @@ class CookedSource:
         assert encode_cooked_block is not None
         mm = self.mm
         chunks: list[bytes] = []
-        packets = nbytes = blocks = 0
-        while blocks < limit and packets < max_packets:
-            base = self._block * self._bsize
-            status, _num, _ = _BLOCK_HDR.unpack_from(mm, base + 8)
-            if not status & TP_STATUS_USER:
-                break
+        packets = nbytes = 0
+        if max_packets <= 0:
+            return chunks, packets, nbytes
+        for base, _num, _ in self._ready_blocks(limit):
             data, n, cap, _read, dups = encode_cooked_block(mm, base, self._bsize, 0, max_packets - packets,
                                                             self._table, self._window_ns)
             chunks.append(data)
             packets += n
             nbytes += cap
             self._c_duplicates += dups
-            _U32.pack_into(mm, base + 8, TP_STATUS_KERNEL)
-            self._block = (self._block + 1) % self._nblocks
-            blocks += 1
+            if packets >= max_packets:
+                break
         self._stats.delivered += packets
         return chunks, packets, nbytes
 
