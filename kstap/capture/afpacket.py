@@ -151,6 +151,24 @@ class BlockRing:
                 _U32.pack_into(mm, base + 8, TP_STATUS_KERNEL)
                 self._block = (self._block + 1) % self._nblocks
 
+    def _encode_ready(self, max_packets: int, limit: int,
+                      encode: Callable[[int, int, int], tuple[bytes, int, int]]) -> tuple[list[bytes], int, int]:
+        """The C paths' walk: ``encode(block offset, its packets, packets still wanted)`` gives (EPB
+        bytes, packets, captured bytes) for each ready block until ``max_packets`` are written; the
+        rest of a block cut short that way is discarded (capture is ending)."""
+        chunks: list[bytes] = []
+        packets = nbytes = 0
+        if max_packets <= 0:
+            return chunks, packets, nbytes
+        for base, num, _ in self._ready_blocks(limit):
+            data, n, cap = encode(base, num, max_packets - packets)
+            chunks.append(data)
+            packets += n
+            nbytes += cap
+            if packets >= max_packets:
+                break
+        return chunks, packets, nbytes
+
 
 class AfPacketRing(BlockRing):
     """One AF_PACKET socket on one interface with its TPACKET_V3 ring."""
@@ -264,27 +282,22 @@ class AfPacketRing(BlockRing):
         """
         assert encode_block is not None and (seen is None or encode_block_sampled is not None)
         mm = self.mm
-        chunks: list[bytes] = []
-        packets = nbytes = 0
-        if max_packets <= 0:
-            return chunks, packets, nbytes
-        for base, num, _ in self._ready_blocks(limit):
+
+        def encode(base: int, num: int, left: int) -> tuple[bytes, int, int]:
             if seen is None:
-                data, n, cap, _last = encode_block(mm, base, self._bsize, self.if_id, max_packets - packets,
-                                                   wanted, self.linktype)
-            else:
-                assert encode_block_sampled is not None
-                seen.ensure_room(num)
-                data, n, cap, fresh, _full, shed = encode_block_sampled(
-                    mm, base, self._bsize, self.if_id, max_packets - packets, seen.table, seen.seed, seen.suffix,
-                    wanted, self.linktype, seen.shed_threshold, seen.shed_ns, seen.shed_suffix)
-                seen.flows_seen += fresh
-                seen.flows_shed += shed
-            chunks.append(data)
-            packets += n
-            nbytes += cap
-            if packets >= max_packets:
-                break
+                assert encode_block is not None
+                data, n, cap, _last = encode_block(mm, base, self._bsize, self.if_id, left, wanted, self.linktype)
+                return data, n, cap
+            assert encode_block_sampled is not None
+            seen.ensure_room(num)
+            data, n, cap, fresh, _full, shed = encode_block_sampled(
+                mm, base, self._bsize, self.if_id, left, seen.table, seen.seed, seen.suffix,
+                wanted, self.linktype, seen.shed_threshold, seen.shed_ns, seen.shed_suffix)
+            seen.flows_seen += fresh
+            seen.flows_shed += shed
+            return data, n, cap
+
+        chunks, packets, nbytes = self._encode_ready(max_packets, limit, encode)
         self.stats.delivered += packets
         return chunks, packets, nbytes
 

@@ -235,19 +235,15 @@ class CookedSource(BlockRing):
     def _encoded(self, max_packets: int, limit: int = 64) -> tuple[list[bytes], int, int]:
         assert encode_cooked_block is not None
         mm = self.mm
-        chunks: list[bytes] = []
-        packets = nbytes = 0
-        if max_packets <= 0:
-            return chunks, packets, nbytes
-        for base, _num, _ in self._ready_blocks(limit):
-            data, n, cap, _read, dups = encode_cooked_block(mm, base, self._bsize, 0, max_packets - packets,
-                                                            self._table, self._window_ns)
-            chunks.append(data)
-            packets += n
-            nbytes += cap
+
+        def encode(base: int, _num: int, left: int) -> tuple[bytes, int, int]:
+            assert encode_cooked_block is not None
+            data, n, cap, _read, dups = encode_cooked_block(mm, base, self._bsize, 0, left, self._table,
+                                                            self._window_ns)
             self._c_duplicates += dups
-            if packets >= max_packets:
-                break
+            return data, n, cap
+
+        chunks, packets, nbytes = self._encode_ready(max_packets, limit, encode)
         self._stats.delivered += packets
         return chunks, packets, nbytes
 

@@ -124,19 +124,20 @@ FIELDS: dict[str, Field] = {
 
 def ndjson(s: StatsSnapshot) -> Keys:
     """The body of an NDJSON ``stats`` event."""
-    out: Keys = {}
-    for f in FIELDS.values():
-        if not isinstance(f.ndjson, str):
-            out.update(f.ndjson(s))
-    return out
+    return _render(s, "ndjson")
 
 
 def stream(s: StatsSnapshot) -> Keys:
     """A worker's ``stats`` event on its stream and ``/v1/stats`` (before JSON sanitising)."""
+    return _render(s, "stream")
+
+
+def _render(s: StatsSnapshot, rendering: str) -> Keys:
     out: Keys = {}
     for f in FIELDS.values():
-        if not isinstance(f.stream, str):
-            out.update(f.stream(s))
+        how = getattr(f, rendering)
+        if not isinstance(how, str):
+            out.update(how(s))
     return out
 
 
