@@ -179,7 +179,7 @@ def _scan_pcapng(data: bytes, r: RepairReport) -> RepairReport:
             pos = len(data)
     except FramingError as exc:
         pos = exc.offset
-        r.reason = f"{_framing(exc, len(data) - pos)} after {r.packets} packets"
+        r.reason = _framing(exc, len(data) - pos, r.packets)
     if section_length >= 0 and pos - section_start != section_length:
         r.section_length_reset = True
     r.bytes_kept = pos
@@ -190,17 +190,20 @@ def _scan_pcapng(data: bytes, r: RepairReport) -> RepairReport:
     return r
 
 
-def _framing(exc: FramingError, left: int) -> str:
+def _framing(exc: FramingError, left: int, packets: int) -> str:
     """Why the block at ``exc.offset`` (``left`` bytes before the end of the file) is not whole."""
+    after = f"after {packets} packets"
     if left < 12:
-        return "a block header cut short"
+        return f"a block header cut short {after}"
     if exc.btype == BT_SHB and left < 28:
-        return "a section header cut short"
-    return {Framing.BAD_MAGIC: "a section header with a bad byte-order magic",
-            Framing.BAD_LENGTH: f"a corrupt block (length {exc.length})",
-            Framing.CUT: f"a block cut short ({exc.have} of its {exc.length} bytes)",
-            Framing.LENGTHS_DIFFER: "a corrupt block (its two length fields differ)"}.get(
-                exc.problem, "a block header cut short")
+        return f"a section header cut short {after}"
+    if exc.problem is Framing.BAD_MAGIC:
+        return f"a section header with a bad byte-order magic {after}"
+    if exc.problem is Framing.BAD_LENGTH:
+        return f"a corrupt block (length {exc.length}) {after}"
+    if exc.problem is Framing.CUT:
+        return f"a block cut short {after} ({exc.have} of its {exc.length} bytes)"
+    return f"a corrupt block (its two length fields differ) {after}"
 
 
 def _check_body(btype: int, body: bytes, e: str, interfaces: int) -> str | None:
