@@ -222,9 +222,13 @@ class CookedSource(BlockRing):
         self._stats.delivered += len(out) - before
         return got
 
-    def read_encoded(self, timeout_ms: int, max_packets: int, seen: object = None) -> tuple[list[bytes], int, int]:
+    def read_encoded(self, timeout_ms: int, max_packets: int, seen: object = None,
+                     wanted: list[PacketRecord] | None = None) -> tuple[list[bytes], int, int]:
         """The C fast path: EPB bytes (LINUX_SLL2, copies removed) of the ready blocks, waiting up
-        to ``timeout_ms`` when none is ready. ``seen`` is not supported (no first-packet comments)."""
+        to ``timeout_ms`` when none is ready. ``seen`` and ``wanted`` are not supported (no
+        first-packet comments, no ``dissect_split``: the loop passes None for both)."""
+        if seen is not None or wanted is not None:
+            raise ValueError("the cooked C path writes neither first-packet comments nor dissector records")
         got = self._encoded(max_packets)
         if not got[1] and max_packets > 0:
             self._wait(timeout_ms)
