@@ -44,6 +44,7 @@ sys.path.insert(0, str(REPO))
 import capture_cpu as cc  # noqa: E402
 
 from kstap.demo.lab import Lab  # noqa: E402
+from tests.privileged.procs import cpu_cgroup  # noqa: E402
 
 CPU_ROOT = Path("/sys/fs/cgroup/cpu")
 BASE_SPORT = 20000
@@ -119,22 +120,8 @@ def cpu_quota(quota_us: int | None, period_us: int = 100_000) -> Iterator[Path |
     if quota_us is None:
         yield None
         return
-    path = CPU_ROOT / f"kstap-bench-{os.getpid()}-{time.monotonic_ns() % 100000}"
-    path.mkdir()
-    try:
-        (path / "cpu.cfs_period_us").write_text(str(period_us))
-        (path / "cpu.cfs_quota_us").write_text(str(quota_us))
+    with cpu_cgroup(quota_us, period_us, prefix="kstap-bench-") as path:
         yield path
-    finally:
-        for pid in (path / "cgroup.procs").read_text().split():
-            with contextlib.suppress(OSError):
-                (CPU_ROOT / "cgroup.procs").write_text(pid)
-        for _ in range(50):
-            try:
-                path.rmdir()
-                break
-            except OSError:
-                time.sleep(0.1)
 
 
 # -- one capture -----------------------------------------------------------------------------------

@@ -132,14 +132,21 @@ def join_cgroup(rel: str) -> None:
         (h / CGROUP / rel / "cgroup.procs").write_text(pid)
 
 
+def cgroup_dirs(top: Path) -> list[Path]:
+    """``top`` and every cgroup under it, deepest first. Cgroups vanish while this walks (the kubelet and
+    runc remove theirs as their processes die): a directory gone meanwhile is skipped, never an error."""
+    found: list[Path] = []
+    for root, _dirs, _files in os.walk(top, onerror=lambda _exc: None):
+        found.append(Path(root))
+    return sorted(found, key=lambda d: len(d.parts), reverse=True)
+
+
 def cgroup_pids() -> set[int]:
     pids: set[int] = set()
     for h in hierarchies():
-        top = h / CGROUP
-        if top.exists():
-            for procs in top.rglob("cgroup.procs"):
-                with contextlib.suppress(OSError):
-                    pids.update(int(p) for p in procs.read_text().split())
+        for d in cgroup_dirs(h / CGROUP):
+            with contextlib.suppress(OSError, ValueError):
+                pids.update(int(p) for p in (d / "cgroup.procs").read_text().split())
     return pids
 
 
@@ -148,8 +155,7 @@ def remove_cgroups() -> None:
         top = h / CGROUP
         if not top.exists():
             continue
-        dirs = sorted((d for d in top.rglob("*") if d.is_dir()), key=lambda d: len(d.parts), reverse=True)
-        for d in [*dirs, top]:
+        for d in cgroup_dirs(top):
             for _ in range(50):
                 try:
                     d.rmdir()

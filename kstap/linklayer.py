@@ -11,7 +11,9 @@ dissected the same way as plain Ethernet:
 - Raw IP: 101, DLT_RAW 12 and 14, IPV4 (228), IPV6 (229): the version nibble decides.
 - NFLOG (239): the NFULA_PAYLOAD TLV holds the IP packet; the header names the family.
 - VXLAN (UDP port 4789, or 8472, Linux's and flannel's default) and Geneve (UDP 6081) are
-  followed into their inner frame, so overlay traffic is keyed by the pods' own addresses.
+  followed into their inner frame, so overlay traffic is keyed by the pods' own addresses; a
+  datagram to those ports whose payload is not a valid, whole tunnel header is plain UDP
+  (see :func:`_tunnel`).
   Up to :data:`MAX_TUNNELS` nested encapsulations are followed; an outer IPv4 fragment is not
   (its payload is not a whole tunnel header).
 
@@ -57,13 +59,21 @@ def network(frame: bytes, linktype: int = LINKTYPE_ETHERNET, *, tunnels: bool = 
 
     With ``tunnels`` (the default), VXLAN and Geneve are followed to the inner packet.
     """
+    if linktype == LINKTYPE_ETHERNET and len(frame) >= 34 and frame[12] == 8 and frame[13] == 0 and frame[23] != 17:
+        return ETH_IPV4, 14  # the common case, decided at once: untagged Ethernet, IPv4, not UDP (no tunnel)
+    return _network(frame, linktype, tunnels)
+
+
+def _network(frame: bytes, linktype: int, tunnels: bool) -> Located:
+    """:func:`network` without its shortcut for the common case (which decides the same, sooner)."""
     etype, off = outer(frame, linktype)
-    if tunnels and (etype in (ETH_IPV4, ETH_IPV6)):
-        for _ in range(MAX_TUNNELS):
-            inner = _tunnel(frame, etype, off)
-            if inner is None:
-                break
-            etype, off = inner
+    for _ in range(MAX_TUNNELS if tunnels else 0):
+        if etype != ETH_IPV4 and etype != ETH_IPV6:
+            break  # an inner frame that is not IP (ARP, STP) is no datagram to follow
+        inner = _tunnel(frame, etype, off)
+        if inner is None:
+            break
+        etype, off = inner
     return etype, off
 
 
@@ -137,7 +147,16 @@ def _nflog(frame: bytes) -> Located:
 
 
 def _tunnel(frame: bytes, etype: int, off: int) -> Located | None:
-    """The frame inside a VXLAN or Geneve datagram at network offset ``off``, or None."""
+    """The frame inside a VXLAN or Geneve datagram at network offset ``off``, or None.
+
+    A datagram counts as a tunnel when its UDP destination port is a tunnel port *and* its
+    header is one kstap reads, whole: VXLAN with the I flag and a whole inner Ethernet header
+    (VLAN tags included); Geneve version 0 whose options end inside the packet, carrying Ethernet
+    (0x6558, whole header) or IPv4/IPv6 (at least one byte). Anything else on those ports (too
+    short, another flag or version, another protocol type) is a plain UDP datagram, keyed by its
+    outer header, as tcpdump and Wireshark show it. The kernel's sampling tail
+    (:func:`kstap.sampling.flowhash.sampling_tail`) applies the same rule, test for test.
+    """
     n = len(frame)
     if etype == ETH_IPV4:
         if n < off + 20 or frame[off + 9] != 17 or ((frame[off + 6] & 0x3F) << 8) | frame[off + 7]:
@@ -155,7 +174,7 @@ def _tunnel(frame: bytes, etype: int, off: int) -> Located | None:
         if n < body + 8 + 14 or not frame[body] & 0x08:  # the I flag: a valid VNI follows
             return None
         inner = _ethernet(frame, body + 8)
-        return inner if inner[0] else None
+        return inner if inner[1] else None  # offset 0: a truncated Ethernet or VLAN header
     if dport == GENEVE_PORT:
         if n < body + 8 or frame[body] >> 6 != 0:  # version 0 only
             return None
@@ -163,7 +182,7 @@ def _tunnel(frame: bytes, etype: int, off: int) -> Located | None:
         proto = (frame[body + 2] << 8) | frame[body + 3]
         if proto == ETH_TRANSPARENT:
             inner = _ethernet(frame, start)
-            return inner if inner[0] else None
+            return inner if inner[1] else None
         if proto in (ETH_IPV4, ETH_IPV6) and n > start:
             return proto, start
     return None

@@ -65,7 +65,7 @@ def open_live(backend: str, names: list[str], program: Program, *, workers: int,
     if cooked(names, backend):
         if workers > 1:
             raise UsageError("-i any is one cooked socket; --workers applies to named interfaces",
-                             hint="drop --workers, or name the interfaces (-i eth0 -i eth1 --workers 2)")
+                             hint="drop --workers, or name the interfaces: -i IFACE (repeatable) --workers N")
         with netns.entered(ns):
             return CookedSource(program, ring=ring, dedup_window_ns=dedup_window_ns), ring.retire_ms
     if names != ["any"]:

@@ -2,38 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import sys
 import time
 from collections.abc import Callable, Iterator
-from typing import BinaryIO
 
 from kstap.contracts import SourceCapabilities
-from kstap.errors import KstapError, UsageError
+from kstap.errors import KstapError
 from kstap.filters.bpf import Program, compile_filter
-from kstap.formats.savefile import CaptureFormatError, CaptureReader
+from kstap.formats.savefile import CaptureFormatError, CaptureReader, open_capture
 from kstap.model import Interface, PacketRecord, SourceStats
 
 BATCH = 512
 PACE_SLACK = 1e-6
 """Seconds: a --realtime packet this close to its due time is due (float clocks)."""
-
-
-def open_capture(path: str, option: str) -> BinaryIO:
-    """``path`` opened for reading, ``-`` = standard input (as ``tcpdump -r -``); usage errors name ``option``."""
-    if path == "-":
-        if sys.stdin is None or sys.stdin.isatty():
-            raise UsageError(f"{option} - reads a capture from standard input, but it is a terminal",
-                             hint="pipe one in: kstap tap -i IFACE -w - | kstap dissect -")
-        return os.fdopen(os.dup(sys.stdin.fileno()), "rb")
-    try:
-        return open(path, "rb")
-    except FileNotFoundError:
-        raise UsageError(f"cannot read {path!r}: no such file",
-                         hint=f"give a pcap or pcapng file to {option}, or - for standard input") from None
-    except OSError as exc:
-        raise UsageError(f"cannot read {path!r}: {exc.strerror}",
-                         hint=f"give a readable pcap or pcapng file to {option}") from None
 
 
 class ReplaySource:

@@ -1,6 +1,6 @@
 """``kstap dissect FILE``: run the dissection stage offline over a pcap/pcapng file.
 
-The stages are put together in :func:`kstap.pipeline.assembly.run_dissect` (the offline twin of
+The stages are put together in :func:`kstap.pipeline.offline.run_dissect` (the offline twin of
 ``kstap tap --entries``): file → batches of records → :class:`~kstap.dissect.stage.DissectStage` → NDJSON.
 """
 
@@ -43,7 +43,7 @@ def dissect(
 def run_dissect(path: str, entries: str, *, seed: int, memory_cap: int, idle_timeout: float,
                 report: TextIO | None = None) -> None:
     """Dissect ``path`` into ``entries``; a damaged file keeps what was read and raises (exit 1)."""
-    from kstap.pipeline.assembly import run_dissect as dissect_file
+    from kstap.pipeline.offline import run_dissect as dissect_file
 
     stage, packets, written, failure = dissect_file(path, entries, seed=seed, memory_cap=memory_cap,
                                                     idle_timeout=idle_timeout)

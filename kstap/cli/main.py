@@ -89,7 +89,8 @@ def _run(argv: list[str], prog: str) -> int:
 
     cx = _click_exceptions()
     no_args = getattr(cx, "NoArgsIsHelpError", None) or getattr(cx, "NoArgsIsHelp", cx.UsageError)
-    command = build_app()
+    completing = "_KSTAP_COMPLETE" in os.environ  # completion walks the whole tree
+    command = build_app(only=args[0] if args and not completing else None)
     try:
         rv = command.main(args=args, prog_name=prog, complete_var="_KSTAP_COMPLETE", standalone_mode=False)
     except KstapError as exc:

@@ -9,7 +9,10 @@ and stops dissecting it (capture goes on).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, fields
+from json.encoder import encode_basestring
+from operator import attrgetter
 from typing import Protocol
 
 from kstap.sampling.flowkey import FlowKey
@@ -68,8 +71,31 @@ class Entry:
                 out[f] = value
         return out
 
+    def to_line(self) -> str:
+        """The NDJSON line (without its newline): exactly ``json.dumps(self.to_json(), ensure_ascii=False,
+        separators=(",", ":"))``, written field by field (the entries writer's hot path: ~2x faster)."""
+        parts = [_OPEN]
+        for key, value in zip(_KEYS, _values(self), strict=True):
+            if value is None:
+                continue
+            kind = type(value)
+            if kind is str:
+                parts += (key, encode_basestring(value))
+            elif kind is int or (kind is float and value - value == 0):  # NaN, infinities: json's to spell
+                parts += (key, repr(value))
+            elif kind is bool:
+                parts += (key, "true" if value else "false")
+            else:
+                return _DUMPS(self.to_json())
+        parts.append("}")
+        return "".join(parts)
+
 
 _FIELDS = tuple(f.name for f in fields(Entry))
+_OPEN = f'{{"schema":{SCHEMA}'
+_KEYS = tuple(f',"{name}":' for name in _FIELDS)
+_values = attrgetter(*_FIELDS)
+_DUMPS = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,8 @@ class EntryWriter:
                             if full else f"check the {self.option} path")
 
     def write(self, entry: Entry) -> None:
-        self.write_json(entry.to_json())
+        self._lines.append(entry.to_line())
+        self.count += 1
 
     def write_json(self, obj: Mapping[str, object]) -> None:
         """An entry already in its NDJSON form (a worker's, from the stream)."""

@@ -125,8 +125,9 @@ class _Head:
 
     __slots__ = ("chunked", "host", "length", "upgrade")
 
-    def __init__(self, head: bytes) -> None:
-        if head.count(b"\r\n") > MAX_HEADER_LINES + 2:
+    def __init__(self, head: bytes, request: bool = True) -> None:
+        # a line takes at least its CRLF, so a head this short cannot hold too many
+        if len(head) > 2 * (MAX_HEADER_LINES + 2) and head.count(b"\r\n") > MAX_HEADER_LINES + 2:
             raise ParserError("too many header lines", "header-flood")
         low = head.lower()  # same length: positions found in ``low`` index ``head`` too
         self.length: int | None = None
@@ -134,20 +135,17 @@ class _Head:
         if cl >= 0:
             start = cl + 17
             value = low[start : low.find(b"\r\n", start)].strip()
-            if value.isdigit() and len(_digits(value)) <= 15 and low.find(b"\r\ncontent-length:", start) < 0:
+            if value.isdigit() and len(value.lstrip(b"0")) <= 15 and low.find(b"\r\ncontent-length:", start) < 0:
                 self.length = int(value)  # the usual case: one plain number
                 if self.length > MAX_BODY:
                     raise ParserError(f"absurd Content-Length {self.length}", "too-large")
             else:
                 self.length = _length(low)
-        self.chunked = False
-        if b"\r\ntransfer-encoding:" in low:
-            te = _values(low, b"\r\ntransfer-encoding:")
-            self.chunked = te[-1].endswith(b"chunked")
-        self.host = _host(head, low)
-        self.upgrade: bytes | None = None
-        if b"\r\nupgrade:" in low:
-            self.upgrade = _values(low, b"\r\nupgrade:")[0]
+        te = b"\r\ntransfer-encoding:"
+        self.chunked = te in low and _values(low, te)[-1].endswith(b"chunked")
+        self.host = _host(head, low) if request else None
+        """The Host header's value (requests only)."""
+        self.upgrade = _values(low, b"\r\nupgrade:")[0] if b"\r\nupgrade:" in low else None
 
 
 def _host(head: bytes, low: bytes) -> bytes | None:
@@ -211,7 +209,8 @@ class Http1Parser:
         if self._dead or not data:
             return []
         d = self._dirs[direction]
-        if (d.state == BODY or d.state == CHUNK_DATA) and len(data) < d.remaining:  # inside a body: count
+        st = d.state
+        if st in (BODY, CHUNK_DATA) and len(data) < d.remaining:  # inside a body: count
             ex = d.ex
             assert ex is not None
             d.remaining -= len(data)
@@ -221,6 +220,20 @@ class Http1Parser:
             else:
                 ex.req_bytes += len(data)
             return []
+        if st == BODY and len(data) == d.remaining:  # the segment ends the body, as most do
+            ex = d.ex
+            assert ex is not None
+            d.remaining, d.state = 0, HEAD
+            if direction:
+                ex.resp_bytes += len(data)
+                d.ex = None
+                ex.resp_done, ex.t_end = True, ts_ns
+                self._finish_response(ex)
+            else:
+                ex.req_bytes += len(data)
+                self._request_done(d, ts_ns)
+            out, self._out = self._out, []
+            return out
         if direction == 0:
             self._client(data, ts_ns)
         else:
@@ -374,8 +387,8 @@ class Http1Parser:
             raise ParserError(f"not an HTTP/1 request line: {head[:60]!r}")
         if len(self._pending) >= MAX_PENDING:
             raise ParserError("too many pipelined requests without a response", "pipeline-flood")
-        ex = _Exchange(m.group(1).decode("ascii"), _text(m.group(2)), "http/1.0" if m.group(3) == b"0" else
-                       "http/1.1", ts)
+        method, target, minor = m.groups()
+        ex = _Exchange(method.decode("ascii"), _text(target), "http/1.0" if minor == b"0" else "http/1.1", ts)
         ex.req_bytes = len(head)
         ex.resynced = self._resynced
         self._pending.append(ex)  # before its framing is judged: a refused request still gets its entry
@@ -468,11 +481,11 @@ class Http1Parser:
         ex.resp_bytes += len(head)
         ex.t_end = ts
         if 100 <= status < 200 and status != 101:  # interim: the final response follows
-            _Head(_crlf(head))
+            _Head(_crlf(head), request=False)
             return False
         ex.status = status
         head = _crlf(head)
-        h = _Head(head)
+        h = _Head(head, request=False)
         if status == 101:
             self._pending.popleft()
             ex.resp_done = True

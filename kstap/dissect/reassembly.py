@@ -182,7 +182,8 @@ class TcpConn:
             if other.isn is None:  # mid-stream: the other direction resumes where this one acknowledged
                 other.isn, other.next = ack & M32, 0
             else:
-                acked = other.pos(ack)
+                acked = (ack - other.isn - other.next) & M32  # other.pos(ack), inlined: every packet has one
+                acked = other.next + (acked - (1 << 32) if acked >= HALF else acked)
                 if other.fin is not None and acked > other.fin:
                     acked = other.fin  # the FIN takes one sequence number, not a byte
                 if acked > other.next and acked - other.next <= WINDOW:
@@ -192,7 +193,8 @@ class TcpConn:
                 return
             h.isn, h.next = seq, 0
         if wire_len:
-            self._add(h, side, h.pos(seq), data, wire_len, ts)
+            delta = (seq - h.isn - h.next) & M32  # h.pos(seq), inlined
+            self._add(h, side, h.next + (delta - (1 << 32) if delta >= HALF else delta), data, wire_len, ts)
         if flags & FIN:
             if h.fin is None:
                 h.fin = h.pos(seq) + wire_len
@@ -205,12 +207,15 @@ class TcpConn:
     def memory(self) -> int:
         """Bytes held for this connection beyond its fixed cost (buffers + parser)."""
         a, b = self.halves
-        total = a.pending_bytes + b.pending_bytes + SEG_COST * (len(a.pending) + len(b.pending))
+        total = 0
+        if a.pending or b.pending:  # most of the time nothing waits ahead
+            total = a.pending_bytes + b.pending_bytes + SEG_COST * (len(a.pending) + len(b.pending))
         if self.early:
             total += self.early_bytes + SEG_COST * len(self.early)
-        if self.parser is not None:
+        parser = self.parser
+        if parser is not None:
             try:
-                total += CONTEXT_COST + self.parser.memory
+                total += CONTEXT_COST + parser.memory
             except Exception:
                 self._fail("internal")
         return total
@@ -254,7 +259,10 @@ class TcpConn:
         if pos == nxt:
             if data:
                 h.next += len(data)
-                self._deliver(side, data, ts)
+                if self.state == ACTIVE:  # self._deliver, inlined for the common case
+                    self._call(self.parser.feed, side, data, ts)  # type: ignore[union-attr]
+                else:
+                    self._deliver(side, data, ts)
             if end > h.next:  # cut by the snaplen
                 self._lost(side, end - h.next, ts)
                 h.next = end

@@ -45,6 +45,8 @@ TICK_NS = 1_000_000_000
 """Idle eviction runs at most once per second of packet time."""
 
 _TCP = struct.Struct("!HHIIBB")
+_IPV4_TCP = struct.Struct("!BxHxxHxBxx4s4sHHIIBB")
+"""An option-less IPv4 header and the TCP header after it, read in one call (the common case)."""
 _PORTS = struct.Struct("!HH")
 _IPV6_SKIP = frozenset((0, 43, 60))  # hop-by-hop, routing, destination options
 
@@ -125,12 +127,13 @@ class DissectStage:
 
     def feed(self, records: Sequence[PacketRecord], linktypes: Sequence[int]) -> None:
         """Dissect a batch of packets. Never raises: a failure is counted and its flow dropped."""
+        packet, sink = self._packet, self.sink
         for rec in records:
             try:
-                self._packet(rec, linktypes)
+                packet(rec, linktypes)
             except Exception:  # a bug must not stop capture: count it, drop the flow if any
-                self.sink.error("internal")
-            if self.sink.entries:
+                sink.error("internal")
+            if sink.entries:
                 self._emit_pending()
         if self._now - self._last_tick >= TICK_NS:
             self.tick(self._now)
@@ -192,6 +195,17 @@ class DissectStage:
         n = len(data)
         # link layer (and VXLAN/Geneve) → the innermost network header: the one decoder
         etype, off = network(data, lt)
+        if etype == 0x0800 and n >= off + 40:  # the fast path: IPv4 without options, not a fragment, TCP
+            vihl, total, frag, proto, src, dst, sport, dport, seq, ack, doff, flags = _IPV4_TCP.unpack_from(data, off)
+            if vihl == 0x45 and proto == 6 and not frag & 0x3FFF:
+                end = off + total if total >= 20 else off + max(origlen - off, 0)
+                start = off + 20 + (doff >> 4) * 4
+                wire_len = end - start
+                if wire_len < 0:
+                    st.packets_undecoded += 1
+                    return
+                self._tcp(src, sport, dst, dport, flags, seq, ack, data[start:end] if wire_len else b"", wire_len, ts)
+                return
         # network layer
         if etype == 0x0800:
             if n < off + 20:
@@ -259,7 +273,7 @@ class DissectStage:
 
     def _tcp(self, src: bytes, sport: int, dst: bytes, dport: int, flags: int, seq: int, ack: int,
              payload: bytes, wire_len: int, ts: int) -> None:
-        if (src, sport) <= (dst, dport):
+        if src < dst or (src == dst and sport <= dport):  # (src, sport) <= (dst, dport), without the tuples
             key, side = (6, src, sport, dst, dport), 0
         else:
             key, side = (6, dst, dport, src, sport), 1
@@ -297,7 +311,7 @@ class DissectStage:
             # failed (counted as an "error" eviction) or not a protocol dissected here (not an eviction)
             self._end(key, conn, "error" if conn.failed else None, tomb=True)
             return
-        if conn.finished:
+        if conn.reset or (conn.halves[0].done and conn.halves[1].done):  # conn.finished
             self._end(key, conn, "rst" if conn.reset else "fin", tomb=True)
             return
         if not wire_len and not flags & (SYN | FIN) and gaps == self.sink.gaps:

@@ -35,6 +35,13 @@ class BpfError(OSError):
         super().__init__(errno_, f"{what}: {os.strerror(errno_)}")
         self.log = log
 
+    @property
+    def why(self) -> str:
+        """The verifier's reason (the last line of its log before its statistics), else the error."""
+        lines = [line.strip() for line in self.log.splitlines() if line.strip()]
+        words = [line for line in lines if not line.startswith(("processed ", "verification time"))]
+        return words[-1] if words else str(self)
+
 
 _libc: ctypes.CDLL | None = None
 

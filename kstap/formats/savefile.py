@@ -7,11 +7,14 @@ ISBs, and a precise account of a truncated or corrupt tail so ``--read`` can kee
 
 from __future__ import annotations
 
+import os
 import struct
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from kstap.errors import UsageError
 from kstap.formats import pcapng
 from kstap.model import Interface, PacketRecord
 
@@ -268,3 +271,20 @@ class CaptureReader:
             elif code == pcapng.OPT_COMMENT:
                 st.comments.append(value.decode(errors="replace"))
         self.statistics.append(st)
+
+
+def open_capture(path: str, option: str) -> BinaryIO:
+    """``path`` opened for reading, ``-`` = standard input (as ``tcpdump -r -``); usage errors name ``option``."""
+    if path == "-":
+        if sys.stdin is None or sys.stdin.isatty():
+            raise UsageError(f"{option} - reads a capture from standard input, but it is a terminal",
+                             hint="pipe one in: kstap tap -i IFACE -w - | kstap dissect -")
+        return os.fdopen(os.dup(sys.stdin.fileno()), "rb")
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise UsageError(f"cannot read {path!r}: no such file",
+                         hint=f"give a pcap or pcapng file to {option}, or - for standard input") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {path!r}: {exc.strerror}",
+                         hint=f"give a readable pcap or pcapng file to {option}") from None

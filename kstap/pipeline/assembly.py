@@ -4,7 +4,8 @@
 - :func:`run_worker`: a node's worker (:mod:`kstap.worker`): the capture into a stream sink, with live control;
 - :func:`run_remote`: the cluster session's capture: remote workers merged as one source
   (:mod:`kstap.pipeline.cluster` deploys them and follows the churn);
-- :func:`run_dissect`: ``kstap dissect FILE``, a capture file through the dissector alone.
+- ``kstap dissect FILE`` (a capture file through the dissector alone) is put together in
+  :mod:`kstap.pipeline.offline`, which imports no capture stage, so that command starts fast.
 
 Each builds the stages (source, sampler, governor, sink, consumers), declares nothing about them
 that they do not declare themselves (:mod:`kstap.contracts`), and hands them to the loop
@@ -26,10 +27,10 @@ from kstap.contracts import Governor, LiveControl, Reporter, Sink, SinkFactory, 
 from kstap.dissect.api import Entry
 from kstap.dissect.entries import EntryWriter
 from kstap.dissect.stage import DEFAULT_IDLE_TIMEOUT, DissectStage, default_flow_cap
-from kstap.errors import Interrupted, KstapError, OutputClosed
+from kstap.errors import Interrupted, KstapError
 from kstap.filters.bpf import Program, compile_filter, final_expression
 from kstap.formats import pcapng
-from kstap.model import CaptureSummary, Interface, PacketRecord, SourceStats
+from kstap.model import CaptureSummary, Interface, SourceStats
 from kstap.pipeline.loop import Capture, Consumers, Stages
 from kstap.pipeline.resources import ResourceWatch
 from kstap.pipeline.steering import Steering, compile_live, sampled
@@ -44,8 +45,6 @@ from kstap.vocabulary import Mode
 
 FILE_RETIRE_MS = 500
 """Block retire timeout when only a file waits for the packets (see :func:`open_source`)."""
-DISSECT_BATCH = 1024
-"""Records per dissector call in :func:`run_dissect`."""
 
 
 def run_tap(settings: TapSettings, reporter: Reporter, stop: StopFlag | None = None,
@@ -239,48 +238,4 @@ def open_consumers(settings: TapSettings, interfaces: list[Interface], has_sink:
             consumers.dissect = DissectStage(seed=seed, memory_cap=cap, flow_cap=default_flow_cap(cap),
                                              idle_timeout=DEFAULT_IDLE_TIMEOUT, emit=emit_entry)
     return consumers
-
-
-def run_dissect(path: str, entries: str, *, seed: int, memory_cap: int, idle_timeout: float
-                ) -> tuple[DissectStage, int, int, str | None]:
-    """Dissect the capture file ``path`` into ``entries`` (NDJSON).
-
-    Returns (the stage, for its statistics; packets read; entries written; the damage that ended
-    the read early, or None). A damaged file keeps what was read before the damage.
-    """
-    from kstap.capture.replay import open_capture
-    from kstap.formats.savefile import CaptureFormatError, CaptureReader
-
-    writer = EntryWriter(entries)
-    stage = DissectStage(seed=seed, memory_cap=memory_cap, flow_cap=default_flow_cap(memory_cap),
-                         idle_timeout=idle_timeout, emit=writer.write)
-    failure: str | None = None
-    packets = 0
-    batch: list[PacketRecord] = []
-    reader: CaptureReader | None = None
-    try:
-        with open_capture(path, "kstap dissect") as f:
-            try:
-                reader = CaptureReader(f, path)
-                for rec, _info in reader:
-                    batch.append(rec)
-                    if len(batch) >= DISSECT_BATCH:
-                        stage.feed(batch, [i.linktype for i in reader.interfaces])
-                        writer.flush()
-                        batch = []
-                packets = reader.packets
-            except CaptureFormatError as exc:
-                failure = str(exc)
-                packets = exc.packets_ok
-            if batch and reader is not None:
-                stage.feed(batch, [i.linktype for i in reader.interfaces])
-        stage.close()
-        writer.flush()
-    except OutputClosed:  # the reader of the entries left (| head): stop quietly, as tcpdump does
-        packets = reader.packets if reader is not None else packets
-    except OSError as exc:  # reading the input; an output's failure is OutputFailed and propagates
-        failure = f"cannot read {path!r}: {exc.strerror}"
-    finally:
-        writer.close()
-    return stage, packets, writer.count, failure
 

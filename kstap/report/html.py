@@ -68,7 +68,7 @@ def build(path: str, entries: str | None = None) -> ReportData:
         with open(entries, encoding="utf-8") as fh:
             count_entries(data, fh)
         return data
-    from kstap.pipeline.assembly import run_dissect
+    from kstap.pipeline.offline import run_dissect
 
     with tempfile.TemporaryDirectory(prefix="kstap-report-") as tmp:
         out = os.path.join(tmp, "entries.ndjson")

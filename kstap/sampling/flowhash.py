@@ -21,6 +21,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from kstap.linklayer import ETH_IPV4, ETH_IPV6, ETH_TRANSPARENT, GENEVE_PORT, MAX_TUNNELS, VXLAN_PORTS
 from kstap.sampling.flowkey import FlowKey
 
 M32 = 0xFFFFFFFF
@@ -88,16 +89,16 @@ Insn = tuple[int, int, int, int]
 # opcodes (linux/filter.h)
 LD_W_ABS, LD_H_ABS, LD_B_ABS = 0x20, 0x28, 0x30
 LD_W_IND, LD_H_IND, LD_B_IND = 0x40, 0x48, 0x50
-LD_IMM, LD_MEM, LDX_IMM, LDX_MEM = 0x00, 0x60, 0x01, 0x61
+LD_IMM, LD_LEN, LD_MEM, LDX_IMM, LDX_MEM = 0x00, 0x80, 0x60, 0x01, 0x61
 ST, STX = 0x02, 0x03
 ALU_ADD_K, ALU_ADD_X, ALU_MUL_K, ALU_AND_K, ALU_LSH_K, ALU_RSH_K = 0x04, 0x0C, 0x24, 0x54, 0x64, 0x74
-ALU_XOR_K, ALU_XOR_X = 0xA4, 0xAC
+ALU_SUB_K, ALU_SUB_X, ALU_XOR_K, ALU_XOR_X = 0x14, 0x1C, 0xA4, 0xAC
 TAX, TXA = 0x07, 0x87
-JA, JEQ_K, JGE_K = 0x05, 0x15, 0x35
+JA, JEQ_K, JGE_K, JSET_K, JGT_X, JGE_X = 0x05, 0x15, 0x35, 0x45, 0x2D, 0x3D
 RET_K = 0x06
 
 # scratch memory slots
-M_IPOFF, M_PROTO, M_SPORT, M_DPORT, M_H, M_T, M_EA, M_L4, M_INNER = 0, 3, 4, 5, 6, 7, 8, 9, 10
+M_IPOFF, M_PROTO, M_SPORT, M_DPORT, M_H, M_T, M_EA, M_L4, M_INNER, M_ET = 0, 3, 4, 5, 6, 7, 8, 9, 10, 11
 
 
 class _Asm:
@@ -181,58 +182,111 @@ header, so the ethertype is not in the packet."""
 
 
 def sampling_tail(seed: int, thresh: int, snaplen: int, *, cooked: bool = False) -> list[Insn]:
-    """BPF that returns ``snaplen`` iff the packet's flow hash < ``thresh`` (non-IP: always).
+    """BPF that returns ``snaplen`` iff the packet's flow hash < ``thresh`` (no flow: always).
+
+    The flow is the one :func:`kstap.sampling.flowkey.key_tuple` reads, byte for byte: the
+    network header is decoded per level (the outer packet, then up to
+    :data:`~kstap.linklayer.MAX_TUNNELS` VXLAN/Geneve inner packets), each level checking the
+    packet length before it loads, so a short or malformed packet is never dropped by a load past
+    its end (classic BPF rejects on such a load) where Python keys it or keeps it. One hash, at
+    the end, reads the innermost level's slots.
 
     ``cooked``: for a SOCK_DGRAM packet socket (``-i any``), where the kernel filter sees the
     packet from its network header on and the ethertype comes from the skb's protocol.
     """
     a = _Asm()
-    # The kernel's checker wants every scratch slot written before any read on every path, and
-    # it lets a path run on past a ret: give the tunnel slots a value up front.
-    a.op(ST, M_L4)
-    a.op(ST, M_INNER)
-    # find the network header past up to two VLAN tags; X = its offset, kept in M_IPOFF
-    base = 0 if cooked else 14
-    a.op(LDX_IMM, base)
-    if cooked:
-        a.op(LD_W_ABS, SKF_AD_PROTOCOL)
-    else:
-        a.op(LD_H_ABS, 12)
-    for depth, nxt in ((1, "vlan1"), (2, "vlan2")):
-        a.op(JEQ_K, 0x8100, nxt, f"q{depth}")
-        a.label(f"q{depth}")
-        a.op(JEQ_K, 0x88A8, nxt, "ethertype")
-        a.label(nxt)
-        a.op(LDX_IMM, base + 4 * depth)
-        a.op(LD_H_ABS, base - 2 + 4 * depth)
-    a.label("ethertype")
-    _hash_and_test(a, seed, thresh, snaplen, "", tunnels=True)
-    _tunnel_inner(a, snaplen)
-    _hash_and_test(a, seed, thresh, snaplen, "i", tunnels=False)
+    _flow_key_and_hash(a, seed, snaplen, *((None, 0) if cooked else (12, 14)))
+    a.op(JGE_K, thresh, "drop", "keep")
+    a.label("keep")
+    a.op(RET_K, snaplen)
+    a.label("drop")
+    a.op(RET_K, 0)
     return a.build()
 
 
-TUNNEL_PORTS = {4789: "vx", 8472: "vx", 6081: "gn"}
+M_HASH, M_KEYED = 12, 13
+"""Where :func:`hash_tail` leaves the flow hash, and 1 if the packet has a flow (0: none)."""
+
+
+def hash_tail(seed: int, snaplen: int, *, ethertype_at: int | None, network_at: int) -> list[Insn]:
+    """The sampling tail's flow key and hash without the decision, for the in-kernel flow table
+    (translated to eBPF by :mod:`kstap.filters.cbpf_to_ebpf`): every path returns ``snaplen``,
+    with M[:data:`M_KEYED`] = 1 and M[:data:`M_HASH`] = the flow hash for a packet that has a flow.
+
+    ``ethertype_at``: the link header's protocol field (None: the skb's protocol, for a packet
+    that starts at its network header); ``network_at``: where the network header starts.
+    """
+    a = _Asm()
+    a.op(LD_IMM, 0)
+    a.op(ST, M_KEYED)
+    _flow_key_and_hash(a, seed, snaplen, ethertype_at, network_at)
+    a.op(ST, M_HASH)
+    a.op(LD_IMM, 1)
+    a.op(ST, M_KEYED)
+    a.op(RET_K, snaplen)
+    return a.build()
+
+
+def _flow_key_and_hash(a: _Asm, seed: int, snaplen: int, ethertype_at: int | None, base: int) -> None:
+    """From the link header to A = the flow hash; packets without a flow return ``snaplen``."""
+    # The kernel's checker wants every scratch slot written before any read on every path, and
+    # it lets a path run on past a ret (the hash follows the last level's ret): give the
+    # tunnel and flow slots a value up front.
+    for slot in (M_L4, M_INNER, M_PROTO, M_SPORT, M_DPORT):
+        a.op(ST, slot)
+    # find the network header past up to two VLAN tags; X = its offset
+    if ethertype_at is None:
+        a.op(LD_W_ABS, SKF_AD_PROTOCOL)
+    else:
+        a.op(LD_LEN)
+        a.op(JGE_K, base, "eth", "unkeyed")
+        a.label("eth")
+        a.op(LD_H_ABS, ethertype_at)
+    a.op(LDX_IMM, base)
+    for depth, nxt in ((1, "vlan1"), (2, "vlan2")):
+        a.op(JEQ_K, 0x8100, f"tag{depth}", f"q{depth}")
+        a.label(f"q{depth}")
+        a.op(JEQ_K, 0x88A8, f"tag{depth}", "l0")
+        a.label(f"tag{depth}")
+        a.op(LD_LEN)
+        a.op(JGE_K, base + 4 * depth, nxt, "unkeyed")
+        a.label(nxt)
+        a.op(LDX_IMM, base + 4 * depth)
+        a.op(LD_H_ABS, base - 2 + 4 * depth)
+    a.op(JA, "l0")
+    a.label("unkeyed")
+    a.op(RET_K, snaplen)  # a truncated link-layer header: no flow, kept (as linklayer decodes it)
+    for level in range(MAX_TUNNELS + 1):
+        a.label(f"l{level}")
+        _decode(a, f"l{level}", snaplen, inner=f"l{level + 1}" if level < MAX_TUNNELS else None)
+    a.label("hash")
+    _hash(a, seed)
+
+
+TUNNEL_PORTS = {**{port: "vx" for port in VXLAN_PORTS}, GENEVE_PORT: "gn"}
 """UDP destination ports whose payload is followed to the inner packet (VXLAN, Linux's VXLAN
 default, Geneve): the same rule as :mod:`kstap.linklayer`."""
 
 
-def _hash_and_test(a: _Asm, seed: int, thresh: int, snaplen: int, p: str, *, tunnels: bool) -> None:
-    """A = ethertype, X = network offset → keep iff the flow hash < ``thresh`` (labels prefixed ``p``).
+def _decode(a: _Asm, p: str, snaplen: int, *, inner: str | None) -> None:
+    """A = ethertype, X = network offset (≤ the packet length) → the level's flow slots, then the
+    hash; with ``inner``, a valid VXLAN/Geneve datagram goes on to that level instead.
 
-    With ``tunnels``, a UDP datagram to a VXLAN/Geneve port jumps to the inner-packet code
-    (:func:`_tunnel_inner`) instead, so overlay flows are keyed by their inner header.
+    Slots: M_ET (ethertype: which hash), M_IPOFF, M_PROTO, M_SPORT, M_DPORT. Non-IP and a
+    truncated IP header: no flow, kept. Ports only for an unfragmented TCP/UDP/SCTP packet whose
+    first 4 transport bytes are in the packet (else 0, as in ``key_tuple``).
     """
+    a.op(ST, M_ET)
     a.op(STX, M_IPOFF)
     a.op(JEQ_K, 0x0800, p + "v4", p + "not4")
     a.label(p + "not4")
-    a.op(JEQ_K, 0x86DD, p + "go6", p + "nonip")
-    a.label(p + "nonip")
-    a.op(RET_K, snaplen)  # non-IP frames belong to no flow: always kept
-    a.label(p + "go6")
-    a.op(JA, p + "v6")
+    a.op(JEQ_K, 0x86DD, p + "v6", p + "unkeyed")
     # IPv4
     a.label(p + "v4")
+    a.op(LD_LEN)
+    a.op(ALU_SUB_X)
+    a.op(JGE_K, 20, p + "v4hdr", p + "unkeyed")
+    a.label(p + "v4hdr")
     a.op(LD_IMM, 0)
     a.op(ST, M_SPORT)
     a.op(ST, M_DPORT)
@@ -240,52 +294,164 @@ def _hash_and_test(a: _Asm, seed: int, thresh: int, snaplen: int, p: str, *, tun
     a.op(ST, M_PROTO)
     a.op(LD_H_IND, 6)
     a.op(ALU_AND_K, 0x3FFF)
-    a.op(JEQ_K, 0, p + "v4proto", p + "v4hash")  # a fragment: no ports
+    a.op(JEQ_K, 0, p + "v4proto", p + "hashed")  # a fragment: no ports
     a.label(p + "v4proto")
     a.op(LD_MEM, M_PROTO)
-    _jump_if_ported(a, p + "v4", p + "v4ports", p + "v4hash")
+    _jump_if_ported(a, p + "v4", p + "v4ports", p + "hashed")
     a.label(p + "v4ports")
     a.op(LD_B_IND, 0)
     a.op(ALU_AND_K, 0x0F)
     a.op(ALU_LSH_K, 2)
     a.op(ALU_ADD_X)
     a.op(TAX)
+    a.op(LD_LEN)
+    a.op(ALU_SUB_K, 4)  # the length is ≥ 20 here: no wrap
+    a.op(JGE_X, 0, p + "v4load", p + "hashed")
+    a.label(p + "v4load")
     a.op(LD_H_IND, 0)
     a.op(ST, M_SPORT)
     a.op(LD_H_IND, 2)
     a.op(ST, M_DPORT)
-    if tunnels:
+    if inner is not None:
         a.op(STX, M_L4)
-        _tunnel_check(a, p + "4", p + "v4hash")
-    a.label(p + "v4hash")
-    _endpoint_asm(a, seed, [12], M_SPORT)
-    a.op(ST, M_EA)
-    _endpoint_asm(a, seed, [16], M_DPORT)
-    a.op(JA, p + "combine")
+    a.op(JA, p + "tunnel" if inner is not None else p + "hashed")
     # IPv6
     a.label(p + "v6")
+    a.op(LD_LEN)
+    a.op(ALU_SUB_X)
+    a.op(JGE_K, 40, p + "v6hdr", p + "unkeyed")
+    a.label(p + "v6hdr")
     a.op(LD_IMM, 0)
     a.op(ST, M_SPORT)
     a.op(ST, M_DPORT)
     a.op(LD_B_IND, 6)
     a.op(ST, M_PROTO)
-    _jump_if_ported(a, p + "v6", p + "v6ports", p + "v6hash")
+    _jump_if_ported(a, p + "v6", p + "v6ports", p + "hashed")
     a.label(p + "v6ports")
+    a.op(LD_LEN)
+    a.op(ALU_SUB_X)
+    a.op(JGE_K, 44, p + "v6load", p + "hashed")
+    a.label(p + "v6load")
     a.op(LD_H_IND, 40)
     a.op(ST, M_SPORT)
     a.op(LD_H_IND, 42)
     a.op(ST, M_DPORT)
-    if tunnels:
-        a.op(LD_MEM, M_IPOFF)
+    if inner is not None:
+        a.op(TXA)
         a.op(ALU_ADD_K, 40)
         a.op(ST, M_L4)
-        _tunnel_check(a, p + "6", p + "v6hash")
-    a.label(p + "v6hash")
+        a.label(p + "tunnel")
+        _tunnel(a, p, p + "hashed")
+        a.op(JA, inner)
+    a.label(p + "hashed")
+    a.op(JA, "hash")
+    a.label(p + "unkeyed")
+    a.op(RET_K, snaplen)  # non-IP, or a truncated IP header: no flow, always kept
+
+
+def _tunnel(a: _Asm, p: str, outer: str) -> None:
+    """Ports loaded, M_L4 = the UDP header (≥ 4 bytes of it in the packet): a VXLAN or Geneve
+    datagram whose header is valid and whole → A = inner ethertype, X = inner network offset (≤ the
+    length), falling through; anything else (another port, too short, VXLAN without its I flag,
+    Geneve of another version, its options past the end, a protocol other than Ethernet/IPv4/IPv6,
+    a truncated inner Ethernet or VLAN header) → ``outer``: keyed as the plain UDP datagram it is,
+    as :func:`kstap.linklayer.network` does."""
+    a.op(LD_MEM, M_PROTO)
+    a.op(JEQ_K, 17, p + "udp", outer)
+    a.label(p + "udp")
+    a.op(LD_MEM, M_DPORT)
+    ports = list(TUNNEL_PORTS.items())
+    for i, (port, kind) in enumerate(ports):
+        nxt = p + f"t{i + 1}" if i + 1 < len(ports) else outer
+        a.op(JEQ_K, port, p + kind, nxt)
+        if i + 1 < len(ports):
+            a.label(nxt)
+    # VXLAN: UDP header, 8-byte VXLAN header with the I flag (a valid VNI), a whole Ethernet header
+    a.label(p + "vx")
+    a.op(LD_LEN)
+    a.op(LDX_MEM, M_L4)
+    a.op(ALU_SUB_X)
+    a.op(JGE_K, 8 + 8 + 14, p + "vxlen", outer)
+    a.label(p + "vxlen")
+    a.op(LD_B_IND, 8)
+    a.op(JSET_K, 0x08, p + "vxok", outer)
+    a.label(p + "vxok")
+    a.op(TXA)
+    a.op(ALU_ADD_K, 16)
+    a.op(TAX)
+    a.op(JA, p + "eth")
+    # Geneve: version 0, options inside the packet, then Ethernet (0x6558), IPv4 or IPv6
+    a.label(p + "gn")
+    a.op(LD_LEN)
+    a.op(LDX_MEM, M_L4)
+    a.op(ALU_SUB_X)
+    a.op(JGE_K, 8 + 8, p + "gnlen", outer)
+    a.label(p + "gnlen")
+    a.op(LD_B_IND, 8)
+    a.op(JGE_K, 0x40, outer, p + "gv0")  # version (top 2 bits) 0 only
+    a.label(p + "gv0")
+    a.op(ALU_AND_K, 0x3F)
+    a.op(ALU_LSH_K, 2)
+    a.op(ALU_ADD_X)
+    a.op(ALU_ADD_K, 16)
+    a.op(ST, M_INNER)
+    a.op(LD_LEN)
+    a.op(LDX_MEM, M_INNER)
+    a.op(JGT_X, 0, p + "gnbody", outer)  # at least one byte past the options
+    a.label(p + "gnbody")
+    a.op(LDX_MEM, M_L4)
+    a.op(LD_H_IND, 10)
+    a.op(LDX_MEM, M_INNER)
+    a.op(JEQ_K, ETH_IPV4, p + "found", p + "gn6")
+    a.label(p + "gn6")
+    a.op(JEQ_K, ETH_IPV6, p + "found", p + "gneth")
+    a.label(p + "gneth")
+    a.op(JEQ_K, ETH_TRANSPARENT, p + "gnethlen", outer)
+    a.label(p + "gnethlen")
+    a.op(LD_LEN)
+    a.op(ALU_SUB_K, 14)  # the length is ≥ 16 here: no wrap
+    a.op(JGE_X, 0, p + "eth", outer)
+    # X = inner Ethernet header (whole): its ethertype, then up to two VLAN tags, each checked
+    a.label(p + "eth")
+    a.op(LD_H_IND, 12)
+    a.op(ST, M_T)
+    a.op(TXA)
+    a.op(ALU_ADD_K, 14)
+    a.op(TAX)
+    a.op(LD_MEM, M_T)
+    for depth in (1, 2):
+        a.op(JEQ_K, 0x8100, p + f"tag{depth}", p + f"q{depth}")
+        a.label(p + f"q{depth}")
+        a.op(JEQ_K, 0x88A8, p + f"tag{depth}", p + "found")
+        a.label(p + f"tag{depth}")
+        a.op(LD_LEN)
+        a.op(ALU_SUB_X)
+        a.op(JGE_K, 4, p + f"tagok{depth}", outer)
+        a.label(p + f"tagok{depth}")
+        a.op(LD_H_IND, 2)
+        a.op(ST, M_T)
+        a.op(TXA)
+        a.op(ALU_ADD_K, 4)
+        a.op(TAX)
+        a.op(LD_MEM, M_T)
+    a.label(p + "found")
+
+
+def _hash(a: _Asm, seed: int) -> None:
+    """The flow slots of the innermost level → A = the flow hash."""
+    a.op(LD_MEM, M_ET)
+    a.op(JEQ_K, 0x86DD, "h6", "h4")
+    a.label("h4")
+    _endpoint_asm(a, seed, [12], M_SPORT)
+    a.op(ST, M_EA)
+    _endpoint_asm(a, seed, [16], M_DPORT)
+    a.op(JA, "combine")
+    a.label("h6")
     _endpoint_asm(a, seed, [8, 12, 16, 20], M_SPORT)
     a.op(ST, M_EA)
     _endpoint_asm(a, seed, [24, 28, 32, 36], M_DPORT)
-    # A + M_EA, ^ proto·GOLDEN ^ seed2, fmix, compare
-    a.label(p + "combine")
+    # A + M_EA, ^ proto·GOLDEN ^ seed2, fmix
+    a.label("combine")
     a.op(LDX_MEM, M_EA)
     a.op(ALU_ADD_X)
     a.op(ST, M_T)
@@ -296,89 +462,6 @@ def _hash_and_test(a: _Asm, seed: int, thresh: int, snaplen: int, p: str, *, tun
     a.op(ALU_XOR_X)
     a.op(ALU_XOR_K, seed2(seed))
     _fmix_asm(a)
-    a.op(JGE_K, thresh, p + "drop", p + "keep")
-    a.label(p + "keep")
-    a.op(RET_K, snaplen)
-    a.label(p + "drop")
-    a.op(RET_K, 0)
-
-
-def _tunnel_check(a: _Asm, p: str, otherwise: str) -> None:
-    """UDP to a tunnel port → the inner-packet code (long jumps: it lies past this copy's end)."""
-    a.op(LD_MEM, M_PROTO)
-    a.op(JEQ_K, 17, p + "udp", otherwise)
-    a.label(p + "udp")
-    a.op(LD_MEM, M_DPORT)
-    ports = list(TUNNEL_PORTS.items())
-    for i, (port, kind) in enumerate(ports):
-        nxt = p + f"t{i + 1}" if i + 1 < len(ports) else otherwise
-        a.op(JEQ_K, port, p + kind, nxt)
-        if i + 1 < len(ports):
-            a.label(nxt)
-    a.label(p + "vx")
-    a.op(JA, "tun_vxlan")
-    a.label(p + "gn")
-    a.op(JA, "tun_geneve")
-
-
-def _tunnel_inner(a: _Asm, snaplen: int) -> None:
-    """From M_L4 (the outer UDP header) to A = inner ethertype, X = inner network offset."""
-    a.label("tun_vxlan")
-    a.op(LDX_MEM, M_L4)
-    a.op(LD_B_IND, 8)
-    a.op(ALU_AND_K, 0x08)  # the I flag: a valid VNI follows
-    a.op(JEQ_K, 0, "tun_keep", "tun_vxok")
-    a.label("tun_vxok")
-    a.op(LD_MEM, M_L4)
-    a.op(ALU_ADD_K, 16)
-    a.op(TAX)
-    a.op(JA, "tun_eth")
-    a.label("tun_geneve")
-    a.op(LDX_MEM, M_L4)
-    a.op(LD_B_IND, 8)
-    a.op(ALU_RSH_K, 6)
-    a.op(JEQ_K, 0, "tun_gv0", "tun_keep")  # version 0 only
-    a.label("tun_gv0")
-    a.op(LD_B_IND, 8)
-    a.op(ALU_AND_K, 0x3F)
-    a.op(ALU_LSH_K, 2)
-    a.op(ALU_ADD_X)
-    a.op(ALU_ADD_K, 16)
-    a.op(ST, M_INNER)
-    a.op(LD_H_IND, 10)
-    a.op(JEQ_K, 0x6558, "tun_geth", "tun_gnot")
-    a.label("tun_gnot")
-    a.op(JEQ_K, 0x0800, "tun_gip", "tun_g6")
-    a.label("tun_g6")
-    a.op(JEQ_K, 0x86DD, "tun_gip", "tun_keep")
-    a.label("tun_gip")
-    a.op(LDX_MEM, M_INNER)
-    a.op(JA, "tun_dispatch")
-    a.label("tun_geth")
-    a.op(LDX_MEM, M_INNER)
-    a.op(JA, "tun_eth")
-    a.label("tun_keep")
-    a.op(RET_K, snaplen)  # not a tunnel header kstap reads: no inner flow, kept (as linklayer keys it by the outer)
-    # X = inner Ethernet header: ethertype, then up to two VLAN tags
-    a.label("tun_eth")
-    a.op(LD_H_IND, 12)
-    a.op(ST, M_T)
-    a.op(TXA)
-    a.op(ALU_ADD_K, 14)
-    a.op(TAX)
-    a.op(LD_MEM, M_T)
-    for depth in (1, 2):
-        a.op(JEQ_K, 0x8100, f"tun_v{depth}", f"tun_q{depth}")
-        a.label(f"tun_q{depth}")
-        a.op(JEQ_K, 0x88A8, f"tun_v{depth}", "tun_dispatch")
-        a.label(f"tun_v{depth}")
-        a.op(LD_H_IND, 2)
-        a.op(ST, M_T)
-        a.op(TXA)
-        a.op(ALU_ADD_K, 4)
-        a.op(TAX)
-        a.op(LD_MEM, M_T)
-    a.label("tun_dispatch")
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,9 @@ Rules (documented in docs/sampling.md, pinned by golden vectors):
 
 - The link layer is decoded by :mod:`kstap.linklayer` (Ethernet with up to two VLAN tags, Linux
   cooked v1/v2, BSD loopback, raw IP, NFLOG); VXLAN and Geneve datagrams are keyed by their
-  *inner* header, so overlay traffic belongs to the pods' flow, not the nodes' tunnel.
+  *inner* header, so overlay traffic belongs to the pods' flow, not the nodes' tunnel. A datagram to a
+  tunnel port whose payload is not a valid, whole tunnel header is plain UDP (what counts as a
+  tunnel: :func:`kstap.linklayer._tunnel`, docs/sampling.md).
 - IPv4: addresses; ports for TCP (6), UDP (17), SCTP (132) when the packet is not a fragment.
   Fragments (MF set or offset > 0) and other protocols use ports 0, so every fragment of a
   datagram lands in the same flow (keyed by the address pair and protocol).

@@ -1,8 +1,10 @@
 """The in-kernel flow table: an eBPF socket filter that decides each flow once, at its first packet.
 
 Behind the user's expression (translated from classic BPF, :mod:`kstap.filters.cbpf_to_ebpf`) the
-program computes the same seeded symmetric flow hash as :func:`kstap.sampling.flowhash.flow_hash`
-and looks the flow up in an LRU hash map keyed by that hash:
+program computes the flow key and seeded symmetric hash of the classic sampling tail — the same
+classic code (:func:`kstap.sampling.flowhash.hash_tail`: VLANs, VXLAN/Geneve inner packets, length
+checks), translated too, so both kernel paths and :func:`~kstap.sampling.flowhash.flow_hash` agree
+by construction — and looks the flow up in an LRU hash map keyed by that hash:
 
 - not there (or idle past the timeout): decide now, ``keep = hash < threshold`` with the
   threshold in force (read from the settings map user space updates), and store the decision;
@@ -30,8 +32,8 @@ from dataclasses import dataclass
 
 from kstap.filters import bpf_syscall as sys_bpf
 from kstap.filters import ebpf_asm as e
-from kstap.filters.cbpf_to_ebpf import translate
-from kstap.sampling.flowhash import C1, C2, F1, F2, FULL, GOLDEN, M32, seed2, threshold
+from kstap.filters.cbpf_to_ebpf import SCRATCH_BASE, translate
+from kstap.sampling.flowhash import FULL, M_HASH, M_KEYED, hash_tail, threshold
 
 Insn = tuple[int, int, int, int]
 
@@ -57,6 +59,16 @@ class Layout:
 
     kind: str = "ethernet"
 
+    @property
+    def ethertype_at(self) -> int | None:
+        """Offset of the link header's protocol field (None: the sk_buff's protocol)."""
+        return {"ethernet": 12, "sll": 14, "sll2": 0}.get(self.kind)
+
+    @property
+    def network_at(self) -> int:
+        """Offset of the network header (before any VLAN tag)."""
+        return {"ethernet": 14, "sll": 16, "sll2": 20}.get(self.kind, 0)
+
     @classmethod
     def for_linktype(cls, linktype: int) -> Layout:
         kinds = {1: "ethernet", 113: "sll", 276: "sll2", 101: "network", 12: "network"}
@@ -65,102 +77,8 @@ class Layout:
         return cls(kinds[linktype])
 
 
-# stack slots (fp-relative); the translated classic filter's scratch words sit at -128..-65
-S_PROTO, S_SPORT, S_DPORT, S_EA, S_KEY, S_ZERO, S_VAL = -4, -8, -12, -16, -20, -24, -48
-ETH_P_IP, ETH_P_IPV6 = 0x0800, 0x86DD
-
-
-def _fmix(a: e.Asm, h: int, t: int) -> None:
-    for shift, mul in ((16, F1), (13, F2), (16, None)):
-        a.mov64r(t, h)
-        a.alu32(e.RSH, t, shift)
-        a.alu32r(e.XOR, h, t)
-        if mul is not None:
-            a.alu32(e.MUL, h, mul)
-
-
-def _endpoint(a: e.Asm, seed: int, offsets: Sequence[int], port_slot: int) -> None:
-    """R8 = endpoint_hash(seed, words at R7+off, port at fp+port_slot); clobbers R0-R5, R9."""
-    a.ldx(e.W, e.R8, e.FP, port_slot)
-    a.alu32(e.XOR, e.R8, seed & M32)
-    for off in offsets:
-        a.ld_ind(e.W, e.R7, off)
-        a.alu32(e.MUL, e.R0, C1)
-        a.alu32r(e.XOR, e.R8, e.R0)
-        a.alu32(e.MUL, e.R8, C2)
-        a.mov64r(e.R9, e.R8)
-        a.alu32(e.RSH, e.R9, 15)
-        a.alu32r(e.XOR, e.R8, e.R9)
-    _fmix(a, e.R8, e.R9)
-
-
-def _network_header(a: e.Asm, layout: Layout, snaplen: int) -> None:
-    """R7 = the network header's offset; jumps to v4/v6; other protocols are kept (no flow)."""
-    if layout.kind == "network":
-        a.mov64(e.R7, 0)
-        a.ldx(e.W, e.R0, e.R6, 16)  # __sk_buff.protocol, big-endian in memory
-        a.raw(e.ALU | 0xD0 | 0x08, e.R0, 0, 0, 16)
-    elif layout.kind in ("sll", "sll2"):
-        hdr, proto = (16, 14) if layout.kind == "sll" else (20, 0)
-        a.mov64(e.R7, hdr)
-        a.ld_abs(e.H, proto)
-    else:
-        a.mov64(e.R7, 14)
-        a.ld_abs(e.H, 12)
-        for depth in (1, 2):  # 802.1Q / 802.1ad tags left in the frame
-            a.jmp(e.JEQ, e.R0, 0x8100, f"tag{depth}")
-            a.jmp(e.JNE, e.R0, 0x88A8, "ethertype")
-            a.label(f"tag{depth}")
-            a.mov64(e.R7, 14 + 4 * depth)
-            a.ld_abs(e.H, 12 + 4 * depth)
-        a.label("ethertype")
-    a.jmp(e.JEQ, e.R0, ETH_P_IP, "v4")
-    a.jmp(e.JEQ, e.R0, ETH_P_IPV6, "v6")
-    a.ret(snaplen)  # not IP: no flow, always kept
-
-
-def _flow_hash(a: e.Asm, seed: int) -> None:
-    """From labels v4/v6 (R7 = network header offset) to R8 = the flow hash, at label 'hashed'."""
-    for fam, proto_off, ports, src, dst in (("v4", 9, None, [12], [16]),
-                                            ("v6", 6, 40, [8, 12, 16, 20], [24, 28, 32, 36])):
-        a.label(fam)
-        a.st(e.W, e.FP, S_SPORT, 0)
-        a.st(e.W, e.FP, S_DPORT, 0)
-        a.ld_ind(e.B, e.R7, proto_off)
-        a.stx(e.W, e.FP, S_PROTO, e.R0)
-        a.mov64r(e.R9, e.R7)  # R9 = the transport header's offset
-        if fam == "v4":
-            a.ld_ind(e.H, e.R7, 6)
-            a.raw(e.JMP | e.JSET | e.K, e.R0, 0, f"{fam}hash", 0x3FFF)  # a fragment: no ports
-            a.ld_ind(e.B, e.R7, 0)
-            a.alu32(e.AND, e.R0, 0x0F)
-            a.alu32(e.LSH, e.R0, 2)
-            a.alu64r(e.ADD, e.R9, e.R0)
-        else:
-            a.alu64(e.ADD, e.R9, ports or 40)
-        a.ldx(e.W, e.R0, e.FP, S_PROTO)
-        a.jmp(e.JEQ, e.R0, 6, f"{fam}ports")
-        a.jmp(e.JEQ, e.R0, 17, f"{fam}ports")
-        a.jmp(e.JNE, e.R0, 132, f"{fam}hash")
-        a.label(f"{fam}ports")
-        a.ld_ind(e.H, e.R9, 0)
-        a.stx(e.W, e.FP, S_SPORT, e.R0)
-        a.ld_ind(e.H, e.R9, 2)
-        a.stx(e.W, e.FP, S_DPORT, e.R0)
-        a.label(f"{fam}hash")
-        _endpoint(a, seed, src, S_SPORT)
-        a.stx(e.W, e.FP, S_EA, e.R8)
-        _endpoint(a, seed, dst, S_DPORT)
-        if fam == "v4":
-            a.ja("combine")
-    a.label("combine")
-    a.ldx(e.W, e.R0, e.FP, S_EA)
-    a.alu32r(e.ADD, e.R8, e.R0)
-    a.ldx(e.W, e.R0, e.FP, S_PROTO)
-    a.alu32(e.MUL, e.R0, GOLDEN)
-    a.alu32r(e.XOR, e.R8, e.R0)
-    a.alu32(e.XOR, e.R8, seed2(seed))
-    _fmix(a, e.R8, e.R9)
+# stack slots (fp-relative); the translated classic programs' scratch words sit at -128..-65
+S_KEY, S_ZERO, S_VAL = -20, -24, -48
 
 
 def _decide(a: e.Asm, settings_fd: int, counters_fd: int, flows_fd: int, snaplen: int) -> None:
@@ -237,10 +155,20 @@ def _decide(a: e.Asm, settings_fd: int, counters_fd: int, flows_fd: int, snaplen
     a.alu64(e.ADD, e.R2, S_ZERO)
     a.call(e.MAP_LOOKUP_ELEM)
     a.jmp(e.JEQ, e.R0, 0, "out")
-    a.ldx(e.DW, e.R1, e.FP, S_VAL)
-    a.alu64r(e.ADD, e.R0, e.R1)
+    # one atomic add at a constant offset per counter: a variable offset into the map value is
+    # pointer arithmetic, which the verifier refuses without CAP_PERFMON (Spectre v1 hardening), and
+    # a worker holds only NET_RAW and BPF
+    a.ldx(e.DW, e.R2, e.FP, S_VAL)
     a.mov64(e.R1, 1)
-    a.raw(e.STX | 0xC0 | e.DW, e.R0, e.R1, 0, 0)  # atomic add
+    for off in (0, 8, 16):
+        a.jmp(e.JEQ, e.R2, off, f"count{off}")
+    a.raw(e.STX | 0xC0 | e.DW, e.R0, e.R1, 24, 0)  # atomic add
+    a.ja("out")
+    for off in (0, 8, 16):
+        a.label(f"count{off}")
+        a.raw(e.STX | 0xC0 | e.DW, e.R0, e.R1, off, 0)
+        if off != 16:
+            a.ja("out")
     a.label("out")
     a.ldx(e.DW, e.R1, e.FP, S_VAL + 8)
     a.jmp(e.JEQ, e.R1, 0, "keep")
@@ -257,8 +185,13 @@ def generate(filter_insns: Sequence[Insn], seed: int, layout: Layout, *, setting
     a.mov64r(e.R6, e.R1)  # R6 = the sk_buff, as the legacy packet loads want
     translate(filter_insns, a, "sample")
     a.label("sample")
-    _network_header(a, layout, snaplen)
-    _flow_hash(a, seed)
+    # the classic tail's own flow key and hash (tunnels, length checks and all), translated
+    translate(hash_tail(seed, snaplen, ethertype_at=layout.ethertype_at, network_at=layout.network_at), a,
+              "hashed", prefix="h")
+    a.label("hashed")
+    a.ldx(e.W, e.R0, e.FP, SCRATCH_BASE + 4 * M_KEYED)
+    a.jmp(e.JEQ, e.R0, 0, "keep")  # no flow (not IP, truncated): always kept
+    a.ldx(e.W, e.R8, e.FP, SCRATCH_BASE + 4 * M_HASH)
     _decide(a, settings_fd, counters_fd, flows_fd, snaplen)
     return a.build()
 
@@ -306,13 +239,28 @@ class KernelFlowTable:
                         counters_fd=self.counters.fd, flows_fd=self.flows.fd)
         return sys_bpf.load_socket_filter(code, "kstap_flows")
 
+    def refused_by_kernel(self) -> str | None:
+        """Why this kernel (or this process's capabilities) will not load the program, else None: a
+        trial load behind an accept-all filter, before a capture depends on it."""
+        try:
+            os.close(self.program(((0x06, 0, 0, 262144),), Layout("ethernet")))
+        except sys_bpf.BpfError as exc:
+            return f"the kernel refused the flow-table program: {exc.why}"
+        return None
+
     def attach(self, sock: socket.socket, insns: Sequence[Insn], linktype: int) -> None:
         """:class:`kstap.filters.bpf.SocketAttacher`: the flow table behind ``insns`` on ``sock``
         (the socket holds the program; this process keeps only the maps)."""
         # a SOCK_DGRAM packet socket (cooked capture, e.g. -i any) hands its filter the network
         # header at offset 0 whatever the link type says the file gets
         layout = Layout("network") if sock.type == socket.SOCK_DGRAM else Layout.for_linktype(linktype)
-        fd = self.program(insns, layout)
+        try:
+            fd = self.program(insns, layout)
+        except sys_bpf.BpfError as exc:
+            from kstap.errors import EnvironmentProblem
+
+            raise EnvironmentProblem(f"the kernel refused the in-kernel flow table's filter: {exc.why}",
+                                     hint="set sampling.flow_table = user (KSTAP_SAMPLING_FLOW_TABLE=user)") from exc
         try:
             sys_bpf.attach(sock, fd)
         finally:
@@ -376,6 +324,11 @@ def open_table(choice: str, seed: int, rate: float, *, idle_timeout_ns: int,
             table = KernelFlowTable(seed, rate, idle_timeout_ns=idle_timeout_ns)
         except OSError as exc:
             reason = f"cannot create the flow-table maps: {exc.strerror or exc}"
+    if table is not None:
+        reason = table.refused_by_kernel()
+        if reason is not None:
+            table.close()
+            table = None
     if table is None and choice == "kernel":
         raise EnvironmentProblem(f"the in-kernel flow table is not available: {reason}",
                                  hint="grant CAP_BPF (or run as root), or set sampling.flow_table = user "

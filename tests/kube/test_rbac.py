@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 from fakeapi import FakeApiServer, FakeCluster, wait_for
 from rbac import Authorizer, bindings_for
+from rbac_table import Grant, documented
 
 from kstap.errors import KstapError
 from kstap.kube import deploy
@@ -37,33 +38,9 @@ from kstap.remote.server import WorkerAPI
 from kstap.remote.transport import ApiServerProxyTransport
 
 ROOT = Path(__file__).resolve().parents[2]
-DOC = ROOT / "docs" / "kubernetes.md"
 TARGETS = ["a", "b"]
 WORKER_NS = mf.DEFAULT_NAMESPACE
 TOKEN = "rbac-test-token-" + "7" * 32
-
-Grant = tuple[str, str, str, str]
-"""(verb, API group, resource, where): where is ``cluster``, ``worker namespace`` or ``target namespaces``."""
-
-
-# -- the documented table ---------------------------------------------------------------------------------
-def documented() -> tuple[set[Grant], set[Grant], set[Grant]]:
-    """docs/kubernetes.md's table → (always needed, optional, needed with -A only)."""
-    text = DOC.read_text()
-    table = text.split("<!-- rbac-cli-table -->")[1].split("<!-- /rbac-cli-table -->")[0]
-    always: set[Grant] = set()
-    optional: set[Grant] = set()
-    with_all: set[Grant] = set()
-    for line in table.strip().splitlines()[2:]:
-        resource, group, where, verbs, _why = (c.strip(" `") for c in line.strip().strip("|").split("|"))
-        group = "" if group == "core" else group
-        only_all = where.endswith("with -A")
-        where = where.removesuffix(", with -A")
-        for verb in (v.strip() for v in verbs.split(",")):
-            name = verb.removesuffix(" (optional)")
-            grant = (name, group, resource, where)
-            (with_all if only_all else optional if name != verb else always).add(grant)
-    return always, optional, with_all
 
 
 def where_of(namespace: str | None) -> str:

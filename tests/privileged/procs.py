@@ -1,4 +1,5 @@
-"""Process helpers for the privileged tests: a process's children and whether a PID still runs."""
+"""Process helpers for the privileged tests (and the benchmarks that run the same set-ups): a
+process's children, whether a PID still runs, a tmpfs mount, a CPU-quota cgroup."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import contextlib
 import os
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,3 +66,29 @@ def tmpfs_mount(options: str, prefix: str = "kstap-tmpfs-") -> Iterator[Path]:
         if os.path.ismount(mountpoint):
             subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True, timeout=30, check=False)
         mountpoint.rmdir()
+
+
+CPU_CGROUP_ROOT = Path("/sys/fs/cgroup/cpu")
+
+
+@contextlib.contextmanager
+def cpu_cgroup(quota_us: int, period_us: int = 100_000, *, prefix: str = "kstap-test-") -> Iterator[Path]:
+    """A new cgroup v1 ``cpu`` cgroup with a CFS quota of ``quota_us`` per ``period_us`` (0.1 core:
+    10,000 per 100,000), named ``prefix`` + PID. When the block ends, also on failure, the processes
+    still in it go back to the hierarchy's root and the cgroup is removed."""
+    path = CPU_CGROUP_ROOT / f"{prefix}{os.getpid()}-{time.monotonic_ns() % 100000}"
+    path.mkdir()
+    try:
+        (path / "cpu.cfs_period_us").write_text(str(period_us))
+        (path / "cpu.cfs_quota_us").write_text(str(quota_us))
+        yield path
+    finally:
+        for pid in (path / "cgroup.procs").read_text().split():
+            with contextlib.suppress(OSError):
+                (CPU_CGROUP_ROOT / "cgroup.procs").write_text(pid)
+        for _ in range(50):
+            try:
+                path.rmdir()
+                break
+            except OSError:
+                time.sleep(0.1)

@@ -8,20 +8,18 @@ many source ports (C sender, pinned to the other core) — more than QUOTA cores
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from kstap.demo.lab import Lab
+from tests.privileged.procs import cpu_cgroup
 
 CPU = Path("/sys/fs/cgroup/cpu")
 REPO = Path(__file__).resolve().parents[2]
@@ -38,29 +36,9 @@ SECONDS = 24
 halvings (2 s apart) under this quota, which at 16 s ran into the second half in about 1 run of 4."""
 
 
-@contextlib.contextmanager
-def cpu_cgroup(cores: float) -> Iterator[Path]:
-    path = CPU / f"kstap-test-{os.getpid()}-{time.monotonic_ns() % 100000}"
-    path.mkdir()
-    try:
-        (path / "cpu.cfs_period_us").write_text("100000")
-        (path / "cpu.cfs_quota_us").write_text(str(int(cores * 100000)))
-        yield path
-    finally:
-        for pid in (path / "cgroup.procs").read_text().split():
-            with contextlib.suppress(OSError):
-                (CPU / "cgroup.procs").write_text(pid)
-        for _ in range(50):
-            try:
-                path.rmdir()
-                break
-            except OSError:
-                time.sleep(0.1)
-
-
 def run(mode: str, sender: str, tmp: Path) -> list[dict[str, object]]:
     """NDJSON stats events of one capture under the quota."""
-    with Lab() as lab, cpu_cgroup(QUOTA) as cg:
+    with Lab() as lab, cpu_cgroup(int(QUOTA * 100_000)) as cg:
         cmd = [sys.executable, "-m", "kstap", "tap", "--netns", lab.server, "-i", lab.server_if, "-f", "udp",
                "-B", "4", "--json", "--entries", str(tmp / f"{mode}.ndjson"), "-w", str(tmp / f"{mode}.pcapng"),
                "--duration", str(SECONDS), "--mode", mode, "--rate", "100%"]

@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import shutil
 import socket
 import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import dpkt
 import pytest
@@ -147,3 +151,59 @@ def test_the_socket_type_picks_the_layout() -> None:
                 table.attach(s, compile_filter("udp").insns, 1)
     finally:
         table.close()
+
+
+LOAD_AS_WORKER = """
+import socket, sys
+from kstap.filters.bpf import compile_filter
+from kstap.sampling.kernel_table import KernelFlowTable, Layout
+table = KernelFlowTable(0x5EED, 0.5)
+for kind in ("ethernet", "sll", "sll2", "network"):
+    for expression in ("", "tcp and (port 80 or port 8080)", "udp or icmp6", "vlan and tcp"):
+        import os
+        os.close(table.program(compile_filter(expression).insns, Layout(kind)))
+with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0) as s:
+    table.attach(s, compile_filter("udp").insns, 1)
+print("loaded")
+"""
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) is not installed")
+def test_a_worker_with_only_net_raw_and_bpf_loads_it() -> None:
+    """The cluster's auto-mode worker holds NET_RAW and BPF and nothing else (kstap/kube/manifests.py). The
+    verifier then applies its unprivileged hardening (no CAP_PERFMON): e.g. no variable offset into a map
+    value. The real cluster found this (BPF_PROG_LOAD: Permission denied); every layout and a few
+    filters must load with exactly those capabilities."""
+    caps = ["setpriv", "--bounding-set=-all,+net_raw,+bpf", "--inh-caps=-all", "--"]
+    check = subprocess.run([*caps, "grep", "CapEff", "/proc/self/status"], capture_output=True, text=True, check=True)
+    assert int(check.stdout.split()[1], 16) == (1 << 13) | (1 << 39), check.stdout  # CAP_NET_RAW | CAP_BPF
+    res = subprocess.run([*caps, sys.executable, "-c", LOAD_AS_WORKER], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[2], timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == "loaded", res.stderr[-3000:]
+
+
+def test_a_kernel_that_refuses_the_program_means_the_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Auto mode falls back to the classic ceiling with the verifier's reason when the program will not load
+    (an older verifier, missing capabilities); `sampling.flow_table = kernel` stops with exit 3 instead."""
+    from kstap.errors import EnvironmentProblem
+    from kstap.sampling.kernel_table import open_table
+
+    log = ("0: (bf) r6 = r1\nR0 tried to add from different maps, paths or scalars\n"
+           "processed 201 insns (limit 1000000)\n")
+
+    def refuse(self: KernelFlowTable, insns: object, layout: Layout) -> int:
+        raise bpf_syscall.BpfError(13, "BPF_PROG_LOAD", log)
+
+    monkeypatch.setattr(KernelFlowTable, "program", refuse)
+    table, reason = open_table("auto", 1, 0.5, idle_timeout_ns=10**9)
+    assert table is None
+    assert reason == "the kernel refused the flow-table program: R0 tried to add from different maps, paths or scalars"
+    with pytest.raises(EnvironmentProblem, match="R0 tried to add"):
+        open_table("kernel", 1, 0.5, idle_timeout_ns=10**9)
+    kernel = KernelFlowTable(1, 1.0)
+    try:
+        with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0) as s, pytest.raises(EnvironmentProblem) as err:
+            kernel.attach(s, compile_filter("udp").insns, 1)
+        assert err.value.hint and "flow_table = user" in err.value.hint
+    finally:
+        kernel.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import kstap
@@ -44,6 +45,21 @@ def test_every_error_constructed_in_the_package_has_a_hint() -> None:
             if name in errors and name not in SELF_HINTING and len(node.args) < 2 and not hinted:
                 missing.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {name}(...)")
     assert missing == []
+
+
+def test_hints_name_no_host_interface() -> None:
+    """A hint shows the syntax with the IFACE placeholder docs/cli.md uses, never a NIC name such as
+    eth0 that a user may copy onto the host's uplink."""
+    nic = re.compile(r"-i\s+(eth|ens|enp|eno|wlan|wlp|em|bond)\d")
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.keyword) and node.arg == "hint":
+                text = " ".join(c.value for c in ast.walk(node.value)
+                                if isinstance(c, ast.Constant) and isinstance(c.value, str))
+                if nic.search(text):
+                    found.append(f"{path.relative_to(PACKAGE.parent)}:{node.value.lineno} {text!r}")
+    assert found == []
 
 
 def test_self_hinting_errors_give_a_hint() -> None:

@@ -139,3 +139,16 @@ def test_the_kernel_accepts_the_sampling_tail(cooked: bool) -> None:
         fprog, keep = prog.sock_fprog()
         s.setsockopt(socket.SOL_SOCKET, 26, fprog)  # SO_ATTACH_FILTER; raises EINVAL if refused
         del keep
+
+
+_ETH_IPV4 = b"\x02" * 12 + b"\x08\x00"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=0, max_size=80) | st.binary(min_size=20, max_size=80).map(lambda b: _ETH_IPV4 + b),
+       st.sampled_from([6, 17, 1]), st.booleans())
+def test_the_ethernet_ipv4_shortcut_decides_as_the_full_path(frame: bytes, proto: int, tunnels: bool) -> None:
+    if len(frame) > 23 and frame[:14] == _ETH_IPV4:
+        frame = frame[:23] + bytes([proto]) + frame[24:]
+    got = linklayer.network(frame, linklayer.LINKTYPE_ETHERNET, tunnels=tunnels)
+    assert got == linklayer._network(frame, linklayer.LINKTYPE_ETHERNET, tunnels)

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from kstap.cli.app import build_app
+from kstap.cli.app import COMMANDS, build_app
 from kstap.cli.docgen import _commands
 
 
@@ -43,3 +43,24 @@ def test_tap_metavars_are_kubectl_and_tcpdump_words(cli) -> None:
 def test_root_h(cli) -> None:
     res = cli("-h")
     assert res.code == 0 and "Usage: kstap [OPTIONS] COMMAND" in res.out
+
+
+def _shape(command: object) -> object:
+    """What a command offers: its help, its parameters as declared, its subcommands' shapes."""
+    params = [(p.name, tuple(p.opts), p.metavar, getattr(p, "help", None), p.default, p.required)
+              for p in getattr(command, "params", [])]
+    subs = {name: _shape(sub) for name, sub in (getattr(command, "commands", None) or {}).items()}
+    return getattr(command, "help", None), params, subs
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_a_command_built_alone_is_the_one_in_the_whole_tree(name: str) -> None:
+    whole, alone = build_app(), build_app(only=name)
+    assert list(alone.commands) == [name]
+    assert _shape(alone.commands[name]) == _shape(whole.commands[name])
+    assert [p.name for p in alone.params] == [p.name for p in whole.params]  # --version, completion
+
+
+def test_unknown_or_no_command_builds_the_whole_tree() -> None:
+    assert set(build_app(only="disect").commands) == set(COMMANDS)
+    assert set(build_app(only=None).commands) == set(COMMANDS)

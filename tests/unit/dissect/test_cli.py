@@ -99,3 +99,22 @@ def test_entry_writer_batches(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "x.ndjson").read_text())["query_name"] == "é.test"
     w.close()
     assert w.count == 1
+
+
+def test_dissect_loads_no_capture_stage(tmp_path: Path) -> None:
+    """Start-up is part of the throughput goal (docs/benchmarks-dissect.md): ``kstap dissect`` imports the
+    dissector, not the capture side (sources, sampler, loop, BPF compiler) nor the other commands."""
+    import subprocess
+    import sys
+
+    probe = ("import sys; from kstap.cli.main import run; "
+             "rc = run(['dissect', sys.argv[1], '--entries', sys.argv[2]]); "
+             "print(rc, ' '.join(sorted(m for m in sys.modules if m.startswith('kstap.'))))")
+    out = subprocess.run([sys.executable, "-c", probe, str(capture(tmp_path / "c.pcap")), str(tmp_path / "e.ndjson")],
+                         capture_output=True, text=True, check=True, timeout=60).stdout.split()
+    assert out[0] == "0" and (tmp_path / "e.ndjson").read_text().count("\n") == 2
+    loaded = set(out[1:])
+    assert "kstap.dissect.stage" in loaded
+    for heavy in ("kstap.pipeline.assembly", "kstap.pipeline.loop", "kstap.capture.backends", "kstap.filters.bpf",
+                  "kstap.sampling.sampler", "kstap.cli.tap", "kstap.cli.demo"):
+        assert heavy not in loaded, heavy

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import dpkt
 from dissect_traffic import T0, Conversation, make_run, tcp_frame
+from hypothesis import given
+from hypothesis import strategies as st
 
 from kstap.dissect.api import Entry
 from kstap.dissect.stage import FLOW_COST, TOMB_COST, DissectStage, default_flow_cap
@@ -123,3 +127,16 @@ def test_entry_json() -> None:
     e = Entry(time=1.5, flow_id="0000abcd", protocol="dns", client="a", server="b", query_name="x.test")
     assert e.to_json() == {"schema": 1, "time": 1.5, "flow_id": "0000abcd", "protocol": "dns", "client": "a",
                            "server": "b", "query_name": "x.test", "request_bytes": 0, "response_bytes": 0}
+
+
+_text = st.text() | st.sampled_from(["", "é/☃", "\x00\x1f\x7f\"\\", "\ud800", "a\u2028b"])
+_number = st.floats() | st.integers(-(2**70), 2**70) | st.booleans() | st.none()
+
+
+@given(_text, _text, _number, _number, st.none() | st.booleans(), st.none() | _text)
+def test_entry_line_is_json_dumps_of_the_object(path: str, client: str, status: object, latency: object,
+                                                resynced: bool | None, error: str | None) -> None:
+    e = Entry(time=1796169566.1499689, flow_id="dce35ca6", protocol="http/1.1", client=client, server="[::1]:80",
+              method="GET", path=path, status=status, latency_ms=latency, error=error,  # type: ignore[arg-type]
+              resynced=resynced, request_bytes=87, response_bytes=149)
+    assert e.to_line() == json.dumps(e.to_json(), ensure_ascii=False, separators=(",", ":"))

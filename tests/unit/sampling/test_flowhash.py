@@ -7,7 +7,7 @@ import struct
 
 import dpkt
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from kstap.filters.bpf import BPF_MAXINSNS, Program, compile_filter
@@ -114,6 +114,8 @@ def test_hash_is_symmetric(raw: bytes, seed: int) -> None:
 
 @settings(max_examples=400, deadline=None)
 @given(frames, st.integers(0, 2**32 - 1), st.floats(0.01, 0.99))
+@example(frame(False, 17, b"\1\1\1\1", b"\2\2\2\2", 40000, 6081), 0, 0.5)  # UDP to Geneve's port, not Geneve
+@example(frame(True, 17, b"\1" * 16, b"\2" * 16, 40000, 4789), 0, 0.5)
 def test_bpf_tail_decides_exactly_like_python(raw: bytes, seed: int, rate: float) -> None:
     """libpcap's BPF interpreter runs the spliced program: same decision as the Python hash."""
     program = splice(compile_filter("").insns, seed, rate)
