@@ -75,7 +75,7 @@ class TapSettings:
     """Capture inside this named network namespace (``ip netns``)."""
     dedup_window_ms: float = 50.0
     """``-i any``: a packet seen again on another interface within this many ms is a copy and is
-    removed (0 keeps every copy, as tcpdump -i any does). See kstap/capture/dedup.py for why 50."""
+    removed (0 keeps every copy, as tcpdump -i any does). See kstap/dedup.py for why 50."""
     output: OutputSettings = field(default_factory=OutputSettings)
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
     entries: str | None = None

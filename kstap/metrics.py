@@ -40,6 +40,8 @@ class MonotonicCounter:
 COUNTERS: dict[str, str] = {
     "kstap_packets_received": "Packets the kernel capture filter accepted (tcpdump's 'received by filter').",
     "kstap_packets_dropped": "Packets the kernel dropped because the capture ring was full.",
+    "kstap_packets_duplicates": "Copies of packets already seen on another interface of the node, removed "
+                                "(-i any dedup; not written, not dissected).",
     "kstap_packets_sampled_out": "Packets of flows the sampler did not keep (not written, not dissected).",
     "kstap_packets_left_out": "Packets on the captured interfaces the kernel filter did not pass (BPF expression "
                               "and sampling threshold; from the interface counters).",
@@ -211,6 +213,7 @@ class MetricsServer:
         feed = {
             "kstap_packets_received": s.received,
             "kstap_packets_dropped": s.dropped,
+            "kstap_packets_duplicates": s.duplicates,
             "kstap_packets_sampled_out": s.sampled_out,
             "kstap_packets_left_out": s.left_out,
             "kstap_packets_captured": s.captured,

@@ -22,6 +22,7 @@ also stops there, and the report says so.
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 from dataclasses import dataclass
@@ -35,9 +36,11 @@ from kstap.formats.pcapng import (
     BT_PB,
     BT_SHB,
     BT_SPB,
-    BYTE_ORDER_MAGIC,
     MAX_BLOCK,
     PCAP_MAGICS,
+    Framing,
+    FramingError,
+    walk_blocks,
 )
 from kstap.private_file import open_private
 
@@ -151,55 +154,32 @@ def _scan_pcap(data: bytes, r: RepairReport, e: str) -> RepairReport:
 
 def _scan_pcapng(data: bytes, r: RepairReport) -> RepairReport:
     pos = 0
-    e = "<"
     interfaces = 0
     section_start = 0
     section_length = -1
-    while pos < len(data):
-        if len(data) - pos < 12:
-            r.reason = f"a block header cut short after {r.packets} packets"
-            break
-        btype = struct.unpack_from(e + "I", data, pos)[0]
-        if btype == BT_SHB:
-            if len(data) - pos < 28:
-                r.reason = f"a section header cut short after {r.packets} packets"
+    try:
+        for btype, e, length, body, pos in walk_blocks(io.BytesIO(data)):
+            problem = _check_body(btype, body, e, interfaces)
+            if problem:
+                r.reason = f"{problem} after {r.packets} packets"
                 break
-            bom = struct.unpack_from("<I", data, pos + 8)[0]
-            if bom == BYTE_ORDER_MAGIC:
-                e = "<"
-            elif struct.unpack_from(">I", data, pos + 8)[0] == BYTE_ORDER_MAGIC:
-                e = ">"
-            else:
-                r.reason = f"a section header with a bad byte-order magic after {r.packets} packets"
-                break
-        length = struct.unpack_from(e + "I", data, pos + 4)[0]
-        if length < 12 or length % 4 or length > MAX_BLOCK:
-            r.reason = f"a corrupt block (length {length}) after {r.packets} packets"
-            break
-        if pos + length > len(data):
-            r.reason = f"a block cut short after {r.packets} packets ({len(data) - pos} of its {length} bytes)"
-            break
-        if struct.unpack_from(e + "I", data, pos + length - 4)[0] != length:
-            r.reason = f"a corrupt block (its two length fields differ) after {r.packets} packets"
-            break
-        body = data[pos + 8 : pos + length - 4]
-        problem = _check_body(btype, body, e, interfaces)
-        if problem:
-            r.reason = f"{problem} after {r.packets} packets"
-            break
-        if btype == BT_SHB:
-            if section_length >= 0 and pos - section_start != section_length:
-                r.section_length_reset = True
-            interfaces, section_start = 0, pos + length
-            section_length = struct.unpack_from(e + "q", body, 8)[0]
-        elif btype == BT_IDB:
-            interfaces += 1
-        elif btype in (BT_EPB, BT_SPB, BT_PB):
-            r.packets += 1
-        elif btype == BT_ISB:
-            r.statistics = True
-        r.blocks += 1
-        pos += length
+            if btype == BT_SHB:
+                if section_length >= 0 and pos - section_start != section_length:
+                    r.section_length_reset = True
+                interfaces, section_start = 0, pos + length
+                section_length = struct.unpack_from(e + "q", body, 8)[0]
+            elif btype == BT_IDB:
+                interfaces += 1
+            elif btype in (BT_EPB, BT_SPB, BT_PB):
+                r.packets += 1
+            elif btype == BT_ISB:
+                r.statistics = True
+            r.blocks += 1
+        else:
+            pos = len(data)
+    except FramingError as exc:
+        pos = exc.offset
+        r.reason = _framing(exc, len(data) - pos, r.packets)
     if section_length >= 0 and pos - section_start != section_length:
         r.section_length_reset = True
     r.bytes_kept = pos
@@ -208,6 +188,22 @@ def _scan_pcapng(data: bytes, r: RepairReport) -> RepairReport:
         raise KstapError(f"{r.source!r}: not even the section header is complete ({r.reason})",
                          hint="nothing to recover")
     return r
+
+
+def _framing(exc: FramingError, left: int, packets: int) -> str:
+    """Why the block at ``exc.offset`` (``left`` bytes before the end of the file) is not whole."""
+    after = f"after {packets} packets"
+    if left < 12:
+        return f"a block header cut short {after}"
+    if exc.btype == BT_SHB and left < 28:
+        return f"a section header cut short {after}"
+    if exc.problem is Framing.BAD_MAGIC:
+        return f"a section header with a bad byte-order magic {after}"
+    if exc.problem is Framing.BAD_LENGTH:
+        return f"a corrupt block (length {exc.length}) {after}"
+    if exc.problem is Framing.CUT:
+        return f"a block cut short {after} ({exc.have} of its {exc.length} bytes)"
+    return f"a corrupt block (its two length fields differ) {after}"
 
 
 def _check_body(btype: int, body: bytes, e: str, interfaces: int) -> str | None:
@@ -249,12 +245,7 @@ def _check_body(btype: int, body: bytes, e: str, interfaces: int) -> str | None:
 def _reset_section_lengths(data: bytes) -> bytes:
     """Set every SHB's section length to -1 ("not given"): a cut section's length is wrong."""
     out = bytearray(data)
-    pos = 0
-    e = "<"
-    while pos + 12 <= len(out):
-        btype = struct.unpack_from(e + "I", out, pos)[0]
+    for btype, e, _length, _body, pos in walk_blocks(io.BytesIO(data)):  # whole blocks: what scan kept
         if btype == BT_SHB:
-            e = "<" if struct.unpack_from("<I", out, pos + 8)[0] == BYTE_ORDER_MAGIC else ">"
             struct.pack_into(e + "q", out, pos + 16, -1)
-        pos += struct.unpack_from(e + "I", out, pos + 4)[0]
     return bytes(out)

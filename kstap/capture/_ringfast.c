@@ -552,7 +552,7 @@ out:
 /* ---------------------------------------------------------------------------------------------
  * -i any's fast path: a TPACKET_V3 block of a cooked (SOCK_DGRAM) socket → EPBs of LINUX_SLL2
  * frames, with the copies one packet leaves on several interfaces removed. The twin is
- * kstap.capture.cooked.CookedSource._read_blocks + kstap.capture.dedup (same rule: the same
+ * kstap.capture.cooked.CookedSource._read_blocks + kstap.dedup (same rule: the same
  * network bytes, IPv4 TTL/checksum and IPv6 hop limit masked, on another interface within the
  * window; tests check both give the same packets). Seen packets live in a caller-owned table of
  * 24-byte slots (64-bit digest, timestamp ns, ifindex); slot 0 is the header (unused, capacity).

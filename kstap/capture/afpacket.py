@@ -17,7 +17,7 @@ import select
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -126,7 +126,53 @@ def fold_counters(sock: socket.socket, stats: SourceStats) -> SourceStats:
     return stats
 
 
-class AfPacketRing:
+class BlockRing:
+    """The user-space half of a mapped TPACKET_V3 ring: which block comes next, and the one walk over
+    the blocks user space owns (:class:`AfPacketRing`, and ``-i any``'s ``CookedSource``, read their
+    packets with it; the C encoders read each block it hands them)."""
+
+    mm: mmap.mmap
+    _block: int
+    """The next block to look at (the kernel fills them in order)."""
+    _nblocks: int
+    _bsize: int
+
+    def _ready_blocks(self, limit: int = 64) -> Iterator[tuple[int, int, int]]:
+        """(offset of the block, its packets, offset of its first packet) for each block the kernel
+        has handed over, oldest first, at most ``limit``. A block goes back to the kernel when the
+        caller asks for the next one or stops the walk (what it did not read of it is discarded)."""
+        mm = self.mm
+        for _ in range(limit):
+            base = self._block * self._bsize
+            status, num, first = _BLOCK_HDR.unpack_from(mm, base + 8)
+            if not status & TP_STATUS_USER:
+                return
+            try:
+                yield base, num, first
+            finally:
+                _U32.pack_into(mm, base + 8, TP_STATUS_KERNEL)
+                self._block = (self._block + 1) % self._nblocks
+
+    def _encode_ready(self, max_packets: int, limit: int,
+                      encode: Callable[[int, int, int], tuple[bytes, int, int]]) -> tuple[list[bytes], int, int]:
+        """The C paths' walk: ``encode(block offset, its packets, packets still wanted)`` gives (EPB
+        bytes, packets, captured bytes) for each ready block until ``max_packets`` are written; the
+        rest of a block cut short that way is discarded (capture is ending)."""
+        chunks: list[bytes] = []
+        packets = nbytes = 0
+        if max_packets <= 0:
+            return chunks, packets, nbytes
+        for base, num, _ in self._ready_blocks(limit):
+            data, n, cap = encode(base, num, max_packets - packets)
+            chunks.append(data)
+            packets += n
+            nbytes += cap
+            if packets >= max_packets:
+                break
+        return chunks, packets, nbytes
+
+
+class AfPacketRing(BlockRing):
     """One AF_PACKET socket on one interface with its TPACKET_V3 ring."""
 
     def __init__(
@@ -204,18 +250,12 @@ class AfPacketRing:
     def read_blocks(self, out: list[PacketRecord], limit: int = 64) -> int:
         """Append the packets of every block user space owns (up to ``limit`` blocks)."""
         mm = self.mm
-        blocks = 0
         got = 0
         ifid = self.if_id
         worker = self.worker
-        unpack_block = _BLOCK_HDR.unpack_from
         unpack_pkt = _PKT_HDR.unpack_from
         append = out.append
-        while blocks < limit:
-            base = self._block * self._bsize
-            status, num, first = unpack_block(mm, base + 8)
-            if not status & TP_STATUS_USER:
-                break
+        for base, num, first in self._ready_blocks(limit):
             off = base + first
             for _ in range(num):
                 nxt, sec, nsec, snap, length, st, mac = unpack_pkt(mm, off)
@@ -229,9 +269,6 @@ class AfPacketRing:
                 append((sec * 1_000_000_000 + nsec, snap, length, data, ifid, worker))
                 off += nxt
             got += num
-            _U32.pack_into(mm, base + 8, TP_STATUS_KERNEL)
-            self._block = (self._block + 1) % self._nblocks
-            blocks += 1
         self.stats.delivered += got
         return got
 
@@ -247,30 +284,22 @@ class AfPacketRing:
         """
         assert encode_block is not None and (seen is None or encode_block_sampled is not None)
         mm = self.mm
-        chunks: list[bytes] = []
-        packets = nbytes = blocks = 0
-        while blocks < limit and packets < max_packets:
-            base = self._block * self._bsize
-            status, num, _ = _BLOCK_HDR.unpack_from(mm, base + 8)
-            if not status & TP_STATUS_USER:
-                break
+
+        def encode(base: int, num: int, left: int) -> tuple[bytes, int, int]:
             if seen is None:
-                data, n, cap, _last = encode_block(mm, base, self._bsize, self.if_id, max_packets - packets,
-                                                   wanted, self.linktype)
-            else:
-                assert encode_block_sampled is not None
-                seen.ensure_room(num)
-                data, n, cap, fresh, _full, shed = encode_block_sampled(
-                    mm, base, self._bsize, self.if_id, max_packets - packets, seen.table, seen.seed, seen.suffix,
-                    wanted, self.linktype, seen.shed_threshold, seen.shed_ns, seen.shed_suffix)
-                seen.flows_seen += fresh
-                seen.flows_shed += shed
-            chunks.append(data)
-            packets += n
-            nbytes += cap
-            _U32.pack_into(mm, base + 8, TP_STATUS_KERNEL)
-            self._block = (self._block + 1) % self._nblocks
-            blocks += 1
+                assert encode_block is not None
+                data, n, cap, _last = encode_block(mm, base, self._bsize, self.if_id, left, wanted, self.linktype)
+                return data, n, cap
+            assert encode_block_sampled is not None
+            seen.ensure_room(num)
+            data, n, cap, fresh, _full, shed = encode_block_sampled(
+                mm, base, self._bsize, self.if_id, left, seen.table, seen.seed, seen.suffix,
+                wanted, self.linktype, seen.shed_threshold, seen.shed_ns, seen.shed_suffix)
+            seen.flows_seen += fresh
+            seen.flows_shed += shed
+            return data, n, cap
+
+        chunks, packets, nbytes = self._encode_ready(max_packets, limit, encode)
         self.stats.delivered += packets
         return chunks, packets, nbytes
 

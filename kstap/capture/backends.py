@@ -7,10 +7,10 @@ import os
 from kstap.capture import interfaces, netns
 from kstap.capture.afpacket import AfPacketRing, AfPacketSource, RingConfig
 from kstap.capture.cooked import CookedSource
-from kstap.capture.dedup import DEFAULT_WINDOW_NS
 from kstap.capture.fanout import FanoutSource
 from kstap.capture.pcap_live import PcapLiveSource, compile_for_live, needs_live_compile
 from kstap.contracts import Source
+from kstap.dedup import DEFAULT_WINDOW_NS
 from kstap.errors import EnvironmentProblem, UsageError
 from kstap.filters import libpcap
 from kstap.filters.bpf import Program

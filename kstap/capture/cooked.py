@@ -13,7 +13,7 @@ The filter is compiled for LINUX_SLL2 and rewritten for the socket
 (:func:`kstap.filters.bpf.for_cooked_socket`); the sampling tail reads the cooked packet
 (``sampling_tail(cooked=True)``). Outgoing copies on the loopback device are rejected in the
 kernel, as libpcap drops them in user space. The copies one packet leaves on several interfaces
-(sender veth, bridge, receiver veth) are removed by :mod:`kstap.capture.dedup`; interfaces that
+(sender veth, bridge, receiver veth) are removed by :mod:`kstap.dedup`; interfaces that
 come and go are reported by :mod:`kstap.capture.linkwatch`.
 """
 
@@ -28,28 +28,25 @@ import struct
 import time
 
 from kstap.capture.afpacket import (
-    _BLOCK_HDR,
     _PKT_HDR,
-    _U32,
     _VLAN,
     ETH_P_ALL,
     HV1_VLAN,
     PACKET_VERSION,
     SOL_PACKET,
-    TP_STATUS_KERNEL,
-    TP_STATUS_USER,
     TP_STATUS_VLAN_TPID_VALID,
     TP_STATUS_VLAN_VALID,
     TPACKET_V3,
+    BlockRing,
     RingConfig,
     _load_fast,
     attach_filter,
     fold_counters,
     map_ring,
 )
-from kstap.capture.dedup import DEFAULT_WINDOW_NS, Dedup, digest
 from kstap.capture.linkwatch import LinkWatch
 from kstap.contracts import SourceCapabilities
+from kstap.dedup import DEFAULT_WINDOW_NS, Dedup, digest
 from kstap.errors import EnvironmentProblem
 from kstap.filters.bpf import (
     LINKTYPE_LINUX_SLL2,
@@ -102,7 +99,7 @@ def _no_loopback_outgoing(program: Program) -> Program:
     return program.with_insns(head + program.insns)
 
 
-class CookedSource:
+class CookedSource(BlockRing):
     """The one socket of ``-i any``, its ring, its dedup and its interface watch."""
 
     capabilities = SourceCapabilities(live_filter=True, interface_events=True,
@@ -194,19 +191,14 @@ class CookedSource:
 
     def _read_blocks(self, out: list[PacketRecord], limit: int = 64) -> int:
         mm = self.mm
-        got = blocks = 0
-        unpack_block = _BLOCK_HDR.unpack_from
+        got = 0
         unpack_pkt = _PKT_HDR.unpack_from
         unpack_ll = _LL.unpack_from
         sll2 = _SLL2.pack
         dedup = self.dedup
         append = out.append
         before = len(out)
-        while blocks < limit:
-            base = self._block * self._bsize
-            status, num, first = unpack_block(mm, base + 8)
-            if not status & TP_STATUS_USER:
-                break
+        for base, num, first in self._ready_blocks(limit):
             off = base + first
             for _ in range(num):
                 nxt, sec, nsec, snap, length, st, mac = unpack_pkt(mm, off)
@@ -228,15 +220,16 @@ class CookedSource:
                 else:
                     append((ts, snap + SLL2_LEN, length + SLL2_LEN,
                             sll2(proto, 0, ifindex, hatype, pkttype, halen, addr) + payload, 0, 0))
-            _U32.pack_into(mm, base + 8, TP_STATUS_KERNEL)
-            self._block = (self._block + 1) % self._nblocks
-            blocks += 1
         self._stats.delivered += len(out) - before
         return got
 
-    def read_encoded(self, timeout_ms: int, max_packets: int, seen: object = None) -> tuple[list[bytes], int, int]:
+    def read_encoded(self, timeout_ms: int, max_packets: int, seen: object = None,
+                     wanted: list[PacketRecord] | None = None) -> tuple[list[bytes], int, int]:
         """The C fast path: EPB bytes (LINUX_SLL2, copies removed) of the ready blocks, waiting up
-        to ``timeout_ms`` when none is ready. ``seen`` is not supported (no first-packet comments)."""
+        to ``timeout_ms`` when none is ready. ``seen`` and ``wanted`` are not supported (no
+        first-packet comments, no ``dissect_split``: the loop passes None for both)."""
+        if seen is not None or wanted is not None:
+            raise ValueError("the cooked C path writes neither first-packet comments nor dissector records")
         got = self._encoded(max_packets)
         if not got[1] and max_packets > 0:
             self._wait(timeout_ms)
@@ -247,22 +240,15 @@ class CookedSource:
     def _encoded(self, max_packets: int, limit: int = 64) -> tuple[list[bytes], int, int]:
         assert encode_cooked_block is not None
         mm = self.mm
-        chunks: list[bytes] = []
-        packets = nbytes = blocks = 0
-        while blocks < limit and packets < max_packets:
-            base = self._block * self._bsize
-            status, _num, _ = _BLOCK_HDR.unpack_from(mm, base + 8)
-            if not status & TP_STATUS_USER:
-                break
-            data, n, cap, _read, dups = encode_cooked_block(mm, base, self._bsize, 0, max_packets - packets,
-                                                            self._table, self._window_ns)
-            chunks.append(data)
-            packets += n
-            nbytes += cap
+
+        def encode(base: int, _num: int, left: int) -> tuple[bytes, int, int]:
+            assert encode_cooked_block is not None
+            data, n, cap, _read, dups = encode_cooked_block(mm, base, self._bsize, 0, left, self._table,
+                                                            self._window_ns)
             self._c_duplicates += dups
-            _U32.pack_into(mm, base + 8, TP_STATUS_KERNEL)
-            self._block = (self._block + 1) % self._nblocks
-            blocks += 1
+            return data, n, cap
+
+        chunks, packets, nbytes = self._encode_ready(max_packets, limit, encode)
         self._stats.delivered += packets
         return chunks, packets, nbytes
 

@@ -19,7 +19,6 @@ rich is imported only when the dashboard is chosen.
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -31,6 +30,7 @@ from kstap import __version__
 from kstap.cli.report import TextReporter
 from kstap.contracts import AlertRaised, Event, RateChanged
 from kstap.errors import ExitCode, KstapError, UsageError
+from kstap.formats import snapshot as snapshot_format
 from kstap.model import CaptureSummary, Interface, StatsSnapshot
 
 if TYPE_CHECKING:
@@ -84,11 +84,7 @@ class RunInfo:
 
 
 # -- plain data → JSON-ready dicts (pure) -------------------------------------------------------------------
-def _num(x: float | None) -> float | None:
-    """JSON has no NaN or infinity: those become null."""
-    if x is None or not math.isfinite(x):
-        return None
-    return float(x)
+_num = snapshot_format.finite
 
 
 def _ratio(dropped: int, received: int) -> float:
@@ -96,37 +92,9 @@ def _ratio(dropped: int, received: int) -> float:
 
 
 def snapshot_fields(s: StatsSnapshot) -> dict[str, object]:
-    """The body of a ``stats`` event (histories and alerts are left out: they have their own events)."""
-    c, r = s.controller, s.resources
-    return {
-        "elapsed": round(s.elapsed, 3),
-        "mode": s.mode,
-        "rate": _num(s.rate),
-        "captured": s.captured,
-        "bytes_captured": s.bytes_captured,
-        "received": s.received,
-        "dropped": s.dropped,
-        "drop_ratio": _num(round(s.drop_ratio, 6)),
-        "duplicates": s.duplicates,
-        "sampled_out": s.sampled_out,
-        "left_out": s.left_out,
-        "packets_per_second": _num(round(s.packets_per_second, 3)),
-        "flows_tracked": s.flows_tracked,
-        "dissect_memory": s.dissect_memory,
-        "workers": [{"worker": w.worker, "node": w.node, "alive": w.alive, "restarts": w.restarts,
-                     "captured": w.captured, "received": w.received, "dropped": w.dropped, "rate": _num(w.rate)}
-                    for w in s.workers],
-        "controller": None if c is None else {
-            "pressure": _num(c.pressure), "setpoint": _num(c.setpoint), "error": _num(c.error),
-            "p_term": _num(c.p_term), "i_term": _num(c.i_term), "d_term": _num(c.d_term),
-            "rate": _num(c.rate), "reason": c.reason},
-        "resources": None if r is None else {
-            "memory_bytes": r.memory_bytes, "memory_limit": r.memory_limit, "cpu_cores": _num(r.cpu_cores),
-            "cpu_limit": _num(r.cpu_limit), "throttled_periods": r.throttled_periods, "oom_events": r.oom_events,
-            "psi_memory_some": _num(r.psi_memory_some), "psi_memory_full": _num(r.psi_memory_full),
-            "source": r.source},
-        "top_endpoints": [{"endpoint": name, "count": n} for name, n in s.top_endpoints],
-    }
+    """The body of a ``stats`` event (:func:`kstap.formats.snapshot.ndjson`: histories and alerts are
+    left out, they have their own events)."""
+    return snapshot_format.ndjson(s)
 
 
 def summary_fields(s: CaptureSummary, error: KstapError | None = None) -> dict[str, object]:

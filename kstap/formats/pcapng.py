@@ -10,6 +10,8 @@ import platform
 import struct
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from enum import Enum
+from typing import BinaryIO
 
 from kstap import __version__
 from kstap.model import Interface, PacketRecord
@@ -195,6 +197,78 @@ def interface_statistics(if_id: int, counters: InterfaceCounters, *, comment: st
 
 
 # -- reading -----------------------------------------------------------------------------------------
+class Framing(Enum):
+    """Why :func:`walk_blocks` found no whole block where one should start."""
+
+    HEADER_CUT = "fewer than 8 bytes of a block header"
+    SECTION_CUT = "a section header without its byte-order magic"
+    BAD_MAGIC = "a section header whose byte-order magic is neither order"
+    BAD_LENGTH = "a length field below the type's minimum, not a multiple of 4, or above MAX_BLOCK"
+    CUT = "the file ends inside the block"
+    LENGTHS_DIFFER = "the leading and trailing length fields differ"
+
+
+class FramingError(Exception):
+    """The walk stopped at ``offset`` (the start of the block that is not whole): ``problem`` says why;
+    ``btype``/``length`` are what the block's header said (0 when not read), ``have`` how many of its
+    bytes the file holds (for :attr:`Framing.CUT`)."""
+
+    def __init__(self, problem: Framing, offset: int, btype: int = 0, length: int = 0, have: int = 0) -> None:
+        super().__init__(problem.value)
+        self.problem, self.offset, self.btype, self.length, self.have = problem, offset, btype, length, have
+
+
+Block = tuple[int, str, int, bytes, int]
+"""(block type, the section's byte order ``<``/``>``, total length, body, offset of the block).
+The body is what lies between the 8-byte header and the trailing length (an SHB's starts with its
+byte-order magic)."""
+
+
+def walk_blocks(stream: BinaryIO, prefix: bytes = b"", offset: int = 0) -> Iterator[Block]:
+    """The whole blocks of a pcapng stream, in order, each framed and checked (the one block walker of
+    the capture-file reader and repair): the byte order is taken from each section header; a length
+    field must be at least 12 (16 for a section header), a multiple of 4 and at most
+    :data:`MAX_BLOCK`, and agree with the trailing one. Ends at a clean end of the stream; raises
+    :class:`FramingError` at the first block that is not whole. ``prefix``: bytes already read from
+    the stream (a sniffed magic)."""
+    read = stream.read
+    endian = "<"
+    unpack = struct.unpack_from
+    while True:
+        head = prefix + read(8 - len(prefix))
+        prefix = b""
+        if not head:
+            return
+        if len(head) < 8:
+            raise FramingError(Framing.HEADER_CUT, offset, have=len(head))
+        btype = unpack(endian + "I", head)[0]
+        fixed = 12
+        bom = b""
+        if btype == BT_SHB:
+            bom = read(4)
+            if len(bom) < 4:
+                raise FramingError(Framing.SECTION_CUT, offset, btype, have=8 + len(bom))
+            if unpack("<I", bom)[0] == BYTE_ORDER_MAGIC:
+                endian = "<"
+            elif unpack(">I", bom)[0] == BYTE_ORDER_MAGIC:
+                endian = ">"
+            else:
+                raise FramingError(Framing.BAD_MAGIC, offset, btype)
+            fixed = 16
+        length = unpack(endian + "I", head, 4)[0]
+        if length < fixed or length % 4 or length > MAX_BLOCK:
+            raise FramingError(Framing.BAD_LENGTH, offset, btype, length)
+        want = length - fixed
+        body = read(want)
+        trailer = read(4)
+        if len(body) < want or len(trailer) < 4:
+            raise FramingError(Framing.CUT, offset, btype, length, fixed - 4 + len(body) + len(trailer))
+        if unpack(endian + "I", trailer)[0] != length:
+            raise FramingError(Framing.LENGTHS_DIFFER, offset, btype, length)
+        yield btype, endian, length, bom + body if bom else body, offset
+        offset += length
+
+
 def read_options(raw: bytes, endian: str = "<") -> Iterator[tuple[int, bytes]]:
     """The (code, value) options of a block's option area, up to ``opt_endofopt`` or its end."""
     pos = 0

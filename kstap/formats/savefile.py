@@ -142,33 +142,14 @@ class CaptureReader:
 
     # -- pcapng ----------------------------------------------------------------------------------
     def _pcapng(self) -> Iterator[tuple[PacketRecord, PacketInfo | None]]:
-        read = self.stream.read
-        prefix = self._prefix
-        endian = "<"
+        blocks = pcapng.walk_blocks(self.stream, self._prefix)
         while True:
-            head = prefix + read(8 - len(prefix))
-            prefix = b""
-            if not head:
+            try:
+                btype, endian, length, body, _ = next(blocks)
+            except StopIteration:
                 return
-            if len(head) < 8:
-                raise CaptureFormatError(f"{self.name}: truncated block header after "
-                                         f"{self.packets} packets", self.packets)
-            btype = struct.unpack(endian + "I", head[:4])[0]
-            if btype == pcapng.BT_SHB:
-                bom = read(4)
-                if len(bom) < 4:
-                    raise CaptureFormatError(f"{self.name}: truncated section header", self.packets)
-                endian = "<" if struct.unpack("<I", bom)[0] == pcapng.BYTE_ORDER_MAGIC else ">"
-                if struct.unpack(endian + "I", bom)[0] != pcapng.BYTE_ORDER_MAGIC:
-                    raise CaptureFormatError(f"{self.name}: bad byte-order magic", self.packets)
-                length = struct.unpack(endian + "I", head[4:8])[0]
-                body = bom + self._body(length, 12 + 4, endian, head)
-                self._ifaces = []
-                self.interfaces = []
-                self._section(body, endian)
-                continue
-            length = struct.unpack(endian + "I", head[4:8])[0]
-            body = self._body(length, 12, endian, head)
+            except pcapng.FramingError as exc:
+                raise self._framing(exc) from None
             try:
                 if btype == pcapng.BT_EPB:
                     yield self._epb(body, endian)
@@ -180,25 +161,25 @@ class CaptureReader:
                     yield self._pb(body, endian)
                 elif btype == pcapng.BT_ISB:
                     self._isb(body, endian)
+                elif btype == pcapng.BT_SHB:
+                    self._ifaces = []
+                    self.interfaces = []
+                    self._section(body, endian)
                 # other block types (NRB, DSB, custom) are skipped
             except struct.error:
                 raise CaptureFormatError(f"{self.name}: corrupt block (type {btype:#x}, too short) after "
                                          f"{self.packets} packets", self.packets) from None
 
-    def _body(self, length: int, fixed: int, endian: str, head: bytes) -> bytes:
-        if length < fixed or length % 4 or length > MAX_BLOCK:
-            raise CaptureFormatError(f"{self.name}: corrupt block (length {length}) after "
-                                     f"{self.packets} packets", self.packets)
-        want = length - fixed
-        body = self.stream.read(want)
-        trailer = self.stream.read(4)
-        if len(body) < want or len(trailer) < 4:
-            raise CaptureFormatError(f"{self.name}: truncated block after {self.packets} packets "
-                                     f"(file cut short)", self.packets)
-        if struct.unpack(endian + "I", trailer)[0] != length:
-            raise CaptureFormatError(f"{self.name}: corrupt block (length fields disagree) after "
-                                     f"{self.packets} packets", self.packets)
-        return body
+    def _framing(self, exc: pcapng.FramingError) -> CaptureFormatError:
+        """What the reader says where the block walk stopped."""
+        n, F = self.packets, pcapng.Framing
+        what = {F.HEADER_CUT: f"truncated block header after {n} packets",
+                F.SECTION_CUT: "truncated section header",
+                F.BAD_MAGIC: "bad byte-order magic",
+                F.BAD_LENGTH: f"corrupt block (length {exc.length}) after {n} packets",
+                F.CUT: f"truncated block after {n} packets (file cut short)",
+                F.LENGTHS_DIFFER: f"corrupt block (length fields disagree) after {n} packets"}[exc.problem]
+        return CaptureFormatError(f"{self.name}: {what}", n)
 
     _options = staticmethod(pcapng.read_options)
 

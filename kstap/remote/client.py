@@ -608,7 +608,7 @@ class RemoteSource:
         kept = 0
         held: list[tuple[PacketRecord, str | None]] = []
         for i, (ts, caplen, origlen, data, ifid, _) in enumerate(records):
-            if fold is not None and not fold.admit(index, ts, data, linktypes[ifid], ifid):
+            if fold is not None and not fold.admit(index, ts, data, linktypes[ifid], ifid, origlen):
                 continue
             kept += 1
             if ts < upto:

@@ -14,11 +14,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from kstap.contracts import SinkCapabilities
 from kstap.formats import pcapng
+from kstap.formats import snapshot as snapshot_format
 from kstap.model import Interface, PacketRecord, SourceStats, StatsSnapshot
 from kstap.remote import protocol
 
@@ -366,17 +367,9 @@ class EntryLines:
 
 # -- the snapshot as it travels ------------------------------------------------------------------------
 def snapshot_json(s: StatsSnapshot) -> dict[str, Any]:
-    """A worker's progress report for the stream and ``/v1/stats`` (no histories: readers keep theirs)."""
-    return protocol.sanitize_object({
-        "elapsed": s.elapsed, "mode": s.mode, "filter": s.filter, "captured": s.captured,
-        "bytes_captured": s.bytes_captured, "received": s.received, "dropped": s.dropped,
-        "duplicates": s.duplicates, "sampled_out": s.sampled_out, "rate": s.rate,
-        "packets_per_second": s.packets_per_second,
-        "flows_tracked": s.flows_tracked, "dissect_memory": s.dissect_memory,
-        "top_endpoints": [list(e) for e in s.top_endpoints],
-        "controller": asdict(s.controller) if s.controller else None,
-        "resources": asdict(s.resources) if s.resources else None,
-    })
+    """A worker's progress report for the stream and ``/v1/stats`` (:func:`kstap.formats.snapshot.stream`:
+    no histories, readers keep theirs)."""
+    return protocol.sanitize_object(snapshot_format.stream(s))
 
 
 # -- live control ------------------------------------------------------------------------------------------

@@ -9,10 +9,11 @@ as the merged file must keep) and a same-node flow once.
 
 :class:`NodeFold` does that in the CLI's merge, per node:
 
-- the copy of a packet is recognised by its bytes from the network header on, with what a hop
-  rewrites masked (IPv4 TTL and header checksum, IPv6 hop limit): the link-layer header differs
-  between the veth, the bridge and the uplink; an identical packet on the *same* interface is a real
-  second packet (a retransmission) and is kept;
+- the copy of a packet is recognised by the rule of :mod:`kstap.dedup` (the one implementation, shared
+  with ``-i any`` on the node): its bytes from the network header on (:mod:`kstap.linklayer` finds it),
+  with what a hop rewrites masked (IPv4 TTL and header checksum, IPv6 hop limit): the link-layer header
+  differs between the veth, the bridge and the uplink; an identical packet on the *same* interface is a
+  real second packet (a retransmission) and is kept;
 - a copy counts only within :data:`WINDOW_NS` of the first (a bridge hands a frame on in microseconds);
 - interfaces of one link type share one merged interface, ``NODE/any``.
 
@@ -22,8 +23,9 @@ dissected on both, and the two entries become one that names both ``nodes``.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Any
+
+from kstap.dedup import Dedup, fingerprint
 
 WINDOW_NS = 200_000_000
 """Copies of one packet inside a node arrive within microseconds; 200 ms leaves room for a busy node."""
@@ -33,73 +35,30 @@ ENTRY_WINDOW = 1.0
 """Two nodes' entries of one exchange start within this many seconds of each other (each at its first packet)."""
 
 
-def _network(data: bytes, linktype: int) -> int:
-    """Offset of the IP header (-1: not IP or not a link type handled here)."""
-    if linktype == 1:  # Ethernet, with up to two VLAN tags
-        off = 12
-        for _ in range(3):
-            if len(data) < off + 2:
-                return -1
-            etype = (data[off] << 8) | data[off + 1]
-            if etype in (0x8100, 0x88A8):
-                off += 4
-                continue
-            return off + 2 if etype in (0x0800, 0x86DD) else -1
-        return -1
-    if linktype in (101, 12, 14, 228, 229):  # raw IP
-        return 0
-    if linktype == 113:  # Linux cooked v1
-        return 16 if len(data) >= 16 and ((data[14] << 8) | data[15]) in (0x0800, 0x86DD) else -1
-    if linktype == 276:  # Linux cooked v2
-        return 20 if len(data) >= 20 and ((data[0] << 8) | data[1]) in (0x0800, 0x86DD) else -1
-    return -1
-
-
-def fingerprint(data: bytes, linktype: int) -> bytes | None:
-    """The packet's bytes from the IP header on, with what a hop rewrites masked; None for what is not IP."""
-    off = _network(data, linktype)
-    if off < 0 or len(data) < off + 20:
-        return None
-    version = data[off] >> 4
-    if version == 4:
-        body = bytearray(data[off:])
-        body[8] = 0  # TTL
-        body[10] = body[11] = 0  # header checksum
-    elif version == 6 and len(data) >= off + 40:
-        body = bytearray(data[off:])
-        body[7] = 0  # hop limit
-    else:
-        return None
-    return bytes(body)
-
-
 class NodeFold:
-    """Per-node duplicate folding and flow → nodes bookkeeping for the merge (see the module docstring)."""
+    """Per-node duplicate folding for the merge (see the module docstring): one :class:`kstap.dedup.Dedup`
+    per node, keyed by :func:`kstap.dedup.fingerprint`, so a node's copies are recognised by the same
+    rule as ``-i any``'s on the node itself, with this module's longer window."""
 
     def __init__(self, window_ns: int = WINDOW_NS) -> None:
         self.window_ns = window_ns
-        self._recent: dict[int, OrderedDict[tuple[int, int, int], tuple[int, int]]] = {}
-        self.folded = 0
-        """Copies dropped so far (the same packet on a second interface of one node)."""
+        self._nodes: dict[int, Dedup] = {}
 
-    def admit(self, node_index: int, ts: int, data: bytes, linktype: int, local_if: int) -> bool:
+    @property
+    def folded(self) -> int:
+        """Copies dropped so far (the same packet on a second interface of one node)."""
+        return sum(d.removed for d in self._nodes.values())
+
+    def admit(self, node_index: int, ts: int, data: bytes, linktype: int, local_if: int,
+              origlen: int | None = None) -> bool:
         """True to keep this packet; False for a copy of one the node's worker already gave."""
-        body = fingerprint(data, linktype)
-        if body is None:
+        key = fingerprint(data, linktype, origlen)
+        if key is None:
             return True
-        recent = self._recent.setdefault(node_index, OrderedDict())
-        while recent:  # forget what is older than the window
-            first = next(iter(recent.values()))
-            if first[0] >= ts - self.window_ns:
-                break
-            recent.popitem(last=False)
-        k = (linktype, len(body), hash(body))  # a 64-bit digest: the window holds no packet bytes
-        prior = recent.get(k)
-        if prior is not None and prior[1] != local_if and ts - prior[0] <= self.window_ns:
-            self.folded += 1
-            return False
-        recent[k] = (ts, local_if)
-        return True
+        seen = self._nodes.get(node_index)
+        if seen is None:
+            seen = self._nodes[node_index] = Dedup(self.window_ns)
+        return not seen.copy(key, local_if, ts)
 
 
 _KEY_FIELDS = ("protocol", "client", "server", "method", "path", "authority", "status", "query_name", "query_type",

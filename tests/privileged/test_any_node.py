@@ -315,3 +315,26 @@ def test_the_c_encoder_writes_what_the_python_records_path_writes(tmp_path: Path
         with open(tmp_path / f"{name}.pcapng", "rb") as f:
             read[name] = [(r[1], r[2], r[3]) for r, _ in CaptureReader(f, name)]
     assert len(read["c"]) == 60 and read["c"] == read["py"]
+
+
+def test_any_to_a_file_alone_takes_the_c_path(tmp_path: Path, wireshark: object) -> None:
+    """``-i any -w FILE`` and nothing else: the loop hands the cooked ring to the C encoder (the
+    records path, with --entries or packet lines, is the test above)."""
+    with NodeLab("bridge") as lab:
+        node = Node(lab)
+        try:
+            out = tmp_path / "node.pcapng"
+            p = kstap_tap(node, tmp_path, "-i", "any", "-w", str(out), "--json", "--bpf-filter", "udp port 53")
+            io = Output(p)
+            io.wait_for('"event":"start"')
+            lab.add_pod(2)
+            node.queries(2, 0)
+            time.sleep(0.5)
+            p.send_signal(signal.SIGINT)
+            assert io.finish() == 0, "".join(io.err)
+        finally:
+            node.close()
+        names = Counter(r[0] for r in wireshark.fields(out, "dns.qry.name"))  # type: ignore[attr-defined]
+        assert names == {f"n{i:05d}.kstap.test": 2 for i in node.sent}  # query and answer, each once
+        summary = next(json.loads(ln) for ln in io.out if '"event":"summary"' in ln)
+        assert summary["duplicates"] == 2 * len(node.sent)

@@ -1,5 +1,10 @@
 """Each packet once: drop the copies one frame leaves on several interfaces of the same node.
 
+The one implementation of the rule: ``-i any``'s cooked capture (:mod:`kstap.capture.cooked`,
+50 ms) and the cluster's per-node fold of the workers' streams (:mod:`kstap.remote.vantage`,
+200 ms) both key packets with :func:`digest` and remember them in a :class:`Dedup`; the C fast
+path (``capture/_ringfast.c``) is its twin, checked packet for packet against it.
+
 On a node, a packet between two pods crosses the sender's host-side veth (arriving from the pod),
 maybe the bridge, and the receiver's veth (leaving towards the pod); ``tcpdump -i any`` writes it
 two or three times. The rule kept here (docs/capture.md compares it with the alternatives):
@@ -24,6 +29,8 @@ from __future__ import annotations
 
 from collections import deque
 
+from kstap import linklayer
+
 DEFAULT_WINDOW_NS = 50_000_000
 """50 ms: copies of one packet on one node are stamped microseconds apart (softirq forwarding);
 even a busy node's backlog stays far below this, and it is 4x shorter than Linux's minimum TCP
@@ -37,6 +44,17 @@ def digest(protocol: int, payload: bytes, origlen: int) -> int:
     if protocol == 0x86DD and len(payload) >= 40 and payload[0] >> 4 == 6:
         return hash((origlen, payload[:7], payload[8:]))  # hop limit out
     return hash((protocol, origlen, payload))
+
+
+def fingerprint(frame: bytes, linktype: int, origlen: int | None = None) -> int | None:
+    """:func:`digest` of a whole frame of ``linktype`` (the link layer decoded by :mod:`kstap.linklayer`,
+    no tunnel followed: a copy is recognised by its outer packet). ``origlen`` is the frame's length
+    on the wire (default: as captured). None when the network layer is not decoded (an unknown link
+    type, a truncated header): such a frame is never taken for a copy."""
+    etype, off = linklayer.outer(frame, linktype)
+    if not etype:
+        return None
+    return digest(etype, frame[off:], (len(frame) if origlen is None else origlen) - off)
 
 
 class Dedup:
