@@ -87,6 +87,18 @@ class RingConfig:
         return max(2, self.buffer_bytes // self.block_bytes)
 
 
+def packet_socket(kind: int) -> socket.socket:
+    """An AF_PACKET socket of ``kind`` (SOCK_RAW: link-layer frames; SOCK_DGRAM: cooked), or the
+    environment error that says which capability is missing."""
+    try:
+        return socket.socket(socket.AF_PACKET, kind, 0)
+    except PermissionError:
+        raise EnvironmentProblem(
+            "capturing needs the CAP_NET_RAW capability",
+            hint="run as root, or grant it: sudo setcap cap_net_raw,cap_net_admin=eip <python>",
+        ) from None
+
+
 def map_ring(sock: socket.socket, r: RingConfig) -> mmap.mmap:
     """Give ``sock`` a TPACKET_V3 receive ring of geometry ``r`` and map it."""
     req = struct.pack("IIIIIII", r.block_bytes, r.blocks, 2048, r.block_bytes // 2048 * r.blocks, r.retire_ms, 0, 0)
@@ -193,13 +205,7 @@ class AfPacketRing(BlockRing):
         self.worker = worker
         self.stats = SourceStats()
         self._ring = ring
-        try:
-            self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-        except PermissionError:
-            raise EnvironmentProblem(
-                "capturing needs the CAP_NET_RAW capability",
-                hint="run as root, or grant it: sudo setcap cap_net_raw,cap_net_admin=eip <python>",
-            ) from None
+        self.sock = packet_socket(socket.SOCK_RAW)
         try:
             self._setup(program, fanout_group)
         except BaseException:

@@ -43,11 +43,11 @@ from kstap.capture.afpacket import (
     attach_filter,
     fold_counters,
     map_ring,
+    packet_socket,
 )
 from kstap.capture.linkwatch import LinkWatch
 from kstap.contracts import SourceCapabilities
 from kstap.dedup import DEFAULT_WINDOW_NS, Dedup, digest
-from kstap.errors import EnvironmentProblem
 from kstap.filters.bpf import (
     LINKTYPE_LINUX_SLL2,
     PACKET_OUTGOING,
@@ -112,13 +112,7 @@ class CookedSource(BlockRing):
                  dedup_window_ns: int = DEFAULT_WINDOW_NS) -> None:
         if program.linktype != LINKTYPE_LINUX_SLL2 or not program.cooked:
             raise ValueError("CookedSource needs a program rewritten by for_cooked_socket()")
-        try:
-            self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0)
-        except PermissionError:
-            raise EnvironmentProblem(
-                "capturing needs the CAP_NET_RAW capability",
-                hint="run as root, or grant it: sudo setcap cap_net_raw,cap_net_admin=eip <python>",
-            ) from None
+        self.sock = packet_socket(socket.SOCK_DGRAM)
         self._ring = ring
         self._stats = SourceStats()
         self.dedup = Dedup(dedup_window_ns) if dedup_window_ns > 0 else None
