@@ -376,9 +376,7 @@ def _tunnel(a: _Asm, p: str, outer: str) -> None:
     a.op(LD_B_IND, 8)
     a.op(JSET_K, 0x08, p + "vxok", outer)
     a.label(p + "vxok")
-    a.op(TXA)
-    a.op(ALU_ADD_K, 16)
-    a.op(TAX)
+    _advance_x(a, 16)
     a.op(JA, p + "eth")
     # Geneve: version 0, options inside the packet, then Ethernet (0x6558), IPv4 or IPv6
     a.label(p + "gn")
@@ -413,12 +411,7 @@ def _tunnel(a: _Asm, p: str, outer: str) -> None:
     a.op(JGE_X, 0, p + "eth", outer)
     # X = inner Ethernet header (whole): its ethertype, then up to two VLAN tags, each checked
     a.label(p + "eth")
-    a.op(LD_H_IND, 12)
-    a.op(ST, M_T)
-    a.op(TXA)
-    a.op(ALU_ADD_K, 14)
-    a.op(TAX)
-    a.op(LD_MEM, M_T)
+    _load_h_and_advance_x(a, 12, 14)
     for depth in (1, 2):
         a.op(JEQ_K, 0x8100, p + f"tag{depth}", p + f"q{depth}")
         a.label(p + f"q{depth}")
@@ -428,13 +421,23 @@ def _tunnel(a: _Asm, p: str, outer: str) -> None:
         a.op(ALU_SUB_X)
         a.op(JGE_K, 4, p + f"tagok{depth}", outer)
         a.label(p + f"tagok{depth}")
-        a.op(LD_H_IND, 2)
-        a.op(ST, M_T)
-        a.op(TXA)
-        a.op(ALU_ADD_K, 4)
-        a.op(TAX)
-        a.op(LD_MEM, M_T)
+        _load_h_and_advance_x(a, 2, 4)
     a.label(p + "found")
+
+
+def _advance_x(a: _Asm, n: int) -> None:
+    """X += n (classic BPF adds only to A)."""
+    a.op(TXA)
+    a.op(ALU_ADD_K, n)
+    a.op(TAX)
+
+
+def _load_h_and_advance_x(a: _Asm, at: int, n: int) -> None:
+    """A = the halfword at X + at, then X += n (A is parked in M_T meanwhile)."""
+    a.op(LD_H_IND, at)
+    a.op(ST, M_T)
+    _advance_x(a, n)
+    a.op(LD_MEM, M_T)
 
 
 def _hash(a: _Asm, seed: int) -> None:
