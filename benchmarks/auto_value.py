@@ -46,7 +46,6 @@ import capture_cpu as cc  # noqa: E402
 from kstap.demo.lab import Lab  # noqa: E402
 from tests.privileged.procs import cpu_cgroup  # noqa: E402
 
-CPU_ROOT = Path("/sys/fs/cgroup/cpu")
 BASE_SPORT = 20000
 MARK = "<!-- auto-value -->"
 END = "<!-- auto-value: end -->"
