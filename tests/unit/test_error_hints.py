@@ -48,8 +48,8 @@ def test_every_error_constructed_in_the_package_has_a_hint() -> None:
 
 
 def test_hints_name_no_host_interface() -> None:
-    """A hint shows the syntax with the IFACE placeholder docs/cli.md uses, never a NIC name such as
-    eth0 that a user may copy onto the host's uplink."""
+    """A hint shows the syntax with the IFACE placeholder docs/cli.md uses, never a host NIC name (the
+    eth, ens, enp … families) that a user may copy onto the host's uplink."""
     nic = re.compile(r"-i\s+(eth|ens|enp|eno|wlan|wlp|em|bond)\d")
     found = []
     for path in sorted(PACKAGE.rglob("*.py")):

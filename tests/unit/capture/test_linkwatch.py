@@ -24,8 +24,8 @@ def watch(names: dict[int, str]) -> LinkWatch:
 
 
 def test_new_and_deleted_links_become_events_and_state_changes_do_not() -> None:
-    w = watch({1: "lo", 2: "eth0"})
-    events = w._parse(message(RTM_NEWLINK, 2, "eth0") + message(RTM_NEWLINK, 7, "kv7")
+    w = watch({1: "lo", 2: "veth0"})
+    events = w._parse(message(RTM_NEWLINK, 2, "veth0") + message(RTM_NEWLINK, 7, "kv7")
                       + message(RTM_DELLINK, 7, "kv7") + message(RTM_DELLINK, 9, "never-seen"))
     assert [(e.change, e.name, e.ifindex) for e in events] == [
         (LinkChange.APPEARED, "kv7", 7), (LinkChange.VANISHED, "kv7", 7)]
@@ -35,7 +35,7 @@ def test_new_and_deleted_links_become_events_and_state_changes_do_not() -> None:
 
 
 def test_a_renamed_link_is_reported() -> None:
-    w = watch({5: "eth1"})
+    w = watch({5: "veth1"})
     (event,) = w._parse(message(RTM_NEWLINK, 5, "uplink"))
     assert event.change is LinkChange.RENAMED and w.names[5] == "uplink"
 

@@ -367,7 +367,7 @@ def _isb_section(application: str, counter: bytes) -> bytes:
     """A section (SHB naming ``application``, one IDB) and one ISB whose isb_ifrecv is ``counter``."""
     shb = pcapng._block(pcapng.BT_SHB, struct.pack("<IHHq", pcapng.BYTE_ORDER_MAGIC, 1, 0, -1)
                         + pcapng._options([pcapng.option(pcapng.SHB_USERAPPL, application.encode())]))
-    idb = pcapng.interface_description(Interface("eth0"))
+    idb = pcapng.interface_description(Interface("veth0"))
     isb = pcapng._block(pcapng.BT_ISB, struct.pack("<III", 0, 0, 0)
                         + pcapng._options([pcapng.option(pcapng.ISB_IFRECV, counter)]))
     return shb + idb + isb

@@ -19,7 +19,7 @@ from kstap.model import Alert, ControllerState, ResourceStats, StatsSnapshot, Wo
 from kstap.remote.hub import snapshot_json
 
 CHANGED: dict[str, Any] = {
-    "elapsed": 12.5, "mode": "auto", "profile": "prod", "filter": "tcp port 80", "targets": ["eth1"],
+    "elapsed": 12.5, "mode": "auto", "profile": "prod", "filter": "tcp port 80", "targets": ["veth1"],
     "output": "/tmp/x.pcapng", "rate": 0.25, "captured": 901, "bytes_captured": 90_001, "received": 1_001,
     "dropped": 31, "duplicates": 41, "sampled_out": 51, "left_out": 61, "packets_per_second": 71.5,
     "flows_tracked": 81, "dissect_memory": 91,
