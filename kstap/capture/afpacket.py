@@ -335,6 +335,7 @@ class AfPacketSource:
     def __init__(self, rings: list[AfPacketRing]) -> None:
         self.rings = rings
         self._poll = select.poll()
+        self._wake_fd: int | None = None
         self._by_fd = {}
         for r in rings:
             self._poll.register(r.fileno(), select.POLLIN | select.POLLERR)
@@ -415,9 +416,16 @@ class AfPacketSource:
         out, self.events = self.events, []
         return out
 
+    def _stop_waking(self) -> None:
+        if self._wake_fd is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self._poll.unregister(self._wake_fd)
+            self._wake_fd = None
+
     def wake_on(self, fd: int) -> None:
         """Also end a wait when ``fd`` turns readable (the stop flag's pipe); it is never read here."""
         self._poll.register(fd, select.POLLIN)
+        self._wake_fd = fd
 
     def read_encoded(self, timeout_ms: int, max_packets: int, seen: FirstPacketNotes | None = None,
                      wanted: list[PacketRecord] | None = None) -> tuple[list[bytes], int, int]:
@@ -462,6 +470,7 @@ class AfPacketSource:
 
     def drain(self, retire_ms: int) -> list[PacketRecord]:
         """At stop: wait for the partly filled block to be retired and take what it holds."""
+        self._stop_waking()  # the stop flag's pipe stays readable: polling it would spin until the deadline
         deadline = time.monotonic() + (retire_ms + 30) / 1000
         out: list[PacketRecord] = []
         while time.monotonic() < deadline:

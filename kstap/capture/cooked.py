@@ -130,6 +130,7 @@ class CookedSource(BlockRing):
             self.close()
             raise
         self._poll = select.poll()
+        self._wake_fd: int | None = None
         self._poll.register(self.sock.fileno(), select.POLLIN | select.POLLERR)
         self._poll.register(self.links.fileno(), select.POLLIN)
         self.interfaces = [Interface("any", LINKTYPE_LINUX_SLL2, program.snaplen, program.expression,
@@ -153,9 +154,16 @@ class CookedSource(BlockRing):
     def fileno(self) -> int:
         return self.sock.fileno()
 
+    def _stop_waking(self) -> None:
+        if self._wake_fd is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self._poll.unregister(self._wake_fd)
+            self._wake_fd = None
+
     def wake_on(self, fd: int) -> None:
         """Also end a wait when ``fd`` turns readable (the stop flag's pipe)."""
         self._poll.register(fd, select.POLLIN)
+        self._wake_fd = fd
 
     # -- reading ---------------------------------------------------------------------------------
     def read(self, timeout_ms: int) -> list[PacketRecord]:
@@ -248,6 +256,7 @@ class CookedSource(BlockRing):
 
     def drain(self, retire_ms: int) -> list[PacketRecord]:
         """At stop: wait for the partly filled block to be retired and take what it holds."""
+        self._stop_waking()  # the stop flag's pipe stays readable: polling it would spin until the deadline
         deadline = time.monotonic() + (retire_ms + 30) / 1000
         out: list[PacketRecord] = []
         while time.monotonic() < deadline:

@@ -25,6 +25,8 @@ import os
 import re
 from dataclasses import dataclass
 
+from kstap.pseudofiles import PLAIN, PseudoFiles
+
 UNLIMITED_FLOOR = 1 << 62
 """Limits at or above this are "no limit" (v1 writes 9223372036854771712 for unlimited)."""
 
@@ -35,16 +37,12 @@ def host_path(root: str, path: str) -> str:
     return os.path.join(root, path.lstrip("/"))
 
 
-def read_text(path: str) -> str | None:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read()
-    except OSError:
-        return None
+def read_text(path: str, files: PseudoFiles = PLAIN) -> str | None:
+    return files.text(path)
 
 
-def read_int(path: str) -> int | None:
-    text = read_text(path)
+def read_int(path: str, files: PseudoFiles = PLAIN) -> int | None:
+    text = read_text(path, files)
     if text is None:
         return None
     try:
@@ -280,20 +278,20 @@ def _upto(levels: list[tuple[str, str]], directory: str | None) -> list[tuple[st
     return out
 
 
-def read_memory_v2(cg: Cgroup, host_ram: int | None = None) -> MemoryFigures | None:
-    if read_int(cg.file("memory.current")) is None:
+def read_memory_v2(cg: Cgroup, host_ram: int | None = None, files: PseudoFiles = PLAIN) -> MemoryFigures | None:
+    if read_int(cg.file("memory.current"), files) is None:
         return None  # the v2 root cgroup, or the memory controller is not enabled here
     levels = cg.levels()
-    limits = {d: parse_limit(read_text(os.path.join(d, "memory.max")), host_ram) for _, d in levels}
+    limits = {d: parse_limit(read_text(os.path.join(d, "memory.max"), files), host_ram) for _, d in levels}
     best = _tightest(levels, limits)
     hpath, directory = (best[1], best[2]) if best else (cg.path, cg.directory)
-    usage = read_int(os.path.join(directory, "memory.current"))
+    usage = read_int(os.path.join(directory, "memory.current"), files)
     if usage is None:
         hpath, directory = cg.path, cg.directory
-        usage = read_int(cg.file("memory.current")) or 0
-    stat = parse_keyed(read_text(os.path.join(directory, "memory.stat")))
-    events = [parse_keyed(read_text(os.path.join(d, "memory.events"))) for _, d in _upto(levels, directory)]
-    own = parse_keyed(read_text(os.path.join(directory, "memory.events")))
+        usage = read_int(cg.file("memory.current"), files) or 0
+    stat = parse_keyed(read_text(os.path.join(directory, "memory.stat"), files))
+    events = [parse_keyed(read_text(os.path.join(d, "memory.events"), files)) for _, d in _upto(levels, directory)]
+    own = parse_keyed(read_text(os.path.join(directory, "memory.events"), files))
     return MemoryFigures(
         version=2, cgroup=hpath, usage=usage, working_set=max(0, usage - stat.get("inactive_file", 0)),
         limit=best[0] if best else None, limit_cgroup=best[1] if best else None,
@@ -302,13 +300,13 @@ def read_memory_v2(cg: Cgroup, host_ram: int | None = None) -> MemoryFigures | N
     )
 
 
-def read_memory_v1(cg: Cgroup, host_ram: int | None = None) -> MemoryFigures | None:
-    if read_int(cg.file("memory.usage_in_bytes")) is None:
+def read_memory_v1(cg: Cgroup, host_ram: int | None = None, files: PseudoFiles = PLAIN) -> MemoryFigures | None:
+    if read_int(cg.file("memory.usage_in_bytes"), files) is None:
         return None
     levels = cg.levels()
-    limits = {d: parse_limit(read_text(os.path.join(d, "memory.limit_in_bytes")), host_ram) for _, d in levels}
+    limits = {d: parse_limit(read_text(os.path.join(d, "memory.limit_in_bytes"), files), host_ram) for _, d in levels}
     best = _tightest(levels, limits)
-    leaf_stat = parse_keyed(read_text(cg.file("memory.stat")))
+    leaf_stat = parse_keyed(read_text(cg.file("memory.stat"), files))
     hierarchical = parse_limit(str(leaf_stat.get("hierarchical_memory_limit", "max")), host_ram)
     if hierarchical is not None and (best is None or hierarchical < best[0]):
         # an ancestor above what this mount shows (a container's view): usage of our own cgroup is all we see
@@ -316,30 +314,31 @@ def read_memory_v1(cg: Cgroup, host_ram: int | None = None) -> MemoryFigures | N
     if best is None and cg.is_hierarchy_root:
         return None  # the v1 root: host-wide figures, not this process's
     hpath, directory = (cg.path, cg.directory) if best is None or best[2] == cg.directory else (best[1], best[2])
-    usage = read_int(os.path.join(directory, "memory.usage_in_bytes"))
+    usage = read_int(os.path.join(directory, "memory.usage_in_bytes"), files)
     if usage is None:
         hpath, directory = cg.path, cg.directory
-        usage = read_int(cg.file("memory.usage_in_bytes")) or 0
-    stat = leaf_stat if directory == cg.directory else parse_keyed(read_text(os.path.join(directory, "memory.stat")))
+        usage = read_int(cg.file("memory.usage_in_bytes"), files) or 0
+    stat = (leaf_stat if directory == cg.directory
+            else parse_keyed(read_text(os.path.join(directory, "memory.stat"), files)))
     inactive = stat.get("total_inactive_file", stat.get("inactive_file", 0))
-    ooms = [parse_keyed(read_text(os.path.join(d, "memory.oom_control"))).get("oom_kill", 0)
+    ooms = [parse_keyed(read_text(os.path.join(d, "memory.oom_control"), files)).get("oom_kill", 0)
             for _, d in _upto(levels, directory)]
     return MemoryFigures(
         version=1, cgroup=hpath, usage=usage, working_set=max(0, usage - inactive),
         limit=best[0] if best else None, limit_cgroup=best[1] if best else None,
         oom_events=max(ooms, default=0),
-        limit_hits=read_int(os.path.join(directory, "memory.failcnt")) or 0,
+        limit_hits=read_int(os.path.join(directory, "memory.failcnt"), files) or 0,
     )
 
 
-def read_memory(cgroups: CgroupSet, host_ram: int | None = None) -> MemoryFigures | None:
+def read_memory(cgroups: CgroupSet, host_ram: int | None = None, files: PseudoFiles = PLAIN) -> MemoryFigures | None:
     """v2 where the memory controller is on for the process's cgroup, else v1, else None."""
     if cgroups.v2 is not None:
-        figures = read_memory_v2(cgroups.v2, host_ram)
+        figures = read_memory_v2(cgroups.v2, host_ram, files)
         if figures is not None:
             return figures
     if "memory" in cgroups.v1:
-        return read_memory_v1(cgroups.v1["memory"], host_ram)
+        return read_memory_v1(cgroups.v1["memory"], host_ram, files)
     return None
 
 
@@ -373,9 +372,9 @@ def parse_cpu_max(text: str | None) -> float | None:
     return quota / period if quota > 0 and period > 0 else None
 
 
-def _quota_v1(directory: str) -> float | None:
-    quota = read_int(os.path.join(directory, "cpu.cfs_quota_us"))
-    period = read_int(os.path.join(directory, "cpu.cfs_period_us"))
+def _quota_v1(directory: str, files: PseudoFiles = PLAIN) -> float | None:
+    quota = read_int(os.path.join(directory, "cpu.cfs_quota_us"), files)
+    period = read_int(os.path.join(directory, "cpu.cfs_period_us"), files)
     if quota is None or quota <= 0 or not period or period <= 0:
         return None
     return quota / period
@@ -390,14 +389,14 @@ def _cheapest(levels: list[tuple[str, str]], quota_of: dict[str, float | None]) 
     return best
 
 
-def read_cpu_v2(cg: Cgroup) -> CpuFigures | None:
-    has_controller = os.path.exists(cg.file("cpu.max"))
-    if not os.path.exists(cg.file("cpu.stat")) or (cg.is_hierarchy_root and not has_controller):
+def read_cpu_v2(cg: Cgroup, files: PseudoFiles = PLAIN) -> CpuFigures | None:
+    has_controller = files.exists(cg.file("cpu.max"))
+    if not files.exists(cg.file("cpu.stat")) or (cg.is_hierarchy_root and not has_controller):
         return None  # the real v2 root: its cpu.stat is the whole host
     levels = cg.levels()
-    best = _cheapest(levels, {d: parse_cpu_max(read_text(os.path.join(d, "cpu.max"))) for _, d in levels})
+    best = _cheapest(levels, {d: parse_cpu_max(read_text(os.path.join(d, "cpu.max"), files)) for _, d in levels})
     hpath, directory = (best[1], best[2]) if best else (cg.path, cg.directory)
-    stat = parse_keyed(read_text(os.path.join(directory, "cpu.stat")))
+    stat = parse_keyed(read_text(os.path.join(directory, "cpu.stat"), files))
     usage = stat.get("usage_usec")
     return CpuFigures(
         version=2, cgroup=hpath, usage_seconds=usage / 1e6 if usage is not None else None,
@@ -406,25 +405,25 @@ def read_cpu_v2(cg: Cgroup) -> CpuFigures | None:
     )
 
 
-def read_cpu_v1(cpu: Cgroup | None, cpuacct: Cgroup | None) -> CpuFigures | None:
+def read_cpu_v1(cpu: Cgroup | None, cpuacct: Cgroup | None, files: PseudoFiles = PLAIN) -> CpuFigures | None:
     best = None
     if cpu is not None:
         levels = cpu.levels()
-        best = _cheapest(levels, {d: _quota_v1(d) for _, d in levels})
+        best = _cheapest(levels, {d: _quota_v1(d, files) for _, d in levels})
     anchor = cpu or cpuacct
     if anchor is None or (best is None and anchor.is_hierarchy_root):
         return None  # no hierarchy, or the v1 root without a quota: host-wide figures
     hpath, directory = (best[1], best[2]) if best else (anchor.path, anchor.directory)
-    stat = parse_keyed(read_text(os.path.join(directory, "cpu.stat"))) if cpu is not None else {}
+    stat = parse_keyed(read_text(os.path.join(directory, "cpu.stat"), files)) if cpu is not None else {}
     usage_ns = None
     if cpuacct is not None:
         # cpuacct may share the hierarchy (cpu,cpuacct) or be its own: read the same cgroup path there,
         # else the process's own cpuacct cgroup, but never the cpuacct root (that is the whole host)
         same = [d for h, d in cpuacct.levels() if h == hpath]
         if same:
-            usage_ns = read_int(os.path.join(same[0], "cpuacct.usage"))
+            usage_ns = read_int(os.path.join(same[0], "cpuacct.usage"), files)
         elif not cpuacct.is_hierarchy_root:
-            usage_ns = read_int(cpuacct.file("cpuacct.usage"))
+            usage_ns = read_int(cpuacct.file("cpuacct.usage"), files)
     return CpuFigures(
         version=1, cgroup=hpath, usage_seconds=usage_ns / 1e9 if usage_ns is not None else None,
         limit=best[0] if best else None, limit_cgroup=best[1] if best else None,
@@ -432,27 +431,27 @@ def read_cpu_v1(cpu: Cgroup | None, cpuacct: Cgroup | None) -> CpuFigures | None
     )
 
 
-def read_cpu(cgroups: CgroupSet) -> CpuFigures | None:
+def read_cpu(cgroups: CgroupSet, files: PseudoFiles = PLAIN) -> CpuFigures | None:
     """v2 where it describes the process's own cgroup, else v1 (cpu + cpuacct), else None."""
     if cgroups.v2 is not None:
-        figures = read_cpu_v2(cgroups.v2)
+        figures = read_cpu_v2(cgroups.v2, files)
         # a hybrid host keeps the cpu controller on v1: v2 then only has usage, v1 has the quota
         if figures is not None and (figures.limit is not None or "cpu" not in cgroups.v1):
             return figures
-    v1 = read_cpu_v1(cgroups.v1.get("cpu"), cgroups.v1.get("cpuacct"))
+    v1 = read_cpu_v1(cgroups.v1.get("cpu"), cgroups.v1.get("cpuacct"), files)
     if v1 is not None:
         return v1
-    return read_cpu_v2(cgroups.v2) if cgroups.v2 is not None else None
+    return read_cpu_v2(cgroups.v2, files) if cgroups.v2 is not None else None
 
 
-def psi_file(cgroups: CgroupSet, resource: str) -> str | None:
+def psi_file(cgroups: CgroupSet, resource: str, files: PseudoFiles = PLAIN) -> str | None:
     """The process's own cgroup v2 ``<resource>.pressure`` file, if it has one.
 
     Not the real v2 root's (that one is the host's, as in /proc/pressure); a cgroup namespace's root
     (a container's own cgroup shown as ``/``) has ``memory.current`` and counts as the process's own.
     """
     cg = cgroups.v2
-    if cg is None or (cg.is_hierarchy_root and not os.path.exists(cg.file("memory.current"))):
+    if cg is None or (cg.is_hierarchy_root and not files.exists(cg.file("memory.current"))):
         return None
     path = cg.file(f"{resource}.pressure")
-    return path if os.path.exists(path) else None
+    return path if files.exists(path) else None

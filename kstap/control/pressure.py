@@ -16,6 +16,7 @@ import psutil
 from kstap.control import cgroups
 from kstap.control.psi import Psi, read_psi
 from kstap.model import ResourceStats
+from kstap.pseudofiles import PseudoFiles
 
 PSUTIL_NOTE = "psutil (sees the host, not the container)"
 
@@ -71,6 +72,8 @@ class PressureReader:
         self.memory_budget = memory_budget
         self.cpu_budget = cpu_budget
         self.clock = clock
+        self._files = PseudoFiles(hold=os.path.realpath(root) == "/")
+        """The live host's cgroup and /proc files stay open between readings (a recorded tree's never do)."""
         self._process: psutil.Process | None = None
         self._previous_cpu: tuple[str, float, float] | None = None
         """(counter source, counter seconds, clock seconds) of the previous read."""
@@ -135,14 +138,14 @@ class PressureReader:
     def _relocate(self) -> None:
         """Find the process's cgroups again, parsing mountinfo only when ``/proc/PID/cgroup`` changed
         (a move to another cgroup); mounts under a running capture do not change."""
-        text = cgroups.read_text(cgroups.host_path(self.root, f"/proc/{self.pid}/cgroup"))
+        text = cgroups.read_text(cgroups.host_path(self.root, f"/proc/{self.pid}/cgroup"), self._files)
         if text is None or text != self._located_from:
             self._cgroups = cgroups.locate(self.root, self.pid)
             self._located_from = text
 
     def _cpu_counter(self) -> tuple[cgroups.CpuFigures | None, str, float | None]:
         """(cgroup figures, counter source, cumulative CPU seconds) and update the CPU rate."""
-        figures = cgroups.read_cpu(self._cgroups)
+        figures = cgroups.read_cpu(self._cgroups, self._files)
         seconds: float | None
         own_quota = figures is not None and figures.limit is not None
         if figures is not None and figures.usage_seconds is not None and (own_quota or self.cpu_budget is None):
@@ -164,7 +167,7 @@ class PressureReader:
         stats = ResourceStats()
         sources: list[str] = []
 
-        memory = cgroups.read_memory(self._cgroups, self._host_ram)
+        memory = cgroups.read_memory(self._cgroups, self._host_ram, self._files)
         if memory is not None and memory.limit is None and self.memory_budget is not None:
             # A cgroup without a limit of its own is not this process's container (a login
             # session, a service slice): against a budget, count this process tree instead.
@@ -210,12 +213,12 @@ class PressureReader:
         return stats
 
     def _psi(self, resource: str) -> tuple[Psi | None, str]:
-        own = cgroups.psi_file(self._cgroups, resource)
+        own = cgroups.psi_file(self._cgroups, resource, self._files)
         if own is not None:
-            found = read_psi(own)
+            found = read_psi(own, self._files)
             if found is not None:
                 return found, "cgroup"
-        return read_psi(cgroups.host_path(self.root, f"/proc/pressure/{resource}")), "/proc/pressure"
+        return read_psi(cgroups.host_path(self.root, f"/proc/pressure/{resource}"), self._files), "/proc/pressure"
 
     def _read_psi(self, stats: ResourceStats, sources: list[str]) -> None:
         mem, where = self._psi("memory")

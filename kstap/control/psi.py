@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kstap.pseudofiles import PLAIN, PseudoFiles
+
 
 @dataclass(frozen=True)
 class PsiLine:
@@ -59,11 +61,7 @@ def parse_psi(text: str) -> Psi | None:
     return Psi(some=lines.get("some"), full=lines.get("full"))
 
 
-def read_psi(path: str) -> Psi | None:
+def read_psi(path: str, files: PseudoFiles = PLAIN) -> Psi | None:
     """Read and parse one PSI file; None if it is missing, unreadable (PSI off: EOPNOTSUPP) or empty."""
-    try:
-        with open(path, encoding="ascii", errors="replace") as f:
-            text = f.read()
-    except OSError:
-        return None
-    return parse_psi(text)
+    text = files.text(path)
+    return parse_psi(text) if text is not None else None

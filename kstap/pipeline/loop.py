@@ -372,6 +372,7 @@ class Capture:
         fill_counts(summary, self.source)
         summary.interface_changes = list(self.stages.interface_changes)
         summary.left_out = left_out(self.counters.since_start(), summary.received)
+        self.counters.close()
         c = self.consumers
         if c.dissect is not None and c.entries is not None:
             try:  # entries failing at the end must not keep the capture file from its statistics block
