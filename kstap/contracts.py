@@ -52,6 +52,7 @@ __all__ = [
     "FilterSource",
     "FiniteSource",
     "FirstPacketNotes",
+    "FlowDecisions",
     "Governor",
     "LinkEventSource",
     "LiveControl",
@@ -146,8 +147,28 @@ class FirstPacketNotes(Protocol):
     """After an emergency shed in the kernel flow table: flows at or above it get a ``shed`` mark."""
     shed_ns: int
     shed_suffix: bytes
+    flows_tunneled: int
+    """New flows whose key the kernel flow table may not share (VXLAN/Geneve ports)."""
 
     def ensure_room(self, incoming: int) -> None: ...
+    def lookup_bound(self) -> int:
+        """Read after the blocks are seen ready, before they are encoded: packets stamped later
+        (realtime ns) are no flow's first packet and need no lookup; ``NO_BOUND`` looks all up."""
+        ...
+
+
+class FlowDecisions(Protocol):
+    """The in-kernel flow table as the first-packet table asks it (CLOCK_MONOTONIC ns;
+    :class:`kstap.sampling.kernel_table.KernelFlowTable`)."""
+
+    idle_timeout_ns: int
+
+    def newest_kept_ns(self) -> int:
+        """When the kernel last decided to keep a new flow (0: never)."""
+        ...
+    def last_seen_ns(self, flow_hash: int) -> int | None:
+        """When the kernel last saw a packet of the flow of this hash (None: not in its table)."""
+        ...
 
 
 class FiniteSource(Source, Protocol):

@@ -148,7 +148,8 @@ corrupt:
  * packet is to notice each flow's first packet and put kstap's "flow" comment on it. The flow key
  * and the seeded flow hash are the same as kstap/sampling/flowkey.py and flowhash.py (tests check
  * the ids against the Python function). Seen flows live in a caller-owned open-addressing table:
- * 16-byte slots (64-bit key fingerprint, last-seen ns); slot 0 is the header (count, capacity).
+ * 16-byte slots (64-bit key fingerprint, last-seen ns); slot 0 is the header (count, capacity);
+ * after the slots, one u32 per slot: the flow's hash (the kernel flow table's key for it).
  */
 #define M32 0xFFFFFFFFu
 static inline uint32_t fmix32(uint32_t h) {
@@ -243,18 +244,19 @@ static uint64_t fingerprint(const Key *k) {
 }
 
 /* 1 when the flow was not in the table (now inserted), 0 when seen; -1 when the table is full.
- * *before gets the last-seen time the slot had (0 for a new flow). */
-static int table_touch_was(uint64_t *t, uint64_t fp, uint64_t now, uint64_t *before) {
+ * *before gets the last-seen time the slot had (0 for a new flow), *index the slot's number. */
+static int table_touch_was(uint64_t *t, uint64_t fp, uint64_t now, uint64_t *before, uint64_t *index) {
     uint64_t cap = t[1];
     uint64_t mask = cap - 1;
     uint64_t i = fp & mask;
     *before = 0;
     for (uint64_t probes = 0; probes < cap; probes++) {
         uint64_t *slot = t + 2 * (1 + i);
-        if (slot[0] == fp) { *before = slot[1]; slot[1] = now; return 0; }
+        if (slot[0] == fp) { *before = slot[1]; slot[1] = now; *index = i; return 0; }
         if (slot[0] == 0) {
             if ((t[0] + 1) * 4 > cap * 3) return -1;
             slot[0] = fp; slot[1] = now; t[0]++;
+            *index = i;
             return 1;
         }
         i = (i + 1) & mask;
@@ -262,10 +264,9 @@ static int table_touch_was(uint64_t *t, uint64_t fp, uint64_t now, uint64_t *bef
     return -1;
 }
 
-static int table_touch(uint64_t *t, uint64_t fp, uint64_t now) {
-    uint64_t before;
-    return table_touch_was(t, fp, now, &before);
-}
+/* After the slots: one 32-bit flow hash per slot (what the kernel flow table keys the flow by). */
+static inline uint32_t *table_hashes(uint64_t *t) { return (uint32_t *)(t + 2 * (1 + t[1])); }
+static inline Py_ssize_t table_bytes(uint64_t cap) { return (Py_ssize_t)((cap + 1) * 16 + cap * 4); }
 
 /* The flow key of the frame a packet becomes in the file. The ring's frame, or, for a packet whose
  * 802.1Q tag the kernel moved into metadata, its first KEY_HEAD bytes with the tag put back (into
@@ -290,7 +291,7 @@ static int frame_key(const unsigned char *h, Key *k, unsigned char *buf) {
 #define NOTE_SHED (2ull << 32)
 #define LOOKAHEAD 32
 typedef struct { uint64_t note; uint32_t off; } Pkt;
-typedef struct { unsigned long long bytes; unsigned int new_flows, shed_marked; int full; } Tally;
+typedef struct { unsigned long long bytes; unsigned int new_flows, shed_marked, tunnels; int full; } Tally;
 typedef struct {
     uint64_t *table;
     const unsigned char *blk;
@@ -299,14 +300,24 @@ typedef struct {
     uint32_t flow_opt, shed_opt;
 } Lookup;
 
+/* UDP to or from a VXLAN or Geneve port (kstap/linklayer.py): the kernel flow table keys such a
+ * datagram by its inner packet, this table by the outer one, so the kernel cannot vouch for it. */
+static inline int may_tunnel(const Key *k) {
+    if (k->proto != 17) return 0;
+    uint16_t ports[2] = {k->ap, k->bp};
+    for (int i = 0; i < 2; i++)
+        if (ports[i] == 4789 || ports[i] == 8472 || ports[i] == 6081) return 1;
+    return 0;
+}
+
 /* The table lookup of one keyed packet: its note replaces its fingerprint. */
 static inline void look_up(const Lookup *lk, Pkt *p, Tally *tally, unsigned char *kbuf) {
-    uint64_t fp = p->note, before;
+    uint64_t fp = p->note, before, index = 0;
     if (!fp) return;
     p->note = 0;
     const unsigned char *h = lk->blk + p->off;
     uint64_t ts = (uint64_t)rd32(h + 4) * 1000000000ull + rd32(h + 8);
-    int fresh = table_touch_was(lk->table, fp, ts, &before);
+    int fresh = table_touch_was(lk->table, fp, ts, &before, &index);
     if (fresh < 0) { tally->full = 1; return; }
     /* a flow seen before the shed, back after it: the one packet the kernel lets through? */
     int maybe_shed = fresh == 0 && lk->shed_threshold < (1ull << 32) && ts >= lk->shed_ns && before < lk->shed_ns;
@@ -315,6 +326,8 @@ static inline void look_up(const Lookup *lk, Pkt *p, Tally *tally, unsigned char
     frame_key(h, &k, kbuf);
     uint32_t fh = flow_hash(&k, lk->seed);
     if (fresh) {
+        table_hashes(lk->table)[index] = fh;
+        if (may_tunnel(&k)) tally->tunnels++;
         p->note = NOTE_FLOW | fh;
         tally->bytes += lk->flow_opt;
         tally->new_flows++;
@@ -326,11 +339,15 @@ static inline void look_up(const Lookup *lk, Pkt *p, Tally *tally, unsigned char
 }
 
 /* encode_block_sampled(ring, boff, bsize, if_id, maxp, table, seed, suffix
- *                      [, wanted, linktype, shed_threshold, shed_ns, shed_suffix])
- *   -> (epb_bytes, packets, captured_bytes, new_flows, table_full, shed_marked)
+ *                      [, wanted, linktype, shed_threshold, shed_ns, shed_suffix, bound_ns])
+ *   -> (epb_bytes, packets, captured_bytes, new_flows, table_full, shed_marked, tunnel_flows)
  * After an emergency shed in the kernel flow table (kstap/sampling/kernel_table.py) the kernel lets
  * exactly one more packet of each shed flow through: the first packet at or after shed_ns of a flow
  * this table last saw before shed_ns whose hash is >= shed_threshold. It gets the "shed" comment.
+ *
+ * bound_ns (default: none): a packet stamped later cannot be a flow's first packet (the kernel flow
+ * table decided no new flow since, kstap/capture/flowtable.py says why), so it is neither keyed nor
+ * looked up. tunnel_flows counts the new flows whose key the kernel table may not share (may_tunnel).
  *
  * Two passes: (1) validate, key each packet and look its flow up, sizing the output exactly; (2)
  * write the EPBs. Sizing exactly matters:
@@ -348,9 +365,10 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
     unsigned long long shed_threshold = 1ull << 32, shed_ns = 0;
     const char *shed_suffix = "";
     Py_ssize_t shed_suffix_len = 0;
-    if (!PyArg_ParseTuple(args, "y*nnInw*Is#|OiKKs#", &ring, &boff, &bsize, &if_id, &maxp, &table, &seed,
+    unsigned long long bound = UINT64_MAX;
+    if (!PyArg_ParseTuple(args, "y*nnInw*Is#|OiKKs#K", &ring, &boff, &bsize, &if_id, &maxp, &table, &seed,
                           &suffix, &suffix_len, &wanted, &linktype, &shed_threshold, &shed_ns, &shed_suffix,
-                          &shed_suffix_len))
+                          &shed_suffix_len, &bound))
         return NULL;
     if (wanted == Py_None) wanted = NULL;
     PyObject *result = NULL;
@@ -367,7 +385,7 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
         goto done;
     }
     uint64_t *t = (uint64_t *)table.buf;
-    if (t[1] == 0 || (t[1] & (t[1] - 1)) || (Py_ssize_t)((t[1] + 1) * 16) > table.len) {
+    if (t[1] == 0 || (t[1] & (t[1] - 1)) || table_bytes(t[1]) > table.len) {
         PyErr_SetString(PyExc_ValueError, "table header is not a power-of-two capacity");
         goto done;
     }
@@ -385,7 +403,7 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
      * access each), so that packet is looked up in the table now. A flow's first packet (or a shed
      * flow's last) gets a comment: the output is sized exactly. */
     Py_ssize_t out_len = 0;
-    Tally tally = {0, 0, 0, 0};
+    Tally tally = {0, 0, 0, 0, 0};
     Lookup lk = {t, blk, seed, shed_threshold, shed_ns, flow_opt, shed_opt};
     for (uint32_t i = 0; i < num; i++) {
         if (off < 0 || off + 48 > bsize) { PyErr_SetString(PyExc_ValueError, "corrupt TPACKET_V3 block"); goto done; }
@@ -397,7 +415,8 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
         Key k;
         pkts[i].note = 0;
         pkts[i].off = (uint32_t)off;
-        if (frame_key(h, &k, kbuf)) {
+        uint64_t ts = (uint64_t)rd32(h + 4) * 1000000000ull + rd32(h + 8);
+        if (ts <= bound && frame_key(h, &k, kbuf)) {
             uint64_t fp = fingerprint(&k);
             __builtin_prefetch(t + 2 * (1 + (fp & (t[1] - 1))), 1, 3);
             pkts[i].note = fp;
@@ -455,7 +474,7 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
         captured += cap;
         off += next;
     }
-    result = Py_BuildValue("(NIKIiI)", bytes, num, captured, new_flows, full, shed_marked);
+    result = Py_BuildValue("(NIKIiII)", bytes, num, captured, new_flows, full, shed_marked, tally.tunnels);
     bytes = NULL;  /* the tuple holds it now (or it was released with a failed build) */
 done:
     Py_XDECREF(bytes);
@@ -523,29 +542,61 @@ static int append_wanted(PyObject *list, const unsigned char *d, uint32_t cap, u
     return rc;
 }
 
-/* table_compact(old, new, cutoff_ns) -> count: copy the slots seen at or after cutoff */
+static int check_table(const Py_buffer *b) {
+    const uint64_t *t = (const uint64_t *)b->buf;
+    return b->len >= 32 && t[1] && !(t[1] & (t[1] - 1)) && table_bytes(t[1]) <= b->len;
+}
+
+/* table_compact(old, new, cutoff_ns) -> count: copy the slots seen at or after cutoff (with their
+ * flow hashes) */
 static PyObject *table_compact(PyObject *self, PyObject *args) {
     Py_buffer a, b;
     unsigned long long cutoff;
     if (!PyArg_ParseTuple(args, "w*w*K", &a, &b, &cutoff)) return NULL;
     uint64_t *src = (uint64_t *)a.buf, *dst = (uint64_t *)b.buf;
     PyObject *res = NULL;
-    if (a.len < 32 || b.len < 32 || dst[1] == 0 || (dst[1] & (dst[1] - 1)) ||
-        (Py_ssize_t)((dst[1] + 1) * 16) > b.len || (Py_ssize_t)((src[1] + 1) * 16) > a.len) {
+    if (!check_table(&a) || !check_table(&b)) {
         PyErr_SetString(PyExc_ValueError, "bad tables");
         goto out;
     }
     dst[0] = 0;
+    uint32_t *src_hash = table_hashes(src), *dst_hash = table_hashes(dst);
     for (uint64_t i = 0; i < src[1]; i++) {
-        uint64_t *slot = src + 2 * (1 + i);
+        uint64_t *slot = src + 2 * (1 + i), before, index;
         if (slot[0] && slot[1] >= cutoff) {
-            if (table_touch(dst, slot[0], slot[1]) < 0) break;
+            if (table_touch_was(dst, slot[0], slot[1], &before, &index) < 0) break;
+            dst_hash[index] = src_hash[i];
         }
     }
     res = PyLong_FromUnsignedLongLong(dst[0]);
 out:
     PyBuffer_Release(&a);
     PyBuffer_Release(&b);
+    return res;
+}
+
+/* table_stale(table, cutoff_ns) -> [(slot, flow_hash)]: the flows last seen before cutoff */
+static PyObject *table_stale(PyObject *self, PyObject *args) {
+    Py_buffer a;
+    unsigned long long cutoff;
+    if (!PyArg_ParseTuple(args, "w*K", &a, &cutoff)) return NULL;
+    PyObject *res = NULL;
+    if (!check_table(&a)) {
+        PyErr_SetString(PyExc_ValueError, "bad table");
+        goto out;
+    }
+    uint64_t *t = (uint64_t *)a.buf;
+    uint32_t *hashes = table_hashes(t);
+    res = PyList_New(0);
+    for (uint64_t i = 0; res && i < t[1]; i++) {
+        uint64_t *slot = t + 2 * (1 + i);
+        if (!slot[0] || slot[1] >= cutoff) continue;
+        PyObject *item = Py_BuildValue("(KI)", (unsigned long long)i, hashes[i]);
+        if (!item || PyList_Append(res, item) < 0) { Py_XDECREF(item); Py_CLEAR(res); break; }
+        Py_DECREF(item);
+    }
+out:
+    PyBuffer_Release(&a);
     return res;
 }
 
@@ -683,6 +734,7 @@ static PyMethodDef methods[] = {
     {"encode_block_sampled", encode_block_sampled, METH_VARARGS,
      "Encode one block as EPBs, commenting each flow's first packet (percentage mode)."},
     {"table_compact", table_compact, METH_VARARGS, "Copy the flows seen since a cutoff into a new table."},
+    {"table_stale", table_stale, METH_VARARGS, "The (slot, flow hash) of each flow last seen before a cutoff."},
     {"encode_cooked_block", encode_cooked_block, METH_VARARGS,
      "Encode one cooked-socket block as LINUX_SLL2 EPBs, removing copies seen on other interfaces (-i any)."},
     {NULL, NULL, 0, NULL},

@@ -69,6 +69,10 @@ encode_block = _load_fast("encode_block")
 encode_block_sampled = _load_fast("encode_block_sampled")
 """The same, also commenting each flow's first packet (percentage mode)."""
 table_compact = _load_fast("table_compact")
+table_stale = _load_fast("table_stale")
+NO_BOUND = (1 << 64) - 1
+"""The first-packet encoder's lookup bound that looks every packet up."""
+LINKTYPE_ETHERNET = 1
 
 
 @dataclass(frozen=True)
@@ -164,6 +168,17 @@ class BlockRing:
             finally:
                 _U32.pack_into(mm, base + 8, TP_STATUS_KERNEL)
                 self._block = (self._block + 1) % self._nblocks
+
+    def _count_ready(self, limit: int) -> int:
+        """How many blocks, from the next one on, the kernel has handed over (at most ``limit``)."""
+        mm = self.mm
+        n = 0
+        while n < min(limit, self._nblocks):
+            status = _U32.unpack_from(mm, ((self._block + n) % self._nblocks) * self._bsize + 8)[0]
+            if not status & TP_STATUS_USER:
+                break
+            n += 1
+        return n
 
     def _encode_ready(self, max_packets: int, limit: int,
                       encode: Callable[[int, int, int], tuple[bytes, int, int]]) -> tuple[list[bytes], int, int]:
@@ -287,9 +302,20 @@ class AfPacketRing(BlockRing):
         (percentage mode, the kernel flow table), each flow's first packet gets its ``flow``
         comment. With ``wanted`` (--entries), the packets a dissector would take are appended to it
         as records; the others never become Python objects.
+
+        ``seen``'s lookup bound is read once the blocks to encode are seen ready (the packets in them
+        were all decided by then), and only for Ethernet frames, the only ones the C key reads as the
+        kernel flow table does.
         """
         assert encode_block is not None and (seen is None or encode_block_sampled is not None)
         mm = self.mm
+        bound = NO_BOUND
+        if seen is not None:
+            limit = self._count_ready(limit)
+            if not limit:
+                return [], 0, 0
+            if self.linktype == LINKTYPE_ETHERNET:
+                bound = seen.lookup_bound()
 
         def encode(base: int, num: int, left: int) -> tuple[bytes, int, int]:
             if seen is None:
@@ -298,11 +324,12 @@ class AfPacketRing(BlockRing):
                 return data, n, cap
             assert encode_block_sampled is not None
             seen.ensure_room(num)
-            data, n, cap, fresh, _full, shed = encode_block_sampled(
+            data, n, cap, fresh, _full, shed, tunneled = encode_block_sampled(
                 mm, base, self._bsize, self.if_id, left, seen.table, seen.seed, seen.suffix,
-                wanted, self.linktype, seen.shed_threshold, seen.shed_ns, seen.shed_suffix)
+                wanted, self.linktype, seen.shed_threshold, seen.shed_ns, seen.shed_suffix, bound)
             seen.flows_seen += fresh
             seen.flows_shed += shed
+            seen.flows_tunneled += tunneled
             return data, n, cap
 
         chunks, packets, nbytes = self._encode_ready(max_packets, limit, encode)

@@ -1,7 +1,7 @@
 """The bpf(2) system call through ctypes: maps, program loading, attaching to a socket.
 
 Only what kstap's in-kernel flow table needs: ``BPF_MAP_CREATE`` (an array for the settings, an
-LRU hash for flow decisions), element lookup/update, ``BPF_PROG_LOAD`` of a socket filter with the
+LRU hash for flow decisions, a per-CPU array), element lookup/update, ``BPF_PROG_LOAD`` of a socket filter with the
 verifier's log on failure, and ``SO_ATTACH_BPF``. Needs CAP_BPF (or CAP_SYS_ADMIN) unless
 ``kernel.unprivileged_bpf_disabled`` is 0; :func:`probe` says whether this process can.
 """
@@ -20,7 +20,7 @@ SYS_BPF = {"x86_64": 321, "aarch64": 280, "armv7l": 386, "ppc64le": 361, "s390x"
 
 MAP_CREATE, MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM, MAP_DELETE_ELEM, MAP_GET_NEXT_KEY, PROG_LOAD = 0, 1, 2, 3, 4, 5
 PROG_TEST_RUN = 10
-MAP_TYPE_HASH, MAP_TYPE_ARRAY, MAP_TYPE_LRU_HASH = 1, 2, 9
+MAP_TYPE_HASH, MAP_TYPE_ARRAY, MAP_TYPE_PERCPU_ARRAY, MAP_TYPE_LRU_HASH = 1, 2, 6, 9
 PROG_TYPE_SOCKET_FILTER = 1
 ANY = 0
 SO_ATTACH_BPF = 50
@@ -108,6 +108,16 @@ class Map:
             raise
         return buf.raw
 
+    def lookup_percpu(self, key: bytes) -> list[bytes]:
+        """A per-CPU map's element: one value per possible CPU (the kernel copies them all at once,
+        each padded to 8 bytes)."""
+        step = (self.value_size + 7) & ~7
+        cpus = possible_cpus()
+        buf = ctypes.create_string_buffer(step * cpus)
+        self._elem(MAP_LOOKUP_ELEM, key, buf)
+        raw = buf.raw
+        return [raw[i * step : i * step + self.value_size] for i in range(cpus)]
+
     def delete(self, key: bytes) -> bool:
         try:
             self._elem(MAP_DELETE_ELEM, key, None)
@@ -139,6 +149,24 @@ class Map:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+_possible: int | None = None
+
+
+def possible_cpus() -> int:
+    """How many CPUs the kernel may ever bring up (/sys/devices/system/cpu/possible, e.g. "0-7"):
+    the number of values a per-CPU map element has."""
+    global _possible
+    if _possible is None:
+        with open("/sys/devices/system/cpu/possible") as f:
+            text = f.read().strip()
+        count = 0
+        for part in text.split(","):
+            lo, _, hi = part.partition("-")
+            count += int(hi or lo) - int(lo) + 1
+        _possible = count
+    return _possible
 
 
 def load_socket_filter(code: bytes, name: str = "kstap", log_size: int = 1 << 20) -> int:

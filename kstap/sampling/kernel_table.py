@@ -20,6 +20,13 @@ Maps (all owned by :class:`KernelFlowTable`):
     settings  array[1] of {u64 threshold, u64 shed_threshold, u64 shed_epoch, u64 idle_ns}
     counters  array[1] of {u64 flows_kept, u64 flows_dropped, u64 packets_dropped, u64 flows_shed}
     flows     lru_hash u32 hash → {u32 state (1 keep, 2 drop), u32 epoch, u64 last_ns}
+    newest    percpu_array[1] of u64: the CLOCK_MONOTONIC time of this CPU's latest decision to keep
+              a new flow (user space takes the maximum: a packet the ring stamped well after it is
+              no flow's first packet, see :class:`kstap.capture.flowtable.FirstPacketTable`)
+
+Each CPU writes only its own ``newest`` slot, with a plain store of the time it read at the top of
+the decision (bpf_ktime_get_ns is monotonic across CPUs), so no two writers race and the maximum
+over CPUs never goes back; the packet itself is written to the ring after the filter returns.
 """
 
 from __future__ import annotations
@@ -81,7 +88,7 @@ class Layout:
 S_KEY, S_ZERO, S_VAL = -20, -24, -48
 
 
-def _decide(a: e.Asm, settings_fd: int, counters_fd: int, flows_fd: int, snaplen: int) -> None:
+def _decide(a: e.Asm, settings_fd: int, counters_fd: int, flows_fd: int, newest_fd: int, snaplen: int) -> None:
     """R8 = flow hash → keep (return snaplen) or drop (0), deciding new flows once."""
     a.stx(e.W, e.FP, S_KEY, e.R8)
     a.call(e.KTIME_GET_NS)
@@ -140,9 +147,18 @@ def _decide(a: e.Asm, settings_fd: int, counters_fd: int, flows_fd: int, snaplen
     a.mov64(e.R1, 0)
     a.stx(e.DW, e.FP, S_VAL, e.R1)  # counter 0 (flows kept), verdict keep
     a.stx(e.DW, e.FP, S_VAL + 8, e.R1)
-    a.jmp(e.JEQ, e.R0, KEEP, "count")
+    a.jmp(e.JEQ, e.R0, KEEP, "kept_new")
     a.mov64(e.R1, 8)  # counter 1 (flows dropped), verdict drop
     a.ja("verdict_drop")
+    # a new kept flow: this CPU's newest decision time (its own slot, so no other writer)
+    a.label("kept_new")
+    a.ld_map_fd(e.R1, newest_fd)
+    a.mov64r(e.R2, e.FP)
+    a.alu64(e.ADD, e.R2, S_ZERO)
+    a.call(e.MAP_LOOKUP_ELEM)
+    a.jmp(e.JEQ, e.R0, 0, "count")
+    a.stx(e.DW, e.R0, 0, e.R9)
+    a.ja("count")
     a.label("drop")
     a.mov64(e.R1, 16)  # counter 2 (packets dropped), verdict drop
     a.label("verdict_drop")
@@ -178,7 +194,7 @@ def _decide(a: e.Asm, settings_fd: int, counters_fd: int, flows_fd: int, snaplen
 
 
 def generate(filter_insns: Sequence[Insn], seed: int, layout: Layout, *, settings_fd: int, counters_fd: int,
-             flows_fd: int) -> bytes:
+             flows_fd: int, newest_fd: int) -> bytes:
     """The whole socket filter: the user's classic filter, then the flow hash and the decision."""
     snaplen = max((k for code, _, _, k in filter_insns if code == 0x06 and k), default=262144)
     a = e.Asm()
@@ -192,7 +208,7 @@ def generate(filter_insns: Sequence[Insn], seed: int, layout: Layout, *, setting
     a.ldx(e.W, e.R0, e.FP, SCRATCH_BASE + 4 * M_KEYED)
     a.jmp(e.JEQ, e.R0, 0, "keep")  # no flow (not IP, truncated): always kept
     a.ldx(e.W, e.R8, e.FP, SCRATCH_BASE + 4 * M_HASH)
-    _decide(a, settings_fd, counters_fd, flows_fd, snaplen)
+    _decide(a, settings_fd, counters_fd, flows_fd, newest_fd, snaplen)
     return a.build()
 
 
@@ -216,6 +232,7 @@ class KernelFlowTable:
             self.settings = self._map(sys_bpf.MAP_TYPE_ARRAY, 4, SETTINGS.size, 1, "kstap_settings")
             self.counters = self._map(sys_bpf.MAP_TYPE_ARRAY, 4, COUNTERS.size, 1, "kstap_counters")
             self.flows = self._map(sys_bpf.MAP_TYPE_LRU_HASH, 4, FLOW.size, max_flows, "kstap_flows")
+            self.newest = self._map(sys_bpf.MAP_TYPE_PERCPU_ARRAY, 4, 8, 1, "kstap_newest")
         except BaseException:
             self.close()
             raise
@@ -236,7 +253,7 @@ class KernelFlowTable:
     def program(self, filter_insns: Sequence[Insn], layout: Layout) -> int:
         """Load the filter for one socket type; returns the program fd (the caller closes it)."""
         code = generate(filter_insns, self.seed, layout, settings_fd=self.settings.fd,
-                        counters_fd=self.counters.fd, flows_fd=self.flows.fd)
+                        counters_fd=self.counters.fd, flows_fd=self.flows.fd, newest_fd=self.newest.fd)
         return sys_bpf.load_socket_filter(code, "kstap_flows")
 
     def refused_by_kernel(self) -> str | None:
@@ -272,7 +289,7 @@ class KernelFlowTable:
 
         try:
             generate(insns, self.seed, Layout.for_linktype(linktype), settings_fd=self.settings.fd,
-                     counters_fd=self.counters.fd, flows_fd=self.flows.fd)
+                     counters_fd=self.counters.fd, flows_fd=self.flows.fd, newest_fd=self.newest.fd)
         except (Untranslatable, ValueError) as exc:
             return str(exc)
         return None
@@ -298,6 +315,18 @@ class KernelFlowTable:
         """KEEP, DROP or None (not in the table): for tests and ``--debug``."""
         raw = self.flows.lookup(struct.pack("<I", flow_hash))
         return FLOW.unpack(raw)[0] if raw else None
+
+    def newest_kept_ns(self) -> int:
+        """:class:`kstap.contracts.FlowDecisions`: when (CLOCK_MONOTONIC ns) the kernel last decided to
+        keep a new flow, on any CPU; 0 before the first."""
+        return max(int(struct.unpack("<Q", v)[0]) for v in self.newest.lookup_percpu(b"\0\0\0\0"))
+
+    def last_seen_ns(self, flow_hash: int) -> int | None:
+        """:class:`kstap.contracts.FlowDecisions`: when (CLOCK_MONOTONIC ns) the kernel last saw a
+        packet of the flow of this hash, kept or dropped; None when the flow is not in its table
+        (never seen, or forgotten by the LRU)."""
+        raw = self.flows.lookup(struct.pack("<I", flow_hash))
+        return int(FLOW.unpack(raw)[2]) if raw is not None else None
 
     def close(self) -> None:
         for m in self.maps:

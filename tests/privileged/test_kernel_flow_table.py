@@ -11,6 +11,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import dpkt
@@ -125,6 +126,35 @@ def test_decisions_hold_for_the_flow_life_across_rises_cuts_and_a_shed() -> None
         stats = table.stats()
         assert stats.flows_kept == sum(first.values()) + len(fresh)
         assert stats.flows_dropped == len(first) - sum(first.values())
+    finally:
+        os.close(fd)
+        table.close()
+
+
+def test_the_kernel_records_when_it_last_kept_a_new_flow() -> None:
+    """The first-packet table's two questions: the newest "keep" decision of a new flow (not a drop, not a
+    known flow's packet) and when a flow was last seen, in CLOCK_MONOTONIC ns."""
+    table = KernelFlowTable(99, 0.5)
+    fd = table.program(compile_filter("").insns, Layout("network"))
+    try:
+        live = flows(64)
+        kept = [(raw, h) for raw, h in live if h < table.threshold]
+        dropped = [(raw, h) for raw, h in live if h >= table.threshold]
+        assert table.newest_kept_ns() == 0 and table.last_seen_ns(kept[0][1]) is None
+        assert bpf_syscall.test_run(fd, dropped[0][0]) == 0
+        assert table.newest_kept_ns() == 0  # a dropped flow starts nothing user space sees
+        before = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        assert bpf_syscall.test_run(fd, kept[0][0]) == SNAP
+        first = table.newest_kept_ns()
+        assert before <= first <= time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        assert table.last_seen_ns(kept[0][1]) == first
+        assert bpf_syscall.test_run(fd, kept[0][0]) == SNAP
+        assert table.newest_kept_ns() == first  # a known flow's packet: no new decision
+        last = table.last_seen_ns(kept[0][1])
+        assert last is not None and last > first
+        assert bpf_syscall.test_run(fd, kept[1][0]) == SNAP
+        assert table.newest_kept_ns() > last
+        assert table.last_seen_ns(dropped[0][1]) is not None  # dropped flows are seen too
     finally:
         os.close(fd)
         table.close()
