@@ -163,8 +163,8 @@ class FlowDecisions(Protocol):
 
     idle_timeout_ns: int
 
-    def newest_kept_ns(self) -> int:
-        """When the kernel last decided to keep a new flow (0: never)."""
+    def newest_kept_ns(self) -> int | None:
+        """When the kernel last decided to keep a new flow (0: never; None: it cannot say)."""
         ...
     def last_seen_ns(self, flow_hash: int) -> int | None:
         """When the kernel last saw a packet of the flow of this hash (None: not in its table)."""

@@ -1,15 +1,17 @@
 """The bpf(2) system call through ctypes: maps, program loading, attaching to a socket.
 
 Only what kstap's in-kernel flow table needs: ``BPF_MAP_CREATE`` (an array for the settings, an
-LRU hash for flow decisions, a per-CPU array), element lookup/update, ``BPF_PROG_LOAD`` of a socket filter with the
-verifier's log on failure, and ``SO_ATTACH_BPF``. Needs CAP_BPF (or CAP_SYS_ADMIN) unless
-``kernel.unprivileged_bpf_disabled`` is 0; :func:`probe` says whether this process can.
+LRU hash for flow decisions, an array user space maps into memory), element lookup/update,
+``BPF_PROG_LOAD`` of a socket filter with the verifier's log on failure, and ``SO_ATTACH_BPF``.
+Needs CAP_BPF (or CAP_SYS_ADMIN) unless ``kernel.unprivileged_bpf_disabled`` is 0; :func:`probe`
+says whether this process can.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import mmap
 import os
 import platform
 import socket
@@ -20,7 +22,9 @@ SYS_BPF = {"x86_64": 321, "aarch64": 280, "armv7l": 386, "ppc64le": 361, "s390x"
 
 MAP_CREATE, MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM, MAP_DELETE_ELEM, MAP_GET_NEXT_KEY, PROG_LOAD = 0, 1, 2, 3, 4, 5
 PROG_TEST_RUN = 10
-MAP_TYPE_HASH, MAP_TYPE_ARRAY, MAP_TYPE_PERCPU_ARRAY, MAP_TYPE_LRU_HASH = 1, 2, 6, 9
+MAP_TYPE_HASH, MAP_TYPE_ARRAY, MAP_TYPE_LRU_HASH = 1, 2, 9
+F_MMAPABLE = 1 << 10
+"""An array map user space can mmap (Linux 5.5): read without a system call."""
 PROG_TYPE_SOCKET_FILTER = 1
 ANY = 0
 SO_ATTACH_BPF = 50
@@ -80,9 +84,10 @@ class Map:
     max_entries: int
 
     @classmethod
-    def create(cls, map_type: int, key_size: int, value_size: int, max_entries: int, name: str = "") -> Map:
+    def create(cls, map_type: int, key_size: int, value_size: int, max_entries: int, name: str = "",
+               flags: int = 0) -> Map:
         # map_type, key_size, value_size, max_entries, map_flags, inner_map_fd, numa_node, map_name[16]
-        attr = struct.pack("<7I16s", map_type, key_size, value_size, max_entries, 0, 0, 0, name.encode()[:15])
+        attr = struct.pack("<7I16s", map_type, key_size, value_size, max_entries, flags, 0, 0, name.encode()[:15])
         return cls(_syscall(MAP_CREATE, _attr(attr)), key_size, value_size, max_entries)
 
     def _elem(self, cmd: int, key: bytes, value: ctypes.Array[ctypes.c_char] | None, flags: int = 0) -> int:
@@ -108,15 +113,11 @@ class Map:
             raise
         return buf.raw
 
-    def lookup_percpu(self, key: bytes) -> list[bytes]:
-        """A per-CPU map's element: one value per possible CPU (the kernel copies them all at once,
-        each padded to 8 bytes)."""
-        step = (self.value_size + 7) & ~7
-        cpus = possible_cpus()
-        buf = ctypes.create_string_buffer(step * cpus)
-        self._elem(MAP_LOOKUP_ELEM, key, buf)
-        raw = buf.raw
-        return [raw[i * step : i * step + self.value_size] for i in range(cpus)]
+    def mapped(self) -> mmap.mmap:
+        """The values of an array map created with :data:`F_MMAPABLE`, mapped read-only (the caller
+        closes it): element i at ``i * value_size``, as the kernel's programs see it now."""
+        size = -(-self.value_size * self.max_entries // mmap.PAGESIZE) * mmap.PAGESIZE
+        return mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
 
     def delete(self, key: bytes) -> bool:
         try:

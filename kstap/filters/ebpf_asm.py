@@ -35,6 +35,7 @@ PSEUDO_MAP_FD = 1
 
 # helper function ids (include/uapi/linux/bpf.h, enum bpf_func_id)
 MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM, MAP_DELETE_ELEM, KTIME_GET_NS = 1, 2, 3, 5
+GET_SMP_PROCESSOR_ID = 8
 
 R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, R10 = range(11)
 FP = R10
