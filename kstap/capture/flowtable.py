@@ -177,4 +177,7 @@ class FirstPacketTable:
             last = kernel.last_seen_ns(flow_hash)
             if last is None or mono - last > kernel.idle_timeout_ns:
                 continue  # not in the kernel table, or idle there too: its next packet is a new flow
-            _LAST.pack_into(self.table, 16 * (1 + slot) + 8, max(cutoff, last + offset))
+            seen_at = last + offset
+            if self.shed_threshold < FULL_THRESHOLD and seen_at >= self.shed_ns:
+                seen_at = self.shed_ns - 1  # the packet to carry its shed mark may still be in the ring
+            _LAST.pack_into(self.table, 16 * (1 + slot) + 8, max(cutoff, seen_at))

@@ -262,6 +262,27 @@ def test_expiry_keeps_the_flows_the_kernel_still_sees() -> None:
     assert seen.count == 3
 
 
+def test_a_flow_vouched_for_after_a_shed_still_gets_its_mark() -> None:
+    """The kernel let a stale flow's last packet through after the shed; the expiry runs before the
+    encoder reads it: the flow stays, and that packet still gets the shed mark."""
+    idle = 2 * 10**9
+    kernel, clock = Decisions(newest=mono(T0), idle_timeout_ns=idle), Clock(mono=mono(T0 + 10**6))
+    seen = table(kernel, clock, idle_timeout_ns=idle)
+    flows = [frame(i) for i in range(64)]
+    ring([[(raw, T0 + i) for i, raw in enumerate(flows)]]).read_encoded(1 << 30, seen=seen)
+    shed_at = T0 + 5 * 10**9
+    seen.shed(1 << 31, shed_at, metadata.shed_note_suffix(0.5))
+    now = shed_at + 10**6
+    clock.mono = mono(now)
+    kernel.seen = {flow_id(raw): mono(shed_at + 500) for raw in flows}  # their last packets, past the shed
+    seen.expire(now)
+    assert seen.count == 64
+    got = comments(ring([[(raw, shed_at + 500 + i) for i, raw in enumerate(flows)]]).read_encoded(1 << 30,
+                                                                                                  seen=seen)[0])
+    assert {flow_id(raw) for raw, c in got if c} == {flow_id(raw) for raw in flows if flow_id(raw) >= 1 << 31}
+    assert all(c[0].startswith("kstap: shed id=") for _, c in got if c)
+
+
 def test_expiry_without_the_kernel_uses_the_table_clock_alone() -> None:
     seen = table(None, idle_timeout_ns=10)
     ring([[(frame(i), T0 + i) for i in range(5)]]).read_encoded(1 << 30, seen=seen)
