@@ -14,7 +14,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -103,7 +102,7 @@ def flows_and_comments(path: Path) -> dict[str, list[tuple[int, str]]]:
                          timeout=120, check=True)
     out: dict[str, list[tuple[int, str]]] = defaultdict(list)
     for line in res.stdout.splitlines():
-        number, stream, comment = (line.split("\t") + ["", ""])[:3]
+        number, stream, comment = [*line.split("\t"), "", ""][:3]
         out[stream].append((int(number), comment))
     return out
 
@@ -125,8 +124,12 @@ def test_every_flow_gets_one_comment_while_most_packets_skip_the_table(tmp_path:
             (7.0, 7.5, 1, 0.05)]    # after 1.5 s with no packet at all
     path, bounds = capture(tmp_path, plan, duration=9.0)
     assert_one_comment_per_flow_on_its_first_packet(path, 82)
-    # the kernel's word was used, and packets skipped the table: even the latest bound (the last flow's
-    # start + the margin) is well before the last packets
+    assert_packets_skipped(path, bounds)
+
+
+def assert_packets_skipped(path: Path, bounds: list[int]) -> None:
+    """The kernel's word was used, and packets skipped the table: even the latest bound (the last flow's
+    start + the margin) is well before the last packets."""
     given = [b for b in bounds if b != afpacket.NO_BOUND]
     assert given
     stamps = subprocess.run(["tshark", "-r", str(path), "-T", "fields", "-e", "frame.time_epoch"],
@@ -141,3 +144,4 @@ def test_expiry_keeps_flows_whose_packets_skipped_the_table(tmp_path: Path) -> N
     plan = [(0.0, 12.5, 30, 0.2), (11.2, 12.5, 10, 0.2)]
     path, bounds = capture(tmp_path, plan, duration=14.0, idle_timeout=2.0)
     assert_one_comment_per_flow_on_its_first_packet(path, 40)
+    assert_packets_skipped(path, bounds)
