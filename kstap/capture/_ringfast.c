@@ -396,12 +396,11 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
     uint32_t flow_opt = 4 + ((24 + (uint32_t)suffix_len + 3) & ~3u) + 4;
     uint32_t shed_opt = 4 + ((24 + (uint32_t)shed_suffix_len + 3) & ~3u) + 4;
     Py_ssize_t off = first;
-    pkts = PyMem_Malloc(num ? (size_t)num * sizeof(Pkt) : 1);
-    if (!pkts) { PyErr_NoMemory(); goto done; }
     /* pass 1: validate and key each packet, fetching its flow's slot; the slot of the packet
      * LOOKAHEAD before is in cache by then (a random slot per packet otherwise costs a memory
      * access each), so that packet is looked up in the table now. A flow's first packet (or a shed
-     * flow's last) gets a comment: the output is sized exactly. */
+     * flow's last) gets a comment: the output is sized exactly. The notes are allocated at the
+     * first packet that is keyed: a block wholly past the lookup bound needs none. */
     Py_ssize_t out_len = 0;
     Tally tally = {0, 0, 0, 0, 0};
     Lookup lk = {t, blk, seed, shed_threshold, shed_ns, flow_opt, shed_opt};
@@ -413,15 +412,21 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
         uint16_t mac = rd16(h + 24);
         if (off + mac + (Py_ssize_t)snap > bsize) { PyErr_SetString(PyExc_ValueError, "corrupt TPACKET_V3 block"); goto done; }
         Key k;
-        pkts[i].note = 0;
-        pkts[i].off = (uint32_t)off;
         uint64_t ts = (uint64_t)rd32(h + 4) * 1000000000ull + rd32(h + 8);
+        uint64_t fp = 0;
         if (ts <= bound && frame_key(h, &k, kbuf)) {
-            uint64_t fp = fingerprint(&k);
+            fp = fingerprint(&k);
             __builtin_prefetch(t + 2 * (1 + (fp & (t[1] - 1))), 1, 3);
-            pkts[i].note = fp;
+            if (!pkts) {
+                pkts = PyMem_Calloc(num, sizeof(Pkt));
+                if (!pkts) { PyErr_NoMemory(); goto done; }
+            }
         }
-        if (i >= LOOKAHEAD) look_up(&lk, &pkts[i - LOOKAHEAD], &tally, kbuf);
+        if (pkts) {
+            pkts[i].note = fp;
+            pkts[i].off = (uint32_t)off;
+            if (i >= LOOKAHEAD) look_up(&lk, &pkts[i - LOOKAHEAD], &tally, kbuf);
+        }
         if (status & TP_STATUS_VLAN_VALID) snap += 4;
         out_len += 32 + ((snap + 3) & ~3u);
         if (i + 1 < num) {
@@ -429,7 +434,7 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
             off += next;
         }
     }
-    for (uint32_t i = num > LOOKAHEAD ? num - LOOKAHEAD : 0; i < num; i++) look_up(&lk, &pkts[i], &tally, kbuf);
+    for (uint32_t i = num > LOOKAHEAD ? num - LOOKAHEAD : 0; pkts && i < num; i++) look_up(&lk, &pkts[i], &tally, kbuf);
     out_len += tally.bytes;
     unsigned int new_flows = tally.new_flows, shed_marked = tally.shed_marked;
     int full = tally.full;
@@ -449,7 +454,7 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
         if (wanted && dissect_wants(d, cap, linktype) && append_wanted(wanted, d, cap, orig, ts, if_id) < 0)
             goto done;
         uint32_t optlen = 0;
-        uint64_t note = pkts[i].note;
+        uint64_t note = pkts ? pkts[i].note : 0;
         if (note) {
             /* "kstap: flow id=%08x <suffix>", without snprintf (one per new flow adds up) */
             static const char hex[] = "0123456789abcdef";
