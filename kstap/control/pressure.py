@@ -161,6 +161,8 @@ class PressureReader:
         (a move to another cgroup); mounts under a running capture do not change."""
         text = cgroups.read_text(cgroups.host_path(self.root, f"/proc/{self.pid}/cgroup"), self._files)
         if text is None or text != self._located_from:
+            if self._located_from is not None:
+                self._files.close()  # the old cgroup's files: the new place is read from now on
             self._cgroups = cgroups.locate(self.root, self.pid)
             self._located_from = text
 
