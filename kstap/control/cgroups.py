@@ -21,6 +21,7 @@ anything at or above 2^62 or above the host's RAM mean no limit.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass
@@ -167,6 +168,11 @@ class Cgroup:
 
     def levels(self) -> list[tuple[str, str]]:
         """(hierarchy path, directory) from this cgroup up to the top of the mount, leaf first."""
+        return list(self._levels)
+
+    @functools.cached_property
+    def _levels(self) -> list[tuple[str, str]]:
+        """Worked out once: a :class:`Cgroup` is one place (a move means locating anew)."""
         rel = os.path.relpath(self.directory, self.top)
         parts = [] if rel == "." else rel.split(os.sep)
         out = []

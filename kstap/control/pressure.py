@@ -8,6 +8,7 @@ CPU use is a rate: the growth of a usage counter between two reads, over the inj
 from __future__ import annotations
 
 import os
+import resource
 import time
 from collections.abc import Callable
 
@@ -19,6 +20,7 @@ from kstap.model import ResourceStats
 from kstap.pseudofiles import PseudoFiles
 
 PSUTIL_NOTE = "psutil (sees the host, not the container)"
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
 def memory_ratio(stats: ResourceStats) -> float | None:
@@ -111,9 +113,22 @@ class PressureReader:
         self._tree_scanned = self.clock()
         return self._tree_cache
 
+    def _own_rss(self) -> int | None:
+        """This process's RSS from ``/proc/self/statm`` (held open): what psutil reads, without its layers."""
+        text = self._files.text("/proc/self/statm")
+        try:
+            return int(text.split()[1]) * PAGE_SIZE if text else None
+        except (IndexError, ValueError):
+            return None
+
     def _process_rss(self) -> int | None:
         total, seen = 0, False
+        me = os.getpid()
         for proc in self._tree():
+            if proc.pid == me and (own := self._own_rss()) is not None:
+                total += own
+                seen = True
+                continue
             try:
                 total += int(proc.memory_info().rss)
                 seen = True
@@ -124,7 +139,13 @@ class PressureReader:
 
     def _process_cpu_seconds(self) -> float | None:
         total, seen = 0.0, False
+        me = os.getpid()
         for proc in self._tree():
+            if proc.pid == me:  # one system call, and µs where /proc/PID/stat has clock ticks
+                usage = resource.getrusage(resource.RUSAGE_SELF)
+                total += usage.ru_utime + usage.ru_stime
+                seen = True
+                continue
             try:
                 times = proc.cpu_times()
             except psutil.Error:
@@ -140,6 +161,8 @@ class PressureReader:
         (a move to another cgroup); mounts under a running capture do not change."""
         text = cgroups.read_text(cgroups.host_path(self.root, f"/proc/{self.pid}/cgroup"), self._files)
         if text is None or text != self._located_from:
+            if self._located_from is not None:
+                self._files.close()  # the old cgroup's files: the new place is read from now on
             self._cgroups = cgroups.locate(self.root, self.pid)
             self._located_from = text
 

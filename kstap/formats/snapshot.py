@@ -132,12 +132,17 @@ def stream(s: StatsSnapshot) -> Keys:
     return _render(s, "stream")
 
 
+_RENDERS: dict[str, list[Render]] = {
+    rendering: [how for f in FIELDS.values() if not isinstance(how := getattr(f, rendering), str)]
+    for rendering in ("ndjson", "stream")
+}
+"""Each JSON rendering's field functions, in :data:`FIELDS` order (picked once: a tick renders a snapshot)."""
+
+
 def _render(s: StatsSnapshot, rendering: str) -> Keys:
     out: Keys = {}
-    for f in FIELDS.values():
-        how = getattr(f, rendering)
-        if not isinstance(how, str):
-            out.update(how(s))
+    for how in _RENDERS[rendering]:
+        out.update(how(s))
     return out
 
 

@@ -1,0 +1,56 @@
+"""At a stop the last, partly filled block is drained without spinning on the stop flag's pipe.
+
+The loop registers the stop flag's pipe with the source's poll set (``wake_on``); once the flag is
+set that pipe stays readable. The drain waits for the ring's retire timer: if it polled the pipe
+too, every poll returned at once and the drain spun until its deadline.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+
+import pytest
+
+from kstap.capture import netns
+from kstap.capture.afpacket import AfPacketRing, AfPacketSource, RingConfig
+from kstap.demo.lab import Lab
+from kstap.filters.bpf import compile_filter
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+
+
+class CountingPoll:
+    def __init__(self, inner: select.poll) -> None:
+        self.inner = inner
+        self.calls = 0
+
+    def register(self, fd: int, events: int = select.POLLIN) -> None:
+        self.inner.register(fd, events)
+
+    def unregister(self, fd: int) -> None:
+        self.inner.unregister(fd)
+
+    def poll(self, timeout: int | None = None) -> list[tuple[int, int]]:
+        self.calls += 1
+        return self.inner.poll(timeout)
+
+
+def test_drain_waits_for_the_retire_timer_instead_of_spinning() -> None:
+    with Lab() as lab:
+        with netns.entered(lab.server):
+            ring = AfPacketRing(lab.server_if, compile_filter("udp"), ring=RingConfig(4 << 20, 1 << 20, 20))
+        source = AfPacketSource([ring])
+        counting = CountingPoll(source._poll)
+        source._poll = counting  # type: ignore[assignment]
+        r, w = os.pipe()
+        try:
+            source.wake_on(r)
+            os.write(w, b"x")  # the stop flag was set: its pipe is readable from now on, and never read
+            assert source.drain(20) == []
+            # a 50 ms drain waiting on the ring: a handful of polls (it was thousands, one per pass)
+            assert counting.calls <= 5, counting.calls
+        finally:
+            source.close()
+            os.close(r)
+            os.close(w)
