@@ -268,6 +268,12 @@ static int table_touch_was(uint64_t *t, uint64_t fp, uint64_t now, uint64_t *bef
 static inline uint32_t *table_hashes(uint64_t *t) { return (uint32_t *)(t + 2 * (1 + t[1])); }
 static inline Py_ssize_t table_bytes(uint64_t cap) { return (Py_ssize_t)((cap + 1) * 16 + cap * 4); }
 
+/* A table buffer whose header holds a power-of-two capacity that fits it. */
+static int check_table(const Py_buffer *b) {
+    const uint64_t *t = (const uint64_t *)b->buf;
+    return b->len >= 32 && t[1] && !(t[1] & (t[1] - 1)) && table_bytes(t[1]) <= b->len;
+}
+
 /* The flow key of the frame a packet becomes in the file. The ring's frame, or, for a packet whose
  * 802.1Q tag the kernel moved into metadata, its first KEY_HEAD bytes with the tag put back (into
  * buf, as copy_frame does): parse_key never reads past 14 + 8 + 60 + 4 bytes. */
@@ -385,7 +391,7 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
         goto done;
     }
     uint64_t *t = (uint64_t *)table.buf;
-    if (t[1] == 0 || (t[1] & (t[1] - 1)) || table_bytes(t[1]) > table.len) {
+    if (!check_table(&table)) {
         PyErr_SetString(PyExc_ValueError, "table header is not a power-of-two capacity");
         goto done;
     }
@@ -545,11 +551,6 @@ static int append_wanted(PyObject *list, const unsigned char *d, uint32_t cap, u
     int rc = PyList_Append(list, rec);
     Py_DECREF(rec);
     return rc;
-}
-
-static int check_table(const Py_buffer *b) {
-    const uint64_t *t = (const uint64_t *)b->buf;
-    return b->len >= 32 && t[1] && !(t[1] & (t[1] - 1)) && table_bytes(t[1]) <= b->len;
 }
 
 /* table_compact(old, new, cutoff_ns) -> count: copy the slots seen at or after cutoff (with their

@@ -26,7 +26,7 @@ from kstap.contracts import FirstPacketNotes, SourceCapabilities
 from kstap.errors import EnvironmentProblem, KstapError, UsageError
 from kstap.filters.bpf import Program
 from kstap.merge import TimeOrderedMerge
-from kstap.model import Interface, InterfaceEvent, LinkChange, PacketRecord, SourceStats
+from kstap.model import LINKTYPE_ETHERNET, Interface, InterfaceEvent, LinkChange, PacketRecord, SourceStats
 
 SOL_PACKET = 263
 PACKET_RX_RING = 5
@@ -72,7 +72,6 @@ table_compact = _load_fast("table_compact")
 table_stale = _load_fast("table_stale")
 NO_BOUND = (1 << 64) - 1
 """The first-packet encoder's lookup bound that looks every packet up."""
-LINKTYPE_ETHERNET = 1
 
 
 @dataclass(frozen=True)
@@ -356,13 +355,31 @@ def _with_vlan_tag(mm: mmap.mmap, hdr: int, start: int, snap: int, status: int) 
     return mm[start : start + head] + struct.pack("!HH", tpid, tci & 0xFFFF) + mm[start + head : start + snap]
 
 
-class AfPacketSource:
+class StopWake:
+    """A source's poll set that also ends a wait when the stop flag's pipe turns readable, and stops
+    doing so for the drain at a stop (the pipe stays readable: polling it would spin)."""
+
+    _poll: select.poll
+    _wake_fd: int | None = None
+
+    def wake_on(self, fd: int) -> None:
+        """Also end a wait when ``fd`` turns readable (the stop flag's pipe); it is never read here."""
+        self._poll.register(fd, select.POLLIN)
+        self._wake_fd = fd
+
+    def _stop_waking(self) -> None:
+        if self._wake_fd is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self._poll.unregister(self._wake_fd)
+            self._wake_fd = None
+
+
+class AfPacketSource(StopWake):
     """Several rings (one per interface) polled together."""
 
     def __init__(self, rings: list[AfPacketRing]) -> None:
         self.rings = rings
         self._poll = select.poll()
-        self._wake_fd: int | None = None
         self._by_fd = {}
         for r in rings:
             self._poll.register(r.fileno(), select.POLLIN | select.POLLERR)
@@ -442,17 +459,6 @@ class AfPacketSource:
         """Named interfaces that went away since the last call."""
         out, self.events = self.events, []
         return out
-
-    def _stop_waking(self) -> None:
-        if self._wake_fd is not None:
-            with contextlib.suppress(KeyError, ValueError):
-                self._poll.unregister(self._wake_fd)
-            self._wake_fd = None
-
-    def wake_on(self, fd: int) -> None:
-        """Also end a wait when ``fd`` turns readable (the stop flag's pipe); it is never read here."""
-        self._poll.register(fd, select.POLLIN)
-        self._wake_fd = fd
 
     def read_encoded(self, timeout_ms: int, max_packets: int, seen: FirstPacketNotes | None = None,
                      wanted: list[PacketRecord] | None = None) -> tuple[list[bytes], int, int]:

@@ -39,6 +39,7 @@ from kstap.capture.afpacket import (
     TPACKET_V3,
     BlockRing,
     RingConfig,
+    StopWake,
     _load_fast,
     attach_filter,
     fold_counters,
@@ -99,7 +100,7 @@ def _no_loopback_outgoing(program: Program) -> Program:
     return program.with_insns(head + program.insns)
 
 
-class CookedSource(BlockRing):
+class CookedSource(BlockRing, StopWake):
     """The one socket of ``-i any``, its ring, its dedup and its interface watch."""
 
     capabilities = SourceCapabilities(live_filter=True, interface_events=True,
@@ -130,7 +131,6 @@ class CookedSource(BlockRing):
             self.close()
             raise
         self._poll = select.poll()
-        self._wake_fd: int | None = None
         self._poll.register(self.sock.fileno(), select.POLLIN | select.POLLERR)
         self._poll.register(self.links.fileno(), select.POLLIN)
         self.interfaces = [Interface("any", LINKTYPE_LINUX_SLL2, program.snaplen, program.expression,
@@ -153,17 +153,6 @@ class CookedSource(BlockRing):
 
     def fileno(self) -> int:
         return self.sock.fileno()
-
-    def _stop_waking(self) -> None:
-        if self._wake_fd is not None:
-            with contextlib.suppress(KeyError, ValueError):
-                self._poll.unregister(self._wake_fd)
-            self._wake_fd = None
-
-    def wake_on(self, fd: int) -> None:
-        """Also end a wait when ``fd`` turns readable (the stop flag's pipe)."""
-        self._poll.register(fd, select.POLLIN)
-        self._wake_fd = fd
 
     # -- reading ---------------------------------------------------------------------------------
     def read(self, timeout_ms: int) -> list[PacketRecord]:

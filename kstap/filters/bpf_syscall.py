@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import mmap
 import os
 import platform
@@ -152,22 +153,17 @@ class Map:
             self.fd = -1
 
 
-_possible: int | None = None
-
-
+@functools.cache
 def possible_cpus() -> int:
     """How many CPUs the kernel may ever bring up (/sys/devices/system/cpu/possible, e.g. "0-7"):
     the number of values a per-CPU map element has."""
-    global _possible
-    if _possible is None:
-        with open("/sys/devices/system/cpu/possible") as f:
-            text = f.read().strip()
-        count = 0
-        for part in text.split(","):
-            lo, _, hi = part.partition("-")
-            count += int(hi or lo) - int(lo) + 1
-        _possible = count
-    return _possible
+    with open("/sys/devices/system/cpu/possible") as f:
+        text = f.read().strip()
+    count = 0
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        count += int(hi or lo) - int(lo) + 1
+    return count
 
 
 def load_socket_filter(code: bytes, name: str = "kstap", log_size: int = 1 << 20) -> int:
