@@ -364,7 +364,8 @@ class Cli:
 
     def wait_for(self, pred: Callable[[], bool], timeout: float, what: str) -> None:
         assert wait_for(lambda: pred() or self.proc.poll() is not None, timeout=timeout, interval=0.05), \
-            f"timed out waiting for {what}; stderr: {self.err[-10:]}"
+            f"timed out waiting for {what}; alerts: {[(a['kind'], a['message']) for a in self.of('alert')][-8:]}; " \
+            f"stderr: {self.err[-10:]}"
         assert pred(), f"the CLI exited ({self.proc.returncode}) before {what}; stderr: {self.err[-10:]}"
 
     def wait_capturing(self, nodes: tuple[str, ...] = NODES, timeout: float = 40.0) -> None:
@@ -732,7 +733,11 @@ def test_the_api_server_going_away_and_coming_back(env: Env, wireshark) -> None:
     env.api.stop()
     t0 = time.monotonic()
     nodes.send(during)  # captured by the workers, held in their backlog
-    cli.wait_for(lambda: any(a["kind"] == "worker-lost" for a in cli.of("alert")), 15, "the workers lost")
+    # Both, not the first: the two streams broke some ms apart, and a server back before the second's
+    # grace ran out would let that worker reconnect without ever being lost (no "reattached" for it).
+    def lost() -> set[str]:  # "worker N on NODE stopped answering …"
+        return {a["message"].split(" stopped")[0] for a in cli.of("alert") if a["kind"] == "worker-lost"}
+    cli.wait_for(lambda: len(lost()) >= 2, 15, "both workers lost")
     env.api = FakeApiServer(env.cluster, port=port).start()
     outage_s = time.monotonic() - t0
     cli.wait_for(lambda: sum(a["kind"] == "worker-reattached" for a in cli.of("alert")) >= 2, 30,
