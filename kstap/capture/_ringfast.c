@@ -49,8 +49,8 @@ static uint32_t copy_frame(const unsigned char *h, unsigned char *d, uint32_t *o
 
 /* --entries: which packets a dissector would take (kstap/dissect/stage.py): TCP segments (any port:
  * detection reads the payload), UDP to or from port 53, or whose payload passes dns.plausible().
- * Everything else only goes to the file, so it never becomes a Python object. Non-Ethernet link
- * types are all "wanted" (the Python stage decides). */
+ * Everything else only goes to the file, so it never becomes a Python object. Link types other
+ * than Ethernet and LINUX_SLL2 are all "wanted" (the Python stage decides). */
 static int dissect_wants(const unsigned char *f, uint32_t len, int linktype);
 static int append_wanted(PyObject *list, const unsigned char *d, uint32_t cap, uint32_t orig,
                          unsigned long long ts, unsigned int if_id);
@@ -296,7 +296,7 @@ static int frame_key(const unsigned char *h, Key *k, unsigned char *buf) {
 #define NOTE_FLOW (1ull << 32)
 #define NOTE_SHED (2ull << 32)
 #define LOOKAHEAD 32
-typedef struct { uint64_t note; uint32_t off; } Pkt;
+typedef struct { uint64_t note; uint32_t off, copy; } Pkt;  /* copy: -i any's, not written */
 typedef struct { unsigned long long bytes; unsigned int new_flows, shed_marked, tunnels; int full; } Tally;
 typedef struct {
     uint64_t *table;
@@ -304,7 +304,10 @@ typedef struct {
     uint32_t seed;
     unsigned long long shed_threshold, shed_ns;
     uint32_t flow_opt, shed_opt;
+    int cooked;  /* the ring is a cooked socket's (-i any): key with cooked_key, not frame_key */
 } Lookup;
+
+static int cooked_key(const unsigned char *h, Key *k, unsigned char *buf);
 
 /* UDP to or from a VXLAN or Geneve port (kstap/linklayer.py): the kernel flow table keys such a
  * datagram by its inner packet, this table by the outer one, so the kernel cannot vouch for it. */
@@ -329,7 +332,8 @@ static inline void look_up(const Lookup *lk, Pkt *p, Tally *tally, unsigned char
     int maybe_shed = fresh == 0 && lk->shed_threshold < (1ull << 32) && ts >= lk->shed_ns && before < lk->shed_ns;
     if (!fresh && !maybe_shed) return;
     Key k;
-    frame_key(h, &k, kbuf);
+    if (lk->cooked) cooked_key(h, &k, kbuf);
+    else frame_key(h, &k, kbuf);
     uint32_t fh = flow_hash(&k, lk->seed);
     if (fresh) {
         table_hashes(lk->table)[index] = fh;
@@ -342,6 +346,26 @@ static inline void look_up(const Lookup *lk, Pkt *p, Tally *tally, unsigned char
         tally->bytes += lk->shed_opt;
         tally->shed_marked++;
     }
+}
+
+/* The comment option of a packet whose note is NOTE_FLOW / NOTE_SHED | hash, written at p:
+ * "kstap: flow id=%08x <suffix>" (or shed and its suffix), padded, then opt_endofopt, without
+ * snprintf (one per new flow adds up). Returns its length (the flow_opt / shed_opt of the call). */
+static uint32_t write_note(unsigned char *p, uint64_t note, const char *suffix, Py_ssize_t suffix_len,
+                           const char *shed_suffix, Py_ssize_t shed_suffix_len) {
+    static const char hex[] = "0123456789abcdef";
+    int shed = (note & NOTE_SHED) != 0;
+    uint32_t fh = (uint32_t)note;
+    const char *tail = shed ? shed_suffix : suffix;
+    uint32_t tail_len = (uint32_t)(shed ? shed_suffix_len : suffix_len), n = 24 + tail_len;
+    p[0] = 1; p[1] = 0; p[2] = (unsigned char)(n & 0xff); p[3] = (unsigned char)(n >> 8);
+    memcpy(p + 4, shed ? "kstap: shed id=" : "kstap: flow id=", 15);
+    for (int sh = 28, j = 19; sh >= 0; sh -= 4, j++) p[j] = hex[(fh >> sh) & 0xf];
+    p[27] = ' ';
+    memcpy(p + 28, tail, tail_len);
+    uint32_t npad = (n + 3) & ~3u;
+    memset(p + 4 + n, 0, npad - n + 4);  /* padding, then opt_endofopt */
+    return 4 + npad + 4;
 }
 
 /* encode_block_sampled(ring, boff, bsize, if_id, maxp, table, seed, suffix
@@ -409,7 +433,7 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
      * first packet that is keyed: a block wholly past the lookup bound needs none. */
     Py_ssize_t out_len = 0;
     Tally tally = {0, 0, 0, 0, 0};
-    Lookup lk = {t, blk, seed, shed_threshold, shed_ns, flow_opt, shed_opt};
+    Lookup lk = {t, blk, seed, shed_threshold, shed_ns, flow_opt, shed_opt, 0};
     for (uint32_t i = 0; i < num; i++) {
         if (off < 0 || off + 48 > bsize) { PyErr_SetString(PyExc_ValueError, "corrupt TPACKET_V3 block"); goto done; }
         const unsigned char *h = blk + off;
@@ -461,23 +485,7 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
             goto done;
         uint32_t optlen = 0;
         uint64_t note = pkts ? pkts[i].note : 0;
-        if (note) {
-            /* "kstap: flow id=%08x <suffix>", without snprintf (one per new flow adds up) */
-            static const char hex[] = "0123456789abcdef";
-            int shed = (note & NOTE_SHED) != 0;
-            uint32_t fh = (uint32_t)note;
-            const char *tail = shed ? shed_suffix : suffix;
-            uint32_t tail_len = (uint32_t)(shed ? shed_suffix_len : suffix_len), n = 24 + tail_len;
-            unsigned char *p = d + padded;
-            p[0] = 1; p[1] = 0; p[2] = (unsigned char)(n & 0xff); p[3] = (unsigned char)(n >> 8);
-            memcpy(p + 4, shed ? "kstap: shed id=" : "kstap: flow id=", 15);
-            for (int sh = 28, j = 19; sh >= 0; sh -= 4, j++) p[j] = hex[(fh >> sh) & 0xf];
-            p[27] = ' ';
-            memcpy(p + 28, tail, tail_len);
-            uint32_t npad = (n + 3) & ~3u;
-            memset(p + 4 + n, 0, npad - n + 4);  /* padding, then opt_endofopt */
-            optlen = shed ? shed_opt : flow_opt;
-        }
+        if (note) optlen = write_note(d + padded, note, suffix, suffix_len, shed_suffix, shed_suffix_len);
         uint32_t total = 32 + padded + optlen;
         epb_header(o, total, if_id, ts, cap, orig);
         wr32(d + padded + optlen, total);
@@ -508,10 +516,17 @@ static int dns_plausible(const unsigned char *p, uint32_t n) {
 }
 
 static int dissect_wants(const unsigned char *f, uint32_t n, int linktype) {
-    if (linktype != 1) return 1;
-    if (n < 14) return 0;
-    uint32_t off = 14;
-    uint16_t et = be16(f + 12);
+    uint32_t off;
+    uint16_t et;
+    if (linktype == 1) {  /* Ethernet: the ethertype at 12 */
+        if (n < 14) return 0;
+        off = 14; et = be16(f + 12);
+    } else if (linktype == 276) {  /* LINUX_SLL2 (-i any): the protocol at 0, a VLAN tag after the 20 bytes */
+        if (n < 20) return 0;
+        off = 20; et = be16(f);
+    } else {
+        return 1;
+    }
     for (int i = 0; i < 2; i++)
         if ((et == 0x8100 || et == 0x88A8) && n >= off + 4) { et = be16(f + off + 2); off += 4; }
     uint32_t l4, end;
@@ -735,6 +750,183 @@ done:
     return result;
 }
 
+/* -i any with first-packet comments (percentage mode, the kernel flow table) and --entries.
+ *
+ * The flow key of a cooked packet: the frame it becomes in the file is LINUX_SLL2, whose protocol
+ * (and VLAN tag, put back from metadata as write_sll2 does) the key reads as an Ethernet frame's
+ * ethertype (kstap/linklayer.py decodes both alike). So the head of the packet is copied into buf
+ * behind a 14-byte Ethernet header carrying that protocol, and parse_key reads it: the key is
+ * parse_key's, whatever parse_key learns. buf holds KEY_HEAD bytes. */
+static int cooked_key(const unsigned char *h, Key *k, unsigned char *buf) {
+    const unsigned char *ll = h + 48;
+    uint32_t snap = rd32(h + 12), status = rd32(h + 20), n = 14;
+    const unsigned char *data = h + rd16(h + 24);
+    uint16_t proto = be16(ll + 2);
+    memset(buf, 0, 12);
+    if (status & TP_STATUS_VLAN_VALID) {
+        uint16_t tci = (uint16_t)rd32(h + HV1_VLAN_TCI);
+        uint16_t tpid = (status & TP_STATUS_VLAN_TPID_VALID) ? rd16(h + HV1_VLAN_TPID) : 0x8100;
+        buf[12] = tpid >> 8; buf[13] = tpid & 0xff; buf[14] = tci >> 8; buf[15] = tci & 0xff;
+        buf[16] = proto >> 8; buf[17] = proto & 0xff;
+        n = 18;
+    } else {
+        buf[12] = proto >> 8; buf[13] = proto & 0xff;
+    }
+    uint32_t take = snap < KEY_HEAD - n ? snap : KEY_HEAD - n;
+    memcpy(buf + n, data, take);
+    return parse_key(buf, n + take, k);
+}
+
+/* The LINUX_SLL2 frame of a cooked packet at d (its header, the VLAN tag the kernel moved into
+ * metadata put back after it, the packet), zero-padded to 32 bits: encode_cooked_block's frame.
+ * Returns the captured length; *orig gets the original length. */
+static uint32_t write_sll2(const unsigned char *h, unsigned char *d, uint32_t *orig) {
+    const unsigned char *ll = h + 48;  /* struct sockaddr_ll after TPACKET_ALIGN(sizeof(tpacket3_hdr)) */
+    uint32_t snap = rd32(h + 12), len = rd32(h + 16), status = rd32(h + 20);
+    const unsigned char *data = h + rd16(h + 24);
+    uint16_t proto = be16(ll + 2), hatype = rd16(ll + 8), outer = proto;
+    uint32_t ifindex = rd32(ll + 4), extra = 0;
+    if (status & TP_STATUS_VLAN_VALID) {
+        outer = (status & TP_STATUS_VLAN_TPID_VALID) ? rd16(h + HV1_VLAN_TPID) : 0x8100;
+        uint16_t tci = (uint16_t)rd32(h + HV1_VLAN_TCI);
+        d[SLL2_LEN] = tci >> 8; d[SLL2_LEN + 1] = tci & 0xff;
+        d[SLL2_LEN + 2] = proto >> 8; d[SLL2_LEN + 3] = proto & 0xff;
+        extra = 4;
+    }
+    d[0] = outer >> 8; d[1] = outer & 0xff; d[2] = 0; d[3] = 0;
+    d[4] = ifindex >> 24; d[5] = (ifindex >> 16) & 0xff; d[6] = (ifindex >> 8) & 0xff; d[7] = ifindex & 0xff;
+    d[8] = hatype >> 8; d[9] = hatype & 0xff; d[10] = ll[10]; d[11] = ll[11];
+    memcpy(d + 12, ll + 12, 8);
+    memcpy(d + SLL2_LEN + extra, data, snap);
+    uint32_t cap = SLL2_LEN + extra + snap, padded = (cap + 3) & ~3u;
+    memset(d + cap, 0, padded - cap);
+    *orig = len + SLL2_LEN + extra;
+    return cap;
+}
+
+/* encode_cooked_block_sampled(ring, boff, bsize, if_id, maxp, dedup, window_ns, table, seed, suffix
+ *                             [, wanted, shed_threshold, shed_ns, shed_suffix, bound_ns])
+ *   -> (epb_bytes, packets_written, captured_bytes, packets_read, duplicates,
+ *       new_flows, table_full, shed_marked, tunnel_flows)
+ * encode_cooked_block's copies removed (the same dedup table and rule), then, on what is kept,
+ * encode_block_sampled's first-packet comments (table, seed, suffix, the shed mark, the lookup
+ * bound: see there) and --entries' records (wanted, linktype LINUX_SLL2). table None: no comments
+ * (--entries in full mode). Two passes: (1) validate, remove copies, key and look up each packet
+ * kept, sizing the output exactly; (2) write the EPBs. */
+static PyObject *encode_cooked_block_sampled(PyObject *self, PyObject *args) {
+    Py_buffer ring, dedup, table = {0};
+    Py_ssize_t boff, bsize, maxp;
+    unsigned int if_id, seed = 0;
+    unsigned long long window;
+    PyObject *table_obj, *wanted = NULL;
+    const char *suffix = "", *shed_suffix = "";
+    Py_ssize_t suffix_len = 0, shed_suffix_len = 0;
+    unsigned long long shed_threshold = 1ull << 32, shed_ns = 0, bound = UINT64_MAX;
+    if (!PyArg_ParseTuple(args, "y*nnInw*KOIs#|OKKs#K", &ring, &boff, &bsize, &if_id, &maxp, &dedup, &window,
+                          &table_obj, &seed, &suffix, &suffix_len, &wanted, &shed_threshold, &shed_ns,
+                          &shed_suffix, &shed_suffix_len, &bound))
+        return NULL;
+    if (wanted == Py_None) wanted = NULL;
+    PyObject *result = NULL, *bytes = NULL;
+    Pkt *pkts = NULL;
+    unsigned char kbuf[KEY_HEAD];
+    uint64_t *d = (uint64_t *)dedup.buf, *t = NULL;
+    if (table_obj != Py_None) {
+        if (PyObject_GetBuffer(table_obj, &table, PyBUF_WRITABLE) < 0) goto done;
+        if (!check_table(&table)) {
+            PyErr_SetString(PyExc_ValueError, "table header is not a power-of-two capacity");
+            goto done;
+        }
+        t = (uint64_t *)table.buf;
+    }
+    if (wanted && !PyList_Check(wanted)) {
+        PyErr_SetString(PyExc_TypeError, "wanted must be a list");
+        goto done;
+    }
+    if (boff < 0 || bsize < 48 || boff + bsize > ring.len || dedup.len < 48 || !d[1] || (d[1] & (d[1] - 1)) ||
+        (Py_ssize_t)((d[1] + 1) * 24) > dedup.len || suffix_len > 200 || shed_suffix_len > 200) {
+        PyErr_SetString(PyExc_ValueError, "bad ring, dedup table or suffix");
+        goto done;
+    }
+    const unsigned char *blk = (const unsigned char *)ring.buf + boff;
+    uint32_t num = rd32(blk + 12), first = rd32(blk + 16);
+    if (maxp >= 0 && (Py_ssize_t)num > maxp) num = (uint32_t)maxp;
+    uint32_t flow_opt = 4 + ((24 + (uint32_t)suffix_len + 3) & ~3u) + 4;
+    uint32_t shed_opt = 4 + ((24 + (uint32_t)shed_suffix_len + 3) & ~3u) + 4;
+    pkts = PyMem_Calloc(num ? num : 1, sizeof(Pkt));
+    if (!pkts) { PyErr_NoMemory(); goto done; }
+    Tally tally = {0, 0, 0, 0, 0};
+    Lookup lk = {t, blk, seed, shed_threshold, shed_ns, flow_opt, shed_opt, 1};
+    Py_ssize_t out_len = 0, off = first;
+    unsigned int dups = 0;
+    /* pass 1, as encode_block_sampled's (the LOOKAHEAD pipeline), on the packets that are no copy */
+    for (uint32_t i = 0; i < num; i++) {
+        if (off < 0 || off + 48 + 20 > bsize) { PyErr_SetString(PyExc_ValueError, "corrupt TPACKET_V3 block"); goto done; }
+        const unsigned char *h = blk + off;
+        ring_ahead(h);
+        uint32_t next = rd32(h), snap = rd32(h + 12), status = rd32(h + 20);
+        uint16_t mac = rd16(h + 24);
+        if (off + mac + (Py_ssize_t)snap > bsize) { PyErr_SetString(PyExc_ValueError, "corrupt TPACKET_V3 block"); goto done; }
+        uint64_t ts = (uint64_t)rd32(h + 4) * 1000000000ull + rd32(h + 8);
+        pkts[i].off = (uint32_t)off;
+        if (window && cooked_seen(d, packet_digest(be16(h + 48 + 2), h + mac, snap, rd32(h + 16)), ts,
+                                  rd32(h + 48 + 4), window)) {
+            pkts[i].copy = 1;
+            dups++;
+        } else {
+            Key k;
+            if (t && ts <= bound && cooked_key(h, &k, kbuf)) {
+                uint64_t fp = fingerprint(&k);
+                __builtin_prefetch(t + 2 * (1 + (fp & (t[1] - 1))), 1, 3);
+                pkts[i].note = fp;
+            }
+            out_len += 32 + ((SLL2_LEN + ((status & TP_STATUS_VLAN_VALID) ? 4 : 0) + snap + 3) & ~3u);
+        }
+        if (t && i >= LOOKAHEAD)
+            look_up(&lk, &pkts[i - LOOKAHEAD], &tally, kbuf);
+        if (i + 1 < num) {
+            if (next == 0) { PyErr_SetString(PyExc_ValueError, "corrupt TPACKET_V3 block"); goto done; }
+            off += next;
+        }
+    }
+    for (uint32_t i = num > LOOKAHEAD ? num - LOOKAHEAD : 0; t && i < num; i++)
+        look_up(&lk, &pkts[i], &tally, kbuf);
+    out_len += tally.bytes;
+    bytes = PyBytes_FromStringAndSize(NULL, out_len);
+    if (!bytes) goto done;
+    unsigned char *o = (unsigned char *)PyBytes_AS_STRING(bytes);
+    unsigned long long captured = 0;
+    unsigned int written = 0;
+    /* pass 2: the EPBs */
+    for (uint32_t i = 0; i < num; i++) {
+        if (pkts[i].copy) continue;
+        uint64_t note = pkts[i].note;
+        const unsigned char *h = blk + pkts[i].off;
+        unsigned char *dd = o + 28;
+        uint32_t orig, cap = write_sll2(h, dd, &orig), padded = (cap + 3) & ~3u, optlen = 0;
+        unsigned long long ts = (unsigned long long)rd32(h + 4) * 1000000000ull + rd32(h + 8);
+        if (wanted && dissect_wants(dd, cap, 276) && append_wanted(wanted, dd, cap, orig, ts, if_id) < 0)
+            goto done;
+        if (note) optlen = write_note(dd + padded, note, suffix, suffix_len, shed_suffix, shed_suffix_len);
+        uint32_t total = 32 + padded + optlen;
+        epb_header(o, total, if_id, ts, cap, orig);
+        wr32(dd + padded + optlen, total);
+        o += total;
+        captured += cap;
+        written++;
+    }
+    result = Py_BuildValue("(NIKIIIiII)", bytes, written, captured, num, dups, tally.new_flows, tally.full,
+                           tally.shed_marked, tally.tunnels);
+    bytes = NULL;
+done:
+    Py_XDECREF(bytes);
+    PyMem_Free(pkts);
+    PyBuffer_Release(&ring);
+    PyBuffer_Release(&dedup);
+    if (table.obj) PyBuffer_Release(&table);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"encode_block", encode_block, METH_VARARGS, "Encode one TPACKET_V3 block as pcapng EPBs."},
     {"encode_block_sampled", encode_block_sampled, METH_VARARGS,
@@ -743,6 +935,8 @@ static PyMethodDef methods[] = {
     {"table_stale", table_stale, METH_VARARGS, "The (slot, flow hash) of each flow last seen before a cutoff."},
     {"encode_cooked_block", encode_cooked_block, METH_VARARGS,
      "Encode one cooked-socket block as LINUX_SLL2 EPBs, removing copies seen on other interfaces (-i any)."},
+    {"encode_cooked_block_sampled", encode_cooked_block_sampled, METH_VARARGS,
+     "encode_cooked_block with first-packet comments and the dissectors' records (-i any: percentage, auto, --entries)."},
     {NULL, NULL, 0, NULL},
 };
 

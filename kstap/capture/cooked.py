@@ -32,6 +32,7 @@ from kstap.capture.afpacket import (
     _VLAN,
     ETH_P_ALL,
     HV1_VLAN,
+    NO_BOUND,
     PACKET_VERSION,
     SOL_PACKET,
     TP_STATUS_VLAN_TPID_VALID,
@@ -47,7 +48,7 @@ from kstap.capture.afpacket import (
     packet_socket,
 )
 from kstap.capture.linkwatch import LinkWatch
-from kstap.contracts import SourceCapabilities
+from kstap.contracts import FirstPacketNotes, SourceCapabilities
 from kstap.dedup import DEFAULT_WINDOW_NS, Dedup, digest
 from kstap.filters.bpf import (
     LINKTYPE_LINUX_SLL2,
@@ -61,6 +62,9 @@ from kstap.model import Interface, InterfaceEvent, PacketRecord, SourceStats
 
 encode_cooked_block = _load_fast("encode_cooked_block")
 """C fast path: a cooked block → LINUX_SLL2 EPBs with copies removed (None when unavailable)."""
+encode_cooked_block_sampled = _load_fast("encode_cooked_block_sampled")
+"""The same, also commenting each flow's first packet (percentage mode, the kernel flow table) and
+handing over the packets a dissector takes (--entries)."""
 DEDUP_SLOTS = 1 << 17
 """Seen-packet slots of the C path (3 MiB): 50 ms of a 1 Mpps node fills well under half."""
 TPACKET3_HDRLEN = 48
@@ -104,10 +108,13 @@ class CookedSource(BlockRing, StopWake):
     """The one socket of ``-i any``, its ring, its dedup and its interface watch."""
 
     capabilities = SourceCapabilities(live_filter=True, interface_events=True,
-                                      encoded_blocks=encode_cooked_block is not None)
+                                      encoded_blocks=encode_cooked_block is not None,
+                                      sampled_blocks=encode_cooked_block_sampled is not None,
+                                      dissect_split=encode_cooked_block_sampled is not None)
     """The C encoder writes whole blocks as SLL2 EPBs (copies removed) when nothing needs the
-    records themselves; otherwise :meth:`read` builds each record here (SLL2 header + payload).
-    No first-packet comments in C: percentage mode takes the records path."""
+    records themselves, with each flow's first-packet comment when the kernel decided the sampling
+    and the dissectors' packets handed over as records (--entries); otherwise :meth:`read` builds
+    each record here (SLL2 header + payload)."""
 
     def __init__(self, program: Program, *, ring: RingConfig = RingConfig(),
                  dedup_window_ns: int = DEFAULT_WINDOW_NS) -> None:
@@ -214,29 +221,59 @@ class CookedSource(BlockRing, StopWake):
         self._stats.delivered += len(out) - before
         return got
 
-    def read_encoded(self, timeout_ms: int, max_packets: int, seen: object = None,
+    def read_encoded(self, timeout_ms: int, max_packets: int, seen: FirstPacketNotes | None = None,
                      wanted: list[PacketRecord] | None = None) -> tuple[list[bytes], int, int]:
         """The C fast path: EPB bytes (LINUX_SLL2, copies removed) of the ready blocks, waiting up
-        to ``timeout_ms`` when none is ready. ``seen`` and ``wanted`` are not supported (no
-        first-packet comments, no ``dissect_split``: the loop passes None for both)."""
-        if seen is not None or wanted is not None:
-            raise ValueError("the cooked C path writes neither first-packet comments nor dissector records")
-        got = self._encoded(max_packets)
+        to ``timeout_ms`` when none is ready. With ``seen`` (percentage mode, the kernel flow
+        table), each flow's first packet gets its ``flow`` comment; with ``wanted`` (--entries), the
+        packets a dissector would take are appended to it as records (as the Ethernet ring's
+        :meth:`kstap.capture.afpacket.AfPacketRing.read_encoded`)."""
+        # with ``wanted`` each block's packets exist twice until the dissectors have run (EPB bytes
+        # and records): a few blocks per call keep that transient memory small
+        limit = 64 if wanted is None else 2
+        got = self._encoded(max_packets, limit, seen, wanted)
         if not got[1] and max_packets > 0:
             self._wait(timeout_ms)
-            got = self._encoded(max_packets)
+            got = self._encoded(max_packets, limit, seen, wanted)
         self._watch()
         return got
 
-    def _encoded(self, max_packets: int, limit: int = 64) -> tuple[list[bytes], int, int]:
+    def _encoded(self, max_packets: int, limit: int, seen: FirstPacketNotes | None,
+                 wanted: list[PacketRecord] | None) -> tuple[list[bytes], int, int]:
         assert encode_cooked_block is not None
+        assert (seen is None and wanted is None) or encode_cooked_block_sampled is not None
         mm = self.mm
+        bound = NO_BOUND
+        if seen is not None:
+            # the bound is read once the blocks to encode are seen ready: every packet in them was
+            # decided by then (kstap/capture/flowtable.py); every cooked frame is keyed as the kernel
+            # keys it (from its network header), so the bound holds for all of them
+            limit = self._count_ready(limit)
+            if not limit:
+                return [], 0, 0
+            bound = seen.lookup_bound()
 
-        def encode(base: int, _num: int, left: int) -> tuple[bytes, int, int]:
-            assert encode_cooked_block is not None
-            data, n, cap, _read, dups = encode_cooked_block(mm, base, self._bsize, 0, left, self._table,
-                                                            self._window_ns)
+        def encode(base: int, num: int, left: int) -> tuple[bytes, int, int]:
+            if seen is None and wanted is None:
+                assert encode_cooked_block is not None
+                data, n, cap, _read, dups = encode_cooked_block(mm, base, self._bsize, 0, left, self._table,
+                                                                self._window_ns)
+                self._c_duplicates += dups
+                return data, n, cap
+            assert encode_cooked_block_sampled is not None
+            if seen is None:
+                data, n, cap, _read, dups, *_ = encode_cooked_block_sampled(
+                    mm, base, self._bsize, 0, left, self._table, self._window_ns, None, 0, b"", wanted)
+                self._c_duplicates += dups
+                return data, n, cap
+            seen.ensure_room(num)
+            data, n, cap, _read, dups, fresh, _full, shed, tunneled = encode_cooked_block_sampled(
+                mm, base, self._bsize, 0, left, self._table, self._window_ns, seen.table, seen.seed, seen.suffix,
+                wanted, seen.shed_threshold, seen.shed_ns, seen.shed_suffix, bound)
             self._c_duplicates += dups
+            seen.flows_seen += fresh
+            seen.flows_shed += shed
+            seen.flows_tunneled += tunneled
             return data, n, cap
 
         chunks, packets, nbytes = self._encode_ready(max_packets, limit, encode)
