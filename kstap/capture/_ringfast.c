@@ -653,8 +653,25 @@ static int cooked_seen(uint64_t *t, uint64_t key, uint64_t ts, uint32_t ifindex,
     return 0;
 }
 
+/* The slot a digest's probes start at: prefetched LOOKAHEAD packets before the probe, since a
+ * random slot of the 3 MiB table is a cache (and TLB) miss per packet otherwise. */
+static inline uint64_t *cooked_slot(uint64_t *t, uint64_t key) { return t + 3 * (1 + (key & (t[1] - 1))); }
+
+/* The copy check of the packet at p->off (its digest in p->note): p->note becomes 0 for a copy. */
+static inline int cooked_drop_copy(uint64_t *t, const unsigned char *blk, Pkt *p, uint64_t window) {
+    const unsigned char *h = blk + p->off;
+    unsigned long long ts = (unsigned long long)rd32(h + 4) * 1000000000ull + rd32(h + 8);
+    if (!cooked_seen(t, p->note, ts, rd32(h + 48 + 4), window)) return 0;
+    p->note = 0;
+    return 1;
+}
+
 /* encode_cooked_block(ring, boff, bsize, if_id, maxp, table, window_ns)
- *   -> (epb_bytes, packets_written, captured_bytes, packets_read, duplicates) */
+ *   -> (epb_bytes, packets_written, captured_bytes, packets_read, duplicates)
+ * Two passes, as encode_block_sampled: (1) validate, digest each packet and check it for a copy
+ * (the probes run LOOKAHEAD packets behind the digests, whose slots are prefetched meanwhile, in
+ * packet order, so the result is the same as one packet at a time), sizing the output exactly;
+ * (2) write the packets kept straight into the bytes object. */
 static PyObject *encode_cooked_block(PyObject *self, PyObject *args) {
     Py_buffer ring, table;
     Py_ssize_t boff, bsize, maxp;
@@ -662,8 +679,8 @@ static PyObject *encode_cooked_block(PyObject *self, PyObject *args) {
     unsigned long long window;
     if (!PyArg_ParseTuple(args, "y*nnInw*K", &ring, &boff, &bsize, &if_id, &maxp, &table, &window))
         return NULL;
-    PyObject *result = NULL;
-    unsigned char *out = NULL;
+    PyObject *result = NULL, *bytes = NULL;
+    Pkt *pkts = NULL;
     uint64_t *t = (uint64_t *)table.buf;
     if (boff < 0 || bsize < 48 || boff + bsize > ring.len || table.len < 48 || !t[1] || (t[1] & (t[1] - 1)) ||
         (Py_ssize_t)((t[1] + 1) * 24) > table.len) {
@@ -673,36 +690,52 @@ static PyObject *encode_cooked_block(PyObject *self, PyObject *args) {
     const unsigned char *blk = (const unsigned char *)ring.buf + boff;
     uint32_t num = rd32(blk + 12), first = rd32(blk + 16);
     if (maxp >= 0 && (Py_ssize_t)num > maxp) num = (uint32_t)maxp;
-    Py_ssize_t cap_out = 0, off = first;
-    for (uint32_t i = 0; i < num; i++) {  /* pass 1: validate, size the output */
+    pkts = num ? PyMem_Malloc(sizeof(Pkt) * num) : NULL;
+    if (num && !pkts) { PyErr_NoMemory(); goto done; }
+    Py_ssize_t out_len = 0, off = first;
+    unsigned int dups = 0;
+    for (uint32_t i = 0; i < num; i++) {  /* pass 1 */
         if (off < 0 || off + 48 + 20 > bsize) { PyErr_SetString(PyExc_ValueError, "corrupt TPACKET_V3 block"); goto done; }
         const unsigned char *h = blk + off;
-        uint32_t next = rd32(h), snap = rd32(h + 12);
+        ring_ahead(h);
+        uint32_t next = rd32(h), snap = rd32(h + 12), status = rd32(h + 20);
         uint16_t mac = rd16(h + 24);
         if (off + mac + (Py_ssize_t)snap > bsize) { PyErr_SetString(PyExc_ValueError, "corrupt TPACKET_V3 block"); goto done; }
-        cap_out += 32 + ((SLL2_LEN + 4 + snap + 3) & ~3u);
+        pkts[i].off = (uint32_t)off;
+        pkts[i].note = 1;  /* kept, unless found a copy */
+        if (window) {
+            pkts[i].note = packet_digest(be16(h + 48 + 2), h + mac, snap, rd32(h + 16));
+            uint64_t *slot = cooked_slot(t, pkts[i].note);
+            __builtin_prefetch(slot, 1, 3);
+            __builtin_prefetch(slot + 8, 1, 3);
+            if (i >= LOOKAHEAD) dups += cooked_drop_copy(t, blk, &pkts[i - LOOKAHEAD], window);
+        }
+        out_len += 32 + ((SLL2_LEN + (status & TP_STATUS_VLAN_VALID ? 4 : 0) + snap + 3) & ~3u);
         if (i + 1 < num) {
             if (next == 0) { PyErr_SetString(PyExc_ValueError, "corrupt TPACKET_V3 block"); goto done; }
             off += next;
         }
     }
-    out = PyMem_Malloc(cap_out ? cap_out : 1);
-    if (!out) { PyErr_NoMemory(); goto done; }
-    unsigned char *o = out;
+    for (uint32_t i = num > LOOKAHEAD ? num - LOOKAHEAD : 0; window && i < num; i++)
+        dups += cooked_drop_copy(t, blk, &pkts[i], window);
+    for (uint32_t i = 0; dups && i < num; i++)
+        if (!pkts[i].note) out_len -= 32 + ((SLL2_LEN + (rd32(blk + pkts[i].off + 20) & TP_STATUS_VLAN_VALID ? 4 : 0) +
+                                             rd32(blk + pkts[i].off + 12) + 3) & ~3u);
+    bytes = PyBytes_FromStringAndSize(NULL, out_len);
+    if (!bytes) goto done;
+    unsigned char *o = (unsigned char *)PyBytes_AS_STRING(bytes);
     unsigned long long captured = 0;
-    unsigned int written = 0, dups = 0;
-    off = first;
-    for (uint32_t i = 0; i < num; i++) {
-        const unsigned char *h = blk + off;
+    unsigned int written = 0;
+    for (uint32_t i = 0; i < num; i++) {  /* pass 2 */
+        if (!pkts[i].note) continue;
+        const unsigned char *h = blk + pkts[i].off;
         const unsigned char *ll = h + 48;  /* struct sockaddr_ll after TPACKET_ALIGN(sizeof(tpacket3_hdr)) */
-        uint32_t next = rd32(h), sec = rd32(h + 4), nsec = rd32(h + 8), snap = rd32(h + 12), len = rd32(h + 16);
+        uint32_t sec = rd32(h + 4), nsec = rd32(h + 8), snap = rd32(h + 12), len = rd32(h + 16);
         uint32_t status = rd32(h + 20);
         const unsigned char *data = h + rd16(h + 24);
         uint16_t proto = be16(ll + 2);
         uint32_t ifindex = rd32(ll + 4);
         unsigned long long ts = (unsigned long long)sec * 1000000000ull + nsec;
-        off += next;
-        if (window && cooked_seen(t, packet_digest(proto, data, snap, len), ts, ifindex, window)) { dups++; continue; }
         unsigned char *d = o + 28;
         uint16_t hatype = rd16(ll + 8), outer = proto;
         uint32_t extra = 0;
@@ -726,10 +759,11 @@ static PyObject *encode_cooked_block(PyObject *self, PyObject *args) {
         captured += cap;
         written++;
     }
-    PyObject *bytes = PyBytes_FromStringAndSize((const char *)out, o - out);
-    if (bytes) result = Py_BuildValue("(NIKII)", bytes, written, captured, num, dups);
+    result = Py_BuildValue("(NIKII)", bytes, written, captured, num, dups);
+    bytes = NULL;
 done:
-    PyMem_Free(out);
+    Py_XDECREF(bytes);
+    PyMem_Free(pkts);
     PyBuffer_Release(&ring);
     PyBuffer_Release(&table);
     return result;
