@@ -92,6 +92,7 @@ def test_c_and_python_keep_the_same_packets(blocks: list[list[Packet]]) -> None:
     slow._read_blocks(records)
     assert b"".join(chunks) == b"".join(pcapng.enhanced_packets(records))
     assert written == len(records)
+    assert slow.dedup is not None
     assert fast._c_duplicates == slow.dedup.removed == sum(len(b) for b in blocks) - written
 
 
