@@ -148,9 +148,10 @@ corrupt:
  * packet is to notice each flow's first packet and put kstap's "flow" comment on it. The flow key
  * (VXLAN/Geneve followed to the inner packet, as kstap/linklayer.py does) and the seeded flow hash
  * are the same as kstap/sampling/flowkey.py and flowhash.py, so the comment names the flow the
- * kernel decided (tests check the ids against the Python function). Seen flows live in a caller-owned open-addressing table:
- * 16-byte slots (64-bit key fingerprint, last-seen ns); slot 0 is the header (count, capacity);
- * after the slots, one u32 per slot: the flow's hash (the kernel flow table's key for it).
+ * kernel decided (tests check the ids against the Python function). Seen flows live in a
+ * caller-owned open-addressing table: 16-byte slots (64-bit key fingerprint, last-seen ns); slot 0
+ * is the header (count, capacity); after the slots, one u32 per slot: the flow's hash (the kernel
+ * flow table's key for it).
  */
 #define M32 0xFFFFFFFFu
 static inline uint32_t fmix32(uint32_t h) {
