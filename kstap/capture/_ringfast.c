@@ -146,10 +146,12 @@ corrupt:
 /* ---------------------------------------------------------------------------------------------
  * Percentage mode's fast path: the kernel already dropped unsampled flows; what is left to do per
  * packet is to notice each flow's first packet and put kstap's "flow" comment on it. The flow key
- * and the seeded flow hash are the same as kstap/sampling/flowkey.py and flowhash.py (tests check
- * the ids against the Python function). Seen flows live in a caller-owned open-addressing table:
- * 16-byte slots (64-bit key fingerprint, last-seen ns); slot 0 is the header (count, capacity);
- * after the slots, one u32 per slot: the flow's hash (the kernel flow table's key for it).
+ * (VXLAN/Geneve followed to the inner packet, as kstap/linklayer.py does) and the seeded flow hash
+ * are the same as kstap/sampling/flowkey.py and flowhash.py, so the comment names the flow the
+ * kernel decided (tests check the ids against the Python function). Seen flows live in a
+ * caller-owned open-addressing table: 16-byte slots (64-bit key fingerprint, last-seen ns); slot 0
+ * is the header (count, capacity); after the slots, one u32 per slot: the flow's hash (the kernel
+ * flow table's key for it).
  */
 #define M32 0xFFFFFFFFu
 static inline uint32_t fmix32(uint32_t h) {
@@ -175,25 +177,105 @@ typedef struct {
     uint16_t ap, bp;
 } Key;
 
-/* 1 = IP flow found, 0 = no flow (non-IP or too short) */
-static int parse_key(const unsigned char *f, uint32_t len, Key *k) {
-    if (len < 14) return 0;
-    uint32_t off = 14;
-    uint16_t et = be16(f + 12);
-    for (int i = 0; i < 2; i++) {
-        if ((et == 0x8100 || et == 0x88A8) && len >= off + 4) { et = be16(f + off + 2); off += 4; }
+/* A frame being keyed: its captured bytes and the packet's real length. The kernel's filter keyed
+ * the whole packet; a key that needs a byte the snaplen cut off (past n, before len) may not be the
+ * kernel's, and says so in cut. Offsets are the ring's (without a tag the kernel moved to metadata). */
+typedef struct {
+    const unsigned char *f;
+    uint32_t n, len;
+    int cut;
+} View;
+
+/* Are the bytes before end captured? (Noting a header the snaplen cut.) */
+static inline int has(View *v, uint32_t end) {
+    if (end <= v->n) return 1;
+    if (end <= v->len) v->cut = 1;
+    return 0;
+}
+
+static inline int is_vlan(uint16_t et) { return et == 0x8100 || et == 0x88A8; }
+
+/* The Ethernet header at start and up to `tags` VLAN tags after it (kstap.linklayer._ethernet):
+ * the offset of what follows, *et its ethertype; 0 when a header is cut short. */
+static uint32_t ethernet(View *v, uint32_t start, int tags, uint16_t *et) {
+    if (!has(v, start + 14)) return 0;
+    uint32_t off = start + 14;
+    *et = be16(v->f + start + 12);
+    for (int i = 0; i < tags && is_vlan(*et); i++) {
+        if (!has(v, off + 4)) return 0;
+        *et = be16(v->f + off + 2);
+        off += 4;
     }
-    const unsigned char *src, *dst;
+    return off;
+}
+
+#define MAX_TUNNELS 2   /* kstap.linklayer.MAX_TUNNELS */
+#define ETH_TRANSPARENT 0x6558
+static inline int is_tunnel_port(uint16_t port) { return port == 4789 || port == 8472 || port == 6081; }
+
+/* When the IP packet at *off is a VXLAN or Geneve datagram kstap follows, move *et and *off to its
+ * inner packet and return 1; else 0 (plain UDP, or not UDP). Test for test the rule of
+ * kstap.linklayer._tunnel, which the kernel's tail applies too: to port 4789/8472, the I flag and a
+ * whole inner Ethernet header (tags included); to 6081, version 0, options ending inside the packet
+ * and Ethernet (whole) or IPv4/IPv6 (one byte at least); never an outer IPv4 fragment. */
+static int tunnel(View *v, uint16_t *et, uint32_t *off) {
+    const unsigned char *f = v->f;
+    uint32_t o = *off, l4, inner;
+    if (*et == 0x0800) {
+        if (!has(v, o + 20) || f[o + 9] != 17 || (be16(f + o + 6) & 0x3FFF)) return 0;
+        l4 = o + (f[o] & 0x0Fu) * 4;
+    } else {
+        if (!has(v, o + 40) || f[o + 6] != 17) return 0;
+        l4 = o + 40;
+    }
+    if (l4 + 4 <= v->n && !is_tunnel_port(be16(f + l4 + 2))) return 0;  /* not cut: any length says no */
+    if (!has(v, l4 + 8)) return 0;
+    uint16_t dport = be16(f + l4 + 2), e;
+    uint32_t body = l4 + 8;
+    if (dport == 4789 || dport == 8472) {
+        if (!has(v, body + 8 + 14) || !(f[body] & 0x08)) return 0;
+        inner = ethernet(v, body + 8, 2, &e);
+    } else if (dport == 6081) {
+        if (!has(v, body + 8) || f[body] >> 6) return 0;
+        uint32_t start = body + 8 + (f[body] & 0x3Fu) * 4;
+        e = be16(f + body + 2);
+        if (e == ETH_TRANSPARENT) inner = ethernet(v, start, 2, &e);
+        else inner = (e == 0x0800 || e == 0x86DD) && has(v, start + 1) ? start : 0;
+    } else {
+        return 0;
+    }
+    if (!inner) return 0;
+    *et = e;
+    *off = inner;
+    return 1;
+}
+
+/* The innermost network header (kstap.linklayer.network): its offset (0: none), *et its ethertype.
+ * `tagged`: the kernel moved the outer 802.1Q tag into metadata; it counts as the first of the two
+ * tags read (the file has it back in place, where Python reads it). */
+static uint32_t network(View *v, int tagged, uint16_t *et) {
+    uint32_t off = ethernet(v, 0, tagged ? 1 : 2, et);
+    for (int i = 0; off && i < MAX_TUNNELS && (*et == 0x0800 || *et == 0x86DD); i++)
+        if (!tunnel(v, et, &off)) break;
+    return off;
+}
+
+/* 1 = IP flow found, 0 = no flow (non-IP or a truncated header): kstap.sampling.flowkey.key_tuple */
+static int parse_key(View *v, int tagged, Key *k) {
+    uint16_t et;
+    uint32_t off = network(v, tagged, &et);
+    if (!off) return 0;
+    const unsigned char *f = v->f, *src, *dst;
     uint32_t l4;
     int proto, frag = 0, words;
     if (et == 0x0800) {
-        if (len < off + 20) return 0;
+        if (!has(v, off + 20)) return 0;
         proto = f[off + 9];
         frag = be16(f + off + 6) & 0x3FFF;
         src = f + off + 12; dst = f + off + 16; words = 1;
         l4 = off + (f[off] & 0x0F) * 4;
     } else if (et == 0x86DD) {
-        if (len < off + 40) return 0;
+        if (!has(v, off + 40)) return 0;
         proto = f[off + 6];
         src = f + off + 8; dst = f + off + 24; words = 4;
         l4 = off + 40;
@@ -201,7 +283,7 @@ static int parse_key(const unsigned char *f, uint32_t len, Key *k) {
         return 0;
     }
     uint16_t sp = 0, dp = 0;
-    if ((proto == 6 || proto == 17 || proto == 132) && !frag && len >= l4 + 4) {
+    if ((proto == 6 || proto == 17 || proto == 132) && !frag && has(v, l4 + 4)) {
         sp = be16(f + l4); dp = be16(f + l4 + 2);
     }
     /* the canonical order: the lower address (bytewise, as memcmp) first, then the lower port */
@@ -274,21 +356,18 @@ static int check_table(const Py_buffer *b) {
     return b->len >= 32 && t[1] && !(t[1] & (t[1] - 1)) && table_bytes(t[1]) <= b->len;
 }
 
-/* The flow key of the frame a packet becomes in the file. The ring's frame, or, for a packet whose
- * 802.1Q tag the kernel moved into metadata, its first KEY_HEAD bytes with the tag put back (into
- * buf, as copy_frame does): parse_key never reads past 14 + 8 + 60 + 4 bytes. */
-#define KEY_HEAD 128
-static int frame_key(const unsigned char *h, Key *k, unsigned char *buf) {
-    uint32_t snap = rd32(h + 12), status = rd32(h + 20);
-    const unsigned char *data = h + rd16(h + 24);
-    if (!(status & TP_STATUS_VLAN_VALID)) return parse_key(data, snap, k);
-    uint16_t tci = (uint16_t)rd32(h + HV1_VLAN_TCI), tpid = rd16(h + HV1_VLAN_TPID);
-    if (!(status & TP_STATUS_VLAN_TPID_VALID)) tpid = 0x8100;
-    uint32_t head = snap < 12 ? snap : 12, n = snap + 4 < KEY_HEAD ? snap + 4 : KEY_HEAD;
-    memcpy(buf, data, head);
-    buf[head] = tpid >> 8; buf[head + 1] = tpid & 0xff; buf[head + 2] = tci >> 8; buf[head + 3] = tci & 0xff;
-    memcpy(buf + head + 4, data + head, n - head - 4);
-    return parse_key(buf, n, k);
+/* The flow key of the frame a packet becomes in the file (the key Python reads there), read in
+ * place from the ring: a tag the kernel moved into metadata is taken as read, not copied back (a
+ * TPID other than 802.1Q/802.1ad puts no IP header after it: no flow). *cut: the key needed bytes
+ * past the snaplen (see View). */
+static int frame_key(const unsigned char *h, Key *k, int *cut) {
+    uint32_t status = rd32(h + 20);
+    View v = {h + rd16(h + 24), rd32(h + 12), rd32(h + 16), 0};
+    int tagged = (status & TP_STATUS_VLAN_VALID) != 0;
+    if (tagged && (status & TP_STATUS_VLAN_TPID_VALID) && !is_vlan(rd16(h + HV1_VLAN_TPID))) return 0;
+    int found = parse_key(&v, tagged, k);
+    *cut = v.cut;
+    return found;
 }
 
 /* per packet, from pass 1 to the writing pass: its offset in the block and, once looked up, 0 (no
@@ -297,7 +376,7 @@ static int frame_key(const unsigned char *h, Key *k, unsigned char *buf) {
 #define NOTE_SHED (2ull << 32)
 #define LOOKAHEAD 32
 typedef struct { uint64_t note; uint32_t off; } Pkt;
-typedef struct { unsigned long long bytes; unsigned int new_flows, shed_marked, tunnels; int full; } Tally;
+typedef struct { unsigned long long bytes; unsigned int new_flows, shed_marked, keyed, cut; int full; } Tally;
 typedef struct {
     uint64_t *table;
     const unsigned char *blk;
@@ -306,18 +385,8 @@ typedef struct {
     uint32_t flow_opt, shed_opt;
 } Lookup;
 
-/* UDP to or from a VXLAN or Geneve port (kstap/linklayer.py): the kernel flow table keys such a
- * datagram by its inner packet, this table by the outer one, so the kernel cannot vouch for it. */
-static inline int may_tunnel(const Key *k) {
-    if (k->proto != 17) return 0;
-    uint16_t ports[2] = {k->ap, k->bp};
-    for (int i = 0; i < 2; i++)
-        if (ports[i] == 4789 || ports[i] == 8472 || ports[i] == 6081) return 1;
-    return 0;
-}
-
 /* The table lookup of one keyed packet: its note replaces its fingerprint. */
-static inline void look_up(const Lookup *lk, Pkt *p, Tally *tally, unsigned char *kbuf) {
+static inline void look_up(const Lookup *lk, Pkt *p, Tally *tally) {
     uint64_t fp = p->note, before, index = 0;
     if (!fp) return;
     p->note = 0;
@@ -329,11 +398,11 @@ static inline void look_up(const Lookup *lk, Pkt *p, Tally *tally, unsigned char
     int maybe_shed = fresh == 0 && lk->shed_threshold < (1ull << 32) && ts >= lk->shed_ns && before < lk->shed_ns;
     if (!fresh && !maybe_shed) return;
     Key k;
-    frame_key(h, &k, kbuf);
+    int cut;
+    frame_key(h, &k, &cut);
     uint32_t fh = flow_hash(&k, lk->seed);
     if (fresh) {
         table_hashes(lk->table)[index] = fh;
-        if (may_tunnel(&k)) tally->tunnels++;
         p->note = NOTE_FLOW | fh;
         tally->bytes += lk->flow_opt;
         tally->new_flows++;
@@ -346,14 +415,16 @@ static inline void look_up(const Lookup *lk, Pkt *p, Tally *tally, unsigned char
 
 /* encode_block_sampled(ring, boff, bsize, if_id, maxp, table, seed, suffix
  *                      [, wanted, linktype, shed_threshold, shed_ns, shed_suffix, bound_ns])
- *   -> (epb_bytes, packets, captured_bytes, new_flows, table_full, shed_marked, tunnel_flows)
+ *   -> (epb_bytes, packets, captured_bytes, new_flows, table_full, shed_marked, keyed, cut_keys)
  * After an emergency shed in the kernel flow table (kstap/sampling/kernel_table.py) the kernel lets
  * exactly one more packet of each shed flow through: the first packet at or after shed_ns of a flow
  * this table last saw before shed_ns whose hash is >= shed_threshold. It gets the "shed" comment.
  *
  * bound_ns (default: none): a packet stamped later cannot be a flow's first packet (the kernel flow
  * table decided no new flow since, kstap/capture/flowtable.py says why), so it is neither keyed nor
- * looked up. tunnel_flows counts the new flows whose key the kernel table may not share (may_tunnel).
+ * looked up. keyed counts the packets keyed, with or without a flow (the others skipped the table);
+ * cut_keys those whose key needed bytes past the snaplen (View: the kernel, which read them, may have
+ * keyed them otherwise).
  *
  * Two passes: (1) validate, key each packet and look its flow up, sizing the output exactly; (2)
  * write the EPBs. Sizing exactly matters:
@@ -380,7 +451,6 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
     PyObject *result = NULL;
     PyObject *bytes = NULL;
     Pkt *pkts = NULL;
-    unsigned char kbuf[KEY_HEAD];
     if (wanted && !PyList_Check(wanted)) {
         PyErr_SetString(PyExc_TypeError, "wanted must be a list");
         goto done;
@@ -408,7 +478,7 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
      * flow's last) gets a comment: the output is sized exactly. The notes are allocated at the
      * first packet that is keyed: a block wholly past the lookup bound needs none. */
     Py_ssize_t out_len = 0;
-    Tally tally = {0, 0, 0, 0, 0};
+    Tally tally = {0, 0, 0, 0, 0, 0};
     Lookup lk = {t, blk, seed, shed_threshold, shed_ns, flow_opt, shed_opt};
     for (uint32_t i = 0; i < num; i++) {
         if (off < 0 || off + 48 > bsize) { PyErr_SetString(PyExc_ValueError, "corrupt TPACKET_V3 block"); goto done; }
@@ -420,7 +490,14 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
         Key k;
         uint64_t ts = (uint64_t)rd32(h + 4) * 1000000000ull + rd32(h + 8);
         uint64_t fp = 0;
-        if (ts <= bound && frame_key(h, &k, kbuf)) {
+        int cut = 0, found = 0;
+        if (ts <= bound) {
+            /* a frame with no key counts as cut too: the kernel may have keyed its first packet */
+            found = frame_key(h, &k, &cut);
+            tally.keyed++;
+            tally.cut += cut;
+        }
+        if (found) {
             fp = fingerprint(&k);
             __builtin_prefetch(t + 2 * (1 + (fp & (t[1] - 1))), 1, 3);
             if (!pkts) {
@@ -431,7 +508,7 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
         if (pkts) {
             pkts[i].note = fp;
             pkts[i].off = (uint32_t)off;
-            if (i >= LOOKAHEAD) look_up(&lk, &pkts[i - LOOKAHEAD], &tally, kbuf);
+            if (i >= LOOKAHEAD) look_up(&lk, &pkts[i - LOOKAHEAD], &tally);
         }
         if (status & TP_STATUS_VLAN_VALID) snap += 4;
         out_len += 32 + ((snap + 3) & ~3u);
@@ -440,7 +517,7 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
             off += next;
         }
     }
-    for (uint32_t i = num > LOOKAHEAD ? num - LOOKAHEAD : 0; pkts && i < num; i++) look_up(&lk, &pkts[i], &tally, kbuf);
+    for (uint32_t i = num > LOOKAHEAD ? num - LOOKAHEAD : 0; pkts && i < num; i++) look_up(&lk, &pkts[i], &tally);
     out_len += tally.bytes;
     unsigned int new_flows = tally.new_flows, shed_marked = tally.shed_marked;
     int full = tally.full;
@@ -485,7 +562,8 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
         captured += cap;
         off += next;
     }
-    result = Py_BuildValue("(NIKIiII)", bytes, num, captured, new_flows, full, shed_marked, tally.tunnels);
+    result = Py_BuildValue("(NIKIiIII)", bytes, num, captured, new_flows, full, shed_marked, tally.keyed,
+                           tally.cut);
     bytes = NULL;  /* the tuple holds it now (or it was released with a failed build) */
 done:
     Py_XDECREF(bytes);
