@@ -147,8 +147,10 @@ class FirstPacketNotes(Protocol):
     """After an emergency shed in the kernel flow table: flows at or above it get a ``shed`` mark."""
     shed_ns: int
     shed_suffix: bytes
-    flows_tunneled: int
-    """New flows whose key the kernel flow table may not share (VXLAN/Geneve ports)."""
+    packets_keyed: int
+    """Packets the encoder keyed (the others were past the lookup bound: no flow's first packet)."""
+    keys_cut: int
+    """Keyed packets whose flow key needed bytes past the snaplen: the kernel's may differ."""
 
     def ensure_room(self, incoming: int) -> None: ...
     def lookup_bound(self) -> int:

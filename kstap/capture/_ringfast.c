@@ -146,10 +146,12 @@ corrupt:
 /* ---------------------------------------------------------------------------------------------
  * Percentage mode's fast path: the kernel already dropped unsampled flows; what is left to do per
  * packet is to notice each flow's first packet and put kstap's "flow" comment on it. The flow key
- * and the seeded flow hash are the same as kstap/sampling/flowkey.py and flowhash.py (tests check
- * the ids against the Python function). Seen flows live in a caller-owned open-addressing table:
- * 16-byte slots (64-bit key fingerprint, last-seen ns); slot 0 is the header (count, capacity);
- * after the slots, one u32 per slot: the flow's hash (the kernel flow table's key for it).
+ * (VXLAN/Geneve followed to the inner packet, as kstap/linklayer.py does) and the seeded flow hash
+ * are the same as kstap/sampling/flowkey.py and flowhash.py, so the comment names the flow the
+ * kernel decided (tests check the ids against the Python function). Seen flows live in a
+ * caller-owned open-addressing table: 16-byte slots (64-bit key fingerprint, last-seen ns); slot 0
+ * is the header (count, capacity); after the slots, one u32 per slot: the flow's hash (the kernel
+ * flow table's key for it).
  */
 #define M32 0xFFFFFFFFu
 static inline uint32_t fmix32(uint32_t h) {
@@ -175,25 +177,105 @@ typedef struct {
     uint16_t ap, bp;
 } Key;
 
-/* 1 = IP flow found, 0 = no flow (non-IP or too short) */
-static int parse_key(const unsigned char *f, uint32_t len, Key *k) {
-    if (len < 14) return 0;
-    uint32_t off = 14;
-    uint16_t et = be16(f + 12);
-    for (int i = 0; i < 2; i++) {
-        if ((et == 0x8100 || et == 0x88A8) && len >= off + 4) { et = be16(f + off + 2); off += 4; }
+/* A frame being keyed: its captured bytes and the packet's real length. The kernel's filter keyed
+ * the whole packet; a key that needs a byte the snaplen cut off (past n, before len) may not be the
+ * kernel's, and says so in cut. Offsets are the ring's (without a tag the kernel moved to metadata). */
+typedef struct {
+    const unsigned char *f;
+    uint32_t n, len;
+    int cut;
+} View;
+
+/* Are the bytes before end captured? (Noting a header the snaplen cut.) */
+static inline int has(View *v, uint32_t end) {
+    if (end <= v->n) return 1;
+    if (end <= v->len) v->cut = 1;
+    return 0;
+}
+
+static inline int is_vlan(uint16_t et) { return et == 0x8100 || et == 0x88A8; }
+
+/* The Ethernet header at start and up to `tags` VLAN tags after it (kstap.linklayer._ethernet):
+ * the offset of what follows, *et its ethertype; 0 when a header is cut short. */
+static uint32_t ethernet(View *v, uint32_t start, int tags, uint16_t *et) {
+    if (!has(v, start + 14)) return 0;
+    uint32_t off = start + 14;
+    *et = be16(v->f + start + 12);
+    for (int i = 0; i < tags && is_vlan(*et); i++) {
+        if (!has(v, off + 4)) return 0;
+        *et = be16(v->f + off + 2);
+        off += 4;
     }
-    const unsigned char *src, *dst;
+    return off;
+}
+
+#define MAX_TUNNELS 2   /* kstap.linklayer.MAX_TUNNELS */
+#define ETH_TRANSPARENT 0x6558
+static inline int is_tunnel_port(uint16_t port) { return port == 4789 || port == 8472 || port == 6081; }
+
+/* When the IP packet at *off is a VXLAN or Geneve datagram kstap follows, move *et and *off to its
+ * inner packet and return 1; else 0 (plain UDP, or not UDP). Test for test the rule of
+ * kstap.linklayer._tunnel, which the kernel's tail applies too: to port 4789/8472, the I flag and a
+ * whole inner Ethernet header (tags included); to 6081, version 0, options ending inside the packet
+ * and Ethernet (whole) or IPv4/IPv6 (one byte at least); never an outer IPv4 fragment. */
+static int tunnel(View *v, uint16_t *et, uint32_t *off) {
+    const unsigned char *f = v->f;
+    uint32_t o = *off, l4, inner;
+    if (*et == 0x0800) {
+        if (!has(v, o + 20) || f[o + 9] != 17 || (be16(f + o + 6) & 0x3FFF)) return 0;
+        l4 = o + (f[o] & 0x0Fu) * 4;
+    } else {
+        if (!has(v, o + 40) || f[o + 6] != 17) return 0;
+        l4 = o + 40;
+    }
+    if (l4 + 4 <= v->n && !is_tunnel_port(be16(f + l4 + 2))) return 0;  /* not cut: any length says no */
+    if (!has(v, l4 + 8)) return 0;
+    uint16_t dport = be16(f + l4 + 2), e;
+    uint32_t body = l4 + 8;
+    if (dport == 4789 || dport == 8472) {
+        if (!has(v, body + 8 + 14) || !(f[body] & 0x08)) return 0;
+        inner = ethernet(v, body + 8, 2, &e);
+    } else if (dport == 6081) {
+        if (!has(v, body + 8) || f[body] >> 6) return 0;
+        uint32_t start = body + 8 + (f[body] & 0x3Fu) * 4;
+        e = be16(f + body + 2);
+        if (e == ETH_TRANSPARENT) inner = ethernet(v, start, 2, &e);
+        else inner = (e == 0x0800 || e == 0x86DD) && has(v, start + 1) ? start : 0;
+    } else {
+        return 0;
+    }
+    if (!inner) return 0;
+    *et = e;
+    *off = inner;
+    return 1;
+}
+
+/* The innermost network header (kstap.linklayer.network): its offset (0: none), *et its ethertype.
+ * `tagged`: the kernel moved the outer 802.1Q tag into metadata; it counts as the first of the two
+ * tags read (the file has it back in place, where Python reads it). */
+static uint32_t network(View *v, int tagged, uint16_t *et) {
+    uint32_t off = ethernet(v, 0, tagged ? 1 : 2, et);
+    for (int i = 0; off && i < MAX_TUNNELS && (*et == 0x0800 || *et == 0x86DD); i++)
+        if (!tunnel(v, et, &off)) break;
+    return off;
+}
+
+/* 1 = IP flow found, 0 = no flow (non-IP or a truncated header): kstap.sampling.flowkey.key_tuple */
+static int parse_key(View *v, int tagged, Key *k) {
+    uint16_t et;
+    uint32_t off = network(v, tagged, &et);
+    if (!off) return 0;
+    const unsigned char *f = v->f, *src, *dst;
     uint32_t l4;
     int proto, frag = 0, words;
     if (et == 0x0800) {
-        if (len < off + 20) return 0;
+        if (!has(v, off + 20)) return 0;
         proto = f[off + 9];
         frag = be16(f + off + 6) & 0x3FFF;
         src = f + off + 12; dst = f + off + 16; words = 1;
         l4 = off + (f[off] & 0x0F) * 4;
     } else if (et == 0x86DD) {
-        if (len < off + 40) return 0;
+        if (!has(v, off + 40)) return 0;
         proto = f[off + 6];
         src = f + off + 8; dst = f + off + 24; words = 4;
         l4 = off + 40;
@@ -201,7 +283,7 @@ static int parse_key(const unsigned char *f, uint32_t len, Key *k) {
         return 0;
     }
     uint16_t sp = 0, dp = 0;
-    if ((proto == 6 || proto == 17 || proto == 132) && !frag && len >= l4 + 4) {
+    if ((proto == 6 || proto == 17 || proto == 132) && !frag && has(v, l4 + 4)) {
         sp = be16(f + l4); dp = be16(f + l4 + 2);
     }
     /* the canonical order: the lower address (bytewise, as memcmp) first, then the lower port */
@@ -274,21 +356,18 @@ static int check_table(const Py_buffer *b) {
     return b->len >= 32 && t[1] && !(t[1] & (t[1] - 1)) && table_bytes(t[1]) <= b->len;
 }
 
-/* The flow key of the frame a packet becomes in the file. The ring's frame, or, for a packet whose
- * 802.1Q tag the kernel moved into metadata, its first KEY_HEAD bytes with the tag put back (into
- * buf, as copy_frame does): parse_key never reads past 14 + 8 + 60 + 4 bytes. */
-#define KEY_HEAD 128
-static int frame_key(const unsigned char *h, Key *k, unsigned char *buf) {
-    uint32_t snap = rd32(h + 12), status = rd32(h + 20);
-    const unsigned char *data = h + rd16(h + 24);
-    if (!(status & TP_STATUS_VLAN_VALID)) return parse_key(data, snap, k);
-    uint16_t tci = (uint16_t)rd32(h + HV1_VLAN_TCI), tpid = rd16(h + HV1_VLAN_TPID);
-    if (!(status & TP_STATUS_VLAN_TPID_VALID)) tpid = 0x8100;
-    uint32_t head = snap < 12 ? snap : 12, n = snap + 4 < KEY_HEAD ? snap + 4 : KEY_HEAD;
-    memcpy(buf, data, head);
-    buf[head] = tpid >> 8; buf[head + 1] = tpid & 0xff; buf[head + 2] = tci >> 8; buf[head + 3] = tci & 0xff;
-    memcpy(buf + head + 4, data + head, n - head - 4);
-    return parse_key(buf, n, k);
+/* The flow key of the frame a packet becomes in the file (the key Python reads there), read in
+ * place from the ring: a tag the kernel moved into metadata is taken as read, not copied back (a
+ * TPID other than 802.1Q/802.1ad puts no IP header after it: no flow). *cut: the key needed bytes
+ * past the snaplen (see View). */
+static int frame_key(const unsigned char *h, Key *k, int *cut) {
+    uint32_t status = rd32(h + 20);
+    View v = {h + rd16(h + 24), rd32(h + 12), rd32(h + 16), 0};
+    int tagged = (status & TP_STATUS_VLAN_VALID) != 0;
+    if (tagged && (status & TP_STATUS_VLAN_TPID_VALID) && !is_vlan(rd16(h + HV1_VLAN_TPID))) return 0;
+    int found = parse_key(&v, tagged, k);
+    *cut = v.cut;
+    return found;
 }
 
 /* per packet, from pass 1 to the writing pass: its offset in the block and, once looked up, 0 (no
@@ -296,31 +375,21 @@ static int frame_key(const unsigned char *h, Key *k, unsigned char *buf) {
 #define NOTE_FLOW (1ull << 32)
 #define NOTE_SHED (2ull << 32)
 #define LOOKAHEAD 32
-typedef struct { uint64_t note; uint32_t off, copy; } Pkt;  /* copy: -i any's, not written */
-typedef struct { unsigned long long bytes; unsigned int new_flows, shed_marked, tunnels; int full; } Tally;
+typedef struct { uint64_t note; uint32_t off; } Pkt;
+typedef struct { unsigned long long bytes; unsigned int new_flows, shed_marked, keyed, cut; int full; } Tally;
 typedef struct {
     uint64_t *table;
     const unsigned char *blk;
     uint32_t seed;
     unsigned long long shed_threshold, shed_ns;
     uint32_t flow_opt, shed_opt;
-    int cooked;  /* the ring is a cooked socket's (-i any): key with cooked_key, not frame_key */
+    unsigned char *kbuf;  /* set: the ring is a cooked socket's (-i any), keyed by cooked_key into it */
 } Lookup;
 
-static int cooked_key(const unsigned char *h, Key *k, unsigned char *buf);
-
-/* UDP to or from a VXLAN or Geneve port (kstap/linklayer.py): the kernel flow table keys such a
- * datagram by its inner packet, this table by the outer one, so the kernel cannot vouch for it. */
-static inline int may_tunnel(const Key *k) {
-    if (k->proto != 17) return 0;
-    uint16_t ports[2] = {k->ap, k->bp};
-    for (int i = 0; i < 2; i++)
-        if (ports[i] == 4789 || ports[i] == 8472 || ports[i] == 6081) return 1;
-    return 0;
-}
+static int cooked_key(const unsigned char *h, Key *k, int *cut, unsigned char *buf);
 
 /* The table lookup of one keyed packet: its note replaces its fingerprint. */
-static inline void look_up(const Lookup *lk, Pkt *p, Tally *tally, unsigned char *kbuf) {
+static inline void look_up(const Lookup *lk, Pkt *p, Tally *tally) {
     uint64_t fp = p->note, before, index = 0;
     if (!fp) return;
     p->note = 0;
@@ -332,12 +401,12 @@ static inline void look_up(const Lookup *lk, Pkt *p, Tally *tally, unsigned char
     int maybe_shed = fresh == 0 && lk->shed_threshold < (1ull << 32) && ts >= lk->shed_ns && before < lk->shed_ns;
     if (!fresh && !maybe_shed) return;
     Key k;
-    if (lk->cooked) cooked_key(h, &k, kbuf);
-    else frame_key(h, &k, kbuf);
+    int cut;
+    if (lk->kbuf) cooked_key(h, &k, &cut, lk->kbuf);
+    else frame_key(h, &k, &cut);
     uint32_t fh = flow_hash(&k, lk->seed);
     if (fresh) {
         table_hashes(lk->table)[index] = fh;
-        if (may_tunnel(&k)) tally->tunnels++;
         p->note = NOTE_FLOW | fh;
         tally->bytes += lk->flow_opt;
         tally->new_flows++;
@@ -370,14 +439,16 @@ static uint32_t write_note(unsigned char *p, uint64_t note, const char *suffix, 
 
 /* encode_block_sampled(ring, boff, bsize, if_id, maxp, table, seed, suffix
  *                      [, wanted, linktype, shed_threshold, shed_ns, shed_suffix, bound_ns])
- *   -> (epb_bytes, packets, captured_bytes, new_flows, table_full, shed_marked, tunnel_flows)
+ *   -> (epb_bytes, packets, captured_bytes, new_flows, table_full, shed_marked, keyed, cut_keys)
  * After an emergency shed in the kernel flow table (kstap/sampling/kernel_table.py) the kernel lets
  * exactly one more packet of each shed flow through: the first packet at or after shed_ns of a flow
  * this table last saw before shed_ns whose hash is >= shed_threshold. It gets the "shed" comment.
  *
  * bound_ns (default: none): a packet stamped later cannot be a flow's first packet (the kernel flow
  * table decided no new flow since, kstap/capture/flowtable.py says why), so it is neither keyed nor
- * looked up. tunnel_flows counts the new flows whose key the kernel table may not share (may_tunnel).
+ * looked up. keyed counts the packets keyed, with or without a flow (the others skipped the table);
+ * cut_keys those whose key needed bytes past the snaplen (View: the kernel, which read them, may have
+ * keyed them otherwise).
  *
  * Two passes: (1) validate, key each packet and look its flow up, sizing the output exactly; (2)
  * write the EPBs. Sizing exactly matters:
@@ -404,7 +475,6 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
     PyObject *result = NULL;
     PyObject *bytes = NULL;
     Pkt *pkts = NULL;
-    unsigned char kbuf[KEY_HEAD];
     if (wanted && !PyList_Check(wanted)) {
         PyErr_SetString(PyExc_TypeError, "wanted must be a list");
         goto done;
@@ -432,8 +502,8 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
      * flow's last) gets a comment: the output is sized exactly. The notes are allocated at the
      * first packet that is keyed: a block wholly past the lookup bound needs none. */
     Py_ssize_t out_len = 0;
-    Tally tally = {0, 0, 0, 0, 0};
-    Lookup lk = {t, blk, seed, shed_threshold, shed_ns, flow_opt, shed_opt, 0};
+    Tally tally = {0, 0, 0, 0, 0, 0};
+    Lookup lk = {t, blk, seed, shed_threshold, shed_ns, flow_opt, shed_opt, NULL};
     for (uint32_t i = 0; i < num; i++) {
         if (off < 0 || off + 48 > bsize) { PyErr_SetString(PyExc_ValueError, "corrupt TPACKET_V3 block"); goto done; }
         const unsigned char *h = blk + off;
@@ -444,7 +514,14 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
         Key k;
         uint64_t ts = (uint64_t)rd32(h + 4) * 1000000000ull + rd32(h + 8);
         uint64_t fp = 0;
-        if (ts <= bound && frame_key(h, &k, kbuf)) {
+        int cut = 0, found = 0;
+        if (ts <= bound) {
+            /* a frame with no key counts as cut too: the kernel may have keyed its first packet */
+            found = frame_key(h, &k, &cut);
+            tally.keyed++;
+            tally.cut += cut;
+        }
+        if (found) {
             fp = fingerprint(&k);
             __builtin_prefetch(t + 2 * (1 + (fp & (t[1] - 1))), 1, 3);
             if (!pkts) {
@@ -455,7 +532,7 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
         if (pkts) {
             pkts[i].note = fp;
             pkts[i].off = (uint32_t)off;
-            if (i >= LOOKAHEAD) look_up(&lk, &pkts[i - LOOKAHEAD], &tally, kbuf);
+            if (i >= LOOKAHEAD) look_up(&lk, &pkts[i - LOOKAHEAD], &tally);
         }
         if (status & TP_STATUS_VLAN_VALID) snap += 4;
         out_len += 32 + ((snap + 3) & ~3u);
@@ -464,7 +541,7 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
             off += next;
         }
     }
-    for (uint32_t i = num > LOOKAHEAD ? num - LOOKAHEAD : 0; pkts && i < num; i++) look_up(&lk, &pkts[i], &tally, kbuf);
+    for (uint32_t i = num > LOOKAHEAD ? num - LOOKAHEAD : 0; pkts && i < num; i++) look_up(&lk, &pkts[i], &tally);
     out_len += tally.bytes;
     unsigned int new_flows = tally.new_flows, shed_marked = tally.shed_marked;
     int full = tally.full;
@@ -493,7 +570,8 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
         captured += cap;
         off += next;
     }
-    result = Py_BuildValue("(NIKIiII)", bytes, num, captured, new_flows, full, shed_marked, tally.tunnels);
+    result = Py_BuildValue("(NIKIiIII)", bytes, num, captured, new_flows, full, shed_marked, tally.keyed,
+                           tally.cut);
     bytes = NULL;  /* the tuple holds it now (or it was released with a failed build) */
 done:
     Py_XDECREF(bytes);
@@ -668,118 +746,27 @@ static int cooked_seen(uint64_t *t, uint64_t key, uint64_t ts, uint32_t ifindex,
     return 0;
 }
 
-/* encode_cooked_block(ring, boff, bsize, if_id, maxp, table, window_ns)
- *   -> (epb_bytes, packets_written, captured_bytes, packets_read, duplicates) */
-static PyObject *encode_cooked_block(PyObject *self, PyObject *args) {
-    Py_buffer ring, table;
-    Py_ssize_t boff, bsize, maxp;
-    unsigned int if_id;
-    unsigned long long window;
-    if (!PyArg_ParseTuple(args, "y*nnInw*K", &ring, &boff, &bsize, &if_id, &maxp, &table, &window))
-        return NULL;
-    PyObject *result = NULL;
-    unsigned char *out = NULL;
-    uint64_t *t = (uint64_t *)table.buf;
-    if (boff < 0 || bsize < 48 || boff + bsize > ring.len || table.len < 48 || !t[1] || (t[1] & (t[1] - 1)) ||
-        (Py_ssize_t)((t[1] + 1) * 24) > table.len) {
-        PyErr_SetString(PyExc_ValueError, "bad ring or table");
-        goto done;
-    }
-    const unsigned char *blk = (const unsigned char *)ring.buf + boff;
-    uint32_t num = rd32(blk + 12), first = rd32(blk + 16);
-    if (maxp >= 0 && (Py_ssize_t)num > maxp) num = (uint32_t)maxp;
-    Py_ssize_t cap_out = 0, off = first;
-    for (uint32_t i = 0; i < num; i++) {  /* pass 1: validate, size the output */
-        if (off < 0 || off + 48 + 20 > bsize) { PyErr_SetString(PyExc_ValueError, "corrupt TPACKET_V3 block"); goto done; }
-        const unsigned char *h = blk + off;
-        uint32_t next = rd32(h), snap = rd32(h + 12);
-        uint16_t mac = rd16(h + 24);
-        if (off + mac + (Py_ssize_t)snap > bsize) { PyErr_SetString(PyExc_ValueError, "corrupt TPACKET_V3 block"); goto done; }
-        cap_out += 32 + ((SLL2_LEN + 4 + snap + 3) & ~3u);
-        if (i + 1 < num) {
-            if (next == 0) { PyErr_SetString(PyExc_ValueError, "corrupt TPACKET_V3 block"); goto done; }
-            off += next;
-        }
-    }
-    out = PyMem_Malloc(cap_out ? cap_out : 1);
-    if (!out) { PyErr_NoMemory(); goto done; }
-    unsigned char *o = out;
-    unsigned long long captured = 0;
-    unsigned int written = 0, dups = 0;
-    off = first;
-    for (uint32_t i = 0; i < num; i++) {
-        const unsigned char *h = blk + off;
-        const unsigned char *ll = h + 48;  /* struct sockaddr_ll after TPACKET_ALIGN(sizeof(tpacket3_hdr)) */
-        uint32_t next = rd32(h), sec = rd32(h + 4), nsec = rd32(h + 8), snap = rd32(h + 12), len = rd32(h + 16);
-        uint32_t status = rd32(h + 20);
-        const unsigned char *data = h + rd16(h + 24);
-        uint16_t proto = be16(ll + 2);
-        uint32_t ifindex = rd32(ll + 4);
-        unsigned long long ts = (unsigned long long)sec * 1000000000ull + nsec;
-        off += next;
-        if (window && cooked_seen(t, packet_digest(proto, data, snap, len), ts, ifindex, window)) { dups++; continue; }
-        unsigned char *d = o + 28;
-        uint16_t hatype = rd16(ll + 8), outer = proto;
-        uint32_t extra = 0;
-        if (status & TP_STATUS_VLAN_VALID) {
-            outer = (status & TP_STATUS_VLAN_TPID_VALID) ? rd16(h + HV1_VLAN_TPID) : 0x8100;
-            uint16_t tci = (uint16_t)rd32(h + HV1_VLAN_TCI);
-            d[SLL2_LEN] = tci >> 8; d[SLL2_LEN + 1] = tci & 0xff;
-            d[SLL2_LEN + 2] = proto >> 8; d[SLL2_LEN + 3] = proto & 0xff;
-            extra = 4;
-        }
-        d[0] = outer >> 8; d[1] = outer & 0xff; d[2] = 0; d[3] = 0;
-        d[4] = ifindex >> 24; d[5] = (ifindex >> 16) & 0xff; d[6] = (ifindex >> 8) & 0xff; d[7] = ifindex & 0xff;
-        d[8] = hatype >> 8; d[9] = hatype & 0xff; d[10] = ll[10]; d[11] = ll[11];
-        memcpy(d + 12, ll + 12, 8);
-        memcpy(d + SLL2_LEN + extra, data, snap);
-        uint32_t cap = SLL2_LEN + extra + snap, padded = (cap + 3) & ~3u, total = 32 + padded;
-        memset(d + cap, 0, padded - cap);
-        epb_header(o, total, if_id, ts, cap, len + SLL2_LEN + extra);
-        wr32(d + padded, total);
-        o += total;
-        captured += cap;
-        written++;
-    }
-    PyObject *bytes = PyBytes_FromStringAndSize((const char *)out, o - out);
-    if (bytes) result = Py_BuildValue("(NIKII)", bytes, written, captured, num, dups);
-done:
-    PyMem_Free(out);
-    PyBuffer_Release(&ring);
-    PyBuffer_Release(&table);
-    return result;
+/* The slot a digest's probes start at: prefetched LOOKAHEAD packets before the probe, since a
+ * random slot of the 3 MiB table is a cache (and TLB) miss per packet otherwise. */
+static inline uint64_t *cooked_slot(uint64_t *t, uint64_t key) { return t + 3 * (1 + (key & (t[1] - 1))); }
+
+/* The copy check of the packet at p->off (its digest in p->note): p->note becomes 0 for a copy. */
+static inline int cooked_drop_copy(uint64_t *t, const unsigned char *blk, Pkt *p, uint64_t window) {
+    const unsigned char *h = blk + p->off;
+    unsigned long long ts = (unsigned long long)rd32(h + 4) * 1000000000ull + rd32(h + 8);
+    if (!cooked_seen(t, p->note, ts, rd32(h + 48 + 4), window)) return 0;
+    p->note = 0;
+    return 1;
 }
 
-/* -i any with first-packet comments (percentage mode, the kernel flow table) and --entries.
- *
- * The flow key of a cooked packet: the frame it becomes in the file is LINUX_SLL2, whose protocol
- * (and VLAN tag, put back from metadata as write_sll2 does) the key reads as an Ethernet frame's
- * ethertype (kstap/linklayer.py decodes both alike). So the head of the packet is copied into buf
- * behind a 14-byte Ethernet header carrying that protocol, and parse_key reads it: the key is
- * parse_key's, whatever parse_key learns. buf holds KEY_HEAD bytes. */
-static int cooked_key(const unsigned char *h, Key *k, unsigned char *buf) {
-    const unsigned char *ll = h + 48;
-    uint32_t snap = rd32(h + 12), status = rd32(h + 20), n = 14;
-    const unsigned char *data = h + rd16(h + 24);
-    uint16_t proto = be16(ll + 2);
-    memset(buf, 0, 12);
-    if (status & TP_STATUS_VLAN_VALID) {
-        uint16_t tci = (uint16_t)rd32(h + HV1_VLAN_TCI);
-        uint16_t tpid = (status & TP_STATUS_VLAN_TPID_VALID) ? rd16(h + HV1_VLAN_TPID) : 0x8100;
-        buf[12] = tpid >> 8; buf[13] = tpid & 0xff; buf[14] = tci >> 8; buf[15] = tci & 0xff;
-        buf[16] = proto >> 8; buf[17] = proto & 0xff;
-        n = 18;
-    } else {
-        buf[12] = proto >> 8; buf[13] = proto & 0xff;
-    }
-    uint32_t take = snap < KEY_HEAD - n ? snap : KEY_HEAD - n;
-    memcpy(buf + n, data, take);
-    return parse_key(buf, n + take, k);
+/* The bytes a cooked packet's EPB takes (its LINUX_SLL2 frame, a tag from metadata put back). */
+static inline Py_ssize_t sll2_epb_len(const unsigned char *h) {
+    return 32 + ((SLL2_LEN + (rd32(h + 20) & TP_STATUS_VLAN_VALID ? 4 : 0) + rd32(h + 12) + 3) & ~3u);
 }
 
 /* The LINUX_SLL2 frame of a cooked packet at d (its header, the VLAN tag the kernel moved into
- * metadata put back after it, the packet), zero-padded to 32 bits: encode_cooked_block's frame.
- * Returns the captured length; *orig gets the original length. */
+ * metadata put back after it, the packet), zero-padded to 32 bits. Returns the captured length;
+ * *orig gets the original length. */
 static uint32_t write_sll2(const unsigned char *h, unsigned char *d, uint32_t *orig) {
     const unsigned char *ll = h + 48;  /* struct sockaddr_ll after TPACKET_ALIGN(sizeof(tpacket3_hdr)) */
     uint32_t snap = rd32(h + 12), len = rd32(h + 16), status = rd32(h + 20);
@@ -804,15 +791,138 @@ static uint32_t write_sll2(const unsigned char *h, unsigned char *d, uint32_t *o
     return cap;
 }
 
+/* encode_cooked_block(ring, boff, bsize, if_id, maxp, table, window_ns)
+ *   -> (epb_bytes, packets_written, captured_bytes, packets_read, duplicates)
+ * Two passes, as encode_block_sampled: (1) validate, digest each packet and check it for a copy
+ * (the probes run LOOKAHEAD packets behind the digests, whose slots are prefetched meanwhile, in
+ * packet order, so the result is the same as one packet at a time), sizing the output exactly;
+ * (2) write the packets kept straight into the bytes object. */
+static PyObject *encode_cooked_block(PyObject *self, PyObject *args) {
+    Py_buffer ring, table;
+    Py_ssize_t boff, bsize, maxp;
+    unsigned int if_id;
+    unsigned long long window;
+    if (!PyArg_ParseTuple(args, "y*nnInw*K", &ring, &boff, &bsize, &if_id, &maxp, &table, &window))
+        return NULL;
+    PyObject *result = NULL, *bytes = NULL;
+    Pkt *pkts = NULL;
+    uint64_t *t = (uint64_t *)table.buf;
+    if (boff < 0 || bsize < 48 || boff + bsize > ring.len || table.len < 48 || !t[1] || (t[1] & (t[1] - 1)) ||
+        (Py_ssize_t)((t[1] + 1) * 24) > table.len) {
+        PyErr_SetString(PyExc_ValueError, "bad ring or table");
+        goto done;
+    }
+    const unsigned char *blk = (const unsigned char *)ring.buf + boff;
+    uint32_t num = rd32(blk + 12), first = rd32(blk + 16);
+    if (maxp >= 0 && (Py_ssize_t)num > maxp) num = (uint32_t)maxp;
+    pkts = num ? PyMem_Malloc(sizeof(Pkt) * num) : NULL;
+    if (num && !pkts) { PyErr_NoMemory(); goto done; }
+    Py_ssize_t out_len = 0, off = first;
+    unsigned int dups = 0;
+    for (uint32_t i = 0; i < num; i++) {  /* pass 1 */
+        if (off < 0 || off + 48 + 20 > bsize) { PyErr_SetString(PyExc_ValueError, "corrupt TPACKET_V3 block"); goto done; }
+        const unsigned char *h = blk + off;
+        ring_ahead(h);
+        uint32_t next = rd32(h), snap = rd32(h + 12);
+        uint16_t mac = rd16(h + 24);
+        if (off + mac + (Py_ssize_t)snap > bsize) { PyErr_SetString(PyExc_ValueError, "corrupt TPACKET_V3 block"); goto done; }
+        pkts[i].off = (uint32_t)off;
+        pkts[i].note = 1;  /* kept, unless found a copy */
+        if (window) {
+            pkts[i].note = packet_digest(be16(h + 48 + 2), h + mac, snap, rd32(h + 16));
+            uint64_t *slot = cooked_slot(t, pkts[i].note);
+            __builtin_prefetch(slot, 1, 3);
+            __builtin_prefetch(slot + 8, 1, 3);
+            if (i >= LOOKAHEAD) dups += cooked_drop_copy(t, blk, &pkts[i - LOOKAHEAD], window);
+        }
+        out_len += sll2_epb_len(h);
+        if (i + 1 < num) {
+            if (next == 0) { PyErr_SetString(PyExc_ValueError, "corrupt TPACKET_V3 block"); goto done; }
+            off += next;
+        }
+    }
+    for (uint32_t i = num > LOOKAHEAD ? num - LOOKAHEAD : 0; window && i < num; i++)
+        dups += cooked_drop_copy(t, blk, &pkts[i], window);
+    for (uint32_t i = 0; dups && i < num; i++)
+        if (!pkts[i].note) out_len -= sll2_epb_len(blk + pkts[i].off);
+    bytes = PyBytes_FromStringAndSize(NULL, out_len);
+    if (!bytes) goto done;
+    unsigned char *o = (unsigned char *)PyBytes_AS_STRING(bytes);
+    unsigned long long captured = 0;
+    unsigned int written = 0;
+    for (uint32_t i = 0; i < num; i++) {  /* pass 2 */
+        if (!pkts[i].note) continue;
+        const unsigned char *h = blk + pkts[i].off;
+        unsigned long long ts = (unsigned long long)rd32(h + 4) * 1000000000ull + rd32(h + 8);
+        unsigned char *d = o + 28;
+        uint32_t orig, cap = write_sll2(h, d, &orig), total = 32 + ((cap + 3) & ~3u);
+        epb_header(o, total, if_id, ts, cap, orig);
+        wr32(d + total - 32, total);
+        o += total;
+        captured += cap;
+        written++;
+    }
+    result = Py_BuildValue("(NIKII)", bytes, written, captured, num, dups);
+    bytes = NULL;
+done:
+    Py_XDECREF(bytes);
+    PyMem_Free(pkts);
+    PyBuffer_Release(&ring);
+    PyBuffer_Release(&table);
+    return result;
+}
+
+
+/* -i any with first-packet comments (percentage mode, the kernel flow table) and --entries.
+ *
+ * The flow key of a cooked packet is read on the frame it becomes in the file, LINUX_SLL2, whose
+ * protocol (and a VLAN tag put back from metadata, as write_sll2 does) kstap.linklayer reads as an
+ * Ethernet frame's ethertype. So the packet's head goes into buf behind a 14-byte Ethernet header
+ * with that protocol (and the tag), and parse_key keys it, tunnels and all. COOKED_KEY_HEAD is
+ * more than parse_key ever reads (two tags, two tunnels with Geneve options, the inner IP header:
+ * under 800 bytes), so a packet cut there is keyed whole; the View's real length still notes a
+ * key the snaplen cut. */
+#define COOKED_KEY_HEAD 1024
+static int cooked_key(const unsigned char *h, Key *k, int *cut, unsigned char *buf) {
+    const unsigned char *ll = h + 48;
+    uint32_t snap = rd32(h + 12), status = rd32(h + 20), n = 14;
+    uint16_t proto = be16(ll + 2);
+    memset(buf, 0, 12);
+    if (status & TP_STATUS_VLAN_VALID) {
+        uint16_t tci = (uint16_t)rd32(h + HV1_VLAN_TCI);
+        uint16_t tpid = (status & TP_STATUS_VLAN_TPID_VALID) ? rd16(h + HV1_VLAN_TPID) : 0x8100;
+        buf[12] = tpid >> 8; buf[13] = tpid & 0xff; buf[14] = tci >> 8; buf[15] = tci & 0xff;
+        buf[16] = proto >> 8; buf[17] = proto & 0xff;
+        n = 18;
+    } else {
+        buf[12] = proto >> 8; buf[13] = proto & 0xff;
+    }
+    uint32_t take = snap < COOKED_KEY_HEAD - n ? snap : COOKED_KEY_HEAD - n;
+    memcpy(buf + n, h + rd16(h + 24), take);
+    View v = {buf, n + take, n + rd32(h + 16), 0};
+    int found = parse_key(&v, 0, k);
+    *cut = v.cut;
+    return found;
+}
+
+/* Per packet of encode_cooked_block_sampled: its copy check (note: the digest, 0 once found a
+ * copy) and its flow lookup (note: encode_block_sampled's). */
+typedef struct { Pkt copy, flow; } CookedPkt;
+
 /* encode_cooked_block_sampled(ring, boff, bsize, if_id, maxp, dedup, window_ns, table, seed, suffix
  *                             [, wanted, shed_threshold, shed_ns, shed_suffix, bound_ns])
  *   -> (epb_bytes, packets_written, captured_bytes, packets_read, duplicates,
- *       new_flows, table_full, shed_marked, tunnel_flows)
- * encode_cooked_block's copies removed (the same dedup table and rule), then, on what is kept,
+ *       new_flows, table_full, shed_marked, keyed, cut_keys)
+ * encode_cooked_block's copies removed (its dedup table and rule), then, on the packets kept,
  * encode_block_sampled's first-packet comments (table, seed, suffix, the shed mark, the lookup
- * bound: see there) and --entries' records (wanted, linktype LINUX_SLL2). table None: no comments
- * (--entries in full mode). Two passes: (1) validate, remove copies, key and look up each packet
- * kept, sizing the output exactly; (2) write the EPBs. */
+ * bound, keyed and cut_keys: see there) and --entries' records (wanted, linktype LINUX_SLL2).
+ * table None: no comments (--entries in full mode).
+ *
+ * Pass 1 is a pipeline of three steps LOOKAHEAD packets apart, each on slots the step before
+ * prefetched: digest packet i (prefetching its dedup slot); check i - LOOKAHEAD for a copy and,
+ * kept, key it (prefetching its flow's slot); look i - 2 LOOKAHEAD up in the flow table. Each step
+ * runs in packet order, so the result is that of one packet at a time. Pass 2 writes the EPBs into
+ * the bytes object, sized exactly. */
 static PyObject *encode_cooked_block_sampled(PyObject *self, PyObject *args) {
     Py_buffer ring, dedup, table = {0};
     Py_ssize_t boff, bsize, maxp;
@@ -828,8 +938,8 @@ static PyObject *encode_cooked_block_sampled(PyObject *self, PyObject *args) {
         return NULL;
     if (wanted == Py_None) wanted = NULL;
     PyObject *result = NULL, *bytes = NULL;
-    Pkt *pkts = NULL;
-    unsigned char kbuf[KEY_HEAD];
+    CookedPkt *pkts = NULL;
+    unsigned char kbuf[COOKED_KEY_HEAD];
     uint64_t *d = (uint64_t *)dedup.buf, *t = NULL;
     if (table_obj != Py_None) {
         if (PyObject_GetBuffer(table_obj, &table, PyBUF_WRITABLE) < 0) goto done;
@@ -853,60 +963,73 @@ static PyObject *encode_cooked_block_sampled(PyObject *self, PyObject *args) {
     if (maxp >= 0 && (Py_ssize_t)num > maxp) num = (uint32_t)maxp;
     uint32_t flow_opt = 4 + ((24 + (uint32_t)suffix_len + 3) & ~3u) + 4;
     uint32_t shed_opt = 4 + ((24 + (uint32_t)shed_suffix_len + 3) & ~3u) + 4;
-    pkts = PyMem_Calloc(num ? num : 1, sizeof(Pkt));
+    pkts = PyMem_Calloc(num ? num : 1, sizeof(CookedPkt));
     if (!pkts) { PyErr_NoMemory(); goto done; }
-    Tally tally = {0, 0, 0, 0, 0};
-    Lookup lk = {t, blk, seed, shed_threshold, shed_ns, flow_opt, shed_opt, 1};
+    Tally tally = {0, 0, 0, 0, 0, 0};
+    Lookup lk = {t, blk, seed, shed_threshold, shed_ns, flow_opt, shed_opt, kbuf};
     Py_ssize_t out_len = 0, off = first;
     unsigned int dups = 0;
-    /* pass 1, as encode_block_sampled's (the LOOKAHEAD pipeline), on the packets that are no copy */
-    for (uint32_t i = 0; i < num; i++) {
-        if (off < 0 || off + 48 + 20 > bsize) { PyErr_SetString(PyExc_ValueError, "corrupt TPACKET_V3 block"); goto done; }
-        const unsigned char *h = blk + off;
-        ring_ahead(h);
-        uint32_t next = rd32(h), snap = rd32(h + 12), status = rd32(h + 20);
-        uint16_t mac = rd16(h + 24);
-        if (off + mac + (Py_ssize_t)snap > bsize) { PyErr_SetString(PyExc_ValueError, "corrupt TPACKET_V3 block"); goto done; }
-        uint64_t ts = (uint64_t)rd32(h + 4) * 1000000000ull + rd32(h + 8);
-        pkts[i].off = (uint32_t)off;
-        if (window && cooked_seen(d, packet_digest(be16(h + 48 + 2), h + mac, snap, rd32(h + 16)), ts,
-                                  rd32(h + 48 + 4), window)) {
-            pkts[i].copy = 1;
-            dups++;
-        } else {
-            Key k;
-            if (t && ts <= bound && cooked_key(h, &k, kbuf)) {
-                uint64_t fp = fingerprint(&k);
-                __builtin_prefetch(t + 2 * (1 + (fp & (t[1] - 1))), 1, 3);
-                pkts[i].note = fp;
+    for (uint32_t i = 0; i < num + 2 * LOOKAHEAD; i++) {  /* pass 1 */
+        if (i < num) {  /* validate, digest */
+            if (off < 0 || off + 48 + 20 > bsize) { PyErr_SetString(PyExc_ValueError, "corrupt TPACKET_V3 block"); goto done; }
+            const unsigned char *h = blk + off;
+            ring_ahead(h);
+            uint32_t next = rd32(h), snap = rd32(h + 12);
+            uint16_t mac = rd16(h + 24);
+            if (off + mac + (Py_ssize_t)snap > bsize) { PyErr_SetString(PyExc_ValueError, "corrupt TPACKET_V3 block"); goto done; }
+            pkts[i].copy.off = pkts[i].flow.off = (uint32_t)off;
+            pkts[i].copy.note = 1;  /* kept, unless found a copy */
+            if (window) {
+                pkts[i].copy.note = packet_digest(be16(h + 48 + 2), h + mac, snap, rd32(h + 16));
+                uint64_t *slot = cooked_slot(d, pkts[i].copy.note);
+                __builtin_prefetch(slot, 1, 3);
+                __builtin_prefetch(slot + 8, 1, 3);
             }
-            out_len += 32 + ((SLL2_LEN + ((status & TP_STATUS_VLAN_VALID) ? 4 : 0) + snap + 3) & ~3u);
+            if (i + 1 < num) {
+                if (next == 0) { PyErr_SetString(PyExc_ValueError, "corrupt TPACKET_V3 block"); goto done; }
+                off += next;
+            }
         }
-        if (t && i >= LOOKAHEAD)
-            look_up(&lk, &pkts[i - LOOKAHEAD], &tally, kbuf);
-        if (i + 1 < num) {
-            if (next == 0) { PyErr_SetString(PyExc_ValueError, "corrupt TPACKET_V3 block"); goto done; }
-            off += next;
+        if (i >= LOOKAHEAD && i - LOOKAHEAD < num) {  /* copy check, key */
+            CookedPkt *p = &pkts[i - LOOKAHEAD];
+            if (window && cooked_drop_copy(d, blk, &p->copy, window)) {
+                dups++;
+            } else {
+                const unsigned char *h = blk + p->copy.off;
+                out_len += sll2_epb_len(h);
+                uint64_t ts = (uint64_t)rd32(h + 4) * 1000000000ull + rd32(h + 8);
+                Key k;
+                int cut = 0;
+                if (t && ts <= bound) {
+                    /* a frame with no key counts as cut too: the kernel may have keyed its first packet */
+                    int found = cooked_key(h, &k, &cut, kbuf);
+                    tally.keyed++;
+                    tally.cut += cut;
+                    if (found) {
+                        p->flow.note = fingerprint(&k);
+                        __builtin_prefetch(t + 2 * (1 + (p->flow.note & (t[1] - 1))), 1, 3);
+                    }
+                }
+            }
         }
+        if (t && i >= 2 * LOOKAHEAD && i - 2 * LOOKAHEAD < num)  /* the flow lookup */
+            look_up(&lk, &pkts[i - 2 * LOOKAHEAD].flow, &tally);
     }
-    for (uint32_t i = num > LOOKAHEAD ? num - LOOKAHEAD : 0; t && i < num; i++)
-        look_up(&lk, &pkts[i], &tally, kbuf);
     out_len += tally.bytes;
     bytes = PyBytes_FromStringAndSize(NULL, out_len);
     if (!bytes) goto done;
     unsigned char *o = (unsigned char *)PyBytes_AS_STRING(bytes);
     unsigned long long captured = 0;
     unsigned int written = 0;
-    /* pass 2: the EPBs */
-    for (uint32_t i = 0; i < num; i++) {
-        if (pkts[i].copy) continue;
-        uint64_t note = pkts[i].note;
-        const unsigned char *h = blk + pkts[i].off;
+    for (uint32_t i = 0; i < num; i++) {  /* pass 2 */
+        if (!pkts[i].copy.note) continue;
+        const unsigned char *h = blk + pkts[i].copy.off;
         unsigned char *dd = o + 28;
         uint32_t orig, cap = write_sll2(h, dd, &orig), padded = (cap + 3) & ~3u, optlen = 0;
         unsigned long long ts = (unsigned long long)rd32(h + 4) * 1000000000ull + rd32(h + 8);
         if (wanted && dissect_wants(dd, cap, 276) && append_wanted(wanted, dd, cap, orig, ts, if_id) < 0)
             goto done;
+        uint64_t note = pkts[i].flow.note;
         if (note) optlen = write_note(dd + padded, note, suffix, suffix_len, shed_suffix, shed_suffix_len);
         uint32_t total = 32 + padded + optlen;
         epb_header(o, total, if_id, ts, cap, orig);
@@ -915,8 +1038,8 @@ static PyObject *encode_cooked_block_sampled(PyObject *self, PyObject *args) {
         captured += cap;
         written++;
     }
-    result = Py_BuildValue("(NIKIIIiII)", bytes, written, captured, num, dups, tally.new_flows, tally.full,
-                           tally.shed_marked, tally.tunnels);
+    result = Py_BuildValue("(NIKIIIiIII)", bytes, written, captured, num, dups, tally.new_flows, tally.full,
+                           tally.shed_marked, tally.keyed, tally.cut);
     bytes = NULL;
 done:
     Py_XDECREF(bytes);

@@ -323,12 +323,13 @@ class AfPacketRing(BlockRing):
                 return data, n, cap
             assert encode_block_sampled is not None
             seen.ensure_room(num)
-            data, n, cap, fresh, _full, shed, tunneled = encode_block_sampled(
+            data, n, cap, fresh, _full, shed, keyed, cut = encode_block_sampled(
                 mm, base, self._bsize, self.if_id, left, seen.table, seen.seed, seen.suffix,
                 wanted, self.linktype, seen.shed_threshold, seen.shed_ns, seen.shed_suffix, bound)
             seen.flows_seen += fresh
             seen.flows_shed += shed
-            seen.flows_tunneled += tunneled
+            seen.packets_keyed += keyed
+            seen.keys_cut += cut
             return data, n, cap
 
         chunks, packets, nbytes = self._encode_ready(max_packets, limit, encode)

@@ -238,8 +238,8 @@ class CookedSource(BlockRing, StopWake):
         self._watch()
         return got
 
-    def _encoded(self, max_packets: int, limit: int, seen: FirstPacketNotes | None,
-                 wanted: list[PacketRecord] | None) -> tuple[list[bytes], int, int]:
+    def _encoded(self, max_packets: int, limit: int = 64, seen: FirstPacketNotes | None = None,
+                 wanted: list[PacketRecord] | None = None) -> tuple[list[bytes], int, int]:
         assert encode_cooked_block is not None
         assert (seen is None and wanted is None) or encode_cooked_block_sampled is not None
         mm = self.mm
@@ -267,13 +267,14 @@ class CookedSource(BlockRing, StopWake):
                 self._c_duplicates += dups
                 return data, n, cap
             seen.ensure_room(num)
-            data, n, cap, _read, dups, fresh, _full, shed, tunneled = encode_cooked_block_sampled(
+            data, n, cap, _read, dups, fresh, _full, shed, keyed, cut = encode_cooked_block_sampled(
                 mm, base, self._bsize, 0, left, self._table, self._window_ns, seen.table, seen.seed, seen.suffix,
                 wanted, seen.shed_threshold, seen.shed_ns, seen.shed_suffix, bound)
             self._c_duplicates += dups
             seen.flows_seen += fresh
             seen.flows_shed += shed
-            seen.flows_tunneled += tunneled
+            seen.packets_keyed += keyed
+            seen.keys_cut += cut
             return data, n, cap
 
         chunks, packets, nbytes = self._encode_ready(max_packets, limit, encode)

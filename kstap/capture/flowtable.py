@@ -13,6 +13,10 @@ looks it up (:meth:`FirstPacketTable.lookup_bound`). Long-lived flows then cost 
 per packet. Skipped packets do not refresh their flow's slot, so before forgetting a flow idle by
 its own clock the table asks the kernel when it last saw that flow (:meth:`FirstPacketTable.expire`).
 
+The encoder keys a frame as the kernel does (VXLAN and Geneve followed to the inner packet,
+:mod:`kstap.linklayer`), so each overlay flow has one comment, with the hash the kernel decided on.
+Only a key the snaplen cut short can differ from the kernel's (:attr:`FirstPacketTable.keys_cut`).
+
 What the comment says after ``id=…`` is the sampler's business
 (:func:`kstap.sampling.metadata.flow_note_suffix`); the wiring hands it over as bytes.
 """
@@ -30,9 +34,6 @@ _HEADER = struct.Struct("<QQ")
 _LAST = struct.Struct("<Q")
 FULL_THRESHOLD = 1 << 32
 """A shed threshold that sheds nothing (every 32-bit hash is below it)."""
-KEY_BYTES = 128
-"""The C key reads at most 14 + 8 + 60 + 4 bytes of a frame: with a shorter snaplen its key may
-lack what the kernel's (which reads the whole packet) has, so the kernel could not vouch for it."""
 
 MARGIN_NS = 50_000_000
 """How much later than the kernel's newest new-flow decision a flow's first packet may be stamped.
@@ -92,10 +93,13 @@ class FirstPacketTable:
         slower at rate 1 (0.196 -> 0.163 us per packet with the in-place encoder, docs/benchmarks.md)."""
         self.flows_seen = 0
         self.flows_shed = 0
-        self.flows_tunneled = 0
-        """New flows to or from a VXLAN/Geneve port: the kernel keys them by their inner packet, this
-        table by the outer one, so the kernel cannot vouch for them and every packet is looked up
-        from the first such flow on."""
+        self.packets_keyed = 0
+        """Packets the encoder keyed and looked up; the others were stamped past the lookup bound."""
+        self.keys_cut = 0
+        """Keyed packets whose flow key needed bytes past the snaplen (an inner header of a deep
+        tunnel under ``-s 96``, say). The kernel keyed the whole packet, so this table's key may not
+        be its: the kernel cannot vouch for the flows this table sees, and every packet is looked up
+        from the first such packet on (the comments are then those of the file's own keys)."""
         self.shed_threshold, self.shed_ns, self.shed_suffix = FULL_THRESHOLD, 0, b""
         self.kernel = kernel
         """The in-kernel flow table that decided the flows (None: look every packet up)."""
@@ -112,12 +116,12 @@ class FirstPacketTable:
 
     def lookup_bound(self) -> int:
         """The latest ring timestamp (realtime ns) that can still be a flow's first packet:
-        :data:`NO_BOUND` without the kernel's word, after a clock step, or once a tunnelled flow was
-        seen; later packets skip the table. Call it after seeing the blocks ready and before
+        :data:`NO_BOUND` without the kernel's word, after a clock step, or once a key was cut by
+        the snaplen (:attr:`keys_cut`); later packets skip the table. Call it after seeing the blocks ready and before
         encoding them: every packet in them was decided before this read, so a new flow's decision
         time is at most the maximum it reads."""
         kernel = self.kernel
-        if kernel is None or self.flows_tunneled:
+        if kernel is None or self.keys_cut:
             return NO_BOUND
         newest = kernel.newest_kept_ns()
         if newest is None:

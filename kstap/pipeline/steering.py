@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import cast
 
 from kstap.capture import backends, netns
-from kstap.capture.flowtable import KEY_BYTES, FirstPacketTable
+from kstap.capture.flowtable import FirstPacketTable
 from kstap.capture.pcap_live import compile_for_live, needs_live_compile
 from kstap.config import TapSettings
 from kstap.contracts import FilterSource, Governor, LiveControl, RateChanged, Reporter, Source
@@ -78,11 +78,10 @@ class Steering:
         the kernel decided)."""
         smp = self.sampler
         assert smp is not None
-        # the kernel flow table says when no flow started, so most packets skip the table; with a
-        # snaplen that cuts the C key short, it could not vouch for the flows this table keys
-        kernel = self.kernel if self.settings.snaplen >= KEY_BYTES else None
+        # the kernel flow table says when no flow started, so most packets skip the table (until a
+        # key is cut by the snaplen: FirstPacketTable.keys_cut)
         self.seen = FirstPacketTable(smp.seed, flow_note_suffix(smp.mode, smp.rate, smp.seed_id),
-                                     idle_timeout_ns=smp.idle_timeout_ns, kernel=kernel)
+                                     idle_timeout_ns=smp.idle_timeout_ns, kernel=self.kernel)
 
     def tick(self, elapsed: float, summary: CaptureSummary) -> None:
         """Once a second, after :meth:`apply_control` and the counters: flow expiry, the controller,

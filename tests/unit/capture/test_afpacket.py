@@ -124,10 +124,10 @@ def _blocks(data: bytes) -> list[int]:
 
 # -- percentage mode's fast path: first-packet comments computed in C ---------------------------------
 
-def _udp_frame(src: bytes, dst: bytes, sport: int, dport: int, v6: bool = False) -> bytes:
+def _udp_frame(src: bytes, dst: bytes, sport: int, dport: int, v6: bool = False, payload: bytes = b"payload") -> bytes:
     import dpkt
 
-    u = dpkt.udp.UDP(sport=sport, dport=dport, data=b"payload")
+    u = dpkt.udp.UDP(sport=sport, dport=dport, data=payload)
     ip: object = (dpkt.ip6.IP6(src=src, dst=dst, nxt=17, hlim=64, data=u) if v6
                   else dpkt.ip.IP(src=src, dst=dst, p=17, data=u))
     return bytes(dpkt.ethernet.Ethernet(type=0x86DD if v6 else 0x0800, data=ip))
@@ -138,12 +138,13 @@ needs_sampled = pytest.mark.skipif(afpacket.encode_block_sampled is None, reason
 
 @needs_sampled
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 7), st.booleans(), st.booleans(), st.booleans()), min_size=1,
-                max_size=60),
+@given(st.lists(st.tuples(st.integers(0, 7), st.booleans(), st.booleans(), st.booleans(),
+                          st.sampled_from(["", "vxlan", "geneve"])), min_size=1, max_size=60),
        st.integers(0, 2**32 - 1))
-def test_c_first_packet_comments_match_python_flow_ids(flows: list[tuple[int, bool, bool, bool]],
+def test_c_first_packet_comments_match_python_flow_ids(flows: list[tuple[int, bool, bool, bool, str]],
                                                         seed: int) -> None:
-    """Every flow's first packet (either direction) carries exactly the comment Python would write."""
+    """Every flow's first packet (either direction) carries exactly the comment Python would write; a
+    flow inside a VXLAN or Geneve datagram is the inner one (every edge: test_ringfast_tunnels.py)."""
     from kstap.capture.flowtable import FirstPacketTable
     from kstap.formats.savefile import CaptureReader
     from kstap.sampling import metadata
@@ -151,10 +152,14 @@ def test_c_first_packet_comments_match_python_flow_ids(flows: list[tuple[int, bo
     from kstap.sampling.flowkey import flow_key
 
     frames: list[Frame] = []
-    for n, reverse, v6, vlan in flows:
+    for n, reverse, v6, vlan, tunnel in flows:
         a, b = (bytes(15) + bytes([n + 1]), bytes(15) + b"\xff") if v6 else (bytes([10, 0, 0, n + 1]), b"\x0a\0\0\xff")
         src, dst, sp, dp = (b, a, 53, 1000 + n) if reverse else (a, b, 1000 + n, 53)
         raw = _udp_frame(src, dst, sp, dp, v6)
+        if tunnel == "vxlan":
+            raw = _udp_frame(b"\xc0\0\2\1", b"\xc0\0\2\2", 40000 + n, 4789, payload=b"\x08\0\0\0\0\0\x2a\0" + raw)
+        elif tunnel == "geneve":
+            raw = _udp_frame(b"\xc0\0\2\2", b"\xc0\0\2\1", 40000, 6081, payload=b"\0\0\x65\x58\0\0\x2b\0" + raw)
         frames.append((raw, len(raw), 1 | (TP_STATUS_VLAN_VALID if vlan else 0), 5, 0x8100))
     ring = fake_ring([frames])
     seen = FirstPacketTable(seed, metadata.flow_note_suffix("percentage", 0.25, seed_id(seed)), capacity=4)

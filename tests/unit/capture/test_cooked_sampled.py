@@ -17,23 +17,21 @@ from kstap.capture import cooked
 from kstap.capture.afpacket import NO_BOUND, TP_STATUS_VLAN_TPID_VALID, TP_STATUS_VLAN_VALID
 from kstap.capture.cooked import CookedSource
 from kstap.capture.flowtable import MARGIN_NS, FirstPacketTable
-from kstap.dedup import Dedup
 from kstap.formats import pcapng
 from kstap.formats.savefile import CaptureReader
-from kstap.model import Interface, PacketRecord, SourceStats
+from kstap.model import Interface, PacketRecord
 from kstap.sampling import metadata
 from kstap.sampling.flowhash import flow_hash
 from kstap.sampling.flowkey import flow_key
 from tests.unit.capture.test_afpacket import _entries_frames
+from tests.unit.capture.test_cooked_encoder import BLOCK, MAC_OFFSET, WINDOW_NS, socket_order
+from tests.unit.capture.test_cooked_encoder import source as encoder_source
 from tests.unit.capture.test_flowtable import OFFSET, T0, Clock, Decisions, mono
 
 pytestmark = pytest.mark.skipif(cooked.encode_cooked_block_sampled is None, reason="C fast path not built")
 
-BLOCK = 1 << 20
-MAC_OFFSET = 80  # TPACKET_ALIGN(48 + sizeof(sockaddr_ll)): where the kernel puts the network header
 SLL2 = 276
 SEED = 0x5EED
-WINDOW = 50_000_000
 SUFFIX = metadata.flow_note_suffix("percentage", 0.25, "abc")
 
 Cooked = tuple[bytes, int, int, int, int, int, int]
@@ -41,7 +39,8 @@ Cooked = tuple[bytes, int, int, int, int, int, int]
 
 
 def source(blocks: list[list[Cooked]]) -> CookedSource:
-    """A CookedSource over an anonymous mmap laid out as the kernel lays a cooked socket's blocks."""
+    """A CookedSource over an anonymous mmap laid out as the kernel lays a cooked socket's blocks
+    (as tests/unit/capture/test_cooked_encoder.py's, with real packets at given times)."""
     mm = mmap.mmap(-1, BLOCK * len(blocks))
     for b, pkts in enumerate(blocks):
         base, off = b * BLOCK, 48
@@ -51,18 +50,14 @@ def source(blocks: list[list[Cooked]]) -> CookedSource:
             struct.pack_into("<IIIIIIHH", mm, base + off, nxt, ts // 10**9, ts % 10**9, len(net), len(net) + 4,
                              1 | status, MAC_OFFSET, MAC_OFFSET)
             struct.pack_into("<IIH", mm, base + off + 28, 0, tci, tpid)
-            struct.pack_into("<H", mm, base + off + 48, 17)  # AF_PACKET
-            struct.pack_into(">H", mm, base + off + 50, proto)  # sll_protocol, network order
-            struct.pack_into("<iHBB8s", mm, base + off + 52, ifindex, 1, ifindex % 5, 6, bytes([ifindex] * 6))
+            struct.pack_into("=HHiHBB8s", mm, base + off + 48, 17, socket_order(proto), ifindex, 1, ifindex % 5, 6,
+                             bytes([ifindex] * 6))
             mm[base + off + MAC_OFFSET : base + off + MAC_OFFSET + len(net)] = net
             off += step
+            assert off < BLOCK
         struct.pack_into("<III", mm, base + 8, 1, len(pkts), 48)
-    src = CookedSource.__new__(CookedSource)
-    src.mm, src._block, src._nblocks, src._bsize = mm, 0, len(blocks), BLOCK
-    src._stats, src._c_duplicates, src.events, src.links = SourceStats(), 0, [], None
-    src.dedup, src._window_ns = Dedup(WINDOW), WINDOW
-    src._table = bytearray(24 * (cooked.DEDUP_SLOTS + 1))
-    struct.pack_into("<QQ", src._table, 0, 0, cooked.DEDUP_SLOTS)
+    src = encoder_source(mm, len(blocks))
+    src.events, src.links = [], None
     return src
 
 
@@ -147,17 +142,17 @@ def test_without_a_table_or_records_it_writes_what_encode_cooked_block_writes() 
              for i in range(40) for net, proto in [net_packet(i % 6, i % 4 == 0, i % 3 == 0, False, 64 - i % 2)]]
     plain = source([block])
     assert cooked.encode_cooked_block is not None and cooked.encode_cooked_block_sampled is not None
-    want = cooked.encode_cooked_block(plain.mm, 0, BLOCK, 0, -1, plain._table, WINDOW)
+    want = cooked.encode_cooked_block(plain.mm, 0, BLOCK, 0, -1, plain._table, WINDOW_NS)
     c = source([block])
-    got = cooked.encode_cooked_block_sampled(c.mm, 0, BLOCK, 0, -1, c._table, WINDOW, None, 0, b"")
-    assert got[:5] == want and got[5:] == (0, 0, 0, 0)
+    got = cooked.encode_cooked_block_sampled(c.mm, 0, BLOCK, 0, -1, c._table, WINDOW_NS, None, 0, b"")
+    assert got[:5] == want and got[5:] == (0, 0, 0, 0, 0)
 
 
 def test_max_packets_counts_the_packets_read_as_encode_cooked_block_does() -> None:
     block = [(net, proto, 2, T0 + i, 0, 0, 0) for i in range(10) for net, proto in [net_packet(i, False, True, False)]]
     src = source([block])
     assert cooked.encode_cooked_block_sampled is not None
-    out = cooked.encode_cooked_block_sampled(src.mm, 0, BLOCK, 0, 4, src._table, WINDOW,
+    out = cooked.encode_cooked_block_sampled(src.mm, 0, BLOCK, 0, 4, src._table, WINDOW_NS,
                                              FirstPacketTable(SEED, SUFFIX).table, SEED, SUFFIX)
     assert out[1] == 4 and out[3] == 4 and out[5] == 4
 
@@ -218,10 +213,20 @@ def test_the_bound_skips_later_packets_and_a_shed_flow_gets_its_mark() -> None:
     assert seen.flows_shed == len(marked)
 
 
-def test_a_tunnel_port_flow_turns_the_bound_off() -> None:
+def test_an_overlay_flow_is_keyed_by_its_inner_packet_and_a_cut_key_turns_the_bound_off() -> None:
+    """VXLAN on -i any: the comment has the inner flow's hash (Python's key of the SLL2 frame, the
+    kernel's), the bound stays on; a packet whose key the snaplen cut turns it off (keys_cut)."""
     kernel, clock = Decisions(newest=mono(T0)), Clock(mono=mono(T0 + 10**9))
     seen = FirstPacketTable(SEED, SUFFIX, capacity=4, kernel=kernel, clock=clock)
+    inner = bytes(dpkt.ethernet.Ethernet(type=0x0800, data=net_packet(3, False, True, False)[0]))
     vxlan = bytes(dpkt.ip.IP(src=b"\x0a\0\0\x01", dst=b"\x0a\0\0\x02", p=17,
-                             data=dpkt.udp.UDP(sport=40000, dport=4789, data=b"\0" * 8)))
-    source([[(vxlan, 0x0800, 2, T0, 0, 0, 0)]]).read_encoded(0, 1 << 30, seen=seen)
-    assert seen.flows_tunneled == 1 and seen.lookup_bound() == NO_BOUND
+                             data=dpkt.udp.UDP(sport=40000, dport=4789, data=b"\x08" + bytes(7) + inner)))
+    block = [(vxlan, 0x0800, 2, T0, 0, 0, 0)]
+    got = read(source([block]).read_encoded(0, 1 << 30, seen=seen)[0])
+    assert [notes for _, notes in got] == expected_notes(python_records([block]))
+    key = flow_key(got[0][0][3], SLL2)
+    assert key is not None and key.a_port in (80, 1003)  # the inner TCP flow
+    assert seen.keys_cut == 0 and seen.lookup_bound() != NO_BOUND
+    cut = [(vxlan[:49], 0x0800, 2, T0 + 1, 0, 0, 0)]  # the inner Ethernet header cut (the wire had 4 more bytes)
+    source([cut]).read_encoded(0, 1 << 30, seen=seen)
+    assert seen.keys_cut == 1 and seen.lookup_bound() == NO_BOUND

@@ -24,6 +24,7 @@ from kstap.sampling import metadata
 from kstap.sampling.flowhash import flow_hash
 from kstap.sampling.flowkey import flow_key
 from tests.unit.capture.test_afpacket import MAC_OFFSET, _udp_frame, fake_ring, pcapng_iface
+from tests.unit.sampling.test_flowhash_tunnels import vxlan
 
 pytestmark = pytest.mark.skipif(afpacket.encode_block_sampled is None, reason="C fast path not built")
 
@@ -64,15 +65,17 @@ def frame(n: int, reverse: bool = False, port: int = 5001) -> bytes:
     return _udp_frame(b, a, port, 1000 + n) if reverse else _udp_frame(a, b, 1000 + n, port)
 
 
-def ring(blocks: list[list[tuple[bytes, int]]]) -> AfPacketRing:
-    """A ring of 1 MiB blocks whose packets are (frame, realtime ns), laid out as in test_afpacket.py."""
+def ring(blocks: list[list[tuple[bytes, int]]], wire: int = 0) -> AfPacketRing:
+    """A ring of 1 MiB blocks whose packets are (frame, realtime ns), laid out as in test_afpacket.py;
+    ``wire``: the packets' real length, when the frames are cut short by a snaplen."""
     mm = mmap.mmap(-1, BIG * len(blocks))
     for b, frames in enumerate(blocks):
         off = 48
         for i, (data, ts) in enumerate(frames):
             step = (MAC_OFFSET + len(data) + 15) & ~15
             nxt = 0 if i == len(frames) - 1 else step
-            struct.pack_into("<IIIIIIHH", mm, b * BIG + off, nxt, ts // 10**9, ts % 10**9, len(data), len(data), 1,
+            struct.pack_into("<IIIIIIHH", mm, b * BIG + off, nxt, ts // 10**9, ts % 10**9, len(data),
+                             max(wire, len(data)), 1,
                              MAC_OFFSET, 0)
             mm[b * BIG + off + MAC_OFFSET : b * BIG + off + MAC_OFFSET + len(data)] = data
             off += step
@@ -220,13 +223,40 @@ def test_a_shed_flow_is_marked_though_its_packets_skipped_the_table_before() -> 
     assert seen.flows_shed == len(marked) and len(marked) > 10
 
 
-def test_a_tunnel_flow_turns_the_bound_off() -> None:
-    """The kernel keys a VXLAN datagram by its inner packet, the C table by its outer one."""
+def overlay(n: int, reverse: bool = False) -> bytes:
+    """Flow n between two pods, in the VXLAN datagram between their nodes (one outer flow for all)."""
+    inner = frame(n, reverse)
+    return vxlan(inner, 8472)
+
+
+def test_overlay_flows_keep_the_bound_and_get_one_comment_each_with_the_inner_hash() -> None:
+    """The C key follows the tunnel as the kernel does: 60 pod flows inside one node-to-node flow get
+    60 comments (the kernel's hashes), and their later packets still skip the table."""
+    kernel, clock = Decisions(newest=mono(T0 + 100)), Clock(mono=mono(T0 + 10**9))
+    seen = table(kernel, clock)
+    start = [(overlay(i, reverse=i % 2 == 1), T0 + i) for i in range(60)]
+    later = [(overlay(i, reverse=i % 3 == 0), T0 + MARGIN_NS + 10**6 + i) for i in range(60)]
+    chunks, n, _ = ring([start + later]).read_encoded(1 << 30, seen=seen)
+    got = comments(chunks)
+    assert n == 120
+    assert_one_comment_per_flow(got)
+    assert [c for _, c in got[:60]] == [note(raw) for raw, _ in start]
+    assert flow_key(start[0][0]) == flow_key(frame(0))  # keyed by the pod flow inside
+    assert seen.flows_seen == 60 and seen.packets_keyed == 60 and seen.keys_cut == 0
+    assert seen.lookup_bound() != NO_BOUND
+
+
+def test_a_key_the_snaplen_cut_turns_the_bound_off() -> None:
+    """The inner ports past the snaplen: this table keys the pod flow without them, the kernel (which read the whole
+    packet) the pod flow inside, so it cannot vouch for this table's flows any more."""
     kernel, clock = Decisions(newest=mono(T0)), Clock(mono=mono(T0 + 10**9))
     seen = table(kernel, clock)
-    assert seen.lookup_bound() != NO_BOUND
-    ring([[(frame(1, port=4789), T0)]]).read_encoded(1 << 30, seen=seen)
-    assert seen.flows_tunneled == 1 and seen.lookup_bound() == NO_BOUND
+    whole = overlay(1)
+    ring([[(whole[:87], T0)]], wire=len(whole)).read_encoded(1 << 30, seen=seen)
+    assert seen.keys_cut == 1 and seen.lookup_bound() == NO_BOUND
+    shallow = table(kernel, clock)  # a snaplen that still holds the whole key: no cut
+    ring([[(whole[:88], T0)]], wire=len(whole)).read_encoded(1 << 30, seen=shallow)
+    assert shallow.keys_cut == 0 and shallow.lookup_bound() != NO_BOUND
 
 
 def test_non_ethernet_frames_get_no_bound() -> None:
