@@ -144,6 +144,27 @@ def _with_comments(records: Sequence[PacketRecord], with_queue: bool, comments: 
     return out
 
 
+def comment_first_at(chunks: list[bytes], when_ns: int, text: str) -> bool:
+    """Add ``text`` as a comment to the first EPB in ``chunks`` (EPB bytes as the C encoders write
+    them, nanosecond stamps) stamped at or after ``when_ns``, before the options it has (a flow
+    comment stays); False when no EPB is that late. A Python step per EPB walked: for rare notes (an
+    interface that came or went), not for every batch."""
+    for index, chunk in enumerate(chunks):
+        off, end = 0, len(chunk)
+        while off + 32 <= end:
+            kind, total, _ifid, hi, lo, caplen, _orig = _EPB_HEAD.unpack_from(chunk, off)
+            if total < 32 or off + total > end:
+                return False
+            if kind == BT_EPB and (hi << 32 | lo) >= when_ns:
+                data_end = off + 28 + ((caplen + 3) & ~3)
+                rest = chunk[data_end : off + total - 4] or option(OPT_ENDOFOPT, b"")
+                body = chunk[off + 8 : data_end] + option(OPT_COMMENT, text.encode()) + rest
+                chunks[index] = chunk[:off] + _block(BT_EPB, body) + chunk[off + total :]
+                return True
+            off += total
+    return False
+
+
 @dataclass(frozen=True)
 class InterfaceCounters:
     """What an ISB reports for one interface. Counts run from the start of the capture (the

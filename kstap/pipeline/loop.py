@@ -32,6 +32,7 @@ from kstap.contracts import (
 from kstap.dissect.entries import EntryWriter
 from kstap.dissect.stage import DissectStage
 from kstap.errors import KstapError, OutputFailed, WorkerFailure
+from kstap.formats import pcapng
 from kstap.model import CaptureSummary, Interface, PacketRecord, StatsSnapshot
 from kstap.pipeline.resources import ResourceWatch
 from kstap.pipeline.snapshots import snapshot
@@ -313,6 +314,9 @@ class Capture:
             c.entries.flush()
 
     def _deliver_encoded(self, chunks: list[bytes], packets: int, nbytes: int) -> None:
+        if self.link_notes and packets:  # an interface came or went: its comment, as _place_link_notes
+            self.link_notes = [(when, text) for when, text in self.link_notes
+                               if not pcapng.comment_first_at(chunks, when, text)]
         if self.sink is not None:
             cast(BlockSink, self.sink).write_encoded(chunks, packets)
         self.summary.captured += packets
