@@ -126,11 +126,17 @@ def cpu_quota(quota_us: int | None, period_us: int = 100_000) -> Iterator[Path |
 
 # -- one capture -----------------------------------------------------------------------------------
 
+ANY = False
+"""--interface any: every tool captures ``-i any`` in the server's namespace (a cooked socket, what
+kstap's workers run on a node) instead of the veth's end."""
+
+
 def tool_argv(tool: str, lab: Lab, path: str, extra: Sequence[str], buffer_mib: int = 32) -> list[str]:
+    iface = "any" if ANY else lab.server_if
     if tool == "tcpdump":
-        return ["nsenter", f"--net=/run/netns/{lab.server}", "tcpdump", "-i", lab.server_if, "-w", path,
+        return ["nsenter", f"--net=/run/netns/{lab.server}", "tcpdump", "-i", iface, "-w", path,
                 "-B", str(buffer_mib * 1024), "udp"]
-    return [sys.executable, "-m", "kstap", "tap", "--netns", lab.server, "-i", lab.server_if, "-w", path,
+    return [sys.executable, "-m", "kstap", "tap", "--netns", lab.server, "-i", iface, "-w", path,
             "-B", str(buffer_mib), "-f", "udp", "--no-dashboard", "--json", *extra]
 
 
@@ -268,8 +274,12 @@ def med(xs: Sequence[float]) -> float:
 
 
 def render(results: dict[str, dict[str, list[Result]]], args: argparse.Namespace) -> str:
-    lines = [MARK, "## Auto mode's value test (`make bench-auto`, benchmarks/auto_value.py)", "",
-             f"Medians of {args.rounds} rounds run side by side; veth pair, sender on CPU 1, capture on CPU 0.", ""]
+    title, where = (("## Auto mode's value test on -i any (`benchmarks/auto_value.py --interface any`)",
+                     "every tool on -i any in the receiving namespace")
+                    if ANY else
+                    ("## Auto mode's value test (`make bench-auto`, benchmarks/auto_value.py)", "veth pair"))
+    lines = [MARK.replace("-->", "(any) -->") if ANY else MARK, title, "",
+             f"Medians of {args.rounds} rounds run side by side; {where}, sender on CPU 1, capture on CPU 0.", ""]
     if "flows" in results:
         lines += ["### Whole flows while the rate rises",
                   f"{args.flows:,} UDP flows, round-robin, {args.pps:,} pps for {args.seconds:g} s; auto starts at "
@@ -330,12 +340,17 @@ def main() -> int:
     ap.add_argument("--quota-seconds", type=float, default=6.0)
     ap.add_argument("--quota-buffer", type=int, default=2, help="ring MiB of every tool in the quota part "
                     "(tcpdump's default -B is 2 MiB)")
+    ap.add_argument("--interface", choices=("veth", "any"), default="veth",
+                    help="capture on the veth's end (default) or on -i any, the cooked socket of a node")
     ap.add_argument("--out", help="update this Markdown file (the section after the auto-value marker)")
     ap.add_argument("--json", help="also write the raw results here")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("needs root (network namespaces, cgroups)", file=sys.stderr)
         return 3
+    global ANY
+    ANY = args.interface == "any"
+    mark, end = (MARK.replace("-->", "(any) -->"), END.replace("-->", "(any) -->")) if ANY else (MARK, END)
     parts = {"flows": part_flows, "cost": part_cost, "quota": part_quota}
     results: dict[str, dict[str, list[Result]]] = {}
     with tempfile.TemporaryDirectory(prefix="kstap-auto-") as workdir, Lab() as lab:
@@ -350,9 +365,9 @@ def main() -> int:
     if args.out:  # the section between the markers (appended when absent); the rest of the file stays
         doc = Path(args.out)
         old = doc.read_text() if doc.exists() else ""
-        section = text + "\n" + END + "\n"
-        if MARK in old and END in old:
-            new = old[: old.index(MARK)] + section + old[old.index(END) + len(END):].lstrip("\n")
+        section = text + "\n" + end + "\n"
+        if mark in old and end in old:
+            new = old[: old.index(mark)] + section + old[old.index(end) + len(end):].lstrip("\n")
         else:
             new = (old.rstrip() + "\n\n" if old else "") + section
         doc.write_text(new)

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO, cast
 
+from kstap.capture.afpacket import epb_batch
 from kstap.config import OutputSettings, TapSettings
 from kstap.contracts import AlertRaised, Event
 from kstap.errors import KstapError, UsageError
@@ -131,7 +132,7 @@ class Worker:
         smp = self.settings.tap.sampling
         self.sink = StreamSink(self.hub, interfaces, comment, counters, mode=smp.mode,
                                rate=smp.rate if smp.mode != "full" else 1.0,
-                               seed_id=note.fields.get("seed", "") if note else "")
+                               seed_id=note.fields.get("seed", "") if note else "", batch_of_epbs=epb_batch)
         return self.sink
 
     def _linger(self) -> None:

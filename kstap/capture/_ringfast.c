@@ -1050,6 +1050,68 @@ done:
     return result;
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * A worker's stream (kstap/remote/protocol.py) carries packets as BATCH records, not pcapng:
+ * epb_batch(epb_bytes, watermark) -> (batch_body, packets, captured_bytes) rewrites the EPBs one
+ * of the encoders above wrote into a BATCH body: u64 watermark, u32 count, then per packet
+ * u64 ts_ns, u32 caplen, u32 origlen, u16 if_id, u16 comment_len, the bytes and the comment (the
+ * EPB's first opt_comment). Timestamps are the encoders' nanoseconds. The twin is
+ * protocol.encode_batch over records; tests check both give the same bytes. */
+static inline void put_le(unsigned char *p, uint64_t v, int bytes) {  /* the stream is little-endian */
+    for (int i = 0; i < bytes; i++) p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static PyObject *epb_batch(PyObject *self, PyObject *args) {
+    Py_buffer in;
+    unsigned long long watermark;
+    if (!PyArg_ParseTuple(args, "y*K", &in, &watermark)) return NULL;
+    PyObject *out = NULL, *result = NULL;
+    const unsigned char *p = (const unsigned char *)in.buf;
+    Py_ssize_t n = in.len, pos = 0;
+    /* a record is 12 bytes shorter than its EPB at least (32 + padding + options vs 20) */
+    out = PyBytes_FromStringAndSize(NULL, 12 + n);
+    if (!out) goto done;
+    unsigned char *o = (unsigned char *)PyBytes_AS_STRING(out), *w = o + 12;
+    uint32_t count = 0;
+    unsigned long long captured = 0;
+    while (pos < n) {
+        if (n - pos < 32) goto corrupt;
+        const unsigned char *b = p + pos;
+        uint32_t type = rd32(b), total = rd32(b + 4), if_id = rd32(b + 8), cap = rd32(b + 20), orig = rd32(b + 24);
+        if (type != 6 || total < 32 || total % 4 || total > (uint64_t)(n - pos) || if_id > 0xFFFF ||
+            cap > total - 32 || rd32(b + total - 4) != total) goto corrupt;
+        uint64_t ts = (uint64_t)rd32(b + 12) << 32 | rd32(b + 16);
+        const unsigned char *comment = NULL;
+        uint32_t clen = 0, opt = 28 + ((cap + 3) & ~3u);
+        while (opt + 4 <= total - 4) {  /* options: code, length, value padded to 4 */
+            uint16_t code = rd16(b + opt), len = rd16(b + opt + 2);
+            if (code == 0) break;
+            if (opt + 4 + len > total - 4) goto corrupt;
+            if (code == 1 && !comment) { comment = b + opt + 4; clen = len; }
+            opt += 4 + ((len + 3u) & ~3u);
+        }
+        put_le(w, ts, 8); put_le(w + 8, cap, 4); put_le(w + 12, orig, 4);
+        put_le(w + 16, if_id, 2); put_le(w + 18, clen, 2);
+        memcpy(w + 20, b + 28, cap);
+        if (clen) memcpy(w + 20 + cap, comment, clen);
+        w += 20 + cap + clen;
+        captured += cap;
+        count++;
+        pos += total;
+    }
+    put_le(o, watermark, 8); put_le(o + 8, count, 4);
+    if (_PyBytes_Resize(&out, w - o) < 0) goto done;  /* frees out on failure */
+    result = Py_BuildValue("(NIK)", out, count, captured);
+    out = NULL;
+    goto done;
+corrupt:
+    PyErr_SetString(PyExc_ValueError, "not a run of well-formed EPBs");
+done:
+    Py_XDECREF(out);
+    PyBuffer_Release(&in);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"encode_block", encode_block, METH_VARARGS, "Encode one TPACKET_V3 block as pcapng EPBs."},
     {"encode_block_sampled", encode_block_sampled, METH_VARARGS,
@@ -1060,6 +1122,7 @@ static PyMethodDef methods[] = {
      "Encode one cooked-socket block as LINUX_SLL2 EPBs, removing copies seen on other interfaces (-i any)."},
     {"encode_cooked_block_sampled", encode_cooked_block_sampled, METH_VARARGS,
      "encode_cooked_block with first-packet comments and the dissectors' records (-i any: percentage, auto, --entries)."},
+    {"epb_batch", epb_batch, METH_VARARGS, "Rewrite EPBs as a worker stream's BATCH body."},
     {NULL, NULL, 0, NULL},
 };
 

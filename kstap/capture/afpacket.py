@@ -68,6 +68,8 @@ encode_block = _load_fast("encode_block")
 """C fast path: a TPACKET_V3 block → pcapng EPB bytes in one call (None when unavailable)."""
 encode_block_sampled = _load_fast("encode_block_sampled")
 """The same, also commenting each flow's first packet (percentage mode)."""
+epb_batch = _load_fast("epb_batch")
+"""The encoders' EPB bytes rewritten as a worker stream's BATCH body (kstap.remote.protocol)."""
 table_compact = _load_fast("table_compact")
 table_stale = _load_fast("table_stale")
 NO_BOUND = (1 << 64) - 1

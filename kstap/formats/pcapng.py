@@ -145,10 +145,11 @@ def _with_comments(records: Sequence[PacketRecord], with_queue: bool, comments: 
 
 
 def comment_first_at(chunks: list[bytes], when_ns: int, text: str) -> bool:
-    """Add ``text`` as a comment to the first EPB in ``chunks`` (EPB bytes as the C encoders write
-    them, nanosecond stamps) stamped at or after ``when_ns``, before the options it has (a flow
-    comment stays); False when no EPB is that late. A Python step per EPB walked: for rare notes (an
-    interface that came or went), not for every batch."""
+    """Put ``text`` in the comment of the first EPB in ``chunks`` (EPB bytes as the C encoders write
+    them, nanosecond stamps) stamped at or after ``when_ns``; an EPB with a comment already (a flow
+    comment) gets ``text; its comment``, as the records path joins them (one comment: the worker
+    stream carries one per packet). False when no EPB is that late. A Python step per EPB walked: for
+    rare notes (an interface that came or went), not for every batch."""
     for index, chunk in enumerate(chunks):
         off, end = 0, len(chunk)
         while off + 32 <= end:
@@ -157,12 +158,30 @@ def comment_first_at(chunks: list[bytes], when_ns: int, text: str) -> bool:
                 return False
             if kind == BT_EPB and (hi << 32 | lo) >= when_ns:
                 data_end = off + 28 + ((caplen + 3) & ~3)
-                rest = chunk[data_end : off + total - 4] or option(OPT_ENDOFOPT, b"")
-                body = chunk[off + 8 : data_end] + option(OPT_COMMENT, text.encode()) + rest
-                chunks[index] = chunk[:off] + _block(BT_EPB, body) + chunk[off + total :]
+                chunks[index] = chunk[:off] + _block(BT_EPB, chunk[off + 8 : data_end] + _joined(
+                    chunk[data_end : off + total - 4], text)) + chunk[off + total :]
                 return True
             off += total
     return False
+
+
+def _joined(options: bytes, text: str) -> bytes:
+    """EPB options with ``text`` in front of the first comment (or as a new one)."""
+    others: list[bytes] = []
+    comment = text.encode()
+    joined = False
+    pos = 0
+    while pos + 4 <= len(options):
+        code, length = struct.unpack_from("<HH", options, pos)
+        if code == OPT_ENDOFOPT:
+            break
+        value = options[pos + 4 : pos + 4 + length]
+        if code == OPT_COMMENT and not joined:
+            comment, joined = comment + b"; " + value, True
+        else:
+            others.append(option(code, value))
+        pos += 4 + ((length + 3) & ~3)
+    return _options([option(OPT_COMMENT, comment), *others])
 
 
 @dataclass(frozen=True)

@@ -107,6 +107,13 @@ class StreamHub:
             self._watermark = max(self._watermark, watermark)
             self._cond.notify_all()
 
+    def publish_batch_body(self, body: bytes, packets: int, watermark: int) -> None:
+        """A BATCH body made elsewhere (the C encoders' EPBs rewritten, see :class:`StreamSink`)."""
+        with self._cond:
+            self._append(functools.partial(_frame, protocol.FrameType.BATCH, body), packets)
+            self._watermark = max(self._watermark, watermark)
+            self._cond.notify_all()
+
     def advance(self, watermark: int) -> None:
         """Nothing older than ``watermark`` will be published (heartbeats carry it)."""
         with self._cond:
@@ -227,6 +234,10 @@ def _encode_batch(seq: int, *, watermark: int, records: Sequence[PacketRecord],
     return protocol.encode_batch(seq, watermark, records, comments)
 
 
+def _frame(kind: int, body: bytes, seq: int) -> bytes:
+    return protocol.HEADER.pack(kind, 0, 0, len(body), seq) + body
+
+
 def _packets_of(frame: bytes) -> int:
     """Records in a stored frame (0 unless it is a BATCH)."""
     kind = frame[0]
@@ -238,6 +249,8 @@ def _packets_of(frame: bytes) -> int:
 
 # -- the sink the pipeline writes into -----------------------------------------------------------------
 CountersProvider = Callable[[], list[pcapng.InterfaceCounters]]
+BatchOfEpbs = Callable[[bytes, int], tuple[bytes, int, int]]
+"""(EPB bytes, watermark) → (BATCH body, packets, captured bytes): ``kstap.capture.afpacket.epb_batch``."""
 
 
 class StreamSink:
@@ -254,16 +267,18 @@ class StreamSink:
 
     def __init__(self, hub: StreamHub, interfaces: Sequence[Interface], comment: str,
                  counters: CountersProvider | None = None, *, mode: str = "full", rate: float = 1.0,
-                 seed_id: str = "", lag_ms: int = WATERMARK_LAG_MS,
+                 seed_id: str = "", lag_ms: int = WATERMARK_LAG_MS, batch_of_epbs: BatchOfEpbs | None = None,
                  clock: Callable[[], int] = time.time_ns, monotonic: Callable[[], float] = time.monotonic) -> None:
         self.hub = hub
         self.interfaces = list(interfaces)
         self.files: list[str] = []
         self.packets_written = 0
         self.bytes_written = 0
-        self.capabilities = SinkCapabilities(patient=False, encoded_blocks=False)
-        """Stream readers merge on the watermark, so the loop must keep the time moving; the
-        stream carries records, so encoded blocks would only be decoded again here."""
+        self.capabilities = SinkCapabilities(patient=False, encoded_blocks=batch_of_epbs is not None)
+        """Stream readers merge on the watermark, so the loop must keep the time moving. With
+        ``batch_of_epbs`` (the C helper's rewriter) the capture's C encoders serve the stream too:
+        their EPB bytes become BATCH bodies without a Python step per packet."""
+        self._batch_of_epbs = batch_of_epbs
         self._counters = counters
         self._lag = lag_ms * 1_000_000
         self._clock = clock
@@ -298,6 +313,27 @@ class StreamSink:
                 self.bytes_written += rec[1]
                 if rec[4] < len(self._delivered):
                     self._delivered[rec[4]] += 1
+        else:
+            self.hub.advance(watermark)
+        self._publish_stats()
+
+    def write_encoded(self, chunks: list[bytes], packets: int, if_id: int = 0) -> None:
+        """EPB bytes of ``packets`` packets of interface ``if_id`` (the C encoders'), published as
+        BATCH frames, one per chunk (a ring block's worth: about :data:`protocol.BATCH_TARGET`)."""
+        watermark = self._sink_call()
+        rewrite = self._batch_of_epbs
+        assert rewrite is not None, "write_encoded without encoded_blocks"
+        published = 0
+        for chunk in chunks if packets else ():
+            body, n, captured = rewrite(chunk, watermark)
+            if n:
+                self.hub.publish_batch_body(body, n, watermark)
+                published += n
+                self.bytes_written += captured
+        if published:
+            self.packets_written += published
+            if if_id < len(self._delivered):
+                self._delivered[if_id] += published
         else:
             self.hub.advance(watermark)
         self._publish_stats()

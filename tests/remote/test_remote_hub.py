@@ -111,13 +111,6 @@ def test_sink_watermark_trails_the_loop_point_before_the_read() -> None:
     assert hub.ifstats == [SourceStats(7, 1, 1)]
 
 
-def test_the_stream_sink_takes_records_not_encoded_blocks() -> None:
-    # The stream carries records: EPBs encoded by the C fast path would only be decoded again here,
-    # so the sink says it does not take them and the capture loop hands it records.
-    sink = StreamSink(StreamHub("n1"), [IFACE], "")
-    assert not sink.capabilities.encoded_blocks and not hasattr(sink, "write_encoded")
-
-
 def test_sink_announces_interfaces_that_appear_later() -> None:
     hub = StreamHub("n1")
     sink = StreamSink(hub, [IFACE], "c")

@@ -213,7 +213,8 @@ def test_enhanced_packets_decode_back_into_records_and_comments() -> None:
 
 def test_a_note_goes_on_the_first_encoded_packet_at_or_after_its_time() -> None:
     """An interface that came or went, on the C path: its comment on the first EPB stamped at or
-    after it, before a flow comment that EPB already has; no EPB that late leaves the chunks alone."""
+    after it, joined with a flow comment that EPB already has as the records path joins them; no EPB
+    that late leaves the chunks alone."""
     recs = [(1000 + i, 3 + i, 9, bytes(range(3 + i)), 0, 0) for i in range(5)]
     chunks = [b"".join(pcapng.enhanced_packets(recs[:2])),
               b"".join(pcapng.enhanced_packets(recs[2:], comments={0: "kstap: flow id=00000001 x"}))]
@@ -225,4 +226,4 @@ def test_a_note_goes_on_the_first_encoded_packet_at_or_after_its_time() -> None:
     got = [(rec[:4], info.comments if info else []) for rec, info in CaptureReader(io.BytesIO(data))]
     assert [rec for rec, _ in got] == [r[:4] for r in recs]
     assert [c for _, c in got] == [[], ["kstap: veth0 vanished"],
-                                   ["kstap: veth1 appeared", "kstap: flow id=00000001 x"], [], []]
+                                   ["kstap: veth1 appeared; kstap: flow id=00000001 x"], [], []]
