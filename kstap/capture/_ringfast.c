@@ -878,13 +878,15 @@ done:
  * The flow key of a cooked packet is read on the frame it becomes in the file, LINUX_SLL2, whose
  * protocol (and a VLAN tag put back from metadata, as write_sll2 does) kstap.linklayer reads as an
  * Ethernet frame's ethertype. So the packet's head goes into buf behind a 14-byte Ethernet header
- * with that protocol (and the tag), and parse_key keys it, tunnels and all. COOKED_KEY_HEAD is
- * more than parse_key ever reads (two tags, two tunnels with Geneve options, the inner IP header:
- * under 800 bytes), so a packet cut there is keyed whole; the View's real length still notes a
- * key the snaplen cut. */
+ * with that protocol (and the tag), and parse_key keys it, tunnels and all. First COOKED_KEY_FIRST
+ * bytes (plain TCP/UDP with IP options and a pod flow in VXLAN over IPv4 fit); a key that needs more
+ * says so as a cut (View), and when the copy, not the snaplen, cut it, the head is copied on to
+ * COOKED_KEY_HEAD, more than parse_key ever reads (two tags, two tunnels with Geneve options, the
+ * inner IP header: under 800 bytes), and keyed again. buf holds COOKED_KEY_HEAD bytes. */
+#define COOKED_KEY_FIRST 128
 #define COOKED_KEY_HEAD 1024
 static int cooked_key(const unsigned char *h, Key *k, int *cut, unsigned char *buf) {
-    const unsigned char *ll = h + 48;
+    const unsigned char *ll = h + 48, *data = h + rd16(h + 24);
     uint32_t snap = rd32(h + 12), status = rd32(h + 20), n = 14;
     uint16_t proto = be16(ll + 2);
     memset(buf, 0, 12);
@@ -897,10 +899,17 @@ static int cooked_key(const unsigned char *h, Key *k, int *cut, unsigned char *b
     } else {
         buf[12] = proto >> 8; buf[13] = proto & 0xff;
     }
-    uint32_t take = snap < COOKED_KEY_HEAD - n ? snap : COOKED_KEY_HEAD - n;
-    memcpy(buf + n, h + rd16(h + 24), take);
+    uint32_t take = snap < COOKED_KEY_FIRST - n ? snap : COOKED_KEY_FIRST - n;
+    memcpy(buf + n, data, take);
     View v = {buf, n + take, n + rd32(h + 16), 0};
     int found = parse_key(&v, 0, k);
+    if (v.cut && take < snap) {  /* cut by the copy: the rest of the head, keyed again */
+        uint32_t more = snap < COOKED_KEY_HEAD - n ? snap : COOKED_KEY_HEAD - n;
+        memcpy(buf + n + take, data + take, more - take);
+        v.n = n + more;
+        v.cut = 0;
+        found = parse_key(&v, 0, k);
+    }
     *cut = v.cut;
     return found;
 }

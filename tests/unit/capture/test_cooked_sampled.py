@@ -227,6 +227,18 @@ def test_an_overlay_flow_is_keyed_by_its_inner_packet_and_a_cut_key_turns_the_bo
     key = flow_key(got[0][0][3], SLL2)
     assert key is not None and key.a_port in (80, 1003)  # the inner TCP flow
     assert seen.keys_cut == 0 and seen.lookup_bound() != NO_BOUND
-    cut = [(vxlan[:49], 0x0800, 2, T0 + 1, 0, 0, 0)]  # the inner Ethernet header cut (the wire had 4 more bytes)
+    # VXLAN in VXLAN, an IPv6 flow inside (a key past the first 128 bytes copied: the head is keyed whole)
+    deep_inner = bytes(dpkt.ethernet.Ethernet(type=0x86DD, data=net_packet(4, True, False, False)[0]))
+    mid = bytes(dpkt.ethernet.Ethernet(type=0x0800, data=dpkt.ip.IP(
+        src=b"\x0a\1\0\x01", dst=b"\x0a\1\0\x02", p=17,
+        data=dpkt.udp.UDP(sport=40001, dport=4789, data=b"\x08" + bytes(7) + deep_inner))))
+    nested = bytes(dpkt.ip.IP(src=b"\x0a\0\0\x01", dst=b"\x0a\0\0\x02", p=17,
+                              data=dpkt.udp.UDP(sport=40000, dport=4789, data=b"\x08" + bytes(7) + mid)))
+    deep = [(nested, 0x0800, 2, T0 + 1, TP_STATUS_VLAN_VALID, 9, 0)]
+    got = read(source([deep]).read_encoded(0, 1 << 30, seen=seen)[0])
+    key = flow_key(got[0][0][3], SLL2)
+    assert key is not None and key.family == 6 and got[0][1] == expected_notes(python_records([deep]))[0]
+    assert seen.keys_cut == 0
+    cut = [(vxlan[:49], 0x0800, 2, T0 + 2, 0, 0, 0)]  # the inner Ethernet header cut (the wire had 4 more bytes)
     source([cut]).read_encoded(0, 1 << 30, seen=seen)
     assert seen.keys_cut == 1 and seen.lookup_bound() == NO_BOUND
