@@ -164,10 +164,13 @@ class WorkerReporter:
     def listening(self, interfaces: list[Interface], backend: str, workers: int) -> None:
         hub = self.worker.hub
         hub.state = "capturing"
+        built = epb_batch is not None
         hub.publish_event("listening", {"interfaces": [i.name for i in interfaces], "backend": backend,
-                                        "workers": workers})
+                                        "workers": workers, "c_helper": built})
         names = ", ".join(i.name for i in interfaces)
-        self.worker.log(f"capturing on {names} ({backend})")
+        how = "" if built else "; the C helper is not built (no compiler where kstap was installed): " \
+                               "a Python step per packet"
+        self.worker.log(f"capturing on {names} ({backend}{how})")
 
     def progress(self, snapshot: StatsSnapshot) -> None:
         sink = self.worker.sink
