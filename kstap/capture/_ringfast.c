@@ -63,6 +63,9 @@ static inline void ring_ahead(const unsigned char *h) {
     __builtin_prefetch(h + 1088, 0, 3);
 }
 
+/* A ring packet's stamp (tpacket3_hdr's tp_sec, tp_nsec) in nanoseconds. */
+static inline uint64_t ring_ts(const unsigned char *h) { return (uint64_t)rd32(h + 4) * 1000000000ull + rd32(h + 8); }
+
 static inline void epb_header(unsigned char *o, uint32_t total, uint32_t if_id, unsigned long long ts,
                               uint32_t cap, uint32_t orig) {
     wr32(o, 6); wr32(o + 4, total); wr32(o + 8, if_id);
@@ -394,7 +397,7 @@ static inline void look_up(const Lookup *lk, Pkt *p, Tally *tally) {
     if (!fp) return;
     p->note = 0;
     const unsigned char *h = lk->blk + p->off;
-    uint64_t ts = (uint64_t)rd32(h + 4) * 1000000000ull + rd32(h + 8);
+    uint64_t ts = ring_ts(h);
     int fresh = table_touch_was(lk->table, fp, ts, &before, &index);
     if (fresh < 0) { tally->full = 1; return; }
     /* a flow seen before the shed, back after it: the one packet the kernel lets through? */
@@ -417,9 +420,13 @@ static inline void look_up(const Lookup *lk, Pkt *p, Tally *tally) {
     }
 }
 
+/* The bytes of write_note's option with a suffix of tail_len bytes: 4-byte header +
+ * "kstap: flow id=XXXXXXXX " (24) + the suffix, padded, + opt_endofopt. */
+static inline uint32_t note_opt_len(Py_ssize_t tail_len) { return 4 + ((24 + (uint32_t)tail_len + 3) & ~3u) + 4; }
+
 /* The comment option of a packet whose note is NOTE_FLOW / NOTE_SHED | hash, written at p:
  * "kstap: flow id=%08x <suffix>" (or shed and its suffix), padded, then opt_endofopt, without
- * snprintf (one per new flow adds up). Returns its length (the flow_opt / shed_opt of the call). */
+ * snprintf (one per new flow adds up). Returns its length (note_opt_len of its suffix). */
 static uint32_t write_note(unsigned char *p, uint64_t note, const char *suffix, Py_ssize_t suffix_len,
                            const char *shed_suffix, Py_ssize_t shed_suffix_len) {
     static const char hex[] = "0123456789abcdef";
@@ -434,7 +441,7 @@ static uint32_t write_note(unsigned char *p, uint64_t note, const char *suffix, 
     memcpy(p + 28, tail, tail_len);
     uint32_t npad = (n + 3) & ~3u;
     memset(p + 4 + n, 0, npad - n + 4);  /* padding, then opt_endofopt */
-    return 4 + npad + 4;
+    return note_opt_len(tail_len);
 }
 
 /* encode_block_sampled(ring, boff, bsize, if_id, maxp, table, seed, suffix
@@ -492,9 +499,7 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
     const unsigned char *blk = (const unsigned char *)ring.buf + boff;
     uint32_t num = rd32(blk + 12), first = rd32(blk + 16);
     if (maxp >= 0 && (Py_ssize_t)num > maxp) num = (uint32_t)maxp;
-    /* a comment option: 4-byte header + "kstap: flow id=XXXXXXXX " (24) + suffix, padded, + endofopt */
-    uint32_t flow_opt = 4 + ((24 + (uint32_t)suffix_len + 3) & ~3u) + 4;
-    uint32_t shed_opt = 4 + ((24 + (uint32_t)shed_suffix_len + 3) & ~3u) + 4;
+    uint32_t flow_opt = note_opt_len(suffix_len), shed_opt = note_opt_len(shed_suffix_len);
     Py_ssize_t off = first;
     /* pass 1: validate and key each packet, fetching its flow's slot; the slot of the packet
      * LOOKAHEAD before is in cache by then (a random slot per packet otherwise costs a memory
@@ -512,7 +517,7 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
         uint16_t mac = rd16(h + 24);
         if (off + mac + (Py_ssize_t)snap > bsize) { PyErr_SetString(PyExc_ValueError, "corrupt TPACKET_V3 block"); goto done; }
         Key k;
-        uint64_t ts = (uint64_t)rd32(h + 4) * 1000000000ull + rd32(h + 8);
+        uint64_t ts = ring_ts(h);
         uint64_t fp = 0;
         int cut = 0, found = 0;
         if (ts <= bound) {
@@ -753,9 +758,42 @@ static inline uint64_t *cooked_slot(uint64_t *t, uint64_t key) { return t + 3 * 
 /* The copy check of the packet at p->off (its digest in p->note): p->note becomes 0 for a copy. */
 static inline int cooked_drop_copy(uint64_t *t, const unsigned char *blk, Pkt *p, uint64_t window) {
     const unsigned char *h = blk + p->off;
-    unsigned long long ts = (unsigned long long)rd32(h + 4) * 1000000000ull + rd32(h + 8);
+    unsigned long long ts = ring_ts(h);
     if (!cooked_seen(t, p->note, ts, rd32(h + 48 + 4), window)) return 0;
     p->note = 0;
+    return 1;
+}
+
+/* A dedup table buffer as encode_cooked_block's callers own it: 24-byte slots after a header whose
+ * second word is a power-of-two capacity that fits. */
+static int check_dedup(const Py_buffer *b) {
+    const uint64_t *d = (const uint64_t *)b->buf;
+    return b->len >= 48 && d[1] && !(d[1] & (d[1] - 1)) && (Py_ssize_t)((d[1] + 1) * 24) <= b->len;
+}
+
+/* Pass 1's first step on the i-th of num packets of a cooked block, at *off: validate it, note its
+ * offset in p and, with a window, its digest in p->note, prefetching its dedup slot (else note 1:
+ * kept); move *off to the next packet. 0: the block is corrupt. */
+static inline int cooked_digest(const unsigned char *blk, Py_ssize_t bsize, Py_ssize_t *off, uint32_t i,
+                                uint32_t num, uint64_t *d, uint64_t window, Pkt *p) {
+    if (*off < 0 || *off + 48 + 20 > bsize) return 0;
+    const unsigned char *h = blk + *off;
+    ring_ahead(h);
+    uint32_t next = rd32(h), snap = rd32(h + 12);
+    uint16_t mac = rd16(h + 24);
+    if (*off + mac + (Py_ssize_t)snap > bsize) return 0;
+    p->off = (uint32_t)*off;
+    p->note = 1;  /* kept, unless found a copy */
+    if (window) {
+        p->note = packet_digest(be16(h + 48 + 2), h + mac, snap, rd32(h + 16));
+        uint64_t *slot = cooked_slot(d, p->note);
+        __builtin_prefetch(slot, 1, 3);
+        __builtin_prefetch(slot + 8, 1, 3);
+    }
+    if (i + 1 < num) {
+        if (next == 0) return 0;
+        *off += next;
+    }
     return 1;
 }
 
@@ -807,8 +845,7 @@ static PyObject *encode_cooked_block(PyObject *self, PyObject *args) {
     PyObject *result = NULL, *bytes = NULL;
     Pkt *pkts = NULL;
     uint64_t *t = (uint64_t *)table.buf;
-    if (boff < 0 || bsize < 48 || boff + bsize > ring.len || table.len < 48 || !t[1] || (t[1] & (t[1] - 1)) ||
-        (Py_ssize_t)((t[1] + 1) * 24) > table.len) {
+    if (boff < 0 || bsize < 48 || boff + bsize > ring.len || !check_dedup(&table)) {
         PyErr_SetString(PyExc_ValueError, "bad ring or table");
         goto done;
     }
@@ -820,26 +857,12 @@ static PyObject *encode_cooked_block(PyObject *self, PyObject *args) {
     Py_ssize_t out_len = 0, off = first;
     unsigned int dups = 0;
     for (uint32_t i = 0; i < num; i++) {  /* pass 1 */
-        if (off < 0 || off + 48 + 20 > bsize) { PyErr_SetString(PyExc_ValueError, "corrupt TPACKET_V3 block"); goto done; }
-        const unsigned char *h = blk + off;
-        ring_ahead(h);
-        uint32_t next = rd32(h), snap = rd32(h + 12);
-        uint16_t mac = rd16(h + 24);
-        if (off + mac + (Py_ssize_t)snap > bsize) { PyErr_SetString(PyExc_ValueError, "corrupt TPACKET_V3 block"); goto done; }
-        pkts[i].off = (uint32_t)off;
-        pkts[i].note = 1;  /* kept, unless found a copy */
-        if (window) {
-            pkts[i].note = packet_digest(be16(h + 48 + 2), h + mac, snap, rd32(h + 16));
-            uint64_t *slot = cooked_slot(t, pkts[i].note);
-            __builtin_prefetch(slot, 1, 3);
-            __builtin_prefetch(slot + 8, 1, 3);
-            if (i >= LOOKAHEAD) dups += cooked_drop_copy(t, blk, &pkts[i - LOOKAHEAD], window);
+        if (!cooked_digest(blk, bsize, &off, i, num, t, window, &pkts[i])) {
+            PyErr_SetString(PyExc_ValueError, "corrupt TPACKET_V3 block");
+            goto done;
         }
-        out_len += sll2_epb_len(h);
-        if (i + 1 < num) {
-            if (next == 0) { PyErr_SetString(PyExc_ValueError, "corrupt TPACKET_V3 block"); goto done; }
-            off += next;
-        }
+        if (window && i >= LOOKAHEAD) dups += cooked_drop_copy(t, blk, &pkts[i - LOOKAHEAD], window);
+        out_len += sll2_epb_len(blk + pkts[i].off);
     }
     for (uint32_t i = num > LOOKAHEAD ? num - LOOKAHEAD : 0; window && i < num; i++)
         dups += cooked_drop_copy(t, blk, &pkts[i], window);
@@ -853,7 +876,7 @@ static PyObject *encode_cooked_block(PyObject *self, PyObject *args) {
     for (uint32_t i = 0; i < num; i++) {  /* pass 2 */
         if (!pkts[i].note) continue;
         const unsigned char *h = blk + pkts[i].off;
-        unsigned long long ts = (unsigned long long)rd32(h + 4) * 1000000000ull + rd32(h + 8);
+        unsigned long long ts = ring_ts(h);
         unsigned char *d = o + 28;
         uint32_t orig, cap = write_sll2(h, d, &orig), total = 32 + ((cap + 3) & ~3u);
         epb_header(o, total, if_id, ts, cap, orig);
@@ -962,16 +985,15 @@ static PyObject *encode_cooked_block_sampled(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_TypeError, "wanted must be a list");
         goto done;
     }
-    if (boff < 0 || bsize < 48 || boff + bsize > ring.len || dedup.len < 48 || !d[1] || (d[1] & (d[1] - 1)) ||
-        (Py_ssize_t)((d[1] + 1) * 24) > dedup.len || suffix_len > 200 || shed_suffix_len > 200) {
+    if (boff < 0 || bsize < 48 || boff + bsize > ring.len || !check_dedup(&dedup) || suffix_len > 200 ||
+        shed_suffix_len > 200) {
         PyErr_SetString(PyExc_ValueError, "bad ring, dedup table or suffix");
         goto done;
     }
     const unsigned char *blk = (const unsigned char *)ring.buf + boff;
     uint32_t num = rd32(blk + 12), first = rd32(blk + 16);
     if (maxp >= 0 && (Py_ssize_t)num > maxp) num = (uint32_t)maxp;
-    uint32_t flow_opt = 4 + ((24 + (uint32_t)suffix_len + 3) & ~3u) + 4;
-    uint32_t shed_opt = 4 + ((24 + (uint32_t)shed_suffix_len + 3) & ~3u) + 4;
+    uint32_t flow_opt = note_opt_len(suffix_len), shed_opt = note_opt_len(shed_suffix_len);
     pkts = PyMem_Calloc(num ? num : 1, sizeof(CookedPkt));
     if (!pkts) { PyErr_NoMemory(); goto done; }
     Tally tally = {0, 0, 0, 0, 0, 0};
@@ -980,24 +1002,11 @@ static PyObject *encode_cooked_block_sampled(PyObject *self, PyObject *args) {
     unsigned int dups = 0;
     for (uint32_t i = 0; i < num + 2 * LOOKAHEAD; i++) {  /* pass 1 */
         if (i < num) {  /* validate, digest */
-            if (off < 0 || off + 48 + 20 > bsize) { PyErr_SetString(PyExc_ValueError, "corrupt TPACKET_V3 block"); goto done; }
-            const unsigned char *h = blk + off;
-            ring_ahead(h);
-            uint32_t next = rd32(h), snap = rd32(h + 12);
-            uint16_t mac = rd16(h + 24);
-            if (off + mac + (Py_ssize_t)snap > bsize) { PyErr_SetString(PyExc_ValueError, "corrupt TPACKET_V3 block"); goto done; }
-            pkts[i].copy.off = pkts[i].flow.off = (uint32_t)off;
-            pkts[i].copy.note = 1;  /* kept, unless found a copy */
-            if (window) {
-                pkts[i].copy.note = packet_digest(be16(h + 48 + 2), h + mac, snap, rd32(h + 16));
-                uint64_t *slot = cooked_slot(d, pkts[i].copy.note);
-                __builtin_prefetch(slot, 1, 3);
-                __builtin_prefetch(slot + 8, 1, 3);
+            if (!cooked_digest(blk, bsize, &off, i, num, d, window, &pkts[i].copy)) {
+                PyErr_SetString(PyExc_ValueError, "corrupt TPACKET_V3 block");
+                goto done;
             }
-            if (i + 1 < num) {
-                if (next == 0) { PyErr_SetString(PyExc_ValueError, "corrupt TPACKET_V3 block"); goto done; }
-                off += next;
-            }
+            pkts[i].flow.off = pkts[i].copy.off;
         }
         if (i >= LOOKAHEAD && i - LOOKAHEAD < num) {  /* copy check, key */
             CookedPkt *p = &pkts[i - LOOKAHEAD];
@@ -1006,7 +1015,7 @@ static PyObject *encode_cooked_block_sampled(PyObject *self, PyObject *args) {
             } else {
                 const unsigned char *h = blk + p->copy.off;
                 out_len += sll2_epb_len(h);
-                uint64_t ts = (uint64_t)rd32(h + 4) * 1000000000ull + rd32(h + 8);
+                uint64_t ts = ring_ts(h);
                 Key k;
                 int cut = 0;
                 if (t && ts <= bound) {
@@ -1035,7 +1044,7 @@ static PyObject *encode_cooked_block_sampled(PyObject *self, PyObject *args) {
         const unsigned char *h = blk + pkts[i].copy.off;
         unsigned char *dd = o + 28;
         uint32_t orig, cap = write_sll2(h, dd, &orig), padded = (cap + 3) & ~3u, optlen = 0;
-        unsigned long long ts = (unsigned long long)rd32(h + 4) * 1000000000ull + rd32(h + 8);
+        unsigned long long ts = ring_ts(h);
         if (wanted && dissect_wants(dd, cap, 276) && append_wanted(wanted, dd, cap, orig, ts, if_id) < 0)
             goto done;
         uint64_t note = pkts[i].flow.note;
