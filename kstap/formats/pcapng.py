@@ -170,17 +170,11 @@ def _joined(options: bytes, text: str) -> bytes:
     others: list[bytes] = []
     comment = text.encode()
     joined = False
-    pos = 0
-    while pos + 4 <= len(options):
-        code, length = struct.unpack_from("<HH", options, pos)
-        if code == OPT_ENDOFOPT:
-            break
-        value = options[pos + 4 : pos + 4 + length]
+    for code, value in read_options(options):
         if code == OPT_COMMENT and not joined:
             comment, joined = comment + b"; " + value, True
         else:
             others.append(option(code, value))
-        pos += 4 + ((length + 3) & ~3)
     return _options([option(OPT_COMMENT, comment), *others])
 
 
