@@ -110,7 +110,7 @@ class StreamHub:
     def publish_batch_body(self, body: bytes, packets: int, watermark: int) -> None:
         """A BATCH body made elsewhere (the C encoders' EPBs rewritten, see :class:`StreamSink`)."""
         with self._cond:
-            self._append(functools.partial(_frame, protocol.FrameType.BATCH, body), packets)
+            self._append(functools.partial(protocol.encode_batch_body, body=body), packets)
             self._watermark = max(self._watermark, watermark)
             self._cond.notify_all()
 
@@ -232,10 +232,6 @@ class StreamHub:
 def _encode_batch(seq: int, *, watermark: int, records: Sequence[PacketRecord],
                   comments: Mapping[int, str] | None) -> bytes:
     return protocol.encode_batch(seq, watermark, records, comments)
-
-
-def _frame(kind: int, body: bytes, seq: int) -> bytes:
-    return protocol.HEADER.pack(kind, 0, 0, len(body), seq) + body
 
 
 def _packets_of(frame: bytes) -> int:

@@ -216,6 +216,12 @@ def encode_batch(seq: int, watermark: int, records: Sequence[PacketRecord],
     return b"".join(parts)
 
 
+def encode_batch_body(seq: int, body: bytes) -> bytes:
+    """One BATCH frame around a body made elsewhere (``BATCH_HEAD`` and its records, as the C helper's
+    ``epb_batch`` writes them); the same size limit as :func:`encode_batch`."""
+    return _frame(FrameType.BATCH, seq, body)
+
+
 def _comment_bytes(note: str) -> bytes:
     raw = note.encode()
     if len(raw) > MAX_COMMENT:  # cut at a character boundary

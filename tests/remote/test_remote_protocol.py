@@ -234,3 +234,12 @@ def test_fuzz_json_payloads(value: object) -> None:
     except ProtocolError:
         return
     assert isinstance(frames[-1].body, protocol.Event)
+
+
+def test_a_batch_body_made_elsewhere_frames_like_encode_batch_and_keeps_the_limit() -> None:
+    recs = _records()
+    whole = protocol.encode_batch(9, TS, recs, {2: "kstap: flow id=2"})
+    body = whole[protocol.HEADER.size:]
+    assert protocol.encode_batch_body(9, body) == whole
+    with pytest.raises(ValueError, match="above the"):
+        protocol.encode_batch_body(10, bytes(protocol.MAX_PAYLOAD + 1))
