@@ -45,7 +45,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE))
 
-from capture_cpu import _cpu_so_far, build_sender, machine_info  # noqa: E402
+from capture_cpu import _cpu_so_far, build_sender, machine_info, write_section  # noqa: E402
 
 from kstap.demo.node import NodeLab  # noqa: E402
 
@@ -186,12 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                 results.setdefault(name, []).append(r)
     section = render({n: results[n] for n in names}, args.rate, args.seconds, args.rounds, what)
     out = Path(args.out)
-    text = out.read_text() if out.exists() else ""
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END) + 1:]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    out.write_text(text)
+    write_section(out, section, BEGIN, END)
     print(f"wrote {out}", file=sys.stderr)
     return 0
 

@@ -363,14 +363,7 @@ def main() -> int:
         Path(args.json).write_text(json.dumps({p: {k: [vars(r) | {"events": []} for r in v] for k, v in d.items()}
                                                for p, d in results.items()}, indent=1))
     if args.out:  # the section between the markers (appended when absent); the rest of the file stays
-        doc = Path(args.out)
-        old = doc.read_text() if doc.exists() else ""
-        section = text + "\n" + end + "\n"
-        if mark in old and end in old:
-            new = old[: old.index(mark)] + section + old[old.index(end) + len(end):].lstrip("\n")
-        else:
-            new = (old.rstrip() + "\n\n" if old else "") + section
-        doc.write_text(new)
+        cc.write_section(Path(args.out), text + "\n" + end, mark, end)
     return 0
 
 

@@ -132,14 +132,7 @@ def main() -> int:
     text = render(results, args)
     print(text)
     if args.out:
-        doc = Path(args.out)
-        old = doc.read_text() if doc.exists() else ""
-        section = text + END + "\n"
-        if MARK in old and END in old:
-            new = old[: old.index(MARK)] + section + old[old.index(END) + len(END):].lstrip("\n")
-        else:
-            new = (old.rstrip() + "\n\n" if old else "") + section
-        doc.write_text(new)
+        cc.write_section(Path(args.out), text + END, MARK, END)
     return 0
 
 
