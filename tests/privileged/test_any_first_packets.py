@@ -16,8 +16,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import re
-import secrets
 import shutil
 import signal
 import subprocess
@@ -223,30 +221,16 @@ def test_a_worker_on_any_in_percentage_mode_streams_the_comments(harness: Any, t
     """``kstap worker -i any --mode percentage`` (a node's DaemonSet worker): its C encoder's comments
     cross the stream (the EPBs become BATCH records) into the attached capture's file."""
     from kstap.contracts import relay
-    from kstap.remote.client import RemoteSource, WorkerEndpoint
-    from tests.privileged.test_any_node import ROOT, Collect, Output
+    from kstap.remote.client import RemoteSource
+    from tests.privileged.test_any_node import Collect, start_any_worker
 
     lab = harness.lab
-    token = secrets.token_hex(16)
-    token_file = tmp_path / "token"
-    token_file.write_text(token)
-    token_file.chmod(0o600)
     start_servers(lab, lifetime=40)
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "kstap", "worker", "--listen", "127.0.0.1:0", "--token-file", str(token_file),
-         "-i", "any", "--netns", lab.server, "--node", "node-a", "--linger", "1", "--bpf-filter", FILTER,
-         "--mode", "percentage", "--rate", str(RATE), "--seed", str(SEED)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)})
-    lab.procs.append(worker)
-    io = Output(worker)
-    io.wait_for("capturing on")
-    m = next((re.search(r"http://127\.0\.0\.1:(\d+) ", ln) for ln in io.err if "serving" in ln), None)
-    assert m is not None, io.err
+    worker, io, endpoint = start_any_worker(tmp_path, lab.server, lab.procs, "--bpf-filter", FILTER, "--mode",
+                                            "percentage", "--rate", str(RATE), "--seed", str(SEED))
     out = tmp_path / "remote.pcapng"
     reporter = Collect()
-    source = RemoteSource([WorkerEndpoint("node-a", f"http://127.0.0.1:{m.group(1)}", token)],
-                          on_event=relay(reporter))
+    source = RemoteSource([endpoint], on_event=relay(reporter))
     stop = pipeline.StopFlag()
     settings = TapSettings(interfaces=["(cluster)"], output=OutputSettings(path=str(out)))
     runner = threading.Thread(target=lambda: pipeline.run_tap(settings, reporter, stop, source=source))

@@ -159,6 +159,27 @@ class Output:
         return rc
 
 
+def start_any_worker(tmp_path: Path, netns: str, procs: list[subprocess.Popen[str]],
+                     *args: str) -> tuple[subprocess.Popen[str], Output, WorkerEndpoint]:
+    """``kstap worker -i any`` in ``netns`` as node ``node-a`` on a free loopback port (``args`` added), once it
+    captures; the process (also put in ``procs``, which the fixture ends), its output and its endpoint."""
+    token = secrets.token_hex(16)
+    token_file = tmp_path / "token"
+    token_file.write_text(token)
+    token_file.chmod(0o600)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "kstap", "worker", "--listen", "127.0.0.1:0", "--token-file", str(token_file),
+         "-i", "any", "--netns", netns, "--node", "node-a", "--linger", "1", *args],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    procs.append(worker)
+    io = Output(worker)
+    io.wait_for("capturing on")
+    m = next((re.search(r"http://127\.0\.0\.1:(\d+) ", ln) for ln in io.err if "serving" in ln), None)
+    assert m is not None, io.err
+    return worker, io, WorkerEndpoint("node-a", f"http://127.0.0.1:{m.group(1)}", token)
+
+
 def test_any_follows_pods_and_writes_each_packet_once(node: Node, tmp_path: Path, wireshark: object) -> None:
     out, entries = tmp_path / "node.pcapng", tmp_path / "entries.ndjson"
     p = kstap_tap(node, tmp_path, "-i", "any", "-w", str(out), "--entries", str(entries), "--json",
@@ -231,26 +252,12 @@ class Collect:
 
 
 def test_a_worker_on_any_attached_over_its_api(node: Node, tmp_path: Path, wireshark: object) -> None:
-    token = secrets.token_hex(16)
-    token_file = tmp_path / "token"
-    token_file.write_text(token)
-    token_file.chmod(0o600)
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "kstap", "worker", "--listen", "127.0.0.1:0", "--token-file", str(token_file),
-         "-i", "any", "--netns", node.lab.node, "--node", "node-a", "--linger", "1", "--bpf-filter", "udp port 53",
-         "--entries", "on"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)})
-    node.procs.append(worker)
-    io = Output(worker)
-    io.wait_for("capturing on")
-    m = next((re.search(r"http://127\.0\.0\.1:(\d+) ", ln) for ln in io.err if "serving" in ln), None)
-    assert m is not None, io.err
-    port = int(m.group(1))
+    worker, _, endpoint = start_any_worker(tmp_path, node.lab.node, node.procs, "--bpf-filter", "udp port 53",
+                                           "--entries", "on")
     out, entries = tmp_path / "remote.pcapng", tmp_path / "remote.ndjson"
     settings = TapSettings(interfaces=["(cluster)"], output=OutputSettings(path=str(out)), entries=str(entries))
     reporter = Collect()
-    source = RemoteSource([WorkerEndpoint("node-a", f"http://127.0.0.1:{port}", token)], on_event=relay(reporter))
+    source = RemoteSource([endpoint], on_event=relay(reporter))
     stop = pipeline.StopFlag()
     result: list[CaptureSummary] = []
     runner = threading.Thread(target=lambda: result.append(pipeline.run_tap(settings, reporter, stop, source=source)))
