@@ -27,10 +27,12 @@ know), 503 and 505 (an HTTP version other than 1.x). ``fuzz/remote_targets.py`` 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
 import math
+import selectors
 import socket
 import sys
 import threading
@@ -84,6 +86,8 @@ class WorkerAPI:
         self.httpd: _Server = server_cls(address, _Handler)
         self.httpd.api = self
         self._thread: threading.Thread | None = None
+        self._wake_r, self._wake_w = socket.socketpair()
+        """Written by :meth:`close`: the accept loop sleeps on it and the listening socket (not a poll)."""
 
     @property
     def address(self) -> tuple[str, int]:
@@ -91,17 +95,32 @@ class WorkerAPI:
         return str(host), int(port)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="kstap-worker-api", daemon=True)
+        self._thread = threading.Thread(target=self._serve, name="kstap-worker-api", daemon=True)
         self._thread.start()
+
+    def _serve(self) -> None:
+        """Accept requests until :meth:`close`. The stdlib's ``serve_forever`` wakes every
+        ``poll_interval`` to look for a shutdown (20 times a second at the 50 ms a prompt stop needs):
+        an idle worker's largest cost. This loop sleeps until a client connects or :meth:`close` writes
+        to the wake-up socket."""
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.httpd.fileno(), selectors.EVENT_READ)
+            selector.register(self._wake_r, selectors.EVENT_READ)
+            while not self.closing.is_set():
+                for key, _ in selector.select():
+                    if key.fileobj is not self._wake_r and not self.closing.is_set():
+                        self.httpd.handle_request()  # a connection is waiting: accepted without blocking
 
     def close(self) -> None:
         self.closing.set()
         self.hub.wake()
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
         if self._thread is not None:
-            self.httpd.shutdown()
             self._thread.join(timeout=5)
         self.httpd.server_close()
+        self._wake_r.close()
+        self._wake_w.close()
 
     def authorized(self, headers: Any) -> bool:
         """Constant-time check of the bearer token in ``Authorization`` or ``X-Kstap-Authorization``."""
@@ -134,6 +153,9 @@ class WorkerAPI:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    timeout = 1.0
+    """What :meth:`handle_request` waits at most when the listening socket was readable but no connection is
+    left to accept (the client gave up): then the accept loop goes back to sleep."""
     api: WorkerAPI
 
     def handle_error(self, request: Any, client_address: Any) -> None:

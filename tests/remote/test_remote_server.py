@@ -208,3 +208,22 @@ def test_parse_control_accepts_the_documented_shapes() -> None:
     assert server.parse_control(b'{"rate":1}') == ControlRequest(1.0, None)
     assert server.parse_control(b'{"filter":""}') == ControlRequest(None, "")
     assert server.parse_control(b'{"rate":0.5,"filter":"tcp port 80"}') == ControlRequest(0.5, "tcp port 80")
+
+
+def _switches(native_id: int) -> int:
+    with open(f"/proc/self/task/{native_id}/status") as f:
+        return sum(int(line.split()[1]) for line in f if line.startswith(("voluntary_ctxt", "nonvoluntary_ctxt")))
+
+
+def test_an_idle_api_sleeps_until_a_request_and_closes_at_once(fake_worker) -> None:
+    w = fake_worker()
+    thread = w.api._thread
+    assert thread is not None and thread.native_id is not None
+    before = _switches(thread.native_id)
+    threading.Event().wait(1.0)
+    assert _switches(thread.native_id) - before <= 2, "the accept loop woke while nobody connected"
+    assert _call(w.port, "GET", "/healthz")[0] == 200  # a request still wakes it
+    done = threading.Event()
+    threading.Thread(target=lambda: (w.api.close(), done.set()), daemon=True).start()
+    assert done.wait(2.0), "close() waited for a poll interval instead of waking the accept loop"
+    assert not thread.is_alive()
