@@ -49,8 +49,10 @@ MAX_CONTROL_BODY = 4096
 MAX_FILTER_CHARS = 4096
 MAX_STREAMS = 8
 """Concurrent stream readers (the CLI needs one; more is a reconnect storm or a misuse)."""
-HEARTBEAT = 0.2
-"""Seconds between heartbeats to an idle, caught-up reader."""
+HEARTBEAT = 1.0
+"""Seconds an idle, caught-up reader waits at most for a frame: then it gets a heartbeat with the
+same watermark (a liveness beat). A watermark that moves wakes the reader's stream at once, so an
+idle worker's readers hear of it at every turn of its capture loop (4 a second) without this timer."""
 HELLO_WAIT = 10.0
 """How long a stream request waits for the capture to start before answering 503."""
 CONTROL_WAIT = 3.0

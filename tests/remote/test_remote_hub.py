@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -166,3 +167,18 @@ def test_control_inbox_validator_refuses_before_queueing() -> None:
     with pytest.raises(ControlRejected):
         inbox.submit(ControlRequest(rate=0.5), timeout=0)
     assert inbox.take() is None
+
+
+def test_a_moved_watermark_wakes_a_waiting_reader_at_once() -> None:
+    hub = StreamHub("n1")
+    hub.set_hello([IFACE])
+    got: list[tuple[list[bytes], float]] = []
+    start = time.monotonic()
+    reader = threading.Thread(target=lambda: got.append((hub.read(0, timeout=30.0)[0], time.monotonic())))
+    reader.start()
+    time.sleep(0.2)
+    hub.advance(TS + 7)
+    reader.join(10)
+    assert got, "the reader still waits for its 30 s timeout"
+    (beat,) = _decode(hub, got[0][0])
+    assert beat.body == protocol.Batch(TS + 7, [], {}) and got[0][1] - start < 10
