@@ -7,7 +7,8 @@ and streams BATCH frames to the CLI; that process is what a CPU or memory limit 
 Here one worker captures in a lab namespace (kstap.demo.lab.Lab), 200 kpps of UDP over 5,000
 flows (benchmarks/udp_blast.c, 5 s) arrive on its veth, and a reader follows ``/v1/stream`` to the
 end, as the CLI does. Reported: the worker's CPU (user+sys, every thread) over the traffic and a
-1.5 s tail, per offered packet, for full mode, percentage 10 % and auto at rate 1.0; medians of
+1.5 s tail, per offered packet, for full mode, percentage 10 % and auto at rate 1.0, and what a
+worker costs a second with its reader attached and no traffic at all (``idle``); medians of
 ``--rounds`` rounds run side by side. Worker on CPU 0, sender on CPU 1. Needs root and gcc.
 """
 
@@ -38,9 +39,11 @@ from kstap.demo.lab import Lab  # noqa: E402
 
 MARK = "<!-- worker-cost -->"
 END = "<!-- worker-cost: end -->"
+IDLE = "idle (no traffic; full mode)"
 MODES = {"full": ["--mode", "full"],
          "percentage 10 %": ["--mode", "percentage", "--rate", "0.1", "--seed", "7"],
-         "auto (rate 1.0)": ["--mode", "auto", "--rate", "1", "--seed", "7"]}
+         "auto (rate 1.0)": ["--mode", "auto", "--rate", "1", "--seed", "7"],
+         IDLE: ["--mode", "full"]}
 PPS, SECONDS, FLOWS, TAIL_S = 200_000, 5.0, 5000, 1.5
 
 
@@ -56,9 +59,9 @@ def follow(port: int, token: str, got: list[int]) -> None:
         pass  # the worker stopped
 
 
-def one(lab: Lab, sender: list[str], workdir: str, token_file: Path, iface: str, extra: list[str]
-        ) -> tuple[float, int, int]:
-    """(worker CPU seconds, packets sent, bytes streamed) of one run."""
+def one(lab: Lab, sender: list[str], workdir: str, token_file: Path, iface: str, extra: list[str],
+        idle: bool = False) -> tuple[float, int, int]:
+    """(worker CPU seconds, packets sent, bytes streamed) of one run (``idle``: no traffic, the same window)."""
     err_path = Path(workdir, "worker.err")
     with open(err_path, "w") as err:
         p = subprocess.Popen(["taskset", "-c", "0", sys.executable, "-m", "kstap", "worker", "--listen", "127.0.0.1:0",
@@ -82,8 +85,12 @@ def one(lab: Lab, sender: list[str], workdir: str, token_file: Path, iface: str,
         cpu0 = cc._cpu_so_far(p.pid)
         cfg = cc.Config(rates=[], seconds=SECONDS, rounds=1, flows=FLOWS, payload=18, buffer_mib=32,
                         capture_cpu="0", sender_cpu="1", tail_s=TAIL_S)
-        sent, _ = cc.send(lab, sender, cfg, str(PPS), SECONDS)
-        time.sleep(TAIL_S)
+        if idle:
+            sent = 0
+            time.sleep(SECONDS + TAIL_S)
+        else:
+            sent, _ = cc.send(lab, sender, cfg, str(PPS), SECONDS)
+            time.sleep(TAIL_S)
         return cc._cpu_so_far(p.pid) - cpu0, sent, got[0]
     finally:
         if p.poll() is None:
@@ -102,9 +109,13 @@ def render(results: dict[str, list[tuple[float, int, int]]], args: argparse.Name
              "| | µs of worker CPU / offered packet | CPU ms in the window | MiB streamed |",
              "|---|---:|---:|---:|"]
     for name, runs in results.items():
-        lines.append(f"| {name} | {statistics.median(c / s * 1e6 for c, s, _ in runs):.3f} "
+        per_packet = "—" if name == IDLE else f"{statistics.median(c / s * 1e6 for c, s, _ in runs):.3f}"
+        lines.append(f"| {name} | {per_packet} "
                      f"| {statistics.median(c * 1000 for c, _, _ in runs):.1f} "
                      f"| {statistics.median(b / (1 << 20) for _, _, b in runs):.1f} |")
+    if IDLE in results:
+        lines += ["", f"The idle row: the window ({SECONDS + TAIL_S:g} s) with the reader attached and no packet; "
+                  "the worker wakes 4 times a second to move its watermark (the CLI's merge waits on it)."]
     return "\n".join([*lines, ""])
 
 
@@ -128,7 +139,7 @@ def main() -> int:
         iface = "any" if args.interface == "any" else lab.server_if
         for _ in range(args.rounds):
             for name in names:
-                results[name].append(one(lab, sender, workdir, token_file, iface, MODES[name]))
+                results[name].append(one(lab, sender, workdir, token_file, iface, MODES[name], idle=name == IDLE))
     text = render(results, args)
     print(text)
     if args.out:
