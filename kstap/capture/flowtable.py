@@ -56,8 +56,7 @@ STEP_NS = 1_000_000
 a leap second, a resume): every packet is looked up for :data:`STEP_HOLD_NS` after one is seen."""
 STEP_HOLD_NS = 1_000_000_000
 """Packets stamped before a step can still be in blocks the kernel hands over after the read that
-saw it (the block it was filling, retired within ``retire_ms``: 100 ms live, 500 ms to a file): a second
-is plenty."""
+saw it (the block it was filling, retired within ``retire_ms``, 20 ms): a second is plenty."""
 SHED_SLACK_NS = 1_000_000_000
 """An emergency shed is marked on the first packet of each shed flow after it, which comes at most
 the kernel's idle timeout after the shed (else the kernel decides the flow anew, a new flow): every

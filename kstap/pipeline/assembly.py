@@ -45,10 +45,6 @@ from kstap.vocabulary import Mode
 
 FILE_RETIRE_MS = 500
 """Block retire timeout when only a file waits for the packets (see :func:`open_source`)."""
-LIVE_RETIRE_MS = 100
-"""Block retire timeout for live consumers: a node worker's stream, ``-w -``, packet lines, entries. It must
-stay below the stream's watermark lag (:data:`kstap.remote.hub.WATERMARK_LAG_MS`, 250 ms) less the
-30 ms slack, so a watermark never promises past a block the kernel has not retired yet."""
 
 
 def run_tap(settings: TapSettings, reporter: Reporter, stop: StopFlag | None = None,
@@ -172,12 +168,11 @@ def open_source(settings: TapSettings, expression: str, sampler: FlowSampler | N
     # is most of the CPU: 20 -> 100 ms measured 0.41 -> 0.28 us/packet at 20k pps, and 100 -> 250
     # -> 1000 ms took rate-0.1 sampling at 100k pps from 0.31x to 0.24x to 0.18x the CPU of full
     # capture (docs/benchmarks.md). The cost: up to that long to flush at a stop. Live consumers
-    # (a worker's stream, -w -, packet lines, entries) get 100 ms: a worker at rate 0.1 and 200k pps
-    # measured 36 -> 12 ms CPU a second from 20 ms (50 hand-overs a second, each a frame to stream).
+    # (-w -, packet lines, entries) keep 20 ms.
     to_file = settings.output.path not in (None, "-") and settings.entries is None
     live, retire = backends.open_live(backend, settings.interfaces, program, workers=settings.workers,
                                       buffer_mib=settings.buffer_mib, ns=settings.netns,
-                                      retire_ms=FILE_RETIRE_MS if to_file else LIVE_RETIRE_MS, restart_workers=True,
+                                      retire_ms=FILE_RETIRE_MS if to_file else 20, restart_workers=True,
                                       dedup_window_ns=int(settings.dedup_window_ms * 1e6))
     return live, retire, backend, base
 
