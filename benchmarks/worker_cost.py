@@ -1,6 +1,6 @@
 """What a node's worker costs: CPU of ``kstap worker`` per offered packet, with a stream reader attached.
 
-    .venv/bin/python benchmarks/worker_cost.py [--rounds 3] [--interface any|veth] [--out docs/benchmarks.md]
+    .venv/bin/python benchmarks/worker_cost.py [--rounds 3] [--interface any|veth] [--cli] [--out docs/benchmarks.md]
 
 On a node, kstap's capture runs in the DaemonSet's ``kstap worker`` (``-i any``: a cooked socket)
 and streams BATCH frames to the CLI; that process is what a CPU or memory limit throttles or kills.
@@ -26,6 +26,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Iterable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -59,9 +60,51 @@ def follow(port: int, token: str, got: list[int]) -> None:
         pass  # the worker stopped
 
 
+CLI_DRIVER = """
+import signal, sys
+from kstap.config import OutputSettings, TapSettings
+from kstap.contracts import relay
+from kstap.pipeline import StopFlag
+from kstap.pipeline.assembly import run_remote
+from kstap.remote.client import RemoteSource, WorkerEndpoint
+
+class Quiet:  # the Reporter surface, nothing rendered (as with --no-dashboard and no --json)
+    def listening(self, interfaces, backend, workers): print("cli listening", flush=True)
+    def progress(self, snapshot): pass
+    def event(self, event): pass
+    def warning(self, message): pass
+
+port, token, out = sys.argv[1:4]
+reporter = Quiet()
+source = RemoteSource([WorkerEndpoint("bench", f"http://127.0.0.1:{port}", token)], on_event=relay(reporter))
+stop = StopFlag()
+signal.signal(signal.SIGTERM, lambda *_: stop.set(signal.SIGTERM))
+summary = run_remote(TapSettings(interfaces=["(cluster)"], output=OutputSettings(path=out)), reporter, stop, source)
+print("cli captured", summary.captured, flush=True)
+"""
+"""``--cli``: the CLI's side of a cluster capture (kstap.pipeline.assembly.run_remote, as ``kstap tap -n``
+runs it): the worker's stream merged and written to a pcapng file."""
+
+
+def start_cli(port: int, token: str, workdir: str) -> tuple[subprocess.Popen[bytes], Path]:
+    """The CLI's capture attached to the worker on ``port``, once it listens; (process, its stdout file)."""
+    out_path = Path(workdir, "cli.out")
+    with open(out_path, "wb") as out:
+        cli = subprocess.Popen([sys.executable, "-c", CLI_DRIVER, str(port), token, str(Path(workdir, "cli.pcapng"))],
+                               stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=str(REPO)),
+                               cwd=REPO, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while "cli listening" not in out_path.read_text(errors="replace"):
+        if cli.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the CLI did not start: {out_path.read_text(errors='replace')[-2000:]}")
+        time.sleep(0.05)
+    return cli, out_path
+
+
 def one(lab: Lab, sender: list[str], workdir: str, token_file: Path, iface: str, extra: list[str],
-        idle: bool = False) -> tuple[float, int, int]:
-    """(worker CPU seconds, packets sent, bytes streamed) of one run (``idle``: no traffic, the same window)."""
+        idle: bool = False, cli: bool = False) -> tuple[float, int, int, float]:
+    """(worker CPU seconds, packets sent, bytes streamed, CLI CPU seconds) of one run (``idle``: no
+    traffic, the same window; ``cli``: the CLI's capture reads the stream, else a bare reader, CLI CPU 0)."""
     err_path = Path(workdir, "worker.err")
     with open(err_path, "w") as err:
         p = subprocess.Popen(["taskset", "-c", "0", sys.executable, "-m", "kstap", "worker", "--listen", "127.0.0.1:0",
@@ -80,9 +123,14 @@ def one(lab: Lab, sender: list[str], workdir: str, token_file: Path, iface: str,
                 raise RuntimeError(f"the worker did not start: {text[-2000:]}")
             time.sleep(0.05)
         got = [0]
-        threading.Thread(target=follow, args=(port, token_file.read_text(), got), daemon=True).start()
+        reader: subprocess.Popen[bytes] | None = None
+        if cli:
+            reader, cli_out = start_cli(port, token_file.read_text(), workdir)
+        else:
+            threading.Thread(target=follow, args=(port, token_file.read_text(), got), daemon=True).start()
         time.sleep(0.5)
         cpu0 = cc._cpu_so_far(p.pid)
+        cli0 = cc._cpu_so_far(reader.pid) if reader else 0.0
         cfg = cc.Config(rates=[], seconds=SECONDS, rounds=1, flows=FLOWS, payload=18, buffer_mib=32,
                         capture_cpu="0", sender_cpu="1", tail_s=TAIL_S)
         if idle:
@@ -91,7 +139,14 @@ def one(lab: Lab, sender: list[str], workdir: str, token_file: Path, iface: str,
         else:
             sent, _ = cc.send(lab, sender, cfg, str(PPS), SECONDS)
             time.sleep(TAIL_S)
-        return cc._cpu_so_far(p.pid) - cpu0, sent, got[0]
+        worker_cpu = cc._cpu_so_far(p.pid) - cpu0
+        cli_cpu = cc._cpu_so_far(reader.pid) - cli0 if reader else 0.0
+        if reader is not None:
+            got[0] = Path(workdir, "cli.pcapng").stat().st_size
+            reader.send_signal(signal.SIGTERM)
+            if reader.wait(30) != 0:
+                raise RuntimeError(f"the CLI failed: {cli_out.read_text(errors='replace')[-2000:]}")
+        return worker_cpu, sent, got[0], cli_cpu
     finally:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGTERM)
@@ -102,17 +157,33 @@ def one(lab: Lab, sender: list[str], workdir: str, token_file: Path, iface: str,
             p.wait(10)
 
 
-def render(results: dict[str, list[tuple[float, int, int]]], args: argparse.Namespace) -> str:
-    lines = [MARK, "## A node's worker (`benchmarks/worker_cost.py`)", "",
-             f"`kstap worker -i {args.interface}` with a stream reader attached, {PPS:,} pps of UDP over {FLOWS:,} "
-             f"flows for {SECONDS:g} s; medians of {args.rounds} rounds run side by side.", "",
-             "| | µs of worker CPU / offered packet | CPU ms in the window | MiB streamed |",
-             "|---|---:|---:|---:|"]
+def render(results: dict[str, list[tuple[float, int, int, float]]], args: argparse.Namespace) -> str:
+    def med(values: Iterable[float]) -> float:
+        return statistics.median(values)
+
+    mark = MARK.replace("-->", "(cli) -->") if args.cli else MARK
+    reader = ("the CLI's capture (`run_remote`, as `kstap tap -n` runs it) reading its stream into a pcapng file"
+              if args.cli else "a stream reader attached")
+    lines = [mark, "## A node's worker" + (" and the CLI that merges its stream" if args.cli else "")
+             + f" (`benchmarks/worker_cost.py{' --cli' if args.cli else ''}`)", "",
+             f"`kstap worker -i {args.interface}` with {reader}, {PPS:,} pps of UDP over {FLOWS:,} "
+             f"flows for {SECONDS:g} s; medians of {args.rounds} rounds run side by side.", ""]
+    if args.cli:
+        lines += ["| | µs of worker CPU / offered packet | µs of CLI CPU / offered packet | CLI CPU ms in the window "
+                  "| MiB written by the CLI |", "|---|---:|---:|---:|---:|"]
+    else:
+        lines += ["| | µs of worker CPU / offered packet | CPU ms in the window | MiB streamed |",
+                  "|---|---:|---:|---:|"]
     for name, runs in results.items():
-        per_packet = "—" if name == IDLE else f"{statistics.median(c / s * 1e6 for c, s, _ in runs):.3f}"
-        lines.append(f"| {name} | {per_packet} "
-                     f"| {statistics.median(c * 1000 for c, _, _ in runs):.1f} "
-                     f"| {statistics.median(b / (1 << 20) for _, _, b in runs):.1f} |")
+        idle = name == IDLE
+        worker = "—" if idle else f"{med(c / s * 1e6 for c, s, _, _ in runs):.3f}"
+        if args.cli:
+            cli = "—" if idle else f"{med(k / s * 1e6 for _, s, _, k in runs):.3f}"
+            lines.append(f"| {name} | {worker} | {cli} | {med(k * 1000 for *_, k in runs):.1f} "
+                         f"| {med(b / (1 << 20) for _, _, b, _ in runs):.1f} |")
+        else:
+            lines.append(f"| {name} | {worker} | {med(c * 1000 for c, _, _, _ in runs):.1f} "
+                         f"| {med(b / (1 << 20) for _, _, b, _ in runs):.1f} |")
     if IDLE in results:
         lines += ["", f"The idle row: the window ({SECONDS + TAIL_S:g} s) with the reader attached and no packet; "
                   "the worker wakes 4 times a second to move its watermark (the CLI's merge waits on it)."]
@@ -124,13 +195,14 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--interface", choices=("any", "veth"), default="any")
     ap.add_argument("--modes", default=",".join(MODES), help="a comma-separated subset of: " + ", ".join(MODES))
+    ap.add_argument("--cli", action="store_true", help="the CLI's capture reads the stream (its CPU reported too)")
     ap.add_argument("--out", help="update this Markdown file (the section between the worker-cost markers)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)
         return 3
     names = [n.strip() for n in args.modes.split(",")]
-    results: dict[str, list[tuple[float, int, int]]] = {n: [] for n in names}
+    results: dict[str, list[tuple[float, int, int, float]]] = {n: [] for n in names}
     with tempfile.TemporaryDirectory(prefix="kstap-worker-") as workdir, Lab() as lab:
         sender, _ = cc.build_sender(workdir, "c")
         token_file = Path(workdir, "token")
@@ -139,11 +211,13 @@ def main() -> int:
         iface = "any" if args.interface == "any" else lab.server_if
         for _ in range(args.rounds):
             for name in names:
-                results[name].append(one(lab, sender, workdir, token_file, iface, MODES[name], idle=name == IDLE))
+                results[name].append(one(lab, sender, workdir, token_file, iface, MODES[name], idle=name == IDLE,
+                                         cli=args.cli))
     text = render(results, args)
     print(text)
     if args.out:
-        cc.write_section(Path(args.out), text + END, MARK, END)
+        mark, end = (MARK.replace("-->", "(cli) -->"), END.replace("-->", "(cli) -->")) if args.cli else (MARK, END)
+        cc.write_section(Path(args.out), text + end, mark, end)
     return 0
 
 
