@@ -198,19 +198,6 @@ class Run:
 # process handling
 
 
-def write_section(out: Path, section: str, begin: str, end: str) -> None:
-    """Put ``section`` (which starts with ``begin`` and ends with ``end``) in place of the text from ``begin``
-    through ``end`` in ``out``, or append it after a blank line; the rest of the file stays, a blank line
-    after the section."""
-    old = out.read_text() if out.exists() else ""
-    if begin in old and end in old[old.index(begin):]:
-        head = old[: old.index(begin)]
-        rest = old[old.index(end, old.index(begin)) + len(end):].lstrip("\n")
-    else:
-        head, rest = (old.rstrip("\n") + "\n\n" if old.strip() else ""), ""
-    out.write_text(head + section.rstrip("\n") + "\n" + ("\n" + rest if rest else ""))
-
-
 def _popen(argv: Sequence[str], **kw: object) -> subprocess.Popen[bytes]:
     p: subprocess.Popen[bytes] = subprocess.Popen(list(argv), **kw)  # type: ignore[call-overload]
     _children.append(p)
@@ -899,6 +886,19 @@ def headroom_note(run: Run, agg: dict[tuple[str, str], Agg]) -> str:
                  "per-packet copy into the ring) saturates before any capture process does, so the drop goal "
                  "is met here without being stressed.")
     return text
+
+
+def write_section(out: Path, section: str, begin: str, end: str) -> None:
+    """Put ``section`` (which starts with ``begin`` and ends with ``end``) in place of the text from ``begin``
+    through ``end`` in ``out``, or append it after a blank line; the rest of the file stays, a blank line
+    after the section."""
+    old = out.read_text() if out.exists() else ""
+    if begin in old and end in old[old.index(begin):]:
+        head = old[: old.index(begin)]
+        rest = old[old.index(end, old.index(begin)) + len(end):].lstrip("\n")
+    else:
+        head, rest = (old.rstrip("\n") + "\n\n" if old.strip() else ""), ""
+    out.write_text(head + section.rstrip("\n") + "\n" + ("\n" + rest if rest else ""))
 
 
 # --------------------------------------------------------------------------------------------

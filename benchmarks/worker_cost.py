@@ -157,11 +157,16 @@ def one(lab: Lab, sender: list[str], workdir: str, token_file: Path, iface: str,
             p.wait(10)
 
 
+def markers(cli: bool) -> tuple[str, str]:
+    """The docs/benchmarks.md markers of this run's section (``--cli`` has its own)."""
+    return (MARK.replace("-->", "(cli) -->"), END.replace("-->", "(cli) -->")) if cli else (MARK, END)
+
+
 def render(results: dict[str, list[tuple[float, int, int, float]]], args: argparse.Namespace) -> str:
     def med(values: Iterable[float]) -> float:
         return statistics.median(values)
 
-    mark = MARK.replace("-->", "(cli) -->") if args.cli else MARK
+    mark, _ = markers(args.cli)
     reader = ("the CLI's capture (`run_remote`, as `kstap tap -n` runs it) reading its stream into a pcapng file"
               if args.cli else "a stream reader attached")
     lines = [mark, "## A node's worker" + (" and the CLI that merges its stream" if args.cli else "")
@@ -216,7 +221,7 @@ def main() -> int:
     text = render(results, args)
     print(text)
     if args.out:
-        mark, end = (MARK.replace("-->", "(cli) -->"), END.replace("-->", "(cli) -->")) if args.cli else (MARK, END)
+        mark, end = markers(args.cli)
         cc.write_section(Path(args.out), text + end, mark, end)
     return 0
 
