@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import psutil
@@ -159,3 +160,18 @@ def test_pressure_is_the_larger_ratio_ignoring_missing_limits() -> None:
     stats.memory_limit = None
     assert pressure(stats) == 0.0
     assert pressure(ResourceStats(cpu_cores=3.0, cpu_limit=2.0)) == pytest.approx(1.5)
+
+
+def test_a_child_started_after_a_reading_counts_at_the_next() -> None:
+    """The kernel's child lists are walked at every reading: a new capture worker is not missed for
+    TREE_RESCAN_S, as it was while the tree came from psutil's scan of every process."""
+    reader = PressureReader()
+    reader.read()
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        assert child.pid in [p.pid for p in reader._tree()]
+        reader.read()
+    finally:
+        child.kill()
+        child.wait(timeout=10)
+    assert child.pid not in [p.pid for p in reader._tree()]
