@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -27,6 +28,18 @@ ROOT = Path(__file__).resolve().parent.parent
 collect_ignore = [] if os.environ.get("KSTAP_E2E") else ["cluster"]
 """tests/cluster/ needs the real cluster of `make cluster`: only `make e2e` (KSTAP_E2E=1) collects it, so
 `make test` stays fast and cluster-free."""
+
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Ctrl-C for the tests' children, as from a terminal. A shell without job control starts a
+    background command (``make test &`` in a script) ignoring SIGINT, and every child inherits
+    that: Python then installs no Ctrl-C handler, so ``kstap filter`` and the tests' Python peers
+    ran on after the SIGINT the tests send them (a 20 s timeout, and a 63 s fixture that waited
+    for each peer before killing it). A caught signal is reset to the default at exec."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 ROOT_WARNING = 'Running as user "root"'
 """tshark/dumpcap print this on stderr for every run as root; it is not an error."""

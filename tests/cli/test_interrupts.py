@@ -19,18 +19,10 @@ from tests.conftest import ROOT, _env
 MANY_PORTS = " or ".join(f"port {p}" for p in range(1000, 2499))
 
 
-def _default_sigint() -> None:
-    """As from a terminal: a shell without job control starts background commands (``make test &``)
-    ignoring SIGINT, the child inherits that, and Python installs its Ctrl-C handler only where
-    SIGINT is not ignored (so ``kstap filter`` ran on, uninterrupted, under a backgrounded ``make test``)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def _interrupt_after(args: list[str], delay: float, *, cwd: Path = ROOT) -> tuple[int, str, float]:
     """Start ``kstap ARGS``, send SIGINT after ``delay`` s; (exit code, stderr, seconds from signal to exit)."""
     proc = subprocess.Popen([sys.executable, "-m", "kstap", *args], cwd=cwd, env=_env(), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=_default_sigint)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(delay)
         sent = time.monotonic()
