@@ -30,7 +30,6 @@ collect_ignore = [] if os.environ.get("KSTAP_E2E") else ["cluster"]
 `make test` stays fast and cluster-free."""
 
 
-
 def pytest_configure(config: pytest.Config) -> None:
     """Ctrl-C for the tests' children, as from a terminal. A shell without job control starts a
     background command (``make test &`` in a script) ignoring SIGINT, and every child inherits
