@@ -88,7 +88,7 @@ class PressureReader:
         self._tree_scanned = 0.0
         self._located_from: str | None = None
         """The ``/proc/<pid>/cgroup`` text :attr:`_cgroups` was located from."""
-        self._cpu_counter()  # prime, so the first read() already has a delta
+        self._cpu_counter(self._tree())  # prime, so the first read() already has a delta
 
     # -- psutil --------------------------------------------------------------------------------------
     def _psutil_process(self) -> psutil.Process | None:
@@ -136,10 +136,10 @@ class PressureReader:
         except (IndexError, ValueError):
             return None
 
-    def _process_rss(self) -> int | None:
+    def _process_rss(self, tree: list[psutil.Process]) -> int | None:
         total, seen = 0, False
         me = os.getpid()
-        for proc in self._tree():
+        for proc in tree:
             if proc.pid == me and (own := self._own_rss()) is not None:
                 total += own
                 seen = True
@@ -152,10 +152,10 @@ class PressureReader:
                 continue
         return total if seen else None
 
-    def _process_cpu_seconds(self) -> float | None:
+    def _process_cpu_seconds(self, tree: list[psutil.Process]) -> float | None:
         total, seen = 0.0, False
         me = os.getpid()
-        for proc in self._tree():
+        for proc in tree:
             if proc.pid == me:  # one system call, and µs where /proc/PID/stat has clock ticks
                 usage = resource.getrusage(resource.RUSAGE_SELF)
                 total += usage.ru_utime + usage.ru_stime
@@ -181,15 +181,16 @@ class PressureReader:
             self._cgroups = cgroups.locate(self.root, self.pid)
             self._located_from = text
 
-    def _cpu_counter(self) -> tuple[cgroups.CpuFigures | None, str, float | None]:
-        """(cgroup figures, counter source, cumulative CPU seconds) and update the CPU rate."""
+    def _cpu_counter(self, tree: list[psutil.Process]) -> tuple[cgroups.CpuFigures | None, str, float | None]:
+        """(cgroup figures, counter source, cumulative CPU seconds) and update the CPU rate; ``tree``
+        is the process tree of this reading (its CPU time is the fallback counter)."""
         figures = cgroups.read_cpu(self._cgroups, self._files)
         seconds: float | None
         own_quota = figures is not None and figures.limit is not None
         if figures is not None and figures.usage_seconds is not None and (own_quota or self.cpu_budget is None):
             source, seconds = f"cgroup v{figures.version} {figures.cgroup}", figures.usage_seconds
         else:
-            source, seconds = "psutil process", self._process_cpu_seconds()
+            source, seconds = "psutil process", self._process_cpu_seconds(tree)
         now = self.clock()
         if seconds is not None:
             previous = self._previous_cpu
@@ -204,6 +205,8 @@ class PressureReader:
         self._relocate()  # again each time: the process may move
         stats = ResourceStats()
         sources: list[str] = []
+        tree = self._tree()  # once a reading: the RSS and the CPU fallback both walk it
+        rss = self._process_rss(tree)
 
         memory = cgroups.read_memory(self._cgroups, self._host_ram, self._files)
         if memory is not None and memory.limit is None and self.memory_budget is not None:
@@ -221,14 +224,13 @@ class PressureReader:
                 where += f" (limit of {memory.limit_cgroup})"
             sources.append(where)
         else:
-            rss = self._process_rss()
             stats.memory_bytes = stats.memory_usage = rss or 0
             sources.append(f"memory: {PSUTIL_NOTE} process tree RSS" if rss is not None else "memory: unknown")
         if self.memory_budget is not None:
             stats.memory_limit = self.memory_budget
             sources.append("memory limit: budget")
 
-        cpu, counter_source, seconds = self._cpu_counter()
+        cpu, counter_source, seconds = self._cpu_counter(tree)
         stats.cpu_cores = self._cpu_cores if seconds is not None else 0.0
         if cpu is not None:
             stats.cpu_limit = cpu.limit
@@ -245,7 +247,7 @@ class PressureReader:
             stats.cpu_limit = self.cpu_budget
             sources.append("cpu limit: budget")
 
-        stats.process_rss = self._process_rss()
+        stats.process_rss = rss
         self._read_psi(stats, sources)
         stats.source = "; ".join(sources)
         return stats
