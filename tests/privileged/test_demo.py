@@ -66,15 +66,11 @@ def test_demo_captures_http_dns_and_udp(tmp_path: Path) -> None:
     assert f"tshark -r {out}" in r.stderr
 
 
-def _default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)  # a background shell may have started us ignoring it
-
-
 def test_demo_stops_cleanly_on_sigint(tmp_path: Path) -> None:
     out = tmp_path / "demo.pcapng"
     p = subprocess.Popen([*KSTAP, "demo", "--duration", "60", "--mode", "full", "-w", str(out)], cwd=tmp_path,
                          stderr=subprocess.PIPE,
-                         text=True, preexec_fn=_default_sigint)
+                         text=True)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(p.stderr or []), daemon=True)
     reader.start()
