@@ -1,6 +1,7 @@
 """Auto mode's value test: whole flows while the rate rises, its cost, and what it keeps under a CPU quota.
 
-    .venv/bin/python benchmarks/auto_value.py [--rounds 3] [--out docs/benchmarks.md] [--only flows,cost,quota]
+    .venv/bin/python benchmarks/auto_value.py [--rounds 3] [--out docs/benchmarks.md]
+                                              [--only flows,cost,cost-null,quota]
 
 Three parts, each repeated ``--rounds`` times side by side (medians are reported):
 
@@ -10,6 +11,12 @@ flows   20,000 UDP flows x 120 packets, round-robin (benchmarks/udp_blast.c); ks
 cost    200 kpps over 5,000 flows: CPU (user+sys) per offered packet of tcpdump -w, kstap full,
         percentage 10 %, auto at rate 1.0, and full + --entries (UDP to the discard port: nothing
         for a dissector).
+cost-null  the same, every tool writing to /dev/null (``-w /dev/null``): the tools' own CPU. Writing
+        a file costs the kernel page-cache memory for every byte; on a VM whose freed memory goes
+        back to the host (free page reporting), each new page also costs a fault in the host,
+        which moves a round's file-writing cost by 3x (docs/benchmarks.md, "What writing the file
+        costs on this VM"). The file's cost grows with its bytes: pcapng's EPB takes 32 bytes per
+        packet, pcap's record 16.
 quota   the traffic of ``flows``, with the capture process in a cgroup v1 CPU quota (1.5 ms per 100 ms
         unless --quota-us says otherwise) so that tcpdump drops >= 30 %: complete flows and CPU of
         tcpdump, kstap full and kstap auto; auto's settling time and mean rate from its --json events.
@@ -142,8 +149,10 @@ def tool_argv(tool: str, lab: Lab, path: str, extra: Sequence[str], buffer_mib: 
 
 def capture(lab: Lab, sender: list[str], tool: str, extra: Sequence[str], *, rate: int, seconds: float,
             flows: int, workdir: str, cgroup: Path | None = None, tail_s: float = 1.5,
-            buffer_mib: int = 32) -> Result:
-    path = os.path.join(workdir, f"{tool}.{'pcap' if tool == 'tcpdump' else 'pcapng'}")
+            buffer_mib: int = 32, sink: str = "file") -> Result:
+    """One capture by ``tool`` of ``rate`` pps; ``sink`` "null" writes to /dev/null (no file to count)."""
+    name = f"{tool}.{'pcap' if tool == 'tcpdump' else 'pcapng'}"
+    path = os.devnull if sink == "null" else os.path.join(workdir, name)
     err = os.path.join(workdir, "err.txt")
     out = os.path.join(workdir, "out.txt")
     argv = ["taskset", "-c", "0", *tool_argv(tool, lab, path, extra, buffer_mib)]
@@ -179,7 +188,7 @@ def capture(lab: Lab, sender: list[str], tool: str, extra: Sequence[str], *, rat
     text = Path(err).read_text(errors="replace")
     if tool == "tcpdump":
         _, res.kernel_drops, _ = cc.parse_summary("tcpdump", text)
-        readable = pcap_to_pcapng(path)
+        readable = path if sink == "null" else pcap_to_pcapng(path)
     else:
         readable = path
         for line in Path(out).read_text(errors="replace").splitlines():
@@ -193,6 +202,8 @@ def capture(lab: Lab, sender: list[str], tool: str, extra: Sequence[str], *, rat
         if rates:
             res.mean_rate = statistics.fmean(r for _, r in rates)
             res.settle_s = settling(rates)
+    if sink == "null":
+        return res
     res.in_file, res.flows_in_file, res.complete = completeness(readable, res.sent, flows)
     with contextlib.suppress(OSError):
         os.unlink(path)
@@ -242,15 +253,21 @@ COST = {"tcpdump -w": ("tcpdump", []), "full": ("kstap", ["--mode", "full"]),
 COST_PPS = 200_000
 
 
-def part_cost(lab: Lab, sender: list[str], rounds: int, workdir: str, args: argparse.Namespace
-               ) -> dict[str, list[Result]]:
+def part_cost(lab: Lab, sender: list[str], rounds: int, workdir: str, args: argparse.Namespace,
+              sink: str = "file") -> dict[str, list[Result]]:
     out: dict[str, list[Result]] = {k: [] for k in COST}
     for _ in range(rounds):
         for name, (tool, extra) in COST.items():
             low = name == LOW_RATE
             out[name].append(capture(lab, sender, tool, extra, rate=COST_PPS // 10 if low else COST_PPS,
-                                     seconds=args.cost_seconds, flows=500 if low else 5000, workdir=workdir))
+                                     seconds=args.cost_seconds, flows=500 if low else 5000, workdir=workdir,
+                                     sink=sink))
     return out
+
+
+def part_cost_null(lab: Lab, sender: list[str], rounds: int, workdir: str, args: argparse.Namespace
+                   ) -> dict[str, list[Result]]:
+    return part_cost(lab, sender, rounds, workdir, args, sink="null")
 
 
 def part_quota(lab: Lab, sender: list[str], rounds: int, workdir: str, args: argparse.Namespace
@@ -291,17 +308,22 @@ def render(results: dict[str, dict[str, list[Result]]], args: argparse.Namespace
             lines.append(f"| {name} | {med([r.flows_in_file for r in rs]):,.0f} | {med([r.complete for r in rs]):,.0f} "
                          f"| {med(shares):.1%} | {', '.join(f'{s:.1%}' for s in shares)} |")
         lines.append("")
-    if "cost" in results:
-        rs = results["cost"]
-        full = med([r.us_per_offered for r in rs["full"]])
-        lines += ["### CPU per offered packet (200 kpps, 5,000 flows)", "",
-                  "| | " + " | ".join(rs) + " |", "|---|" + "---:|" * len(rs),
+    for part, heading in (("cost", "### CPU per offered packet (200 kpps, 5,000 flows)"),
+                          ("cost-null", "### CPU per offered packet, writing to /dev/null (200 kpps, 5,000 flows)")):
+        if part not in results:
+            continue
+        costs = results[part]
+        full = med([r.us_per_offered for r in costs["full"]])
+        lines += [heading, "",
+                  "| | " + " | ".join(costs) + " |", "|---|" + "---:|" * len(costs),
                   "| µs / offered packet | " + " | ".join(f"{med([r.us_per_offered for r in v]):.3f}"
-                                                       for v in rs.values()) + " |",
-                  "| x full | " + " | ".join(f"{med([r.us_per_offered for r in v]) / full:.2f}" for v in rs.values())
+                                                       for v in costs.values()) + " |",
+                  "| x full | " + " | ".join(f"{med([r.us_per_offered for r in v]) / full:.2f}" for v in costs.values())
                   + " |",
-                  "| CPU ms in the window | " + " | ".join(f"{med([r.cpu * 1000 for r in v]):.1f}" for v in rs.values())
-                  + " |", "",
+                  "| CPU ms in the window | "
+                  + " | ".join(f"{med([r.cpu * 1000 for r in v]):.1f}" for v in costs.values()) + " |",
+                  "| rounds (µs) | "
+                  + " | ".join(", ".join(f"{r.us_per_offered:.3f}" for r in v) for v in costs.values()) + " |", "",
                   f"{LOW_RATE}: full mode offered a tenth of the traffic (500 flows), i.e. the packets percentage "
                   "10 % keeps, at the rate it keeps them; its µs are per packet it was offered.", ""]
     if "quota" in results:
@@ -351,7 +373,7 @@ def main() -> int:
     global ANY
     ANY = args.interface == "any"
     mark, end = (MARK.replace("-->", "(any) -->"), END.replace("-->", "(any) -->")) if ANY else (MARK, END)
-    parts = {"flows": part_flows, "cost": part_cost, "quota": part_quota}
+    parts = {"flows": part_flows, "cost": part_cost, "cost-null": part_cost_null, "quota": part_quota}
     results: dict[str, dict[str, list[Result]]] = {}
     with tempfile.TemporaryDirectory(prefix="kstap-auto-") as workdir, Lab() as lab:
         sender, _ = cc.build_sender(workdir, "c")
