@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kstap.errors import KstapError, UsageError
+from kstap.file_writes import slice_for, write_all
 from kstap.formats.pcapng import (
     BT_EPB,
     BT_IDB,
@@ -43,9 +44,6 @@ from kstap.formats.pcapng import (
     walk_blocks,
 )
 from kstap.private_file import open_private
-
-"""Largest block accepted (as kstap's reader): a length field above this is corruption."""
-CHUNK = 4 << 20
 
 
 @dataclass
@@ -103,10 +101,7 @@ def repair(path: str, output: str | None = None) -> RepairReport:
     except OSError as exc:
         raise KstapError(f"cannot create {out!r}: {exc.strerror}", hint="pick another -o path") from None
     try:
-        view = memoryview(keep)
-        while view:
-            n = os.write(fd, view[:CHUNK])
-            view = view[n:]
+        write_all(fd, keep, slice_for(fd))
     except OSError as exc:
         raise KstapError(f"writing {out!r} failed: {exc.strerror}", hint="free space or pick another -o path") from None
     finally:

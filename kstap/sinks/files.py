@@ -1,9 +1,9 @@
 """pcapng output files: one file, stdout, or a rotated ring of files.
 
-Blocks are written whole with ``os.write``; when the disk fills up the file is cut back to its
-last complete block, so what is on disk always reads cleanly. Files are created 0600: captures
-hold other people's traffic (an existing file is narrowed to 0600, another user's is refused; see
-:mod:`kstap.private_file`).
+Blocks are written whole (a regular file in 4 KiB writes: :mod:`kstap.file_writes` says why);
+when the disk fills up the file is cut back to its last complete block, so what is on disk always
+reads cleanly. Files are created 0600: captures hold other people's traffic (an existing file is
+narrowed to 0600, another user's is refused; see :mod:`kstap.private_file`).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 
 from kstap.contracts import SinkCapabilities
 from kstap.errors import KstapError, OutputClosed, OutputFailed, UsageError, describe_os_error
+from kstap.file_writes import slice_for, write_all
 from kstap.formats import pcapng
 from kstap.model import Interface, PacketRecord
 from kstap.private_file import check_target, open_private
@@ -153,6 +154,7 @@ class PcapngFiles:
         self._rotating = bool(rotate_bytes or rotate_seconds)
         self._index = 0
         self._fd = -1
+        self._slice: int | None = None
         self._offset = 0
         self._opened_at = 0.0
         self._start_ns = time.time_ns()
@@ -183,6 +185,7 @@ class PcapngFiles:
                 oldest = self.files.pop(0)
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(oldest)
+        self._slice = slice_for(self._fd)
         self._offset = 0
         self._opened_at = self._monotonic()
         head = pcapng.section_header(comment=self._comment)
@@ -206,12 +209,9 @@ class PcapngFiles:
     def _write_blocks(self, pieces: list[bytes]) -> None:
         """Write whole blocks; on a full disk cut the file back to the last complete block."""
         data = b"".join(pieces)
-        view = memoryview(data)
         start = self._offset
         try:
-            while view:
-                n = os.write(self._fd, view)
-                view = view[n:]
+            write_all(self._fd, data, self._slice)
         except BrokenPipeError as exc:
             raise OutputClosed() from exc
         except OSError as exc:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from kstap import file_writes
 from kstap.errors import ExitCode, KstapError, UsageError
 from kstap.formats import pcapng
 from kstap.formats.savefile import CaptureReader
@@ -249,6 +250,7 @@ class _LimitedOs:
 def limited_disk(monkeypatch: pytest.MonkeyPatch) -> Iterator[_LimitedOs]:
     fake = _LimitedOs(0)
     monkeypatch.setattr(files, "os", fake)
+    monkeypatch.setattr(file_writes, "os", fake)  # where the sink's writes are made
     yield fake
 
 
