@@ -40,9 +40,6 @@ def write_all(fd: int, data: bytes | memoryview, step: int | None = WRITE_SLICE)
     """
     view = memoryview(data)
     done, size, write = 0, len(view), os.write
-    if step is None:
-        while done < size:
-            done += write(fd, view[done:])
-        return
+    step = size if step is None else step
     while done < size:
         done += write(fd, view[done:done + step])
