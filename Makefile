@@ -32,12 +32,12 @@ system-deps: ## apt packages: libpcap, tshark, tcpdump/dumpcap, iproute2, tmux, 
 	  if [ -n "$$policy" ]; then rm -f $$policy; fi; \
 	fi
 
-$(VENV)/.installed: pyproject.toml setup.py kstap/capture/_ringfast.c
+$(VENV)/.installed: pyproject.toml setup.py kstap/capture/_ringfast.c kstap/_slices.c
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	rm -f kstap/capture/_ringfast*.so
+	rm -f kstap/capture/_ringfast*.so kstap/_slices*.so
 	$(PY) -m pip install -q -e '.[dev]'
-	$(PY) -c 'from kstap.capture import afpacket; print("C fast path:", "built" if afpacket.encode_block else "MISSING (pure Python)")'
+	$(PY) -c 'from kstap.capture import afpacket; from kstap import file_writes; print("C fast path:", "built" if afpacket.encode_block and file_writes.write_slices else "MISSING (pure Python)")'
 	touch $@
 
 venv: $(VENV)/.installed ## the project venv with kstap and its dev tools

@@ -211,7 +211,7 @@ class PcapngFiles:
         data = b"".join(pieces)
         start = self._offset
         try:
-            write_all(self._fd, data, self._slice)
+            write_all(self._fd, data, self._slice, start)
         except BrokenPipeError as exc:
             raise OutputClosed() from exc
         except OSError as exc:

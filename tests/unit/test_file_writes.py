@@ -1,8 +1,16 @@
-"""kstap.file_writes: big buffers reach a regular file in 4 KiB writes, pipes and devices whole."""
+"""kstap.file_writes: big buffers reach a regular file in 4 KiB writes on page boundaries, pipes and
+devices whole; the C loop (kstap/_slices.c) and the Python one behave alike, faults included."""
 
 from __future__ import annotations
 
+import errno
 import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +21,137 @@ from kstap.file_writes import WRITE_SLICE, slice_for, write_all
 from kstap.model import Interface
 from kstap.sinks.files import PcapngFiles
 
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(params=["c", "python"])
+def impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each test runs on the C loop and on the Python one."""
+    if request.param == "python":
+        monkeypatch.setattr(file_writes, "write_slices", None)
+    elif file_writes.write_slices is None:
+        pytest.skip("the C helper is not built (make venv builds it)")
+    return str(request.param)
+
+
+def _sizes_of_writes(data: bytes, step: int | None, offset: int = 0) -> list[int]:
+    """The size of each write() that write_all makes: a SOCK_SEQPACKET socket keeps every write
+    one message, whichever loop made it."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with a, b:
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        write_all(a.fileno(), data, step, offset)
+        a.shutdown(socket.SHUT_WR)
+        sizes = []
+        while msg := b.recv(1 << 20):
+            sizes.append(len(msg))
+    return sizes
+
+
+def test_slices_end_on_multiples_of_the_step(impl: str) -> None:
+    data = os.urandom(3 * WRITE_SLICE + 123)
+    assert _sizes_of_writes(data, WRITE_SLICE) == [WRITE_SLICE] * 3 + [123]
+    assert _sizes_of_writes(data, WRITE_SLICE, offset=100) == [WRITE_SLICE - 100, WRITE_SLICE, WRITE_SLICE, 223]
+    assert _sizes_of_writes(data, WRITE_SLICE, offset=WRITE_SLICE * 7) == [WRITE_SLICE] * 3 + [123]
+    assert _sizes_of_writes(data, None, offset=100) == [len(data)]  # no step: one write, wherever it starts
+    assert _sizes_of_writes(b"", WRITE_SLICE) == []
+
+
+def test_a_regular_file_gets_every_byte(tmp_path: Path, impl: str) -> None:
+    data = os.urandom(5 * WRITE_SLICE + 7)
+    with open(tmp_path / "f", "wb") as f:
+        f.write(b"x" * 100)
+        f.flush()
+        write_all(f.fileno(), data, slice_for(f.fileno()), offset=100)
+        write_all(f.fileno(), data[:10], slice_for(f.fileno()), offset=100 + len(data))
+    assert (tmp_path / "f").read_bytes() == b"x" * 100 + data + data[:10]
+
+
+def test_a_full_device_raises_enospc(impl: str) -> None:
+    fd = os.open("/dev/full", os.O_WRONLY)
+    try:
+        with pytest.raises(OSError) as info:
+            write_all(fd, b"x" * 10_000, slice_for(fd))
+        assert info.value.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+
+
+CHILD = """
+import os, resource, signal, sys
+from kstap import file_writes
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (5000, 5000))
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+print("c" if file_writes.write_slices else "python")
+try:
+    file_writes.write_all(fd, b"y" * 12_000, file_writes.slice_for(fd), 0)
+except OSError as exc:
+    print(exc.errno)
+"""
+
+
+def test_a_short_write_is_carried_on_up_to_the_error(tmp_path: Path, impl: str) -> None:
+    """RLIMIT_FSIZE (a real kernel limit): the write that crosses it is cut short, the next fails with
+    EFBIG; everything up to the limit is written."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT)) | ({"KSTAP_PURE_PYTHON": "1"} if impl == "python" else {})
+    out = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path / "f")], env=env, capture_output=True,
+                         text=True, timeout=60, check=True).stdout.split()
+    assert out == [impl, str(errno.EFBIG)]
+    assert (tmp_path / "f").read_bytes() == b"y" * 5000
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_a_signal_handler_that_raises_ends_a_blocked_write(impl: str) -> None:
+    """PEP 475: a write blocked on a full pipe runs the signal handlers, and one that raises ends it.
+    (Nobody reads the pipe; its read end is closed after 5 s, so a loop that ignores signals fails
+    with a broken pipe instead of hanging.)"""
+    r, w = os.pipe()
+    read_end = [r]
+    lock = threading.Lock()
+
+    def close_read_end() -> None:
+        with lock:
+            if read_end:
+                os.close(read_end.pop())
+
+    def handler(signum: int, frame: object) -> None:
+        raise _Interrupted()
+
+    closer = threading.Timer(5.0, close_read_end)
+    old = signal.signal(signal.SIGALRM, handler)
+    try:
+        closer.start()
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        started = time.monotonic()
+        with pytest.raises(_Interrupted):
+            write_all(w, b"z" * (4 << 20), slice_for(w))
+        assert time.monotonic() - started < 4
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+        closer.cancel()
+        closer.join()
+        close_read_end()
+        os.close(w)
+
+
+def test_pipes_and_devices_are_written_whole() -> None:
+    r, w = os.pipe()
+    try:
+        assert slice_for(w) is None
+    finally:
+        os.close(r)
+        os.close(w)
+    with open(os.devnull, "wb") as null:
+        assert slice_for(null.fileno()) is None
+    assert slice_for(-1) is None  # a closed descriptor: no slicing, the write itself will say what is wrong
+
+
+# -- what the capture file gets (the Python loop, whose writes can be seen one by one) ---------------
 
 class _Recording:
     """``os`` as kstap.file_writes sees it, noting the size of every write (and taking at most ``cap``)."""
@@ -33,15 +172,8 @@ class _Recording:
 def recording(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Recording]:
     rec = _Recording()
     monkeypatch.setattr(file_writes, "os", rec)
+    monkeypatch.setattr(file_writes, "write_slices", None)
     yield rec
-
-
-def test_a_regular_file_is_written_in_slices(tmp_path: Path, recording: _Recording) -> None:
-    data = os.urandom(3 * WRITE_SLICE + 123)
-    with open(tmp_path / "f", "wb") as f:
-        write_all(f.fileno(), data, slice_for(f.fileno()))
-    assert (tmp_path / "f").read_bytes() == data
-    assert recording.sizes == [WRITE_SLICE] * 3 + [123]
 
 
 def test_a_short_write_is_carried_on_from_where_it_stopped(tmp_path: Path, recording: _Recording) -> None:
@@ -53,25 +185,18 @@ def test_a_short_write_is_carried_on_from_where_it_stopped(tmp_path: Path, recor
     assert recording.sizes == [2500, 1500, 500]
 
 
-def test_pipes_and_devices_are_written_whole() -> None:
-    r, w = os.pipe()
-    try:
-        assert slice_for(w) is None
-    finally:
-        os.close(r)
-        os.close(w)
-    with open(os.devnull, "wb") as null:
-        assert slice_for(null.fileno()) is None
-    assert slice_for(-1) is None  # a closed descriptor: no slicing, the write itself will say what is wrong
-
-
-def test_the_capture_file_gets_no_write_above_a_slice(tmp_path: Path, recording: _Recording) -> None:
+def test_no_append_to_the_capture_file_crosses_a_page_boundary(tmp_path: Path, recording: _Recording) -> None:
     sink = PcapngFiles(str(tmp_path / "c.pcapng"), [Interface("veth0")], counters=list)
-    big = os.urandom(200)
-    sink.write([(1_700_000_000_000_000_000 + i, len(big), len(big), big, 0, 0) for i in range(200)])
+    for n in (7, 30, 200):  # batches of odd sizes after a header of its own size
+        big = os.urandom(131)
+        sink.write([(1_700_000_000_000_000_000 + i, len(big), len(big), big, 0, 0) for i in range(n)])
     sink.close()
-    assert recording.sizes and max(recording.sizes) <= WRITE_SLICE
-    assert sum(recording.sizes) == (tmp_path / "c.pcapng").stat().st_size > 200 * 200
+    start = 0
+    for size in recording.sizes:
+        assert start // WRITE_SLICE == (start + size - 1) // WRITE_SLICE, (start, size)
+        start += size
+    assert start == (tmp_path / "c.pcapng").stat().st_size
+    assert len(recording.sizes) > start // WRITE_SLICE  # the batches were sliced, not written whole
 
 
 def test_stdout_as_a_pipe_gets_each_block_in_one_write(recording: _Recording) -> None:

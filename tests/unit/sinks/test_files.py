@@ -251,6 +251,7 @@ def limited_disk(monkeypatch: pytest.MonkeyPatch) -> Iterator[_LimitedOs]:
     fake = _LimitedOs(0)
     monkeypatch.setattr(files, "os", fake)
     monkeypatch.setattr(file_writes, "os", fake)  # where the sink's writes are made
+    monkeypatch.setattr(file_writes, "write_slices", None)  # ... by the Python loop, which sees the fake
     yield fake
 
 
@@ -397,3 +398,46 @@ def test_check_writable_permission_denied_as_nobody(shared_dir: Path) -> None:
     assert r.stdout.splitlines() == [f"cannot write {t!r}: permission denied" for t in targets[:3]] + ["ok"]
     assert not (shared_dir / "new.pcapng").exists()
     assert list(open_dir.iterdir()) == []
+
+
+LIMITED_CHILD = """
+import os, resource, signal, sys
+from kstap import file_writes
+from kstap.model import Interface
+from kstap.sinks.files import DiskFull, PcapngFiles
+from kstap.formats import pcapng
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), int(sys.argv[2])))
+pkt = bytes.fromhex(sys.argv[3])
+sink = PcapngFiles(sys.argv[1], [Interface("veth0", filter="udp")],
+                   counters=lambda: [pcapng.InterfaceCounters(0, 0, 100, 1, 0)])
+try:
+    for batch in range(100):
+        sink.write([(1_700_000_000_000_000_000 + (batch * 50 + i) * 1000, len(pkt), len(pkt), pkt, 0, 0)
+                    for i in range(50)])
+except DiskFull as exc:
+    print("disk full")
+print(sink.close(), sink.packets_written, sink.bytes_written, "c" if file_writes.write_slices else "python")
+"""
+
+
+@pytest.mark.parametrize("pure", [False, True], ids=["c-loop", "python-loop"])
+def test_a_real_file_size_limit_keeps_whole_packets(tmp_path, packet, wireshark, pure: bool) -> None:
+    """RLIMIT_FSIZE, a limit the kernel enforces mid-write (a short write, then EFBIG): the file is cut
+    back to its last whole packet, with both write loops."""
+    if not pure and file_writes.write_slices is None:
+        pytest.skip("the C helper is not built (make venv builds it)")
+    out = tmp_path / "limited.pcapng"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[3]))
+    env.pop("KSTAP_PURE_PYTHON", None)
+    if pure:
+        env["KSTAP_PURE_PYTHON"] = "1"
+    lines = subprocess.run([sys.executable, "-c", LIMITED_CHILD, str(out), str(20_000 + 77), packet.hex()],
+                           env=env, capture_output=True, text=True, timeout=60, check=True).stdout.splitlines()
+    assert lines[0] == "disk full"
+    closed, written, nbytes, loop = lines[1].split()
+    assert loop == ("python" if pure else "c") and closed == "False"  # no room left for the statistics
+    header = len(pcapng.section_header(comment="")) + len(pcapng.interface_description(IFACES[0]))
+    assert int(written) == (20_077 - header) // 176 > 50
+    assert out.stat().st_size == int(nbytes) == header + int(written) * 176
+    assert len(_packets_in(out, wireshark)) == int(written)
