@@ -45,10 +45,16 @@ class _AfPacketSingle(AfPacketSource):
         self.interfaces = [r.interface(program) for r in rings]
 
 
+BLOCK_MAX = 1 << 20
+"""The largest ring block for a consumer that waits on packets (live views, streams, entries)."""
+
+
 def open_live(backend: str, names: list[str], program: Program, *, workers: int, buffer_mib: int,
               ns: str | None, retire_ms: int = 20, restart_workers: bool = False,
-              dedup_window_ns: int = DEFAULT_WINDOW_NS) -> tuple[Source, int]:
+              dedup_window_ns: int = DEFAULT_WINDOW_NS, block_max: int = BLOCK_MAX) -> tuple[Source, int]:
     """Open ``names`` with ``backend``; returns the source and its block-retire time (ms).
+
+    The ring's blocks are a quarter of the buffer, between 64 KiB and ``block_max``.
 
     ``any`` on af_packet is one cooked socket (:mod:`kstap.capture.cooked`; ``program`` must be
     compiled for LINUX_SLL2 and rewritten by ``for_cooked_socket``), with copies of one packet on
@@ -57,7 +63,7 @@ def open_live(backend: str, names: list[str], program: Program, *, workers: int,
     ``restart_workers``: with ``workers > 1``, replace a lost capture worker (see
     :mod:`kstap.capture.fanout`); the caller must then catch ``WorkerLost`` from ``read``.
     """
-    ring = RingConfig(buffer_bytes=buffer_mib << 20, block_bytes=min(1 << 20, max(1 << 16, (buffer_mib << 20) // 4)),
+    ring = RingConfig(buffer_bytes=buffer_mib << 20, block_bytes=min(block_max, max(1 << 16, (buffer_mib << 20) // 4)),
                       retire_ms=retire_ms)
     backend = resolve(backend)
     if "any" in names and len(names) > 1:
