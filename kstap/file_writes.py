@@ -1,4 +1,4 @@
-"""Write a big buffer to a file in 4 KiB slices, as tcpdump's stdio does.
+"""Write a big buffer to a file in page-sized slices (4 KiB, as tcpdump's stdio does, or 64 KiB).
 
 A capture appends about a megabyte at a time (one ring block's EPBs). Since Linux 6.x the page
 cache sizes the folios of a write by its length: a 1 MiB ``write()`` takes large folios from
@@ -13,6 +13,9 @@ Measured on this project's 2-core VM (kernel 6.18), kstap full mode at 200 kpps 
 "What writing the file costs on this VM"). The extra system calls cost about 1 us each: 256 per
 megabyte.
 
+Which of 4 KiB and 64 KiB costs less is not the same on every machine, nor on this VM from one day to
+the next, so a capture file measures both as it writes and keeps the cheaper (:class:`SliceChooser`).
+
 Slices end on the file's page boundaries (the first one is cut short to reach the next boundary):
 a write that begins a new page past the end of the file makes ext4 zero the part of the page it
 does not cover (``zero_user_segments``), and 4 KiB appends that are off alignment do that for every
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -74,3 +78,61 @@ def write_all(fd: int, data: bytes | memoryview, step: int | None = WRITE_SLICE,
         step, offset = max(size, 1), 0
     while done < size:
         done += write(fd, view[done:done + step - (offset + done) % step])
+
+
+SLICES = (WRITE_SLICE, 64 << 10)
+"""The slice sizes a capture file chooses between (:class:`SliceChooser`)."""
+TRIAL_BYTES = 2 << 20
+"""What each slice size writes in a trial before the cheaper one is chosen: about one 4 MiB ring
+block's EPBs, so that a trial ends within the first blocks (a wrong choice lasts one retrial)."""
+RETRIAL_BYTES = 256 << 20
+"""Written with the chosen slice before the next trial: the machine's memory changes under a capture."""
+
+
+class SliceChooser:
+    """Writes a capture file in whichever of :data:`SLICES` costs less CPU here, measured as it writes.
+
+    Which slice is cheaper depends on where the page cache's new pages come from, and that changes
+    with the machine and, on a VM with free page reporting, with its history. On this project's VM
+    (docs/benchmarks.md, "What writing the file costs on this VM") 4 KiB writes cost 0.20-0.25 us per
+    packet against 0.31-0.33 for 1 MiB ones on one day; on another day, with the writes on page
+    boundaries and in C, 4 KiB cost 0.095 and 64 KiB 0.076. So the chooser alternates the two for
+    :data:`TRIAL_BYTES` each, keeps the one with less thread CPU time per byte (system calls and page
+    cache included), and tries again after :data:`RETRIAL_BYTES`. ``clock``: thread CPU ns (tests give
+    their own).
+    """
+
+    def __init__(self, clock: Callable[[], int] = time.thread_time_ns) -> None:
+        self.clock = clock
+        self.chosen: int | None = None
+        """The slice in use once a trial ended (None while trying)."""
+        self.trials = 0
+        """Trials finished."""
+        self._cost = dict.fromkeys(SLICES, 0)
+        self._bytes = dict.fromkeys(SLICES, 0)
+        self._turn = 0
+        self._since_trial = 0
+
+    def write(self, fd: int, data: bytes | memoryview, offset: int) -> None:
+        """:func:`write_all` ``data`` at ``offset`` with the slice the trial is at or has chosen."""
+        if self.chosen is not None:
+            write_all(fd, data, self.chosen, offset)
+            self._since_trial += len(data)
+            if self._since_trial >= RETRIAL_BYTES:
+                self._start_trial()
+            return
+        step = SLICES[self._turn]
+        self._turn = (self._turn + 1) % len(SLICES)
+        start = self.clock()
+        write_all(fd, data, step, offset)
+        self._cost[step] += self.clock() - start
+        self._bytes[step] += len(data)
+        if all(n >= TRIAL_BYTES for n in self._bytes.values()):
+            self.chosen = min(SLICES, key=lambda s: self._cost[s] / self._bytes[s])
+            self.trials += 1
+            self._since_trial = 0
+
+    def _start_trial(self) -> None:
+        self.chosen = None
+        self._cost = dict.fromkeys(SLICES, 0)
+        self._bytes = dict.fromkeys(SLICES, 0)

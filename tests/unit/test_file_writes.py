@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from kstap import file_writes
-from kstap.file_writes import WRITE_SLICE, slice_for, write_all
+from kstap.file_writes import SLICES, TRIAL_BYTES, WRITE_SLICE, SliceChooser, slice_for, write_all
 from kstap.model import Interface
 from kstap.sinks.files import PcapngFiles
 
@@ -185,18 +185,75 @@ def test_a_short_write_is_carried_on_from_where_it_stopped(tmp_path: Path, recor
     assert recording.sizes == [2500, 1500, 500]
 
 
-def test_no_append_to_the_capture_file_crosses_a_page_boundary(tmp_path: Path, recording: _Recording) -> None:
+def test_no_append_to_the_capture_file_crosses_a_slice_boundary(tmp_path: Path, recording: _Recording) -> None:
     sink = PcapngFiles(str(tmp_path / "c.pcapng"), [Interface("veth0")], counters=list)
-    for n in (7, 30, 200):  # batches of odd sizes after a header of its own size
+    for n in (7, 30, 200, 900):  # batches of odd sizes after a header of its own size
         big = os.urandom(131)
         sink.write([(1_700_000_000_000_000_000 + i, len(big), len(big), big, 0, 0) for i in range(n)])
     sink.close()
-    start = 0
+    start, small = 0, 0
     for size in recording.sizes:
-        assert start // WRITE_SLICE == (start + size - 1) // WRITE_SLICE, (start, size)
+        # a 4 KiB slice stays in its page, a 64 KiB one in its 64 KiB: both in one aligned 64 KiB
+        assert size <= SLICES[-1] and start // SLICES[-1] == (start + size - 1) // SLICES[-1], (start, size)
+        small += size <= WRITE_SLICE and start // WRITE_SLICE == (start + size - 1) // WRITE_SLICE
         start += size
     assert start == (tmp_path / "c.pcapng").stat().st_size
-    assert len(recording.sizes) > start // WRITE_SLICE  # the batches were sliced, not written whole
+    assert small and len(recording.sizes) > start // SLICES[-1]  # the trial sliced both ways
+
+
+class _CostClock:
+    """Thread CPU ns as the chooser reads it: each write of ``step`` bytes costs what ``per_byte`` says."""
+
+    def __init__(self, per_byte: dict[int, float]) -> None:
+        self.per_byte = per_byte
+        self.now = 0
+        self.pending = 0
+
+    def __call__(self) -> int:
+        self.now += self.pending
+        self.pending = 0
+        return self.now
+
+
+def _chooser_writes(monkeypatch: pytest.MonkeyPatch, clock: _CostClock, tmp_path: Path, total: int,
+                    chunk: int = 1 << 20) -> SliceChooser:
+    chooser = SliceChooser(clock=clock)
+    real = file_writes.write_all
+
+    def costed(fd: int, data: bytes | memoryview, step: int | None = WRITE_SLICE, offset: int = 0) -> None:
+        assert step in SLICES
+        real(fd, data, step, offset)
+        clock.pending = int(len(data) * clock.per_byte[step])
+
+    monkeypatch.setattr(file_writes, "write_all", costed)
+    data = os.urandom(chunk)
+    with open(tmp_path / "f", "wb") as f:
+        for i in range(total // chunk):
+            chooser.write(f.fileno(), data, i * chunk)
+    assert (tmp_path / "f").stat().st_size == total // chunk * chunk
+    return chooser
+
+
+@pytest.mark.parametrize("cheaper", SLICES)
+def test_the_chooser_keeps_the_slice_that_costs_less(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     cheaper: int) -> None:
+    clock = _CostClock({s: 1.0 if s == cheaper else 1.3 for s in SLICES})
+    chooser = _chooser_writes(monkeypatch, clock, tmp_path, 2 * TRIAL_BYTES + (4 << 20))
+    assert (chooser.chosen, chooser.trials) == (cheaper, 1)
+
+
+def test_the_chooser_tries_again_and_follows_the_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = _CostClock({WRITE_SLICE: 1.0, SLICES[-1]: 2.0})
+    chooser = _chooser_writes(monkeypatch, clock, tmp_path, 2 * TRIAL_BYTES)
+    assert chooser.chosen == WRITE_SLICE
+    monkeypatch.setattr(file_writes, "RETRIAL_BYTES", 4 << 20)
+    clock.per_byte = {WRITE_SLICE: 2.0, SLICES[-1]: 1.0}  # the machine's memory changed
+    data = os.urandom(1 << 20)
+    with open(tmp_path / "f", "ab") as f:
+        base = f.tell()
+        for i in range(4 + 2 * (TRIAL_BYTES >> 20)):  # 4 MiB with the old choice, then a new trial
+            chooser.write(f.fileno(), data, base + (i << 20))
+    assert (chooser.chosen, chooser.trials) == (SLICES[-1], 2)
 
 
 def test_stdout_as_a_pipe_gets_each_block_in_one_write(recording: _Recording) -> None:
