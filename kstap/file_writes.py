@@ -1,4 +1,4 @@
-"""Write a big buffer to a file in page-sized slices (4 KiB, as tcpdump's stdio does, or 64 KiB).
+"""Write a big buffer to a file in slices of 4 KiB (as tcpdump's stdio does) or 64 KiB.
 
 A capture appends about a megabyte at a time (one ring block's EPBs). Since Linux 6.x the page
 cache sizes the folios of a write by its length: a 1 MiB ``write()`` takes large folios from
@@ -7,7 +7,7 @@ high-order blocks back to the host), that memory is no longer backed, and each o
 the host a fault at first touch. A 4 KiB write takes single pages, which the allocator mostly
 serves from its per-CPU lists of recently freed, still backed pages.
 
-Measured on this project's 2-core VM (kernel 6.18), kstap full mode at 200 kpps writing 80 MB in
+Measured on this project's 2-core VM (kernel 6.18) on 2026-12-03, kstap full mode at 200 kpps writing 80 MB in
 6.5 s, side by side, 3 rounds: 0.31-0.33 us of CPU per packet with 1 MiB writes, 0.20-0.25 with
 4 KiB writes (tcpdump 0.17-0.19); 16 KiB writes did not differ from 1 MiB ones (docs/benchmarks.md,
 "What writing the file costs on this VM"). The extra system calls cost about 1 us each: 256 per
@@ -16,7 +16,8 @@ megabyte.
 Which of 4 KiB and 64 KiB costs less is not the same on every machine, nor on this VM from one day to
 the next, so a capture file measures both as it writes and keeps the cheaper (:class:`SliceChooser`).
 
-Slices end on the file's page boundaries (the first one is cut short to reach the next boundary):
+Slices end on multiples of their size in the file, so 4 KiB ones on page boundaries (the first one
+is cut short to reach the next boundary):
 a write that begins a new page past the end of the file makes ext4 zero the part of the page it
 does not cover (``zero_user_segments``), and 4 KiB appends that are off alignment do that for every
 page. A pcapng header and blocks of any size put a capture's appends off alignment from the start.
@@ -45,11 +46,11 @@ def _load_slices() -> Callable[..., Any] | None:
 
 write_slices = _load_slices()
 """``write_slices(fd, data, step, offset)``: :func:`write_all`'s loop in C, the GIL released (None
-when unavailable). A capture writes about 5,000 slices a second; the Python loop costs about
-0.15 us of interpreter time for each, on top of the system call."""
+when unavailable). A capture writes up to about 5,000 slices a second; the Python loop costs about
+0.27 us of interpreter time for each, on top of the system call."""
 
 WRITE_SLICE = 4096
-"""The largest single ``write()``: one page, tcpdump's stdio buffer (st_blksize)."""
+"""The small slice: one page, tcpdump's stdio buffer (st_blksize); :data:`SLICES` has the large one."""
 
 
 def slice_for(fd: int) -> int | None:
