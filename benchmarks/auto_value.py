@@ -52,6 +52,7 @@ sys.path.insert(0, str(REPO))
 import capture_cpu as cc  # noqa: E402
 
 from kstap.demo.lab import Lab  # noqa: E402
+from kstap.file_writes import WRITE_SLICE, write_all  # noqa: E402
 from tests.privileged.procs import cpu_cgroup  # noqa: E402
 
 BASE_SPORT = 20000
@@ -154,13 +155,11 @@ def condition(workdir: str, size: int) -> None:
     whatever ran before. Without it a capture after one that deleted a big file pays less than one
     after a small file (auto after percentage mode: 0.112 against 0.101 us per packet after tcpdump)."""
     path = os.path.join(workdir, "condition.bin")
-    block = b"\0" * (1 << 20)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        for _ in range(size >> 20):
-            view = memoryview(block)
-            for i in range(0, len(block), 4096):
-                os.write(fd, view[i:i + 4096])
+        block = bytes(1 << 20)
+        for i in range(size >> 20):
+            write_all(fd, block, WRITE_SLICE, i << 20)
     finally:
         os.close(fd)
         os.unlink(path)

@@ -29,22 +29,10 @@ import os
 import stat
 import time
 from collections.abc import Callable
-from typing import Any
 
+from kstap import c_helpers
 
-def _load_slices() -> Callable[..., Any] | None:
-    """The C write loop (``kstap/_slices.c``), unless missing or disabled with KSTAP_PURE_PYTHON=1."""
-    if os.environ.get("KSTAP_PURE_PYTHON") == "1":
-        return None
-    try:
-        from kstap import _slices  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    fn: Callable[..., Any] | None = getattr(_slices, "write_slices", None)
-    return fn
-
-
-write_slices = _load_slices()
+write_slices = c_helpers.load("kstap._slices", "write_slices")
 """``write_slices(fd, data, step, offset)``: :func:`write_all`'s loop in C, the GIL released (None
 when unavailable). A capture writes up to about 5,000 slices a second; the Python loop costs about
 0.27 us of interpreter time for each, on top of the system call."""
@@ -109,10 +97,11 @@ class SliceChooser:
         """The slice in use once a trial ended (None while trying)."""
         self.trials = 0
         """Trials finished."""
-        self._cost = dict.fromkeys(SLICES, 0)
-        self._bytes = dict.fromkeys(SLICES, 0)
+        self._cost: dict[int, int] = {}
+        self._bytes: dict[int, int] = {}
         self._turn = 0
         self._since_trial = 0
+        self._start_trial()
 
     def write(self, fd: int, data: bytes | memoryview, offset: int) -> None:
         """:func:`write_all` ``data`` at ``offset`` with the slice the trial is at or has chosen."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import mmap
-import os
 import select
 import socket
 import struct
@@ -21,6 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from kstap import c_helpers
 from kstap.capture import interfaces
 from kstap.contracts import FirstPacketNotes, SourceCapabilities
 from kstap.errors import EnvironmentProblem, KstapError, UsageError
@@ -54,14 +54,7 @@ _STATS = struct.Struct("III")  # tp_packets, tp_drops, tp_freeze_q_cnt
 
 def _load_fast(name: str) -> Callable[..., Any] | None:
     """A function of the C helper, unless missing or disabled with KSTAP_PURE_PYTHON=1."""
-    if os.environ.get("KSTAP_PURE_PYTHON") == "1":
-        return None
-    try:
-        from kstap.capture import _ringfast  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    fn: Callable[..., Any] | None = getattr(_ringfast, name, None)
-    return fn
+    return c_helpers.load("kstap.capture._ringfast", name)
 
 
 encode_block = _load_fast("encode_block")
