@@ -39,6 +39,10 @@ from kstap.vocabulary import AlertLevel, Cause, Mode
 if TYPE_CHECKING:  # only named in annotations: importing the filter compiler costs `kstap --help` 0.15 s
     from kstap.filters.bpf import Program
 
+EpbChunk = bytes | memoryview
+"""EPB bytes from the C encoders: a view of the ring's output buffer, valid until its next read
+(:meth:`BlockSource.read_encoded`), or bytes."""
+
 __all__ = [
     "AlertLevel",
     "AlertRaised",
@@ -48,6 +52,7 @@ __all__ = [
     "CommentSource",
     "ControlRequest",
     "EntrySource",
+    "EpbChunk",
     "Event",
     "FilterSource",
     "FiniteSource",
@@ -126,9 +131,10 @@ class BlockSource(Source, Protocol):
     """``encoded_blocks``: one ring whose ready blocks the C encoder turns into EPB bytes."""
 
     def read_encoded(self, timeout_ms: int, max_packets: int, seen: FirstPacketNotes | None = None,
-                     wanted: list[PacketRecord] | None = None) -> tuple[list[bytes], int, int]:
+                     wanted: list[PacketRecord] | None = None) -> tuple[list[EpbChunk], int, int]:
         """(EPB chunks, packets, bytes); ``seen``: the first-packet table (percentage mode, the kernel
-        flow table); ``wanted``: filled with the packets a dissector takes (--entries)."""
+        flow table); ``wanted``: filled with the packets a dissector takes (--entries). The chunks
+        are to be written before the next call, which writes the same buffer again."""
     def wake_on(self, fd: int) -> None:
         """Also end a wait when ``fd`` turns readable (the stop flag's pipe)."""
 
@@ -253,7 +259,7 @@ class Sink(Protocol):
 class BlockSink(Sink, Protocol):
     """``encoded_blocks``: writes EPB bytes from the C encoder as they are."""
 
-    def write_encoded(self, chunks: list[bytes], packets: int, if_id: int = 0) -> None: ...
+    def write_encoded(self, chunks: list[EpbChunk], packets: int, if_id: int = 0) -> None: ...
 
 
 SinkFactory = Callable[[list[Interface], str, Callable[[], list[Any]]], Sink]

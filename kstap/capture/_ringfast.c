@@ -73,16 +73,64 @@ static inline void epb_header(unsigned char *o, uint32_t total, uint32_t if_id, 
     wr32(o + 20, cap); wr32(o + 24, orig);
 }
 
-/* encode_block(ring, block_offset, block_size, if_id, max_packets)
- *   -> (epb_bytes, packets, captured_bytes, last_ts_ns) */
+/* ---------------------------------------------------------------------------------------------
+ * Where an encoder writes its n output bytes. Without the caller's buffer (*obj NULL): a new bytes
+ * object. With one (*obj a bytearray, written from pos on): that bytearray, grown to fit (to
+ * twice its size at least: it never shrinks), or, while a view of it is still alive, a new one
+ * holding its first pos bytes (what a view shows never changes under it). *owned says whether
+ * *obj is a new reference. Reusing one buffer keeps the output's memory mapped and in cache: a new
+ * object per block larger than glibc's mmap threshold is a fresh mapping, page faults and zeroing
+ * included, and the threshold moves with every larger block (docs/benchmarks.md). Returns where to
+ * write, or NULL with an exception set. */
+static unsigned char *output_at(PyObject **obj, int *owned, Py_ssize_t pos, Py_ssize_t n) {
+    *owned = 0;
+    if (*obj == NULL) {
+        *obj = PyBytes_FromStringAndSize(NULL, n);
+        if (!*obj) return NULL;
+        *owned = 1;
+        return (unsigned char *)PyBytes_AS_STRING(*obj);
+    }
+    if (!PyByteArray_CheckExact(*obj) || pos < 0 || pos > PyByteArray_GET_SIZE(*obj)) {
+        PyErr_SetString(PyExc_ValueError, "out must be a bytearray holding at least pos bytes");
+        *obj = NULL;
+        return NULL;
+    }
+    Py_ssize_t size = PyByteArray_GET_SIZE(*obj), want = pos + n;
+    Py_ssize_t grown = size >= want ? size : (want > 2 * size ? want : 2 * size);
+    if (((PyByteArrayObject *)*obj)->ob_exports > 0) {
+        PyObject *fresh = PyByteArray_FromStringAndSize(NULL, grown);
+        if (!fresh) { *obj = NULL; return NULL; }
+        memcpy(PyByteArray_AS_STRING(fresh), PyByteArray_AS_STRING(*obj), pos);
+        *obj = fresh;
+        *owned = 1;
+    } else if (grown > size && PyByteArray_Resize(*obj, grown) < 0) {
+        *obj = NULL;
+        return NULL;
+    }
+    return (unsigned char *)PyByteArray_AS_STRING(*obj) + pos;
+}
+
+/* The result tuple's first item: the output object (a new reference either way). */
+static PyObject *output_ref(PyObject *obj, int owned) {
+    if (!owned) Py_INCREF(obj);
+    return obj;
+}
+
+/* encode_block(ring, block_offset, block_size, if_id, max_packets[, wanted, linktype, out, pos])
+ *   -> (epb_bytes, packets, captured_bytes, last_ts_ns)
+ * With out (a bytearray): the EPBs go into it at pos (output_at), and the result is
+ *   (the bytearray written, packets, captured_bytes, last_ts_ns, end). */
 static PyObject *encode_block(PyObject *self, PyObject *args) {
     Py_buffer ring;
     Py_ssize_t boff, bsize, maxp;
     unsigned int if_id;
-    PyObject *wanted = NULL;
+    PyObject *wanted = NULL, *out_obj = NULL;
     int linktype = 1;
-    if (!PyArg_ParseTuple(args, "y*nnIn|Oi", &ring, &boff, &bsize, &if_id, &maxp, &wanted, &linktype))
+    Py_ssize_t pos = 0;
+    if (!PyArg_ParseTuple(args, "y*nnIn|OiOn", &ring, &boff, &bsize, &if_id, &maxp, &wanted, &linktype,
+                          &out_obj, &pos))
         return NULL;
+    if (out_obj == Py_None) out_obj = NULL;
     if (wanted == Py_None) wanted = NULL;
     if (wanted && !PyList_Check(wanted)) {
         PyBuffer_Release(&ring);
@@ -111,9 +159,10 @@ static PyObject *encode_block(PyObject *self, PyObject *args) {
         out_len += 32 + ((snap + 3) & ~3u);
         if (i + 1 < num) { if (next == 0) goto corrupt; off += next; }
     }
-    PyObject *out = PyBytes_FromStringAndSize(NULL, out_len);
-    if (!out) { PyBuffer_Release(&ring); return NULL; }
-    unsigned char *o = (unsigned char *)PyBytes_AS_STRING(out);
+    int owned;
+    PyObject *out = out_obj;
+    unsigned char *o = output_at(&out, &owned, pos, out_len);
+    if (!o) { PyBuffer_Release(&ring); return NULL; }
 
     /* pass 2: write the EPBs */
     unsigned long long captured = 0, last_ts = 0;
@@ -124,7 +173,7 @@ static PyObject *encode_block(PyObject *self, PyObject *args) {
         unsigned long long ts;
         uint32_t cap = copy_frame(h, o + 28, &orig, &ts);
         if (wanted && dissect_wants(o + 28, cap, linktype) && append_wanted(wanted, o + 28, cap, orig, ts, if_id) < 0) {
-            Py_DECREF(out);
+            if (owned) Py_DECREF(out);
             PyBuffer_Release(&ring);
             return NULL;
         }
@@ -137,6 +186,8 @@ static PyObject *encode_block(PyObject *self, PyObject *args) {
         off += next;
     }
     PyBuffer_Release(&ring);
+    if (out_obj)
+        return Py_BuildValue("(NIKKn)", output_ref(out, owned), num, captured, last_ts, pos + out_len);
     return Py_BuildValue("(NIKK)", out, num, captured, last_ts);
 
 corrupt:
@@ -445,8 +496,9 @@ static uint32_t write_note(unsigned char *p, uint64_t note, const char *suffix, 
 }
 
 /* encode_block_sampled(ring, boff, bsize, if_id, maxp, table, seed, suffix
- *                      [, wanted, linktype, shed_threshold, shed_ns, shed_suffix, bound_ns])
+ *                      [, wanted, linktype, shed_threshold, shed_ns, shed_suffix, bound_ns, out, pos])
  *   -> (epb_bytes, packets, captured_bytes, new_flows, table_full, shed_marked, keyed, cut_keys)
+ * With out: as encode_block's (the bytearray written first, end last).
  * After an emergency shed in the kernel flow table (kstap/sampling/kernel_table.py) the kernel lets
  * exactly one more packet of each shed flow through: the first packet at or after shed_ns of a flow
  * this table last saw before shed_ns whose hash is >= shed_threshold. It gets the "shed" comment.
@@ -474,13 +526,17 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
     const char *shed_suffix = "";
     Py_ssize_t shed_suffix_len = 0;
     unsigned long long bound = UINT64_MAX;
-    if (!PyArg_ParseTuple(args, "y*nnInw*Is#|OiKKs#K", &ring, &boff, &bsize, &if_id, &maxp, &table, &seed,
+    PyObject *out_obj = NULL;
+    Py_ssize_t pos = 0;
+    if (!PyArg_ParseTuple(args, "y*nnInw*Is#|OiKKs#KOn", &ring, &boff, &bsize, &if_id, &maxp, &table, &seed,
                           &suffix, &suffix_len, &wanted, &linktype, &shed_threshold, &shed_ns, &shed_suffix,
-                          &shed_suffix_len, &bound))
+                          &shed_suffix_len, &bound, &out_obj, &pos))
         return NULL;
     if (wanted == Py_None) wanted = NULL;
+    if (out_obj == Py_None) out_obj = NULL;
     PyObject *result = NULL;
     PyObject *bytes = NULL;
+    int owned = 0;
     Pkt *pkts = NULL;
     if (wanted && !PyList_Check(wanted)) {
         PyErr_SetString(PyExc_TypeError, "wanted must be a list");
@@ -550,9 +606,9 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
     out_len += tally.bytes;
     unsigned int new_flows = tally.new_flows, shed_marked = tally.shed_marked;
     int full = tally.full;
-    bytes = PyBytes_FromStringAndSize(NULL, out_len ? out_len : 0);
-    if (!bytes) goto done;
-    unsigned char *o = (unsigned char *)PyBytes_AS_STRING(bytes);
+    bytes = out_obj;
+    unsigned char *o = output_at(&bytes, &owned, pos, out_len);
+    if (!o) goto done;
     unsigned long long captured = 0;
     /* pass 3: the EPBs */
     off = first;
@@ -575,11 +631,15 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
         captured += cap;
         off += next;
     }
-    result = Py_BuildValue("(NIKIiIII)", bytes, num, captured, new_flows, full, shed_marked, tally.keyed,
-                           tally.cut);
+    if (out_obj)
+        result = Py_BuildValue("(NIKIiIIIn)", output_ref(bytes, owned), num, captured, new_flows, full, shed_marked,
+                               tally.keyed, tally.cut, pos + out_len);
+    else
+        result = Py_BuildValue("(NIKIiIII)", bytes, num, captured, new_flows, full, shed_marked, tally.keyed,
+                               tally.cut);
     bytes = NULL;  /* the tuple holds it now (or it was released with a failed build) */
 done:
-    Py_XDECREF(bytes);
+    if (owned) Py_XDECREF(bytes);
     PyMem_Free(pkts);
     PyBuffer_Release(&ring);
     PyBuffer_Release(&table);
@@ -829,8 +889,9 @@ static uint32_t write_sll2(const unsigned char *h, unsigned char *d, uint32_t *o
     return cap;
 }
 
-/* encode_cooked_block(ring, boff, bsize, if_id, maxp, table, window_ns)
+/* encode_cooked_block(ring, boff, bsize, if_id, maxp, table, window_ns[, out, pos])
  *   -> (epb_bytes, packets_written, captured_bytes, packets_read, duplicates)
+ * With out: as encode_block's (the bytearray written first, end last).
  * Two passes, as encode_block_sampled: (1) validate, digest each packet and check it for a copy
  * (the probes run LOOKAHEAD packets behind the digests, whose slots are prefetched meanwhile, in
  * packet order, so the result is the same as one packet at a time), sizing the output exactly;
@@ -840,9 +901,13 @@ static PyObject *encode_cooked_block(PyObject *self, PyObject *args) {
     Py_ssize_t boff, bsize, maxp;
     unsigned int if_id;
     unsigned long long window;
-    if (!PyArg_ParseTuple(args, "y*nnInw*K", &ring, &boff, &bsize, &if_id, &maxp, &table, &window))
+    PyObject *out_obj = NULL;
+    Py_ssize_t pos = 0;
+    if (!PyArg_ParseTuple(args, "y*nnInw*K|On", &ring, &boff, &bsize, &if_id, &maxp, &table, &window, &out_obj, &pos))
         return NULL;
+    if (out_obj == Py_None) out_obj = NULL;
     PyObject *result = NULL, *bytes = NULL;
+    int owned = 0;
     Pkt *pkts = NULL;
     uint64_t *t = (uint64_t *)table.buf;
     if (boff < 0 || bsize < 48 || boff + bsize > ring.len || !check_dedup(&table)) {
@@ -868,9 +933,9 @@ static PyObject *encode_cooked_block(PyObject *self, PyObject *args) {
         dups += cooked_drop_copy(t, blk, &pkts[i], window);
     for (uint32_t i = 0; dups && i < num; i++)
         if (!pkts[i].note) out_len -= sll2_epb_len(blk + pkts[i].off);
-    bytes = PyBytes_FromStringAndSize(NULL, out_len);
-    if (!bytes) goto done;
-    unsigned char *o = (unsigned char *)PyBytes_AS_STRING(bytes);
+    bytes = out_obj;
+    unsigned char *o = output_at(&bytes, &owned, pos, out_len);
+    if (!o) goto done;
     unsigned long long captured = 0;
     unsigned int written = 0;
     for (uint32_t i = 0; i < num; i++) {  /* pass 2 */
@@ -885,10 +950,13 @@ static PyObject *encode_cooked_block(PyObject *self, PyObject *args) {
         captured += cap;
         written++;
     }
-    result = Py_BuildValue("(NIKII)", bytes, written, captured, num, dups);
+    if (out_obj)
+        result = Py_BuildValue("(NIKIIn)", output_ref(bytes, owned), written, captured, num, dups, pos + out_len);
+    else
+        result = Py_BuildValue("(NIKII)", bytes, written, captured, num, dups);
     bytes = NULL;
 done:
-    Py_XDECREF(bytes);
+    if (owned) Py_XDECREF(bytes);
     PyMem_Free(pkts);
     PyBuffer_Release(&ring);
     PyBuffer_Release(&table);
@@ -942,9 +1010,10 @@ static int cooked_key(const unsigned char *h, Key *k, int *cut, unsigned char *b
 typedef struct { Pkt copy, flow; } CookedPkt;
 
 /* encode_cooked_block_sampled(ring, boff, bsize, if_id, maxp, dedup, window_ns, table, seed, suffix
- *                             [, wanted, shed_threshold, shed_ns, shed_suffix, bound_ns])
+ *                             [, wanted, shed_threshold, shed_ns, shed_suffix, bound_ns, out, pos])
  *   -> (epb_bytes, packets_written, captured_bytes, packets_read, duplicates,
  *       new_flows, table_full, shed_marked, keyed, cut_keys)
+ * With out: as encode_block's (the bytearray written first, end last).
  * encode_cooked_block's copies removed (its dedup table and rule), then, on the packets kept,
  * encode_block_sampled's first-packet comments (table, seed, suffix, the shed mark, the lookup
  * bound, keyed and cut_keys: see there) and --entries' records (wanted, linktype LINUX_SLL2).
@@ -964,12 +1033,16 @@ static PyObject *encode_cooked_block_sampled(PyObject *self, PyObject *args) {
     const char *suffix = "", *shed_suffix = "";
     Py_ssize_t suffix_len = 0, shed_suffix_len = 0;
     unsigned long long shed_threshold = 1ull << 32, shed_ns = 0, bound = UINT64_MAX;
-    if (!PyArg_ParseTuple(args, "y*nnInw*KOIs#|OKKs#K", &ring, &boff, &bsize, &if_id, &maxp, &dedup, &window,
+    PyObject *out_obj = NULL;
+    Py_ssize_t pos = 0;
+    if (!PyArg_ParseTuple(args, "y*nnInw*KOIs#|OKKs#KOn", &ring, &boff, &bsize, &if_id, &maxp, &dedup, &window,
                           &table_obj, &seed, &suffix, &suffix_len, &wanted, &shed_threshold, &shed_ns,
-                          &shed_suffix, &shed_suffix_len, &bound))
+                          &shed_suffix, &shed_suffix_len, &bound, &out_obj, &pos))
         return NULL;
     if (wanted == Py_None) wanted = NULL;
+    if (out_obj == Py_None) out_obj = NULL;
     PyObject *result = NULL, *bytes = NULL;
+    int owned = 0;
     CookedPkt *pkts = NULL;
     unsigned char kbuf[COOKED_KEY_HEAD];
     uint64_t *d = (uint64_t *)dedup.buf, *t = NULL;
@@ -1034,9 +1107,9 @@ static PyObject *encode_cooked_block_sampled(PyObject *self, PyObject *args) {
             look_up(&lk, &pkts[i - 2 * LOOKAHEAD].flow, &tally);
     }
     out_len += tally.bytes;
-    bytes = PyBytes_FromStringAndSize(NULL, out_len);
-    if (!bytes) goto done;
-    unsigned char *o = (unsigned char *)PyBytes_AS_STRING(bytes);
+    bytes = out_obj;
+    unsigned char *o = output_at(&bytes, &owned, pos, out_len);
+    if (!o) goto done;
     unsigned long long captured = 0;
     unsigned int written = 0;
     for (uint32_t i = 0; i < num; i++) {  /* pass 2 */
@@ -1056,11 +1129,15 @@ static PyObject *encode_cooked_block_sampled(PyObject *self, PyObject *args) {
         captured += cap;
         written++;
     }
-    result = Py_BuildValue("(NIKIIIiIII)", bytes, written, captured, num, dups, tally.new_flows, tally.full,
-                           tally.shed_marked, tally.keyed, tally.cut);
+    if (out_obj)
+        result = Py_BuildValue("(NIKIIIiIIIn)", output_ref(bytes, owned), written, captured, num, dups,
+                               tally.new_flows, tally.full, tally.shed_marked, tally.keyed, tally.cut, pos + out_len);
+    else
+        result = Py_BuildValue("(NIKIIIiIII)", bytes, written, captured, num, dups, tally.new_flows, tally.full,
+                               tally.shed_marked, tally.keyed, tally.cut);
     bytes = NULL;
 done:
-    Py_XDECREF(bytes);
+    if (owned) Py_XDECREF(bytes);
     PyMem_Free(pkts);
     PyBuffer_Release(&ring);
     PyBuffer_Release(&dedup);

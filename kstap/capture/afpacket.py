@@ -16,13 +16,13 @@ import select
 import socket
 import struct
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from kstap import c_helpers
 from kstap.capture import interfaces
-from kstap.contracts import FirstPacketNotes, SourceCapabilities
+from kstap.contracts import EpbChunk, FirstPacketNotes, SourceCapabilities
 from kstap.errors import EnvironmentProblem, KstapError, UsageError
 from kstap.filters.bpf import Program
 from kstap.merge import TimeOrderedMerge
@@ -67,6 +67,15 @@ table_compact = _load_fast("table_compact")
 table_stale = _load_fast("table_stale")
 NO_BOUND = (1 << 64) - 1
 """The first-packet encoder's lookup bound that looks every packet up."""
+NO_SHED = 1 << 32
+"""The encoders' shed threshold that sheds nothing (every 32-bit hash is below it)."""
+OUT_BYTES = 8 << 20
+"""Ring blocks one read encodes at most (at least one): the size of the output buffer a ring keeps
+and writes again at each read. A buffer per block cost 8-10 % more CPU in full and percentage mode
+(glibc maps each block's output anew, page faults and all; docs/benchmarks.md)."""
+Encode = Callable[[int, int, int, bytearray, int], tuple[bytearray, int, int, int]]
+"""An encoder of one ready block: (block offset, its packets, packets still wanted, out, pos) →
+(the bytearray written, packets, captured bytes, end)."""
 
 
 @dataclass(frozen=True)
@@ -142,6 +151,10 @@ class BlockRing:
     packets with it; the C encoders read each block it hands them)."""
 
     mm: mmap.mmap
+    _out: bytearray
+    """The encoders' output buffer (:data:`OUT_BYTES`), kept from one read to the next."""
+    _handed_back: int = 0
+    """Blocks read and handed back to the kernel so far."""
     _block: int
     """The next block to look at (the kernel fills them in order)."""
     _nblocks: int
@@ -162,6 +175,17 @@ class BlockRing:
             finally:
                 _U32.pack_into(mm, base + 8, TP_STATUS_KERNEL)
                 self._block = (self._block + 1) % self._nblocks
+                self._handed_back += 1
+
+    def _next_holds_packets(self) -> bool:
+        """Whether the next block holds packets: handed over, or still being filled with at least one.
+
+        The kernel counts a packet in its block (``num_pkts``, read here in place) before it copies
+        and stamps it, so a block the kernel is filling that counts none holds nothing stamped before
+        this read. A block the kernel has not opened again still shows its old count: that only
+        makes a drain wait for nothing, never miss a packet."""
+        status, num, _ = _BLOCK_HDR.unpack_from(self.mm, self._block * self._bsize + 8)
+        return bool(status & TP_STATUS_USER) or num > 0
 
     def _count_ready(self, limit: int) -> int:
         """How many blocks, from the next one on, the kernel has handed over (at most ``limit``)."""
@@ -174,23 +198,31 @@ class BlockRing:
             n += 1
         return n
 
-    def _encode_ready(self, max_packets: int, limit: int,
-                      encode: Callable[[int, int, int], tuple[bytes, int, int]]) -> tuple[list[bytes], int, int]:
-        """The C paths' walk: ``encode(block offset, its packets, packets still wanted)`` gives (EPB
-        bytes, packets, captured bytes) for each ready block until ``max_packets`` are written; the
-        rest of a block cut short that way is discarded (capture is ending)."""
-        chunks: list[bytes] = []
+    def _encode_ready(self, max_packets: int, limit: int, encode: Encode) -> tuple[list[EpbChunk], int, int]:
+        """The C paths' walk: ``encode(block offset, its packets, packets still wanted, out, pos)``
+        writes each ready block's EPBs into the bytearray ``out`` from ``pos`` on and gives (the
+        bytearray written, packets, captured bytes, end), until ``max_packets`` are written; the rest
+        of a block cut short that way is discarded (capture is ending).
+
+        The chunks are views of one buffer that the next call writes again (:data:`OUT_BYTES`): they
+        are read before it (the loop writes them to the file at once). A view still alive then keeps
+        its bytes: the encoder writes into a new buffer instead (``output_at`` in ``_ringfast.c``)."""
+        chunks: list[EpbChunk] = []
         packets = nbytes = 0
         if max_packets <= 0:
             return chunks, packets, nbytes
-        for base, num, _ in self._ready_blocks(limit):
-            data, n, cap = encode(base, num, max_packets - packets)
-            chunks.append(data)
+        out, end, spans = self._out, 0, []
+        for base, num, _ in self._ready_blocks(min(limit, max(1, OUT_BYTES // self._bsize))):
+            out, n, cap, new_end = encode(base, num, max_packets - packets, out, end)
+            spans.append((end, new_end))
+            end = new_end
             packets += n
             nbytes += cap
             if packets >= max_packets:
                 break
-        return chunks, packets, nbytes
+        self._out = out
+        view = memoryview(out)
+        return [view[a:b] for a, b in spans if b > a], packets, nbytes
 
 
 class AfPacketRing(BlockRing):
@@ -251,6 +283,7 @@ class AfPacketRing(BlockRing):
         self._block = 0
         self._nblocks = r.blocks
         self._bsize = r.block_bytes
+        self._out = bytearray()
 
     def set_filter(self, program: Program) -> None:
         """Attach (or atomically replace) the kernel filter; loopback drops outgoing copies."""
@@ -288,7 +321,7 @@ class AfPacketRing(BlockRing):
         return got
 
     def read_encoded(self, max_packets: int, limit: int = 64, seen: FirstPacketNotes | None = None,
-                     wanted: list[PacketRecord] | None = None) -> tuple[list[bytes], int, int]:
+                     wanted: list[PacketRecord] | None = None) -> tuple[list[EpbChunk], int, int]:
         """Like :meth:`read_blocks` but straight to pcapng EPB bytes (the C fast path).
 
         Returns (EPB chunks, packets, captured bytes). Stops after ``max_packets`` packets; the
@@ -311,21 +344,22 @@ class AfPacketRing(BlockRing):
             if self.linktype == LINKTYPE_ETHERNET:
                 bound = seen.lookup_bound()
 
-        def encode(base: int, num: int, left: int) -> tuple[bytes, int, int]:
+        def encode(base: int, num: int, left: int, out: bytearray, pos: int) -> tuple[bytearray, int, int, int]:
             if seen is None:
                 assert encode_block is not None
-                data, n, cap, _last = encode_block(mm, base, self._bsize, self.if_id, left, wanted, self.linktype)
-                return data, n, cap
+                out, n, cap, _last, end = encode_block(mm, base, self._bsize, self.if_id, left, wanted,
+                                                       self.linktype, out, pos)
+                return out, n, cap, end
             assert encode_block_sampled is not None
             seen.ensure_room(num)
-            data, n, cap, fresh, _full, shed, keyed, cut = encode_block_sampled(
+            out, n, cap, fresh, _full, shed, keyed, cut, end = encode_block_sampled(
                 mm, base, self._bsize, self.if_id, left, seen.table, seen.seed, seen.suffix,
-                wanted, self.linktype, seen.shed_threshold, seen.shed_ns, seen.shed_suffix, bound)
+                wanted, self.linktype, seen.shed_threshold, seen.shed_ns, seen.shed_suffix, bound, out, pos)
             seen.flows_seen += fresh
             seen.flows_shed += shed
             seen.packets_keyed += keyed
             seen.keys_cut += cut
-            return data, n, cap
+            return out, n, cap, end
 
         chunks, packets, nbytes = self._encode_ready(max_packets, limit, encode)
         self.stats.delivered += packets
@@ -457,7 +491,7 @@ class AfPacketSource(StopWake):
         return out
 
     def read_encoded(self, timeout_ms: int, max_packets: int, seen: FirstPacketNotes | None = None,
-                     wanted: list[PacketRecord] | None = None) -> tuple[list[bytes], int, int]:
+                     wanted: list[PacketRecord] | None = None) -> tuple[list[EpbChunk], int, int]:
         """Single-ring fast path: EPB bytes of the ready blocks, waiting up to ``timeout_ms``
         (``seen``: first-packet comments; ``wanted``: what the dissectors take, see the ring's)."""
         ring = self.rings[0]
@@ -498,13 +532,9 @@ class AfPacketSource(StopWake):
             r.set_filter(program)
 
     def drain(self, retire_ms: int) -> list[PacketRecord]:
-        """At stop: wait for the partly filled block to be retired and take what it holds."""
+        """At stop: take the ready blocks, and the partly filled one of each ring once it is retired."""
         self._stop_waking()  # the stop flag's pipe stays readable: polling it would spin until the deadline
-        deadline = time.monotonic() + (retire_ms + 30) / 1000
-        out: list[PacketRecord] = []
-        while time.monotonic() < deadline:
-            got = self._read_raw(max(1, int((deadline - time.monotonic()) * 1000)))
-            out.extend(got)
+        out = drain_blocks([r for r in self.rings if not r.gone], self._read_raw, retire_ms)
         self._merge.add(out)
         return self._merge.release_all()
 
@@ -514,6 +544,27 @@ class AfPacketSource(StopWake):
     def close(self) -> None:
         for r in self.rings:
             r.close()
+
+
+def drain_blocks(rings: Sequence[BlockRing], read: Callable[[int], list[PacketRecord]],
+                 retire_ms: int) -> list[PacketRecord]:
+    """At a stop: what ``read`` (a read of every ring, waiting up to its argument in ms) takes now,
+    then, for each ring whose kernel was filling a block with packets in it, that block, which its
+    retire timer hands over within ``retire_ms``. A ring whose open block counts no packet has none
+    from before the stop: no wait for it (a stop used to wait the whole retire time, up to 530 ms
+    for a file capture, even when idle)."""
+    deadline = time.monotonic() + (retire_ms + 30) / 1000
+    out: list[PacketRecord] = []
+    while True:  # what is ready (blocks the kernel fills meanwhile are after the stop: bounded)
+        got = read(0)
+        out.extend(got)
+        if not got or time.monotonic() >= deadline:
+            break
+    waiting = {id(r): (r, r._handed_back) for r in rings if r._next_holds_packets()}
+    while waiting and (left := deadline - time.monotonic()) > 0:
+        out.extend(read(max(1, int(left * 1000))))
+        waiting = {k: (r, n) for k, (r, n) in waiting.items() if r._handed_back == n}
+    return out
 
 
 def _ts(rec: PacketRecord) -> int:

@@ -25,7 +25,6 @@ import errno
 import select
 import socket
 import struct
-import time
 
 from kstap.capture.afpacket import (
     _PKT_HDR,
@@ -33,6 +32,7 @@ from kstap.capture.afpacket import (
     ETH_P_ALL,
     HV1_VLAN,
     NO_BOUND,
+    NO_SHED,
     PACKET_VERSION,
     SOL_PACKET,
     TP_STATUS_VLAN_TPID_VALID,
@@ -43,12 +43,13 @@ from kstap.capture.afpacket import (
     StopWake,
     _load_fast,
     attach_filter,
+    drain_blocks,
     fold_counters,
     map_ring,
     packet_socket,
 )
 from kstap.capture.linkwatch import LinkWatch
-from kstap.contracts import FirstPacketNotes, SourceCapabilities
+from kstap.contracts import EpbChunk, FirstPacketNotes, SourceCapabilities
 from kstap.dedup import DEFAULT_WINDOW_NS, Dedup, digest
 from kstap.filters.bpf import (
     LINKTYPE_LINUX_SLL2,
@@ -153,6 +154,7 @@ class CookedSource(BlockRing, StopWake):
         self._block = 0
         self._nblocks = r.blocks
         self._bsize = r.block_bytes
+        self._out = bytearray()
 
     def set_filter(self, program: Program) -> None:
         """Attach (or atomically replace) the kernel filter (a cooked-socket program)."""
@@ -222,7 +224,7 @@ class CookedSource(BlockRing, StopWake):
         return got
 
     def read_encoded(self, timeout_ms: int, max_packets: int, seen: FirstPacketNotes | None = None,
-                     wanted: list[PacketRecord] | None = None) -> tuple[list[bytes], int, int]:
+                     wanted: list[PacketRecord] | None = None) -> tuple[list[EpbChunk], int, int]:
         """The C fast path: EPB bytes (LINUX_SLL2, copies removed) of the ready blocks, waiting up
         to ``timeout_ms`` when none is ready. With ``seen`` (percentage mode, the kernel flow
         table), each flow's first packet gets its ``flow`` comment; with ``wanted`` (--entries), the
@@ -239,7 +241,7 @@ class CookedSource(BlockRing, StopWake):
         return got
 
     def _encoded(self, max_packets: int, limit: int = 64, seen: FirstPacketNotes | None = None,
-                 wanted: list[PacketRecord] | None = None) -> tuple[list[bytes], int, int]:
+                 wanted: list[PacketRecord] | None = None) -> tuple[list[EpbChunk], int, int]:
         assert encode_cooked_block is not None
         assert (seen is None and wanted is None) or encode_cooked_block_sampled is not None
         mm = self.mm
@@ -253,42 +255,39 @@ class CookedSource(BlockRing, StopWake):
                 return [], 0, 0
             bound = seen.lookup_bound()
 
-        def encode(base: int, num: int, left: int) -> tuple[bytes, int, int]:
+        def encode(base: int, num: int, left: int, out: bytearray, pos: int) -> tuple[bytearray, int, int, int]:
             if seen is None and wanted is None:
                 assert encode_cooked_block is not None
-                data, n, cap, _read, dups = encode_cooked_block(mm, base, self._bsize, 0, left, self._table,
-                                                                self._window_ns)
+                out, n, cap, _read, dups, end = encode_cooked_block(mm, base, self._bsize, 0, left, self._table,
+                                                                    self._window_ns, out, pos)
                 self._c_duplicates += dups
-                return data, n, cap
+                return out, n, cap, end
             assert encode_cooked_block_sampled is not None
             if seen is None:
-                data, n, cap, _read, dups, *_ = encode_cooked_block_sampled(
-                    mm, base, self._bsize, 0, left, self._table, self._window_ns, None, 0, b"", wanted)
+                out, n, cap, _read, dups, *_, end = encode_cooked_block_sampled(
+                    mm, base, self._bsize, 0, left, self._table, self._window_ns, None, 0, b"", wanted,
+                    NO_SHED, 0, b"", NO_BOUND, out, pos)
                 self._c_duplicates += dups
-                return data, n, cap
+                return out, n, cap, end
             seen.ensure_room(num)
-            data, n, cap, _read, dups, fresh, _full, shed, keyed, cut = encode_cooked_block_sampled(
+            out, n, cap, _read, dups, fresh, _full, shed, keyed, cut, end = encode_cooked_block_sampled(
                 mm, base, self._bsize, 0, left, self._table, self._window_ns, seen.table, seen.seed, seen.suffix,
-                wanted, seen.shed_threshold, seen.shed_ns, seen.shed_suffix, bound)
+                wanted, seen.shed_threshold, seen.shed_ns, seen.shed_suffix, bound, out, pos)
             self._c_duplicates += dups
             seen.flows_seen += fresh
             seen.flows_shed += shed
             seen.packets_keyed += keyed
             seen.keys_cut += cut
-            return data, n, cap
+            return out, n, cap, end
 
         chunks, packets, nbytes = self._encode_ready(max_packets, limit, encode)
         self._stats.delivered += packets
         return chunks, packets, nbytes
 
     def drain(self, retire_ms: int) -> list[PacketRecord]:
-        """At stop: wait for the partly filled block to be retired and take what it holds."""
+        """At stop: take the ready blocks, and the partly filled one once it is retired."""
         self._stop_waking()  # the stop flag's pipe stays readable: polling it would spin until the deadline
-        deadline = time.monotonic() + (retire_ms + 30) / 1000
-        out: list[PacketRecord] = []
-        while time.monotonic() < deadline:
-            out.extend(self.read(max(1, int((deadline - time.monotonic()) * 1000))))
-        return out
+        return drain_blocks([self], self.read, retire_ms)
 
     # -- counters --------------------------------------------------------------------------------
     def stats(self) -> list[SourceStats]:

@@ -27,12 +27,12 @@ import struct
 import time
 from collections.abc import Callable
 
-from kstap.capture.afpacket import NO_BOUND, table_compact, table_stale
+from kstap.capture.afpacket import NO_BOUND, NO_SHED, table_compact, table_stale
 from kstap.contracts import FlowDecisions
 
 _HEADER = struct.Struct("<QQ")
 _LAST = struct.Struct("<Q")
-FULL_THRESHOLD = 1 << 32
+FULL_THRESHOLD = NO_SHED
 """A shed threshold that sheds nothing (every 32-bit hash is below it)."""
 
 MARGIN_NS = 50_000_000
@@ -56,7 +56,8 @@ STEP_NS = 1_000_000
 a leap second, a resume): every packet is looked up for :data:`STEP_HOLD_NS` after one is seen."""
 STEP_HOLD_NS = 1_000_000_000
 """Packets stamped before a step can still be in blocks the kernel hands over after the read that
-saw it (the block it was filling, retired within ``retire_ms``, 20 ms): a second is plenty."""
+saw it (the block it was filling, retired within ``retire_ms``: 20 ms, or 500 ms when only a file
+waits): a second is plenty."""
 SHED_SLACK_NS = 1_000_000_000
 """An emergency shed is marked on the first packet of each shed flow after it, which comes at most
 the kernel's idle timeout after the shed (else the kernel decides the flow anew, a new flow): every

@@ -144,7 +144,7 @@ def _with_comments(records: Sequence[PacketRecord], with_queue: bool, comments: 
     return out
 
 
-def comment_first_at(chunks: list[bytes], when_ns: int, text: str) -> bool:
+def comment_first_at(chunks: list[bytes | memoryview], when_ns: int, text: str) -> bool:
     """Put ``text`` in the comment of the first EPB in ``chunks`` (EPB bytes as the C encoders write
     them, nanosecond stamps) stamped at or after ``when_ns``; an EPB with a comment already (a flow
     comment) gets ``text; its comment``, as the records path joins them (one comment: the worker
@@ -158,8 +158,8 @@ def comment_first_at(chunks: list[bytes], when_ns: int, text: str) -> bool:
                 return False
             if kind == BT_EPB and (hi << 32 | lo) >= when_ns:
                 data_end = off + 28 + ((caplen + 3) & ~3)
-                chunks[index] = chunk[:off] + _block(BT_EPB, chunk[off + 8 : data_end] + _joined(
-                    chunk[data_end : off + total - 4], text)) + chunk[off + total :]
+                chunks[index] = b"".join((chunk[:off], _block(BT_EPB, bytes(chunk[off + 8 : data_end]) + _joined(
+                    bytes(chunk[data_end : off + total - 4]), text)), chunk[off + total :]))
                 return True
             off += total
     return False

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kstap.contracts import SinkCapabilities
+from kstap.contracts import EpbChunk, SinkCapabilities
 from kstap.formats import pcapng
 from kstap.formats import snapshot as snapshot_format
 from kstap.model import Interface, PacketRecord, SourceStats, StatsSnapshot
@@ -245,7 +245,7 @@ def _packets_of(frame: bytes) -> int:
 
 # -- the sink the pipeline writes into -----------------------------------------------------------------
 CountersProvider = Callable[[], list[pcapng.InterfaceCounters]]
-BatchOfEpbs = Callable[[bytes, int], tuple[bytes, int, int]]
+BatchOfEpbs = Callable[[EpbChunk, int], tuple[bytes, int, int]]
 """(EPB bytes, watermark) → (BATCH body, packets, captured bytes): ``kstap.capture.afpacket.epb_batch``."""
 
 
@@ -313,7 +313,7 @@ class StreamSink:
             self.hub.advance(watermark)
         self._publish_stats()
 
-    def write_encoded(self, chunks: list[bytes], packets: int, if_id: int = 0) -> None:
+    def write_encoded(self, chunks: list[EpbChunk], packets: int, if_id: int = 0) -> None:
         """EPB bytes of ``packets`` packets of interface ``if_id`` (the C encoders'), published as
         BATCH frames, one per chunk (a ring block's worth: about :data:`protocol.BATCH_TARGET`)."""
         watermark = self._sink_call()

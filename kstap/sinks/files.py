@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from kstap.contracts import SinkCapabilities
+from kstap.contracts import EpbChunk, SinkCapabilities
 from kstap.errors import KstapError, OutputClosed, OutputFailed, UsageError, describe_os_error
 from kstap.file_writes import SliceChooser, slice_for, write_all
 from kstap.formats import pcapng
@@ -209,9 +209,9 @@ class PcapngFiles:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.files.pop())
 
-    def _write_blocks(self, pieces: list[bytes]) -> None:
+    def _write_blocks(self, pieces: Sequence[EpbChunk]) -> None:
         """Write whole blocks; on a full disk cut the file back to the last complete block."""
-        data = b"".join(pieces)
+        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)  # a view is written as it is
         start = self._offset
         try:
             if self._regular:
@@ -282,7 +282,7 @@ class PcapngFiles:
         self.interfaces.extend(new)
         self._delivered.extend(0 for _ in new)
 
-    def write_encoded(self, chunks: list[bytes], packets: int, if_id: int = 0) -> None:
+    def write_encoded(self, chunks: list[EpbChunk], packets: int, if_id: int = 0) -> None:
         """Append ready-made EPBs (the C fast path) for ``packets`` packets of one interface.
 
         With -C the bytes are split at the packet that reaches the limit, so a file goes over it
@@ -292,7 +292,7 @@ class PcapngFiles:
         self.tick()
         if not packets:
             return
-        data = b"".join(chunks)
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)  # one block: its view, not a copy
         while data:
             cut, n = self._encoded_cut(data, packets)
             try:
@@ -307,7 +307,7 @@ class PcapngFiles:
             if data:
                 self.tick()
 
-    def _encoded_cut(self, data: bytes, packets: int) -> tuple[int, int]:
+    def _encoded_cut(self, data: EpbChunk, packets: int) -> tuple[int, int]:
         """(bytes, packets) of ``data`` to write before the file is due for rotation."""
         if self._rotate_bytes is None or self._offset + len(data) < self._rotate_bytes:
             return len(data), packets
@@ -319,7 +319,7 @@ class PcapngFiles:
                 break
         return pos, n
 
-    def _write_blocks_that_fit(self, data: bytes, if_id: int) -> None:
+    def _write_blocks_that_fit(self, data: EpbChunk, if_id: int) -> None:
         pos = 0
         while pos + 8 <= len(data):
             (length,) = struct.unpack_from("<I", data, pos + 4)

@@ -1,4 +1,5 @@
-"""At a stop the last, partly filled block is drained without spinning on the stop flag's pipe.
+"""At a stop the last, partly filled block is drained without spinning on the stop flag's pipe, and
+without waiting for a block that holds nothing.
 
 The loop registers the stop flag's pipe with the source's poll set (``wake_on``); once the flag is
 set that pipe stays readable. The drain waits for the ring's retire timer: if it polled the pipe
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import os
 import select
+import socket
+import time
 
 import pytest
 
@@ -54,3 +57,45 @@ def test_drain_waits_for_the_retire_timer_instead_of_spinning() -> None:
             source.close()
             os.close(r)
             os.close(w)
+
+
+def _send_udp(lab: Lab, count: int) -> None:
+    """Datagrams from the client namespace's own UDP stack to the server end."""
+    with netns.entered(lab.client):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            for i in range(count):
+                s.sendto(b"drain %d" % i, (lab.server_ip, 9))
+        finally:
+            s.close()
+
+
+def test_an_idle_ring_is_drained_without_waiting_for_its_retire_timer() -> None:
+    with Lab() as lab:
+        with netns.entered(lab.server):
+            ring = AfPacketRing(lab.server_if, compile_filter("udp"), ring=RingConfig(4 << 20, 1 << 20, 1000))
+        source = AfPacketSource([ring])
+        try:
+            assert source.read(0) == []
+            start = time.monotonic()
+            assert source.drain(1000) == []
+            assert time.monotonic() - start < 0.3  # it used to take the whole 1,030 ms
+        finally:
+            source.close()
+
+
+def test_packets_in_the_block_being_filled_at_the_stop_are_drained() -> None:
+    with Lab() as lab:
+        with netns.entered(lab.server):
+            ring = AfPacketRing(lab.server_if, compile_filter("udp port 9"), ring=RingConfig(4 << 20, 1 << 20, 300))
+        source = AfPacketSource([ring])
+        try:
+            assert source.read(0) == []
+            _send_udp(lab, 3)
+            time.sleep(0.05)  # in the open block, which the kernel hands over 300 ms after it opened
+            start = time.monotonic()
+            drained = source.drain(300)
+            assert len(drained) == 3
+            assert time.monotonic() - start < 0.33 + 0.2
+        finally:
+            source.close()

@@ -40,6 +40,7 @@ def fake_ring(blocks: list[list[Frame]]) -> AfPacketRing:
     ring._block = 0
     ring._nblocks = len(blocks)
     ring._bsize = BLOCK
+    ring._out = bytearray()
     ring.if_id = 3
     ring.linktype = 1
     ring.worker = 0

@@ -62,6 +62,7 @@ def source(mm: mmap.mmap, blocks: int) -> CookedSource:
     src = CookedSource.__new__(CookedSource)
     src.mm = mm
     src._block, src._nblocks, src._bsize = 0, blocks, BLOCK
+    src._out = bytearray()
     src._stats = SourceStats()
     src.dedup = Dedup(WINDOW_NS)
     src._window_ns = WINDOW_NS
