@@ -23,6 +23,7 @@ from kstap.contracts import (
     BlockSource,
     CommentSource,
     EntrySource,
+    EpbChunk,
     FiniteSource,
     LinkEventSource,
     Reporter,
@@ -38,6 +39,7 @@ from kstap.pipeline.resources import ResourceWatch
 from kstap.pipeline.snapshots import snapshot
 from kstap.pipeline.steering import Steering
 from kstap.pipeline.stopping import StopFlag
+from kstap.pipeline.tick_schedule import TickSchedule
 from kstap.sampling.flowkey import KeyTuple
 from kstap.sinks.files import DiskFull, OutputClosed
 from kstap.sinks.text import TextLines
@@ -149,7 +151,6 @@ class Capture:
         self.stop.capturing = True  # from here a signal stops the loop, which closes the files
         self.reporter.listening(interfaces, self.stages.backend, settings.workers)
         self.start = self.watch.started = self.clock()
-        next_tick = self.start + 1.0
         error: KstapError | None = None
         limit = settings.count if settings.count is not None else 1 << 62
         self.consumers = self.stages.open_consumers(interfaces, self.sink is not None)
@@ -171,10 +172,12 @@ class Capture:
         if plain and self.sink is not None and self.sink.capabilities.patient:
             blocks.wake_on(self.stop.wakeup_fd())
             woken = True
+        schedule = TickSchedule(self.start, coalesce=woken)
         if encodable and caps.sampled_blocks and decided_upstream:
             steering.use_seen_flows()  # the kernel did the sampling; C comments each flow's first packet
         try:
             batch = first
+            packets = bool(first)
             while True:
                 if batch:
                     self._deliver(batch, limit, notes)
@@ -191,17 +194,17 @@ class Capture:
                 if caps.finite and cast(FiniteSource, source).exhausted:
                     summary.stopped_by = "end"
                     break
-                if now >= next_tick:
+                if schedule.tick_now(now, packets):
                     self._tick(now)
-                    next_tick = now + 1.0
                 if fast or steering.seen is not None or wanted is not None:
-                    wait = next_tick - now
+                    wait = schedule.wait(now)
                     if settings.duration is not None:
                         wait = min(wait, self.start + settings.duration - now)
                     wait_ms = max(1, int(wait * 1000) + 1) if woken else POLL_MS
                     try:
-                        self._deliver_encoded(*blocks.read_encoded(wait_ms, limit - summary.captured,
-                                                                   steering.seen, wanted))
+                        # no name holds the chunks: they are views of a buffer the next read writes again
+                        packets = self._deliver_encoded(*blocks.read_encoded(
+                            wait_ms, limit - summary.captured, steering.seen, wanted)) > 0
                         if wanted:
                             self._dissect(wanted)
                             wanted.clear()
@@ -211,6 +214,7 @@ class Capture:
                     continue
                 try:
                     batch = source.read(100)
+                    packets = bool(batch)
                 except WorkerLost as lost:  # the others go on; a restarted one rejoins the fanout group
                     batch = []
                     self._worker_lost(lost)
@@ -313,7 +317,7 @@ class Capture:
             c.dissect.feed(batch, [i.linktype for i in self.source.interfaces])
             c.entries.flush()
 
-    def _deliver_encoded(self, chunks: list[bytes], packets: int, nbytes: int) -> None:
+    def _deliver_encoded(self, chunks: list[EpbChunk], packets: int, nbytes: int) -> int:
         if self.link_notes and packets:  # an interface came or went: its comment, as _place_link_notes
             self.link_notes = [(when, text) for when, text in self.link_notes
                                if not pcapng.comment_first_at(chunks, when, text)]
@@ -322,6 +326,7 @@ class Capture:
         self.summary.captured += packets
         self.summary.bytes_captured += nbytes
         self.summary.per_worker[0] = self.summary.per_worker.get(0, 0) + packets
+        return packets
 
     def _shed(self, flows: list[KeyTuple]) -> None:
         if self.consumers.dissect is not None:
