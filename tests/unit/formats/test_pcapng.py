@@ -7,6 +7,7 @@ import platform
 import struct
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -211,13 +212,15 @@ def test_enhanced_packets_decode_back_into_records_and_comments() -> None:
     assert pcapng.decode_epbs(data[:-4]) == (recs[:2], {1: "kstap: flow id=1"})  # a cut block ends it
 
 
-def test_a_note_goes_on_the_first_encoded_packet_at_or_after_its_time() -> None:
+@pytest.mark.parametrize("view", [False, True], ids=["bytes", "views"])
+def test_a_note_goes_on_the_first_encoded_packet_at_or_after_its_time(view: bool) -> None:
     """An interface that came or went, on the C path: its comment on the first EPB stamped at or
     after it, joined with a flow comment that EPB already has as the records path joins them; no EPB
-    that late leaves the chunks alone."""
+    that late leaves the chunks alone. The C path's chunks are views of the ring's output buffer."""
     recs = [(1000 + i, 3 + i, 9, bytes(range(3 + i)), 0, 0) for i in range(5)]
-    chunks = [b"".join(pcapng.enhanced_packets(recs[:2])),
-              b"".join(pcapng.enhanced_packets(recs[2:], comments={0: "kstap: flow id=00000001 x"}))]
+    raw = [b"".join(pcapng.enhanced_packets(recs[:2])),
+           b"".join(pcapng.enhanced_packets(recs[2:], comments={0: "kstap: flow id=00000001 x"}))]
+    chunks: list[bytes | memoryview] = [memoryview(bytearray(c)) if view else c for c in raw]
     before = list(chunks)
     assert not pcapng.comment_first_at(chunks, 1005, "late") and chunks == before
     assert pcapng.comment_first_at(chunks, 1002, "kstap: veth1 appeared")
