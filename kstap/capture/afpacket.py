@@ -70,9 +70,10 @@ NO_BOUND = (1 << 64) - 1
 NO_SHED = 1 << 32
 """The encoders' shed threshold that sheds nothing (every 32-bit hash is below it)."""
 OUT_BYTES = 8 << 20
-"""Ring blocks one read encodes at most (at least one): the size of the output buffer a ring keeps
-and writes again at each read. A buffer per block cost 8-10 % more CPU in full and percentage mode
-(glibc maps each block's output anew, page faults and all; docs/benchmarks.md)."""
+"""Bytes of ring blocks one read encodes at most (at least one block), and so about the size of the
+output buffer a ring keeps and writes again at each read. A new bytes object per block is a fresh
+glibc mapping or a moved heap top, page faults and zeroing included: with glibc's thresholds fixed,
+the tree before the buffer measured 8 % less CPU in percentage mode (docs/benchmarks.md)."""
 Encode = Callable[[int, int, int, bytearray, int], tuple[bytearray, int, int, int]]
 """An encoder of one ready block: (block offset, its packets, packets still wanted, out, pos) →
 (the bytearray written, packets, captured bytes, end)."""
