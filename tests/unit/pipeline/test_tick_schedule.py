@@ -6,6 +6,8 @@ A simulated loop: it sleeps until the schedule's wait ends or the next block is 
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from kstap.pipeline.tick_schedule import EARLY, LATE, TickSchedule
@@ -35,7 +37,7 @@ def run(period: float | None, phase: float, *, coalesce: bool = True, seconds: f
 
 
 def gaps(ticks: list[float]) -> list[float]:
-    return [b - a for a, b in zip(ticks, ticks[1:], strict=False)]
+    return [b - a for a, b in itertools.pairwise(ticks)]
 
 
 @pytest.mark.parametrize("coalesce", [True, False])
