@@ -39,11 +39,16 @@ class CountingPoll:
         return self.inner.poll(timeout)
 
 
+def _server_source(lab: Lab, bpf: str, retire_ms: int) -> AfPacketSource:
+    """A source on the server end of the lab: one ring of 4 MiB in 1 MiB blocks."""
+    with netns.entered(lab.server):
+        ring = AfPacketRing(lab.server_if, compile_filter(bpf), ring=RingConfig(4 << 20, 1 << 20, retire_ms))
+    return AfPacketSource([ring])
+
+
 def test_drain_waits_for_the_retire_timer_instead_of_spinning() -> None:
     with Lab() as lab:
-        with netns.entered(lab.server):
-            ring = AfPacketRing(lab.server_if, compile_filter("udp"), ring=RingConfig(4 << 20, 1 << 20, 20))
-        source = AfPacketSource([ring])
+        source = _server_source(lab, "udp", 20)
         counting = CountingPoll(source._poll)
         source._poll = counting  # type: ignore[assignment]
         r, w = os.pipe()
@@ -72,9 +77,7 @@ def _send_udp(lab: Lab, count: int) -> None:
 
 def test_an_idle_ring_is_drained_without_waiting_for_its_retire_timer() -> None:
     with Lab() as lab:
-        with netns.entered(lab.server):
-            ring = AfPacketRing(lab.server_if, compile_filter("udp"), ring=RingConfig(4 << 20, 1 << 20, 1000))
-        source = AfPacketSource([ring])
+        source = _server_source(lab, "udp", 1000)
         try:
             assert source.read(0) == []
             start = time.monotonic()
@@ -86,9 +89,7 @@ def test_an_idle_ring_is_drained_without_waiting_for_its_retire_timer() -> None:
 
 def test_packets_in_the_block_being_filled_at_the_stop_are_drained() -> None:
     with Lab() as lab:
-        with netns.entered(lab.server):
-            ring = AfPacketRing(lab.server_if, compile_filter("udp port 9"), ring=RingConfig(4 << 20, 1 << 20, 300))
-        source = AfPacketSource([ring])
+        source = _server_source(lab, "udp port 9", 300)
         try:
             assert source.read(0) == []
             _send_udp(lab, 3)
