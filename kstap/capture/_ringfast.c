@@ -366,7 +366,7 @@ static inline uint64_t mix64(uint64_t x) {
     return x ^ (x >> 33);
 }
 
-static uint64_t fingerprint(const Key *k) {
+static inline uint64_t fingerprint(const Key *k) {
     /* 64 bits of the canonical key, a word pair at a time (table-internal, never stored outside the
      * process: it only has to be fast and collide rarely); 0 is reserved for empty slots */
     uint64_t h = ((uint64_t)k->proto << 32 | (uint64_t)k->ap << 16 | k->bp) * 0x9E3779B97F4A7C15ull;
@@ -424,6 +424,50 @@ static int frame_key(const unsigned char *h, Key *k, int *cut) {
     return found;
 }
 
+/* The common frame's key without the general walk: untagged Ethernet, IPv4 (no options needed
+ * past the ports) or IPv6, whole headers captured, and not a UDP datagram to a tunnel port. Returns
+ * 1 with *k exactly as frame_key gives it (and nothing cut), or 0: frame_key decides. */
+static inline int quick_key(const unsigned char *h, Key *k) {
+    if (rd32(h + 20) & TP_STATUS_VLAN_VALID) return 0;
+    const unsigned char *f = h + rd16(h + 24), *src, *dst;
+    uint32_t n = rd32(h + 12), l4;
+    uint16_t et = be16(f + 12);
+    int proto, ported, words;
+    if (et == 0x0800) {
+        if (n < 34 || (f[14] & 0x0F) < 5) return 0;
+        proto = f[23];
+        ported = !(be16(f + 20) & 0x3FFF);
+        l4 = 14 + (f[14] & 0x0Fu) * 4;
+        src = f + 26; dst = f + 30; words = 1;
+    } else if (et == 0x86DD) {
+        if (n < 54) return 0;
+        proto = f[20];
+        ported = 1;
+        l4 = 54;
+        src = f + 22; dst = f + 38; words = 4;
+    } else {
+        return 0;
+    }
+    uint16_t sp = 0, dp = 0;
+    if (proto == 17 || proto == 6 || proto == 132) {
+        if (ported) {
+            if (n < l4 + 4) return 0;
+            sp = be16(f + l4); dp = be16(f + l4 + 2);
+            if (proto == 17 && is_tunnel_port(dp)) return 0;
+        }
+    }
+    int c = 0;
+    for (int i = 0; i < words && !c; i++) {
+        uint32_t x = be32(src + 4 * i), y = be32(dst + 4 * i);
+        c = (x > y) - (x < y);
+    }
+    int src_first = c < 0 || (c == 0 && sp <= dp);
+    k->proto = proto; k->words = words;
+    if (src_first) { k->a = src; k->ap = sp; k->b = dst; k->bp = dp; }
+    else { k->a = dst; k->ap = dp; k->b = src; k->bp = sp; }
+    return 1;
+}
+
 /* per packet, from pass 1 to the writing pass: its offset in the block and, once looked up, 0 (no
  * comment) or NOTE_FLOW / NOTE_SHED | the flow hash (before that: the key's fingerprint) */
 #define NOTE_FLOW (1ull << 32)
@@ -469,6 +513,21 @@ static inline void look_up(const Lookup *lk, Pkt *p, Tally *tally) {
         tally->bytes += lk->shed_opt;
         tally->shed_marked++;
     }
+}
+
+/* A packet that got a note, by its place in the block (encode_block_sampled's list of them). */
+typedef struct { uint64_t note; uint32_t index; } Noted;
+
+/* Look up the packet `index` waiting in `slot`; a note goes to the list (allocated for `num` at
+ * the first). -1 with MemoryError set when that allocation fails. */
+static inline int settle(const Lookup *lk, Pkt *slot, uint32_t index, Tally *tally, Noted **noted,
+                         uint32_t *n_noted, uint32_t num) {
+    look_up(lk, slot, tally);
+    if (!slot->note) return 0;
+    if (!*noted && !(*noted = PyMem_Malloc(num * sizeof(Noted)))) { PyErr_NoMemory(); return -1; }
+    (*noted)[*n_noted].note = slot->note;
+    (*noted)[(*n_noted)++].index = index;
+    return 0;
 }
 
 /* The bytes of write_note's option with a suffix of tail_len bytes: 4-byte header +
@@ -537,7 +596,8 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
     PyObject *result = NULL;
     PyObject *bytes = NULL;
     int owned = 0;
-    Pkt *pkts = NULL;
+    Noted *noted = NULL;
+    uint32_t n_noted = 0;
     if (wanted && !PyList_Check(wanted)) {
         PyErr_SetString(PyExc_TypeError, "wanted must be a list");
         goto done;
@@ -560,11 +620,13 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
     /* pass 1: validate and key each packet, fetching its flow's slot; the slot of the packet
      * LOOKAHEAD before is in cache by then (a random slot per packet otherwise costs a memory
      * access each), so that packet is looked up in the table now. A flow's first packet (or a shed
-     * flow's last) gets a comment: the output is sized exactly. The notes are allocated at the
-     * first packet that is keyed: a block wholly past the lookup bound needs none. */
+     * flow's last) gets a comment: the output is sized exactly. The packets waiting for their
+     * lookup sit in a window of LOOKAHEAD on the stack; the few that get a note go to a list,
+     * allocated at the first note (a block with no flow's first packet needs none). */
     Py_ssize_t out_len = 0;
     Tally tally = {0, 0, 0, 0, 0, 0};
     Lookup lk = {t, blk, seed, shed_threshold, shed_ns, flow_opt, shed_opt, NULL};
+    Pkt win[LOOKAHEAD];
     for (uint32_t i = 0; i < num; i++) {
         if (off < 0 || off + 48 > bsize) { PyErr_SetString(PyExc_ValueError, "corrupt TPACKET_V3 block"); goto done; }
         const unsigned char *h = blk + off;
@@ -578,23 +640,18 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
         int cut = 0, found = 0;
         if (ts <= bound) {
             /* a frame with no key counts as cut too: the kernel may have keyed its first packet */
-            found = frame_key(h, &k, &cut);
+            found = quick_key(h, &k) || frame_key(h, &k, &cut);
             tally.keyed++;
             tally.cut += cut;
         }
         if (found) {
             fp = fingerprint(&k);
             __builtin_prefetch(t + 2 * (1 + (fp & (t[1] - 1))), 1, 3);
-            if (!pkts) {
-                pkts = PyMem_Calloc(num, sizeof(Pkt));
-                if (!pkts) { PyErr_NoMemory(); goto done; }
-            }
         }
-        if (pkts) {
-            pkts[i].note = fp;
-            pkts[i].off = (uint32_t)off;
-            if (i >= LOOKAHEAD) look_up(&lk, &pkts[i - LOOKAHEAD], &tally);
-        }
+        Pkt *slot = &win[i % LOOKAHEAD];  /* the packet LOOKAHEAD before this one, until now */
+        if (i >= LOOKAHEAD && settle(&lk, slot, i - LOOKAHEAD, &tally, &noted, &n_noted, num) < 0) goto done;
+        slot->note = fp;
+        slot->off = (uint32_t)off;
         if (status & TP_STATUS_VLAN_VALID) snap += 4;
         out_len += 32 + ((snap + 3) & ~3u);
         if (i + 1 < num) {
@@ -602,7 +659,8 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
             off += next;
         }
     }
-    for (uint32_t i = num > LOOKAHEAD ? num - LOOKAHEAD : 0; pkts && i < num; i++) look_up(&lk, &pkts[i], &tally);
+    for (uint32_t i = num > LOOKAHEAD ? num - LOOKAHEAD : 0; i < num; i++)
+        if (settle(&lk, &win[i % LOOKAHEAD], i, &tally, &noted, &n_noted, num) < 0) goto done;
     out_len += tally.bytes;
     unsigned int new_flows = tally.new_flows, shed_marked = tally.shed_marked;
     int full = tally.full;
@@ -610,6 +668,7 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
     unsigned char *o = output_at(&bytes, &owned, pos, out_len);
     if (!o) goto done;
     unsigned long long captured = 0;
+    uint32_t next_noted = 0;
     /* pass 3: the EPBs */
     off = first;
     for (uint32_t i = 0; i < num; i++) {
@@ -622,7 +681,8 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
         if (wanted && dissect_wants(d, cap, linktype) && append_wanted(wanted, d, cap, orig, ts, if_id) < 0)
             goto done;
         uint32_t optlen = 0;
-        uint64_t note = pkts ? pkts[i].note : 0;
+        uint64_t note = 0;
+        if (next_noted < n_noted && noted[next_noted].index == i) note = noted[next_noted++].note;
         if (note) optlen = write_note(d + padded, note, suffix, suffix_len, shed_suffix, shed_suffix_len);
         uint32_t total = 32 + padded + optlen;
         epb_header(o, total, if_id, ts, cap, orig);
@@ -640,7 +700,7 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
     bytes = NULL;  /* the tuple holds it now (or it was released with a failed build) */
 done:
     if (owned) Py_XDECREF(bytes);
-    PyMem_Free(pkts);
+    PyMem_Free(noted);
     PyBuffer_Release(&ring);
     PyBuffer_Release(&table);
     return result;

@@ -146,12 +146,6 @@ def test_c_first_packet_comments_match_python_flow_ids(flows: list[tuple[int, bo
                                                         seed: int) -> None:
     """Every flow's first packet (either direction) carries exactly the comment Python would write; a
     flow inside a VXLAN or Geneve datagram is the inner one (every edge: test_ringfast_tunnels.py)."""
-    from kstap.capture.flowtable import FirstPacketTable
-    from kstap.formats.savefile import CaptureReader
-    from kstap.sampling import metadata
-    from kstap.sampling.flowhash import flow_hash, seed_id
-    from kstap.sampling.flowkey import flow_key
-
     frames: list[Frame] = []
     for n, reverse, v6, vlan, tunnel in flows:
         a, b = (bytes(15) + bytes([n + 1]), bytes(15) + b"\xff") if v6 else (bytes([10, 0, 0, n + 1]), b"\x0a\0\0\xff")
@@ -162,25 +156,71 @@ def test_c_first_packet_comments_match_python_flow_ids(flows: list[tuple[int, bo
         elif tunnel == "geneve":
             raw = _udp_frame(b"\xc0\0\2\2", b"\xc0\0\2\1", 40000, 6081, payload=b"\0\0\x65\x58\0\0\x2b\0" + raw)
         frames.append((raw, len(raw), 1 | (TP_STATUS_VLAN_VALID if vlan else 0), 5, 0x8100))
+    _assert_first_packets_commented(frames, seed)
+
+
+def _assert_first_packets_commented(frames: list[Frame], seed: int) -> None:
+    """The C encoder's file, read back: each flow's first packet (Python's key of the frame in the
+    file) carries exactly the comment Python would write, and no other packet has one."""
+    import io
+
+    from kstap.capture.flowtable import FirstPacketTable
+    from kstap.formats.savefile import CaptureReader
+    from kstap.sampling import metadata
+    from kstap.sampling.flowhash import flow_hash, seed_id
+    from kstap.sampling.flowkey import flow_key
+
     ring = fake_ring([frames])
     seen = FirstPacketTable(seed, metadata.flow_note_suffix("percentage", 0.25, seed_id(seed)), capacity=4)
     chunks, packets, _ = ring.read_encoded(1 << 30, seen=seen)
     assert packets == len(frames)
-    import io
-
     idbs = b"".join(pcapng.interface_description(pcapng_iface()) for _ in range(4))  # the fake ring is if 3
     data = pcapng.section_header() + idbs + b"".join(chunks)
     first_seen: set[object] = set()
     for rec, info in CaptureReader(io.BytesIO(data)):
         key = flow_key(rec[3])
         comments = info.comments if info else []
-        if key not in first_seen:
+        if key is not None and key not in first_seen:
             first_seen.add(key)
-            assert key is not None
             assert comments == [metadata.flow_note(f"{flow_hash(key, seed):08x}", "percentage", 0.25, seed_id(seed))]
         else:
             assert comments == []
     assert seen.flows_seen == len(first_seen)
+
+
+def _ip_frame(v6: bool, proto: int, src: bytes, dst: bytes, l4: bytes, options: bytes = b"", frag: int = 0) -> bytes:
+    """An Ethernet frame of one IP packet whose payload is ``l4`` (for the ported protocols, its
+    first four bytes are the ports)."""
+    import dpkt
+
+    ip: object = (dpkt.ip6.IP6(src=src, dst=dst, nxt=proto, hlim=64, data=l4) if v6
+                  else dpkt.ip.IP(_v_hl=0x45 + len(options) // 4, src=src, dst=dst, p=proto, _flags_offset=frag,
+                                  opts=options, data=l4))
+    return bytes(dpkt.ethernet.Ethernet(type=0x86DD if v6 else 0x0800, data=ip))
+
+
+@needs_sampled
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.sampled_from([6, 17, 132, 1, 58, 47]), st.integers(0, 3),
+                          st.integers(0, 3), st.sampled_from([53, 80, 4789, 6081, 8472, 65535]),
+                          st.integers(0, 10), st.sampled_from([0, 0x2000, 0x4000, 0x0010, 0x2001]),
+                          st.binary(max_size=24), st.booleans()),
+               min_size=1, max_size=120),
+       st.integers(0, 2**32 - 1))
+def test_every_ip_frame_gets_the_first_packet_comment_python_gives_it(
+        packets: list[tuple[bool, int, int, int, int, int, int, bytes, bool]], seed: int) -> None:
+    """The common frames (untagged IPv4/IPv6 with whole headers) take a short keying path in C; the
+    rest take the general one. Both give Python's flows: TCP, UDP, SCTP and unported protocols,
+    IPv4 options and fragments, datagrams to tunnel ports that are no tunnel, tagged frames, and more
+    packets than the lookups wait for (the window of LOOKAHEAD)."""
+    frames: list[Frame] = []
+    for v6, proto, a, b, port, words, frag, rest, vlan in packets:
+        src, dst = ((bytes(15) + bytes([a + 1]), bytes(15) + bytes([b + 1])) if v6
+                    else (bytes([10, 0, 0, a + 1]), bytes([10, 0, 0, b + 1])))
+        l4 = struct.pack("!HH", 40000 + a, port) + rest
+        raw = _ip_frame(v6, proto, src, dst, l4, options=b"\x01" * (4 * words), frag=frag)
+        frames.append((raw, len(raw), 1 | (TP_STATUS_VLAN_VALID if vlan else 0), 7, 0x8100))
+    _assert_first_packets_commented(frames, seed)
 
 
 def pcapng_iface():  # type: ignore[no-untyped-def]
