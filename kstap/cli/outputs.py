@@ -37,6 +37,9 @@ if TYPE_CHECKING:
     from kstap.pipeline import StopFlag
 
 SCHEMA_VERSION = 1
+_LINE = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+"""An NDJSON line's encoder, made once: ``json.dumps`` with any argument builds a new one per call,
+and a capture writes a stats line every second."""
 """Bumped only for incompatible changes; new optional fields keep it."""
 SCHEMA_PATH = Path(__file__).with_name("ndjson.schema.json")
 EVENTS = ("start", "stats", "rate_change", "alert", "summary")
@@ -146,8 +149,7 @@ class JsonReporter:
     def emit(self, event: str, body: Mapping[str, object]) -> None:
         if self.closed:
             return
-        line = json.dumps({"schema": SCHEMA_VERSION, "event": event, "time": round(self.clock(), 3), **body},
-                          ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        line = _LINE.encode({"schema": SCHEMA_VERSION, "event": event, "time": round(self.clock(), 3), **body})
         try:
             self.stream.write(line + "\n")
             self.stream.flush()
