@@ -71,9 +71,19 @@ def write_all(fd: int, data: bytes | memoryview, step: int | None = WRITE_SLICE,
 
 SLICES = (WRITE_SLICE, 64 << 10)
 """The slice sizes a capture file chooses between (:class:`SliceChooser`)."""
-TRIAL_BYTES = 2 << 20
-"""What each slice size writes in a trial before the cheaper one is chosen: about one 4 MiB ring
-block's EPBs, so that a trial ends within the first blocks (a wrong choice lasts one retrial)."""
+FIRST_SLICE = SLICES[-1]
+"""The slice a file starts with: 64 KiB, the cheaper one on this project's VM in every run since the
+writes went onto page boundaries and into C (docs/benchmarks.md; 4 KiB writes cost 2.2x as much per
+byte there on 2026-12-04, their system calls alone)."""
+FIRST_TRIAL_BYTES = 32 << 20
+"""Written with :data:`FIRST_SLICE` before the first trial. A trial writes :data:`TRIAL_BYTES` with
+the dearer slice as well, which only a file many times larger can win back: a small capture (a
+percentage-mode file of 10 MB, say) would pay for its trial and never gain from it."""
+TRIAL_PIECE = 256 << 10
+"""What each slice writes of one call in a trial, one after the other in alternating order, so both
+are measured in the same wake-up, with the same caches and the same free memory."""
+TRIAL_BYTES = 1 << 20
+"""What each slice writes in a trial before the cheaper one is chosen (four calls of a megabyte)."""
 RETRIAL_BYTES = 256 << 20
 """Written with the chosen slice before the next trial: the machine's memory changes under a capture."""
 
@@ -85,44 +95,58 @@ class SliceChooser:
     with the machine and, on a VM with free page reporting, with its history. On this project's VM
     (docs/benchmarks.md, "What writing the file costs on this VM") 4 KiB writes cost 0.20-0.25 us per
     packet against 0.31-0.33 for 1 MiB ones on one day; on another day, with the writes on page
-    boundaries and in C, 4 KiB cost 0.095 and 64 KiB 0.076. So the chooser alternates the two for
-    :data:`TRIAL_BYTES` each, keeps the one with less thread CPU time per byte (system calls and page
-    cache included), and tries again after :data:`RETRIAL_BYTES`. ``clock``: thread CPU ns (tests give
-    their own).
+    boundaries and in C, 4 KiB cost 0.095 and 64 KiB 0.076. So a file starts with
+    :data:`FIRST_SLICE`; after :data:`FIRST_TRIAL_BYTES` a trial writes a piece of each call with
+    each slice, side by side, until each has written :data:`TRIAL_BYTES`, keeps the one with less
+    thread CPU time per byte (system calls and page cache included), and tries again after
+    :data:`RETRIAL_BYTES`. ``clock``: thread CPU ns (tests give their own).
     """
 
     def __init__(self, clock: Callable[[], int] = time.thread_time_ns) -> None:
         self.clock = clock
-        self.chosen: int | None = None
-        """The slice in use once a trial ended (None while trying)."""
+        self.chosen = FIRST_SLICE
+        """The slice in use (outside the trial's pieces)."""
+        self.trying = False
         self.trials = 0
         """Trials finished."""
-        self._cost: dict[int, int] = {}
-        self._bytes: dict[int, int] = {}
-        self._turn = 0
-        self._since_trial = 0
-        self._start_trial()
+        self._left = FIRST_TRIAL_BYTES
+        """Bytes to write before the next trial."""
+        self._lead = 0
+        """Which slice writes first in the next trial call (they take turns)."""
+        self._cost: dict[int, int] = dict.fromkeys(SLICES, 0)
+        self._bytes: dict[int, int] = dict.fromkeys(SLICES, 0)
 
     def write(self, fd: int, data: bytes | memoryview, offset: int) -> None:
-        """:func:`write_all` ``data`` at ``offset`` with the slice the trial is at or has chosen."""
-        if self.chosen is not None:
+        """:func:`write_all` ``data`` at ``offset``: with the chosen slice, or, in a trial, a piece with each."""
+        if not self.trying:
             write_all(fd, data, self.chosen, offset)
-            self._since_trial += len(data)
-            if self._since_trial >= RETRIAL_BYTES:
+            self._left -= len(data)
+            if self._left <= 0:
                 self._start_trial()
             return
-        step = SLICES[self._turn]
-        self._turn = (self._turn + 1) % len(SLICES)
-        start = self.clock()
-        write_all(fd, data, step, offset)
-        self._cost[step] += self.clock() - start
-        self._bytes[step] += len(data)
+        view = memoryview(data)
+        # the pieces end on page boundaries in the file (never a new page begun off alignment)
+        piece = min(TRIAL_PIECE, len(view) // len(SLICES)) // WRITE_SLICE * WRITE_SLICE
+        done = 0
+        if piece:
+            order = SLICES[self._lead:] + SLICES[:self._lead]
+            self._lead = (self._lead + 1) % len(SLICES)
+            for step in order:
+                end = (offset + done + piece) // WRITE_SLICE * WRITE_SLICE - offset
+                start = self.clock()
+                write_all(fd, view[done:end], step, offset + done)
+                self._cost[step] += self.clock() - start
+                self._bytes[step] += end - done
+                done = end
+        if done < len(view):
+            write_all(fd, view[done:], self.chosen, offset + done)
         if all(n >= TRIAL_BYTES for n in self._bytes.values()):
             self.chosen = min(SLICES, key=lambda s: self._cost[s] / self._bytes[s])
             self.trials += 1
-            self._since_trial = 0
+            self.trying = False
+            self._left = RETRIAL_BYTES
 
     def _start_trial(self) -> None:
-        self.chosen = None
+        self.trying = True
         self._cost = dict.fromkeys(SLICES, 0)
         self._bytes = dict.fromkeys(SLICES, 0)

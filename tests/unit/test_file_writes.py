@@ -17,7 +17,17 @@ from pathlib import Path
 import pytest
 
 from kstap import file_writes
-from kstap.file_writes import SLICES, TRIAL_BYTES, WRITE_SLICE, SliceChooser, slice_for, write_all
+from kstap.file_writes import (
+    FIRST_SLICE,
+    FIRST_TRIAL_BYTES,
+    SLICES,
+    TRIAL_BYTES,
+    TRIAL_PIECE,
+    WRITE_SLICE,
+    SliceChooser,
+    slice_for,
+    write_all,
+)
 from kstap.model import Interface
 from kstap.sinks.files import PcapngFiles
 
@@ -185,7 +195,9 @@ def test_a_short_write_is_carried_on_from_where_it_stopped(tmp_path: Path, recor
     assert recording.sizes == [2500, 1500, 500]
 
 
-def test_no_append_to_the_capture_file_crosses_a_slice_boundary(tmp_path: Path, recording: _Recording) -> None:
+def test_no_append_to_the_capture_file_crosses_a_slice_boundary(tmp_path: Path, recording: _Recording,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(file_writes, "FIRST_TRIAL_BYTES", 0)  # a trial from the first write on
     sink = PcapngFiles(str(tmp_path / "c.pcapng"), [Interface("veth0")], counters=list)
     for n in (7, 30, 200, 900):  # batches of odd sizes after a header of its own size
         big = os.urandom(131)
@@ -215,8 +227,16 @@ class _CostClock:
         return self.now
 
 
+WARM_UP = 2 << 20
+"""FIRST_TRIAL_BYTES in the chooser tests (the real one is 32 MiB)."""
+CALLS_PER_TRIAL = TRIAL_BYTES // TRIAL_PIECE
+"""Calls of a megabyte a trial takes: each gives each slice one piece of TRIAL_PIECE."""
+
+
 def _chooser_writes(monkeypatch: pytest.MonkeyPatch, clock: _CostClock, tmp_path: Path, total: int,
-                    chunk: int = 1 << 20) -> SliceChooser:
+                    chunk: int = 1 << 20, steps: list[tuple[int, int, int]] | None = None) -> SliceChooser:
+    """``total`` bytes in calls of ``chunk``; ``steps`` gets (slice, file offset, bytes) of each write_all."""
+    monkeypatch.setattr(file_writes, "FIRST_TRIAL_BYTES", WARM_UP)
     chooser = SliceChooser(clock=clock)
     real = file_writes.write_all
 
@@ -224,13 +244,15 @@ def _chooser_writes(monkeypatch: pytest.MonkeyPatch, clock: _CostClock, tmp_path
         assert step in SLICES
         real(fd, data, step, offset)
         clock.pending = int(len(data) * clock.per_byte[step])
+        if steps is not None:
+            steps.append((step, offset, len(data)))
 
     monkeypatch.setattr(file_writes, "write_all", costed)
     data = os.urandom(chunk)
     with open(tmp_path / "f", "wb") as f:
         for i in range(total // chunk):
             chooser.write(f.fileno(), data, i * chunk)
-    assert (tmp_path / "f").stat().st_size == total // chunk * chunk
+    assert (tmp_path / "f").read_bytes() == data * (total // chunk)
     return chooser
 
 
@@ -238,20 +260,44 @@ def _chooser_writes(monkeypatch: pytest.MonkeyPatch, clock: _CostClock, tmp_path
 def test_the_chooser_keeps_the_slice_that_costs_less(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                      cheaper: int) -> None:
     clock = _CostClock({s: 1.0 if s == cheaper else 1.3 for s in SLICES})
-    chooser = _chooser_writes(monkeypatch, clock, tmp_path, 2 * TRIAL_BYTES + (4 << 20))
+    chooser = _chooser_writes(monkeypatch, clock, tmp_path, WARM_UP + (CALLS_PER_TRIAL << 20) + (4 << 20))
     assert (chooser.chosen, chooser.trials) == (cheaper, 1)
 
 
-def test_the_chooser_tries_again_and_follows_the_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_file_starts_with_the_large_slice_and_tries_the_other_only_after_the_first_megabytes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert SLICES[-1] == FIRST_SLICE and FIRST_TRIAL_BYTES >= 32 << 20
+    steps: list[tuple[int, int, int]] = []
     clock = _CostClock({WRITE_SLICE: 1.0, SLICES[-1]: 2.0})
-    chooser = _chooser_writes(monkeypatch, clock, tmp_path, 2 * TRIAL_BYTES)
-    assert chooser.chosen == WRITE_SLICE
+    _chooser_writes(monkeypatch, clock, tmp_path, WARM_UP, steps=steps)
+    assert {s for s, _, _ in steps} == {FIRST_SLICE}
+    chooser = _chooser_writes(monkeypatch, clock, tmp_path, WARM_UP + (1 << 20), steps=steps)
+    assert chooser.trying and {s for s, o, _ in steps if o >= WARM_UP} == set(SLICES)
+
+
+def test_a_trial_writes_a_piece_of_each_call_with_each_slice_first_in_turn(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    steps: list[tuple[int, int, int]] = []
+    clock = _CostClock({WRITE_SLICE: 1.0, SLICES[-1]: 1.0})
+    chooser = _chooser_writes(monkeypatch, clock, tmp_path, WARM_UP + (2 << 20), steps=steps)
+    assert chooser.trying
+    for call in range(2):
+        base = WARM_UP + (call << 20)
+        writes = [(s, o, n) for s, o, n in steps if base <= o < base + (1 << 20)]
+        assert writes == [(SLICES[call], base, TRIAL_PIECE), (SLICES[1 - call], base + TRIAL_PIECE, TRIAL_PIECE),
+                          (chooser.chosen, base + 2 * TRIAL_PIECE, (1 << 20) - 2 * TRIAL_PIECE)]
+
+
+def test_the_chooser_tries_again_and_follows_the_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(file_writes, "RETRIAL_BYTES", 4 << 20)
+    clock = _CostClock({WRITE_SLICE: 1.0, SLICES[-1]: 2.0})
+    chooser = _chooser_writes(monkeypatch, clock, tmp_path, WARM_UP + (CALLS_PER_TRIAL << 20))
+    assert (chooser.chosen, chooser.trials, chooser.trying) == (WRITE_SLICE, 1, False)
     clock.per_byte = {WRITE_SLICE: 2.0, SLICES[-1]: 1.0}  # the machine's memory changed
     data = os.urandom(1 << 20)
     with open(tmp_path / "f", "ab") as f:
         base = f.tell()
-        for i in range(4 + 2 * (TRIAL_BYTES >> 20)):  # 4 MiB with the old choice, then a new trial
+        for i in range(4 + CALLS_PER_TRIAL):  # 4 MiB with the old choice, then a new trial
             chooser.write(f.fileno(), data, base + (i << 20))
     assert (chooser.chosen, chooser.trials) == (SLICES[-1], 2)
 
