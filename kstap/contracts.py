@@ -144,6 +144,7 @@ class FirstPacketNotes(Protocol):
     (:class:`kstap.capture.flowtable.FirstPacketTable`)."""
 
     table: bytearray
+    """The C table; an encoder that grows it hands back the bigger one, which replaces it."""
     seed: int
     suffix: bytes
     """What follows ``id=HASH `` in a first-packet comment."""
@@ -158,7 +159,6 @@ class FirstPacketNotes(Protocol):
     keys_cut: int
     """Keyed packets whose flow key needed bytes past the snaplen: the kernel's may differ."""
 
-    def ensure_room(self, incoming: int) -> None: ...
     def lookup_bound(self) -> int:
         """Read after the blocks are seen ready, before they are encoded: packets stamped later
         (realtime ns) are no flow's first packet and need no lookup; ``NO_BOUND`` looks all up."""

@@ -482,15 +482,40 @@ typedef struct {
     unsigned long long shed_threshold, shed_ns;
     uint32_t flow_opt, shed_opt;
     unsigned char *kbuf;  /* set: the ring is a cooked socket's (-i any), keyed by cooked_key into it */
+    PyObject *grown;      /* the table the lookups grew into (a new reference), NULL while none */
 } Lookup;
+
+static void copy_flows(const uint64_t *src, uint64_t *dst, uint64_t cutoff);
+
+/* Double the lookups' table once more than half of it would be in use (probes stay short), into a
+ * new bytearray that the encoder hands back: the caller's table is exported to the call and cannot
+ * be resized. So a table is as big as its flows need, not as the number of packets in a block
+ * could need (before, each call grew it to hold every packet of the block as a new flow: 32,768
+ * slots for a block of 9,000 packets of 500 flows). Should the allocation fail, the table fills on
+ * to table_touch_was's three quarters, past which a new flow gets no comment and `full` is set. */
+static void make_room(Lookup *lk) {
+    uint64_t *t = lk->table;
+    if ((t[0] + 1) * 2 <= t[1]) return;
+    uint64_t cap = t[1] * 2;
+    PyObject *obj = PyByteArray_FromStringAndSize(NULL, table_bytes(cap));
+    if (!obj) { PyErr_Clear(); return; }
+    uint64_t *bigger = (uint64_t *)PyByteArray_AS_STRING(obj);
+    memset(bigger, 0, (size_t)table_bytes(cap));
+    bigger[1] = cap;
+    copy_flows(t, bigger, 0);
+    Py_XDECREF(lk->grown);
+    lk->grown = obj;
+    lk->table = bigger;
+}
 
 static int cooked_key(const unsigned char *h, Key *k, int *cut, unsigned char *buf);
 
 /* The table lookup of one keyed packet: its note replaces its fingerprint. */
-static inline void look_up(const Lookup *lk, Pkt *p, Tally *tally) {
+static inline void look_up(Lookup *lk, Pkt *p, Tally *tally) {
     uint64_t fp = p->note, before, index = 0;
     if (!fp) return;
     p->note = 0;
+    make_room(lk);
     const unsigned char *h = lk->blk + p->off;
     uint64_t ts = ring_ts(h);
     int fresh = table_touch_was(lk->table, fp, ts, &before, &index);
@@ -520,7 +545,7 @@ typedef struct { uint64_t note; uint32_t index; } Noted;
 
 /* Look up the packet `index` waiting in `slot`; a note goes to the list (allocated for `num` at
  * the first). -1 with MemoryError set when that allocation fails. */
-static inline int settle(const Lookup *lk, Pkt *slot, uint32_t index, Tally *tally, Noted **noted,
+static inline int settle(Lookup *lk, Pkt *slot, uint32_t index, Tally *tally, Noted **noted,
                          uint32_t *n_noted, uint32_t num) {
     look_up(lk, slot, tally);
     if (!slot->note) return 0;
@@ -556,8 +581,10 @@ static uint32_t write_note(unsigned char *p, uint64_t note, const char *suffix, 
 
 /* encode_block_sampled(ring, boff, bsize, if_id, maxp, table, seed, suffix
  *                      [, wanted, linktype, shed_threshold, shed_ns, shed_suffix, bound_ns, out, pos])
- *   -> (epb_bytes, packets, captured_bytes, new_flows, table_full, shed_marked, keyed, cut_keys)
- * With out: as encode_block's (the bytearray written first, end last).
+ *   -> (epb_bytes, packets, captured_bytes, new_flows, table_full, shed_marked, keyed, cut_keys, table)
+ * With out: as encode_block's (the bytearray written first, end just before table).
+ * table (a writable buffer, a bytearray to grow) comes back last: the one passed, or the bigger
+ * bytearray the lookups moved to (make_room); the caller keeps that one from then on.
  * After an emergency shed in the kernel flow table (kstap/sampling/kernel_table.py) the kernel lets
  * exactly one more packet of each shed flow through: the first packet at or after shed_ns of a flow
  * this table last saw before shed_ns whose hash is >= shed_threshold. It gets the "shed" comment.
@@ -574,7 +601,8 @@ static uint32_t write_note(unsigned char *p, uint64_t note, const char *suffix, 
  * for glibc (the shrunk size is what its mmap threshold learns), whose page faults cost more than
  * the whole flow table (0.04 us per packet at 200 kpps, docs/benchmarks.md). */
 static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
-    Py_buffer ring, table;
+    Py_buffer ring, table = {0};
+    PyObject *table_obj;
     Py_ssize_t boff, bsize, maxp;
     unsigned int if_id, seed;
     const char *suffix;
@@ -587,7 +615,7 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
     unsigned long long bound = UINT64_MAX;
     PyObject *out_obj = NULL;
     Py_ssize_t pos = 0;
-    if (!PyArg_ParseTuple(args, "y*nnInw*Is#|OiKKs#KOn", &ring, &boff, &bsize, &if_id, &maxp, &table, &seed,
+    if (!PyArg_ParseTuple(args, "y*nnInOIs#|OiKKs#KOn", &ring, &boff, &bsize, &if_id, &maxp, &table_obj, &seed,
                           &suffix, &suffix_len, &wanted, &linktype, &shed_threshold, &shed_ns, &shed_suffix,
                           &shed_suffix_len, &bound, &out_obj, &pos))
         return NULL;
@@ -598,6 +626,8 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
     int owned = 0;
     Noted *noted = NULL;
     uint32_t n_noted = 0;
+    Lookup lk = {0};
+    if (PyObject_GetBuffer(table_obj, &table, PyBUF_WRITABLE) < 0) goto done;
     if (wanted && !PyList_Check(wanted)) {
         PyErr_SetString(PyExc_TypeError, "wanted must be a list");
         goto done;
@@ -625,7 +655,7 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
      * allocated at the first note (a block with no flow's first packet needs none). */
     Py_ssize_t out_len = 0;
     Tally tally = {0, 0, 0, 0, 0, 0};
-    Lookup lk = {t, blk, seed, shed_threshold, shed_ns, flow_opt, shed_opt, NULL};
+    lk = (Lookup){t, blk, seed, shed_threshold, shed_ns, flow_opt, shed_opt, NULL, NULL};
     Pkt win[LOOKAHEAD];
     for (uint32_t i = 0; i < num; i++) {
         if (off < 0 || off + 48 > bsize) { PyErr_SetString(PyExc_ValueError, "corrupt TPACKET_V3 block"); goto done; }
@@ -646,7 +676,7 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
         }
         if (found) {
             fp = fingerprint(&k);
-            __builtin_prefetch(t + 2 * (1 + (fp & (t[1] - 1))), 1, 3);
+            __builtin_prefetch(lk.table + 2 * (1 + (fp & (lk.table[1] - 1))), 1, 3);
         }
         Pkt *slot = &win[i % LOOKAHEAD];  /* the packet LOOKAHEAD before this one, until now */
         if (i >= LOOKAHEAD && settle(&lk, slot, i - LOOKAHEAD, &tally, &noted, &n_noted, num) < 0) goto done;
@@ -691,18 +721,20 @@ static PyObject *encode_block_sampled(PyObject *self, PyObject *args) {
         captured += cap;
         off += next;
     }
+    PyObject *ended = lk.grown ? lk.grown : table_obj;  /* the table the lookups ended in */
     if (out_obj)
-        result = Py_BuildValue("(NIKIiIIIn)", output_ref(bytes, owned), num, captured, new_flows, full, shed_marked,
-                               tally.keyed, tally.cut, pos + out_len);
+        result = Py_BuildValue("(NIKIiIIInO)", output_ref(bytes, owned), num, captured, new_flows, full, shed_marked,
+                               tally.keyed, tally.cut, pos + out_len, ended);
     else
-        result = Py_BuildValue("(NIKIiIII)", bytes, num, captured, new_flows, full, shed_marked, tally.keyed,
-                               tally.cut);
+        result = Py_BuildValue("(NIKIiIIIO)", bytes, num, captured, new_flows, full, shed_marked, tally.keyed,
+                               tally.cut, ended);
     bytes = NULL;  /* the tuple holds it now (or it was released with a failed build) */
 done:
     if (owned) Py_XDECREF(bytes);
     PyMem_Free(noted);
+    Py_XDECREF(lk.grown);
     PyBuffer_Release(&ring);
-    PyBuffer_Release(&table);
+    if (table.obj) PyBuffer_Release(&table);
     return result;
 }
 
@@ -771,6 +803,20 @@ static int append_wanted(PyObject *list, const unsigned char *d, uint32_t cap, u
     return rc;
 }
 
+/* The flows of src seen at or after cutoff, with their hashes, into dst (empty, as big or bigger). */
+static void copy_flows(const uint64_t *src, uint64_t *dst, uint64_t cutoff) {
+    const uint32_t *src_hash = table_hashes((uint64_t *)src);
+    uint32_t *dst_hash = table_hashes(dst);
+    for (uint64_t i = 0; i < src[1]; i++) {
+        const uint64_t *slot = src + 2 * (1 + i);
+        uint64_t before, index;
+        if (slot[0] && slot[1] >= cutoff) {
+            if (table_touch_was(dst, slot[0], slot[1], &before, &index) < 0) break;
+            dst_hash[index] = src_hash[i];
+        }
+    }
+}
+
 /* table_compact(old, new, cutoff_ns) -> count: copy the slots seen at or after cutoff (with their
  * flow hashes) */
 static PyObject *table_compact(PyObject *self, PyObject *args) {
@@ -784,14 +830,7 @@ static PyObject *table_compact(PyObject *self, PyObject *args) {
         goto out;
     }
     dst[0] = 0;
-    uint32_t *src_hash = table_hashes(src), *dst_hash = table_hashes(dst);
-    for (uint64_t i = 0; i < src[1]; i++) {
-        uint64_t *slot = src + 2 * (1 + i), before, index;
-        if (slot[0] && slot[1] >= cutoff) {
-            if (table_touch_was(dst, slot[0], slot[1], &before, &index) < 0) break;
-            dst_hash[index] = src_hash[i];
-        }
-    }
+    copy_flows(src, dst, cutoff);
     res = PyLong_FromUnsignedLongLong(dst[0]);
 out:
     PyBuffer_Release(&a);
@@ -1072,8 +1111,9 @@ typedef struct { Pkt copy, flow; } CookedPkt;
 /* encode_cooked_block_sampled(ring, boff, bsize, if_id, maxp, dedup, window_ns, table, seed, suffix
  *                             [, wanted, shed_threshold, shed_ns, shed_suffix, bound_ns, out, pos])
  *   -> (epb_bytes, packets_written, captured_bytes, packets_read, duplicates,
- *       new_flows, table_full, shed_marked, keyed, cut_keys)
- * With out: as encode_block's (the bytearray written first, end last).
+ *       new_flows, table_full, shed_marked, keyed, cut_keys, table)
+ * With out: as encode_block's (the bytearray written first, end just before table); table as
+ * encode_block_sampled's (None when None was passed).
  * encode_cooked_block's copies removed (its dedup table and rule), then, on the packets kept,
  * encode_block_sampled's first-packet comments (table, seed, suffix, the shed mark, the lookup
  * bound, keyed and cut_keys: see there) and --entries' records (wanted, linktype LINUX_SLL2).
@@ -1104,6 +1144,7 @@ static PyObject *encode_cooked_block_sampled(PyObject *self, PyObject *args) {
     PyObject *result = NULL, *bytes = NULL;
     int owned = 0;
     CookedPkt *pkts = NULL;
+    Lookup lk = {0};
     unsigned char kbuf[COOKED_KEY_HEAD];
     uint64_t *d = (uint64_t *)dedup.buf, *t = NULL;
     if (table_obj != Py_None) {
@@ -1130,7 +1171,7 @@ static PyObject *encode_cooked_block_sampled(PyObject *self, PyObject *args) {
     pkts = PyMem_Calloc(num ? num : 1, sizeof(CookedPkt));
     if (!pkts) { PyErr_NoMemory(); goto done; }
     Tally tally = {0, 0, 0, 0, 0, 0};
-    Lookup lk = {t, blk, seed, shed_threshold, shed_ns, flow_opt, shed_opt, kbuf};
+    lk = (Lookup){t, blk, seed, shed_threshold, shed_ns, flow_opt, shed_opt, kbuf, NULL};
     Py_ssize_t out_len = 0, off = first;
     unsigned int dups = 0;
     for (uint32_t i = 0; i < num + 2 * LOOKAHEAD; i++) {  /* pass 1 */
@@ -1158,7 +1199,7 @@ static PyObject *encode_cooked_block_sampled(PyObject *self, PyObject *args) {
                     tally.cut += cut;
                     if (found) {
                         p->flow.note = fingerprint(&k);
-                        __builtin_prefetch(t + 2 * (1 + (p->flow.note & (t[1] - 1))), 1, 3);
+                        __builtin_prefetch(lk.table + 2 * (1 + (p->flow.note & (lk.table[1] - 1))), 1, 3);
                     }
                 }
             }
@@ -1189,16 +1230,19 @@ static PyObject *encode_cooked_block_sampled(PyObject *self, PyObject *args) {
         captured += cap;
         written++;
     }
+    PyObject *ended = lk.grown ? lk.grown : table_obj;  /* the table the lookups ended in (or None) */
     if (out_obj)
-        result = Py_BuildValue("(NIKIIIiIIIn)", output_ref(bytes, owned), written, captured, num, dups,
-                               tally.new_flows, tally.full, tally.shed_marked, tally.keyed, tally.cut, pos + out_len);
+        result = Py_BuildValue("(NIKIIIiIIInO)", output_ref(bytes, owned), written, captured, num, dups,
+                               tally.new_flows, tally.full, tally.shed_marked, tally.keyed, tally.cut, pos + out_len,
+                               ended);
     else
-        result = Py_BuildValue("(NIKIIIiIII)", bytes, written, captured, num, dups, tally.new_flows, tally.full,
-                               tally.shed_marked, tally.keyed, tally.cut);
+        result = Py_BuildValue("(NIKIIIiIIIO)", bytes, written, captured, num, dups, tally.new_flows, tally.full,
+                               tally.shed_marked, tally.keyed, tally.cut, ended);
     bytes = NULL;
 done:
     if (owned) Py_XDECREF(bytes);
     PyMem_Free(pkts);
+    Py_XDECREF(lk.grown);
     PyBuffer_Release(&ring);
     PyBuffer_Release(&dedup);
     if (table.obj) PyBuffer_Release(&table);

@@ -352,8 +352,7 @@ class AfPacketRing(BlockRing):
                                                        self.linktype, out, pos)
                 return out, n, cap, end
             assert encode_block_sampled is not None
-            seen.ensure_room(num)
-            out, n, cap, fresh, _full, shed, keyed, cut, end = encode_block_sampled(
+            out, n, cap, fresh, _full, shed, keyed, cut, end, seen.table = encode_block_sampled(
                 mm, base, self._bsize, self.if_id, left, seen.table, seen.seed, seen.suffix,
                 wanted, self.linktype, seen.shed_threshold, seen.shed_ns, seen.shed_suffix, bound, out, pos)
             seen.flows_seen += fresh

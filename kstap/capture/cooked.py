@@ -264,13 +264,12 @@ class CookedSource(BlockRing, StopWake):
                 return out, n, cap, end
             assert encode_cooked_block_sampled is not None
             if seen is None:
-                out, n, cap, _read, dups, *_, end = encode_cooked_block_sampled(
+                out, n, cap, _read, dups, *_, end, _no_table = encode_cooked_block_sampled(
                     mm, base, self._bsize, 0, left, self._table, self._window_ns, None, 0, b"", wanted,
                     NO_SHED, 0, b"", NO_BOUND, out, pos)
                 self._c_duplicates += dups
                 return out, n, cap, end
-            seen.ensure_room(num)
-            out, n, cap, _read, dups, fresh, _full, shed, keyed, cut, end = encode_cooked_block_sampled(
+            out, n, cap, _read, dups, fresh, _full, shed, keyed, cut, end, seen.table = encode_cooked_block_sampled(
                 mm, base, self._bsize, 0, left, self._table, self._window_ns, seen.table, seen.seed, seen.suffix,
                 wanted, seen.shed_threshold, seen.shed_ns, seen.shed_suffix, bound, out, pos)
             self._c_duplicates += dups

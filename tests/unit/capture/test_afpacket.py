@@ -244,6 +244,25 @@ def test_seen_table_grows_and_expires() -> None:
     assert seen.count == 0
 
 
+@needs_sampled
+def test_the_table_grows_with_the_flows_not_with_the_packets_of_a_block() -> None:
+    """The encoder doubles the table as flows come, within a block, and only then: 300 packets of
+    3 flows leave it at its first size (it used to be sized for every packet being a new flow)."""
+    from kstap.capture.flowtable import FirstPacketTable
+    from kstap.sampling import metadata
+
+    seen = FirstPacketTable(1, metadata.flow_note_suffix("percentage", 0.5, "abc"), capacity=16)
+    frames: list[Frame] = [(_udp_frame(bytes([10, 0, 0, i % 3]), b"\x0a\0\0\xff", 1, 2), 60, 1, 0, 0)
+                           for i in range(300)]
+    given = seen.table
+    chunks, packets, _ = fake_ring([frames]).read_encoded(1 << 30, seen=seen)
+    assert packets == 300 and seen.flows_seen == 3 and seen.capacity == 16 and seen.table is given
+    assert sum(c.count(b"kstap: flow id=") for c in map(bytes, chunks)) == 3
+    bigger = [(_udp_frame(bytes([10, 1, 0, i]), b"\x0a\0\0\xff", 1, 2), 60, 1, 0, 0) for i in range(20)]
+    fake_ring([bigger]).read_encoded(1 << 30, seen=seen)
+    assert seen.flows_seen == 23 and seen.count == 23 and seen.capacity == 64 and seen.table is not given
+
+
 def _dns(qid: int, response: bool) -> bytes:
     import dpkt
 

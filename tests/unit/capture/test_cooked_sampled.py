@@ -145,7 +145,7 @@ def test_without_a_table_or_records_it_writes_what_encode_cooked_block_writes() 
     want = cooked.encode_cooked_block(plain.mm, 0, BLOCK, 0, -1, plain._table, WINDOW_NS)
     c = source([block])
     got = cooked.encode_cooked_block_sampled(c.mm, 0, BLOCK, 0, -1, c._table, WINDOW_NS, None, 0, b"")
-    assert got[:5] == want and got[5:] == (0, 0, 0, 0, 0)
+    assert got[:5] == want and got[5:] == (0, 0, 0, 0, 0, None)  # no table in, none out
 
 
 def test_max_packets_counts_the_packets_read_as_encode_cooked_block_does() -> None:

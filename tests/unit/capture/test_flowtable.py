@@ -123,8 +123,6 @@ def test_no_bound_looks_every_packet_up_as_before() -> None:
     packets = [(frame(i % 7, reverse=i % 3 == 0), T0 + i * 1000) for i in range(200)]
     without, bounded = table(None), table(None)
     assert without.lookup_bound() == NO_BOUND
-    without.ensure_room(200)
-    bounded.ensure_room(200)
     assert encode_block_sampled is not None
     plain = encode_block_sampled(ring([packets]).mm, 0, BIG, 3, 1 << 30, without.table, SEED, SUFFIX)
     explicit = encode_block_sampled(ring([packets]).mm, 0, BIG, 3, 1 << 30, bounded.table, SEED, SUFFIX,
@@ -139,11 +137,11 @@ encode_block_sampled = afpacket.encode_block_sampled
 def test_a_packet_stamped_after_the_bound_is_not_looked_up() -> None:
     """At the bound: looked up; one nanosecond later: neither keyed nor put in the table."""
     seen = table(None)
-    seen.ensure_room(3)
     a, b, c = frame(1), frame(2), frame(3)
     assert encode_block_sampled is not None
     out = encode_block_sampled(ring([[(a, T0), (b, T0 + 5), (c, T0 + 6)]]).mm, 0, BIG, 3, 1 << 30, seen.table,
                                SEED, SUFFIX, None, 1, 1 << 32, 0, b"", T0 + 5)
+    seen.table = out[-1]
     assert [n for _, n in comments([out[0]])] == [note(a), note(b), []]
     assert out[3] == 2 and seen.count == 2
 
