@@ -314,6 +314,21 @@ static uint32_t network(View *v, int tagged, uint16_t *et) {
     return off;
 }
 
+/* *k for the endpoints (src, sp) and (dst, dp) in the canonical order: the lower address
+ * (bytewise, as memcmp) first, then the lower port */
+static inline void set_key(Key *k, int proto, int words, const unsigned char *src, uint16_t sp,
+                           const unsigned char *dst, uint16_t dp) {
+    int c = 0;
+    for (int i = 0; i < words && !c; i++) {
+        uint32_t x = be32(src + 4 * i), y = be32(dst + 4 * i);
+        c = (x > y) - (x < y);
+    }
+    int src_first = c < 0 || (c == 0 && sp <= dp);
+    k->proto = proto; k->words = words;
+    if (src_first) { k->a = src; k->ap = sp; k->b = dst; k->bp = dp; }
+    else { k->a = dst; k->ap = dp; k->b = src; k->bp = sp; }
+}
+
 /* 1 = IP flow found, 0 = no flow (non-IP or a truncated header): kstap.sampling.flowkey.key_tuple */
 static int parse_key(View *v, int tagged, Key *k) {
     uint16_t et;
@@ -340,16 +355,7 @@ static int parse_key(View *v, int tagged, Key *k) {
     if ((proto == 6 || proto == 17 || proto == 132) && !frag && has(v, l4 + 4)) {
         sp = be16(f + l4); dp = be16(f + l4 + 2);
     }
-    /* the canonical order: the lower address (bytewise, as memcmp) first, then the lower port */
-    int c = 0;
-    for (int i = 0; i < words && !c; i++) {
-        uint32_t x = be32(src + 4 * i), y = be32(dst + 4 * i);
-        c = (x > y) - (x < y);
-    }
-    int src_first = c < 0 || (c == 0 && sp <= dp);
-    k->proto = proto; k->words = words;
-    if (src_first) { k->a = src; k->ap = sp; k->b = dst; k->bp = dp; }
-    else { k->a = dst; k->ap = dp; k->b = src; k->bp = sp; }
+    set_key(k, proto, words, src, sp, dst, dp);
     return 1;
 }
 
@@ -449,22 +455,12 @@ static inline int quick_key(const unsigned char *h, Key *k) {
         return 0;
     }
     uint16_t sp = 0, dp = 0;
-    if (proto == 17 || proto == 6 || proto == 132) {
-        if (ported) {
-            if (n < l4 + 4) return 0;
-            sp = be16(f + l4); dp = be16(f + l4 + 2);
-            if (proto == 17 && is_tunnel_port(dp)) return 0;
-        }
+    if ((proto == 6 || proto == 17 || proto == 132) && ported) {
+        if (n < l4 + 4) return 0;
+        sp = be16(f + l4); dp = be16(f + l4 + 2);
+        if (proto == 17 && is_tunnel_port(dp)) return 0;
     }
-    int c = 0;
-    for (int i = 0; i < words && !c; i++) {
-        uint32_t x = be32(src + 4 * i), y = be32(dst + 4 * i);
-        c = (x > y) - (x < y);
-    }
-    int src_first = c < 0 || (c == 0 && sp <= dp);
-    k->proto = proto; k->words = words;
-    if (src_first) { k->a = src; k->ap = sp; k->b = dst; k->bp = dp; }
-    else { k->a = dst; k->ap = dp; k->b = src; k->bp = sp; }
+    set_key(k, proto, words, src, sp, dst, dp);
     return 1;
 }
 
