@@ -74,7 +74,7 @@ OUT_BYTES = 8 << 20
 output buffer a ring keeps and writes again at each read. A new bytes object per block is a fresh
 glibc mapping or a moved heap top, page faults and zeroing included: with glibc's thresholds fixed,
 the tree before the buffer measured 8 % less CPU in percentage mode (docs/benchmarks.md)."""
-Encode = Callable[[int, int, int, bytearray, int], tuple[bytearray, int, int, int]]
+Encode = Callable[[int, int, bytearray, int], tuple[bytearray, int, int, int]]
 """An encoder of one ready block: (block offset, its packets, packets still wanted, out, pos) →
 (the bytearray written, packets, captured bytes, end)."""
 
@@ -200,7 +200,7 @@ class BlockRing:
         return n
 
     def _encode_ready(self, max_packets: int, limit: int, encode: Encode) -> tuple[list[EpbChunk], int, int]:
-        """The C paths' walk: ``encode(block offset, its packets, packets still wanted, out, pos)``
+        """The C paths' walk: ``encode(block offset, packets still wanted, out, pos)``
         writes each ready block's EPBs into the bytearray ``out`` from ``pos`` on and gives (the
         bytearray written, packets, captured bytes, end), until ``max_packets`` are written; the rest
         of a block cut short that way is discarded (capture is ending).
@@ -213,8 +213,8 @@ class BlockRing:
         if max_packets <= 0:
             return chunks, packets, nbytes
         out, end, spans = self._out, 0, []
-        for base, num, _ in self._ready_blocks(min(limit, max(1, OUT_BYTES // self._bsize))):
-            out, n, cap, new_end = encode(base, num, max_packets - packets, out, end)
+        for base, _, _ in self._ready_blocks(min(limit, max(1, OUT_BYTES // self._bsize))):
+            out, n, cap, new_end = encode(base, max_packets - packets, out, end)
             spans.append((end, new_end))
             end = new_end
             packets += n
@@ -345,7 +345,7 @@ class AfPacketRing(BlockRing):
             if self.linktype == LINKTYPE_ETHERNET:
                 bound = seen.lookup_bound()
 
-        def encode(base: int, num: int, left: int, out: bytearray, pos: int) -> tuple[bytearray, int, int, int]:
+        def encode(base: int, left: int, out: bytearray, pos: int) -> tuple[bytearray, int, int, int]:
             if seen is None:
                 assert encode_block is not None
                 out, n, cap, _last, end = encode_block(mm, base, self._bsize, self.if_id, left, wanted,

@@ -255,7 +255,7 @@ class CookedSource(BlockRing, StopWake):
                 return [], 0, 0
             bound = seen.lookup_bound()
 
-        def encode(base: int, num: int, left: int, out: bytearray, pos: int) -> tuple[bytearray, int, int, int]:
+        def encode(base: int, left: int, out: bytearray, pos: int) -> tuple[bytearray, int, int, int]:
             if seen is None and wanted is None:
                 assert encode_cooked_block is not None
                 out, n, cap, _read, dups, end = encode_cooked_block(mm, base, self._bsize, 0, left, self._table,
